@@ -1,0 +1,71 @@
+"""The ``medistill`` command line: one entry point, one module per subcommand under ``medistill.cli``.
+
+Each subcommand module defines ``register(subparsers)`` (its arguments) and ``run(args) -> int``; heavy imports
+happen inside ``run`` so that ``medistill --help`` stays fast and ``medistill predict`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> module under medistill.cli
+COMMANDS = {
+    "data": "data",
+    "train": "train",
+    "distill": "distill",
+    "evaluate": "evaluate",
+    "compare": "compare",
+    "explain": "explain",
+    "export": "export",
+    "predict": "predict",
+    "benchmark": "benchmark",
+    "report": "report",
+    "serve": "serve",
+    "quickstart": "quickstart",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medistill",
+        description="Distil large medical image classifiers into small on-device models, and explain them.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"medistill.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"medistill.cli.{module}":
+                raise
+            continue  # subcommand not built yet
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("medistill").setLevel(min(level, logging.INFO))
+    from ..errors import MedistillError
+
+    try:
+        return int(args.func(args) or 0)
+    except MedistillError as e:
+        print(f"medistill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"medistill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medistill {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Helpers shared by subcommands: config flags generated from config dataclasses, progress, printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from typing import Any, TypeVar
+
+from ..config import build, leaf_fields
+
+T = TypeVar("T")
+
+
+def flag_names(cls: type) -> dict[str, str]:
+    """Dotted field -> flag. A leaf name unique across sections gets ``--leaf-name``; others ``--section.leaf``."""
+    fields = leaf_fields(cls)
+    leaves: dict[str, int] = {}
+    for dotted in fields:
+        leaves[dotted.rsplit(".", 1)[-1]] = leaves.get(dotted.rsplit(".", 1)[-1], 0) + 1
+    out = {}
+    for dotted in fields:
+        leaf = dotted.rsplit(".", 1)[-1]
+        out[dotted] = "--" + (leaf if leaves[leaf] == 1 else dotted).replace("_", "-")
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return "A,B,..."
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        return _type_name(args[0])
+    return getattr(tp, "__name__", "VALUE").upper()
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """``--config FILE.yaml``, ``--set KEY=VALUE`` and one flag per config field (overrides of the file)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML config file (command-line flags override it)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override any config field by its dotted name, e.g. --set train.lr=0.01")
+    group = parser.add_argument_group("config fields (each overrides the YAML file)")
+    fields = leaf_fields(cls)
+    for dotted, flag in flag_names(cls).items():
+        if dotted in skip:
+            continue
+        dest = "cfg__" + dotted.replace(".", "__")
+        group.add_argument(flag, dest=dest, metavar=_type_name(fields[dotted]), default=argparse.SUPPRESS,
+                           help=f"({dotted})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k.startswith("cfg__"):
+            out[k[5:].replace("__", ".")] = v
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            from ..config import ConfigError
+
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, *, base: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> T:
+    """Defaults <- ``base`` <- ``--config`` file <- ``extra`` <- flags / ``--set``."""
+    overrides = {**(extra or {}), **overrides_from_args(args)}
+    return build(cls, file=getattr(args, "config", None), overrides=overrides, base=base)
+
+
+def print_json(obj: Any) -> None:
+    from ..utils.io import to_jsonable
+
+    json.dump(to_jsonable(obj), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar on stderr (CLI only; library code takes a callback instead)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, disable=None, **kwargs)  # disable=None: off when not a terminal

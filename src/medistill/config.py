@@ -1,0 +1,373 @@
+"""Typed configuration: plain YAML data loaded into dataclasses.
+
+Every command has one config dataclass made of sections (``data``, ``model``, ``train`` ...). A config is
+built from defaults, then a YAML file (``yaml.safe_load`` only; YAML never imports or calls code), then
+command-line overrides. Unknown keys are errors that name the key and list the valid ones; values are
+coerced to the field's declared type and checked by each section's ``validate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import MedistillError
+
+T = TypeVar("T")
+
+
+class ConfigError(MedistillError):
+    """A config value, key or file is wrong; the message names it and says what was expected."""
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` (from YAML or the command line) to type ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: got {value!r}, expected one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r}, expected a list")
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: got {value!r}, expected a mapping")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: got {value!r}, expected a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where}: got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: got {value!r}, expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: got {value!r}, expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: got {value!r}, expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: got {value!r}, expected a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: got {value!r}, expected a string")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{where}: got {value!r}, expected a path")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys raise ConfigError naming the valid keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    types_ = _field_types(cls)
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"unknown config key {key!r}; valid keys{' of ' + where if where else ''}: "
+                          f"{', '.join(sorted(types_))}")
+    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate(obj, where)
+    return obj
+
+
+def validate(obj: Any, where: str = "") -> None:
+    """Run ``validate()`` of ``obj`` and of every nested section, prefixing errors with their path."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            validate(v, f"{where}.{f.name}" if where else f.name)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data (YAML-safe) form of a config."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def leaf_fields(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted name -> type for every leaf field of a (nested) config dataclass."""
+    out: dict[str, Any] = {}
+    for name, tp in _field_types(cls).items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if _is_dataclass_type(tp):
+            out.update(leaf_fields(tp, dotted))
+        else:
+            out[dotted] = tp
+    return out
+
+
+def _deep_set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {p!r} is not a section")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (update wins)."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def build(cls: type[T], *, file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+          base: dict[str, Any] | None = None) -> T:
+    """Defaults <- ``base`` <- YAML ``file`` <- dotted ``overrides`` (``{"train.epochs": "3"}``)."""
+    data: dict[str, Any] = dict(base or {})
+    if file is not None:
+        data = merge(data, load_yaml(file))
+    fields = leaf_fields(cls)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}")
+        if isinstance(value, str) and typing.get_origin(fields[key]) not in (list, tuple) and fields[key] is not str:
+            # a command-line string such as "0.1", "null" or "[1, 2]" is read as YAML, then type-checked
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            value = value if parsed is None and "null" not in value.lower() and value.strip() else parsed
+        _deep_set(data, key, value)
+    return from_dict(cls, data)
+
+
+def check_range(name: str, value: float | int | None, lo: float | None = None, hi: float | None = None,
+                *, lo_open: bool = False) -> None:
+    """Raise ConfigError unless lo <= value <= hi (lo < value when lo_open)."""
+    if value is None:
+        return
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+    if bad:
+        lo_s = "-inf" if lo is None else f"{lo}"
+        hi_s = "inf" if hi is None else f"{hi}"
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"{name}: got {value!r}, expected a value in {bracket}{lo_s}, {hi_s}]")
+
+
+def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{name}: got {value!r}, expected one of {choices}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sections shared by train / distill / evaluate / quickstart. Each field has a comment; ``validate``
+# checks ranges so a bad value fails before any work starts.
+# ---------------------------------------------------------------------------------------------------------
+
+DATASETS = ("phantom", "nih", "chexpert", "padchest", "medmnist", "folder")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "phantom"  # one of DATASETS
+    root: str | None = None  # dataset folder (or the .npz file for medmnist); phantom generates into it
+    image_size: int = 128  # side of the square model input, in pixels
+    limit: int | None = None  # cap on images per split (smoke runs); None = all
+    split_seed: int = 0  # seed of patient-wise / stratified splits when no official split exists
+    val_fraction: float = 0.1  # validation share when the source has no validation split
+    test_fraction: float = 0.2  # test share when the source has no test split
+    views: list[str] = dataclasses.field(default_factory=list)  # keep only these views (PA, AP, ...); [] = all
+    frontal_only: bool = False  # CheXpert: frontal images only
+    uncertainty: str = "ignore"  # CheXpert -1 labels: ignore (masked), ones, zeros, mixed (U-Ones/U-Zeros per label)
+    labels: list[str] = dataclasses.field(default_factory=list)  # label subset/order; [] = the source's default
+    skip_unreadable: bool = False  # drop unreadable images (and report how many) instead of failing
+    cache: bool = True  # decode each image once into a uint8 memory-mapped cache at image_size
+    cache_dir: str | None = None  # where the cache lives; None = <root>/.medistill-cache or the run dir
+    augment: str = "light"  # train-time augmentation: none, light, strong
+    num_workers: int = 0  # DataLoader worker processes
+
+    def validate(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        check_range("image_size", self.image_size, 8, 2048)
+        check_range("limit", self.limit, 1)
+        check_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        check_range("test_fraction", self.test_fraction, 0.0, 0.9)
+        check_choice("uncertainty", self.uncertainty, ("ignore", "ones", "zeros", "mixed"))
+        check_choice("augment", self.augment, ("none", "light", "strong"))
+        check_range("num_workers", self.num_workers, 0, 64)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "eeea_net_c2"  # a medistill model (eeea_net_c2, kdfmv, tiny_cnn) or any timm model name
+    pretrained: bool = False  # load ImageNet weights (offline only where a package ships them)
+    weights: str | None = None  # a local .safetensors or torch state-dict file to start from
+    drop_rate: float = 0.2  # dropout before the classifier
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("name: expected a model name, got an empty string")
+        check_range("drop_rate", self.drop_rate, 0.0, 0.99)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 32  # images per optimisation step (per process under torchrun)
+    lr: float = 1e-3  # peak learning rate
+    optimizer: str = "adamw"  # adamw, adam, sgd
+    weight_decay: float = 1e-4  # decoupled weight decay (adamw) or L2 (sgd, adam)
+    momentum: float = 0.9  # sgd momentum
+    scheduler: str = "cosine"  # cosine, step, none
+    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
+    loss: str = "auto"  # hard-label loss: auto (bce for multi-label, ce for single-label), bce, focal, ce
+    focal_gamma: float = 2.0  # focusing parameter of the focal loss
+    class_weights: bool = False  # weight CE / BCE by inverse class frequency (imbalanced sets)
+    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
+    channels_last: bool = False  # NHWC memory format
+    grad_accum: int = 1  # micro-batches accumulated per optimiser step
+    max_grad_norm: float | None = None  # clip gradients to this norm
+    early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 = off
+    seed: int = 0  # seed of weights, data order and augmentation
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int | None = None  # torch CPU threads; None = torch's default
+
+    def validate(self) -> None:
+        check_range("epochs", self.epochs, 1, 100000)
+        check_range("batch_size", self.batch_size, 1, 65536)
+        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_choice("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_choice("scheduler", self.scheduler, ("cosine", "step", "none"))
+        check_range("warmup_epochs", self.warmup_epochs, 0)
+        check_choice("loss", self.loss, ("auto", "bce", "focal", "ce"))
+        check_range("grad_accum", self.grad_accum, 1, 1024)
+        check_range("early_stopping", self.early_stopping, 0)
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    teacher: str | None = None  # teacher run directory or checkpoint file
+    teachers: list[str] = dataclasses.field(default_factory=list)  # several teachers: soft targets averaged
+    teacher_weights: list[float] = dataclasses.field(default_factory=list)  # weights of `teachers`; [] = equal
+    teacher_model: str | None = None  # architecture of a bare checkpoint (a run directory knows its own)
+    kd: str = "auto"  # soft loss: auto (softmax KL single-label, binary KL multi-label), kl, bce, mse
+    alpha: float = 0.5  # weight of the hard-label loss; (1 - alpha) * T^2 weights the soft loss
+    temperature: float = 4.0  # softening temperature T
+    feature: str = "none"  # feature distillation: none, fitnets (1x1 projector hint), attention (AT)
+    feature_weight: float = 1.0  # weight of the feature term
+    teacher_image_size: int | None = None  # teacher input size when it differs from the student's
+    cache_teacher: str = "auto"  # cache teacher logits once: auto (when augmentation allows), true, false
+
+    def validate(self) -> None:
+        check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        check_choice("feature", self.feature, ("none", "fitnets", "attention"))
+        check_range("teacher_image_size", self.teacher_image_size, 8, 2048)
+        check_choice("cache_teacher", self.cache_teacher, ("auto", "true", "false"))
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
+            raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "
+                              f"{len(self.teachers)} teachers, expected one per teacher")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a training or distillation run needs; saved resolved as ``config.yaml`` in the run dir."""
+
+    out: str = "runs/run"  # run directory
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)

@@ -1,0 +1,80 @@
+"""The data layer: one dataset class per source, one sample structure for all (see ``base``).
+
+``build_dataset(cfg, split, preprocess)`` is the one entry point the rest of medistill uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from .base import DatasetError, MedicalDataset, Preprocess, Table, collate
+from .images import ImageReadError, read_image
+
+__all__ = ["DatasetError", "ImageReadError", "MedicalDataset", "Preprocess", "Table", "build_dataset",
+           "collate", "dataset_class", "read_image", "source_options"]
+
+
+def dataset_class(name: str) -> type[MedicalDataset]:
+    """The dataset class of a source name (imported lazily)."""
+    if name == "phantom":
+        from .phantom import Phantom
+        return Phantom
+    if name == "folder":
+        from .folder import ImageFolder
+        return ImageFolder
+    if name == "nih":
+        from .nih import NIHChestXray14
+        return NIHChestXray14
+    if name == "chexpert":
+        from .chexpert import CheXpert
+        return CheXpert
+    if name == "padchest":
+        from .padchest import PadChest
+        return PadChest
+    if name == "medmnist":
+        from .medmnist import MedMNIST
+        return MedMNIST
+    raise DatasetError(f"dataset {name!r}: expected one of phantom, nih, chexpert, padchest, medmnist, folder")
+
+
+def source_options(cfg: DataConfig) -> dict[str, Any]:
+    """The options of ``cfg`` that the chosen source understands (passed to its ``load_table``)."""
+    opts: dict[str, Any] = {}
+    if cfg.dataset in ("folder", "nih", "medmnist", "padchest", "chexpert"):
+        opts.update(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    if cfg.dataset in ("nih", "padchest", "chexpert") and cfg.views:
+        opts["views"] = tuple(cfg.views)
+    if cfg.dataset == "chexpert":
+        opts.update(uncertainty=cfg.uncertainty, frontal_only=cfg.frontal_only)
+    if cfg.labels:
+        opts["labels"] = tuple(cfg.labels)
+    return opts
+
+
+def resolve_root(cfg: DataConfig) -> Path:
+    """The dataset root; for the phantom, generate it there first when the folder is empty or absent."""
+    if cfg.root is None:
+        if cfg.dataset == "phantom":
+            root = Path("data/phantom")
+        else:
+            raise DatasetError(f"dataset {cfg.dataset!r} needs --root (the folder holding its files)")
+    else:
+        root = Path(cfg.root)
+    if cfg.dataset == "phantom":
+        from .phantom import ensure
+        ensure(root)
+    return root
+
+
+def build_dataset(cfg: DataConfig, split: str, preprocess: Preprocess | None = None, *,
+                  cache_dir: str | Path | None = None) -> MedicalDataset:
+    """One split of the dataset ``cfg`` describes, preprocessed as ``preprocess`` says."""
+    root = resolve_root(cfg)
+    cls = dataset_class(cfg.dataset)
+    if cache_dir is None and cfg.cache:
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    return cls(root, split, preprocess=preprocess, limit=cfg.limit, seed=cfg.split_seed,
+               cache_dir=cache_dir if cfg.cache else None, skip_unreadable=cfg.skip_unreadable,
+               **source_options(cfg))

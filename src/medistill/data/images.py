@@ -1,0 +1,253 @@
+"""Reading medical images and turning them into model inputs, with numpy, Pillow and pydicom only.
+
+This module never imports torch: training, ``medistill predict`` and ``medistill serve`` share it, so the
+device path preprocesses exactly like training did.
+
+``read_image`` returns a float32 array in [0, 1], shaped (H, W) for grayscale or (H, W, 3) for colour, from
+8- or 16-bit PNG, JPEG, BMP/TIFF and DICOM (rescale slope/intercept, VOI window, MONOCHROME1 inverted).
+Every failure is an ``ImageReadError`` naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import MedistillError
+
+#: Largest image accepted, in pixels (a 20000x20000 image is refused before decoding). 16384^2 would be 1 GiB
+#: of float32; chest X-rays are at most about 4300x4300.
+MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class ImageReadError(MedistillError):
+    """An image could not be read; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _is_dicom_bytes(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def sniff_kind(data: bytes) -> str | None:
+    """'png', 'jpeg', 'dicom', 'bmp', 'tiff' from the file's first bytes (content, not extension), else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if _is_dicom_bytes(data):
+        return "dicom"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    return None
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as float32 in [0, 1]: (H, W) grayscale or (H, W, 3) colour."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder, expected an image file") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({e.strerror or e})") from None
+    return decode_image(data, name=str(path), max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (see ``read_image``); the format is taken from the content, not the name."""
+    if len(data) == 0:
+        raise ImageReadError(name, "empty file (0 bytes), expected a PNG, JPEG or DICOM image")
+    kind = sniff_kind(data)
+    if kind == "dicom" or (kind is None and name.lower().endswith(DICOM_SUFFIXES)):
+        return _decode_dicom(data, name, max_pixels)
+    if kind is None:
+        raise ImageReadError(name, "not an image: expected PNG, JPEG, BMP, TIFF or DICOM content")
+    return _decode_pil(data, name, max_pixels)
+
+
+def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageReadError(name, f"image is {w}x{h} = {w * h} pixels, more than the limit of "
+                                           f"{max_pixels} (a decompression bomb or not a medical image)")
+            img.load()
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(name, f"refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(name, f"cannot be decoded, the file is truncated or corrupt ({e})") from None
+    return pil_to_array(img)
+
+
+def pil_to_array(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 [0, 1], (H, W) or (H, W, 3). Alpha is composited onto black, palettes expanded."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float32)
+        if mode == "I":  # 32-bit PNGs are 16-bit data in practice; scale by the actual range
+            hi = float(arr.max()) if arr.size else 1.0
+            return np.clip(arr / (65535.0 if hi > 255 else 255.0), 0, 1)
+        return arr / 65535.0
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode == "LA" or mode == "RGBA" or mode == "P" or mode == "PA":
+        rgba = img.convert("RGBA")
+        arr = np.asarray(rgba, dtype=np.float32) / 255.0
+        rgb = arr[..., :3] * arr[..., 3:4]
+        if mode in ("LA",) or _is_gray(rgb):
+            return rgb[..., 0].copy()
+        return rgb
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return arr
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    return bool(np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2]))
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:  # pragma: no cover - pydicom is a core dependency
+        raise ImageReadError(name, "DICOM support needs pydicom (pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise ImageReadError(name, f"not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(name, "DICOM file has no pixel data (PixelData element missing)")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if rows * cols > max_pixels:
+        raise ImageReadError(name, f"DICOM image is {cols}x{rows}, more than the limit of {max_pixels} pixels")
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for missing decoders / bad data
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_name = getattr(ts, "name", ts)
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded (transfer syntax {ts_name}): {e}") from None
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):  # multi-frame: take the first frame
+        arr = arr[0]
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    arr = arr * slope + intercept
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3:  # colour DICOM
+        lo, hi = float(arr.min()), float(arr.max())
+        return ((arr[..., :3] - lo) / (hi - lo) if hi > lo else np.zeros_like(arr[..., :3])).astype(np.float32)
+    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+    if center is not None and width is not None and width > 1:
+        lo, hi = center - width / 2.0, center + width / 2.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    out = np.clip((arr - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(arr)
+    if photometric == "MONOCHROME1":  # 0 is white: invert so that bone is bright, as in MONOCHROME2
+        out = 1.0 - out
+    return out.astype(np.float32)
+
+
+def _first(v: object) -> float | None:
+    if v is None:
+        return None
+    try:
+        if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, (str, bytes)):
+            v = list(v)[0]  # type: ignore[arg-type]
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a float [0, 1] image to ``size`` (square side or (H, W)) with bilinear filtering (antialiased)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if img.shape[:2] == (h, w):
+        return img.astype(np.float32, copy=False)
+    if img.ndim == 2:
+        out = Image.fromarray(img.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+        return np.asarray(out, dtype=np.float32)
+    chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR),
+                        dtype=np.float32) for c in range(img.shape[2])]
+    return np.stack(chans, axis=-1)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) or (H, W, 3) -> (C, H, W) with C = ``channels`` (1 or 3); colour to gray by luminance."""
+    if img.ndim == 2:
+        chw = img[None]
+    else:
+        chw = np.moveaxis(img[..., :3], -1, 0)
+    if channels == 1 and chw.shape[0] == 3:
+        chw = (0.299 * chw[0] + 0.587 * chw[1] + 0.114 * chw[2])[None]
+    elif channels == 3 and chw.shape[0] == 1:
+        chw = np.repeat(chw, 3, axis=0)
+    elif channels not in (1, 3):
+        raise ValueError(f"channels: got {channels}, expected 1 or 3")
+    return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def normalize(chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (x - mean) / std per channel; mean/std of length 1 or C."""
+    c = chw.shape[0]
+    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    if m.shape[0] not in (1, c) or s.shape[0] not in (1, c):
+        raise ValueError(f"mean/std of length {m.shape[0]}/{s.shape[0]} do not fit {c} channels")
+    return ((chw - m) / s).astype(np.float32)
+
+
+def preprocess(img: np.ndarray, size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The model input of one decoded image: resize -> channels -> normalise; (C, size, size) float32."""
+    return normalize(to_channels(resize(img, size), channels), _fit(mean, channels), _fit(std, channels))
+
+
+def _fit(v: Sequence[float], channels: int) -> list[float]:
+    v = list(v)
+    if len(v) == channels:
+        return v
+    if channels == 1 and len(v) == 3:
+        return [float(np.mean(v))]
+    if channels == 3 and len(v) == 1:
+        return v * 3
+    raise ValueError(f"mean/std {v} do not fit {channels} channels")
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image/DICOM paths; files are kept as given."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file()
+                              and q.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES))
+        else:
+            out.append(p)
+    return out

