@@ -255,6 +255,9 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
 # checks ranges so a bad value fails before any work starts.
 # ---------------------------------------------------------------------------------------------------------
 
+#: Command-line flags that read better than the generated ``--leaf-name`` (dotted field -> flag without dashes).
+FLAG_ALIASES = {"model.name": "model"}
+
 DATASETS = ("phantom", "nih", "chexpert", "padchest", "medmnist", "folder")
 
 
@@ -294,8 +297,10 @@ class ModelConfig:
     pretrained: bool = False  # load ImageNet weights (offline only where a package ships them)
     weights: str | None = None  # a local .safetensors or torch state-dict file to start from
     drop_rate: float = 0.2  # dropout before the classifier
+    in_chans: int = 1  # input channels: 1 for grayscale X-ray / MRI, 3 for colour (fundus) or RGB-pretrained models
 
     def validate(self) -> None:
+        check_choice("in_chans", self.in_chans, (1, 3))
         if not self.name:
             raise ConfigError("name: expected a model name, got an empty string")
         check_range("drop_rate", self.drop_rate, 0.0, 0.99)

@@ -8,7 +8,7 @@ import sys
 import typing
 from typing import Any, TypeVar
 
-from ..config import build, leaf_fields
+from ..config import FLAG_ALIASES, build, leaf_fields
 
 T = TypeVar("T")
 
@@ -22,7 +22,7 @@ def flag_names(cls: type) -> dict[str, str]:
     out = {}
     for dotted in fields:
         leaf = dotted.rsplit(".", 1)[-1]
-        out[dotted] = "--" + (leaf if leaves[leaf] == 1 else dotted).replace("_", "-")
+        out[dotted] = "--" + FLAG_ALIASES.get(dotted, leaf if leaves[leaf] == 1 else dotted).replace("_", "-")
     return out
 
 
@@ -47,8 +47,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
         if dotted in skip:
             continue
         dest = "cfg__" + dotted.replace(".", "__")
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if fields[dotted] is bool else {}
         group.add_argument(flag, dest=dest, metavar=_type_name(fields[dotted]), default=argparse.SUPPRESS,
-                           help=f"({dotted})")
+                           help=f"({dotted})", **extra)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""``medistill evaluate RUN_DIR [--split test]``: metrics, thresholds and efficiency into metrics.json."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a run on a split (per-label AUC / accuracy, CIs, calibration, params, MACs, latency)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help=HELP, description=HELP + "; writes RUN_DIR/metrics.json")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", help="split to evaluate (train, val, test; default test)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate.runner import evaluate_run
+    from .common import print_json
+
+    m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
+                     n_bootstrap=args.bootstrap)
+    if args.json:
+        print_json(m)
+        return 0
+    if m["task"] == "multilabel":
+        print(f"{args.run_dir} ({args.split}, {m['num_images']} images): macro AUC {m['macro_auc']:.4f}")
+        for lab, auc in m["per_label_auc"].items():
+            print(f"  {lab:24s} AUC {'n/a' if auc is None or auc != auc else f'{auc:.4f}'}")
+    else:
+        print(f"{args.run_dir} ({args.split}, {m['num_images']} images): accuracy {m['accuracy']:.4f}, "
+              f"macro F1 {m['macro_f1']:.4f}")
+    print(f"  params {m['params']:,}  MACs {m['macs']:,}" +
+          (f"  latency {m['latency_ms']:.1f} ms (CPU, batch 1)" if "latency_ms" in m else ""))
+    return 0

@@ -1,0 +1,61 @@
+"""``medistill train``: train a teacher or a baseline student (no distillation)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import RunConfig
+from .common import add_config_args, config_from_args
+
+HELP = "train a model (a teacher, or a student without KD)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help=HELP, description=HELP + ". Every config field can be set in a YAML "
+                       "--config file and overridden by its flag.")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    add_config_args(p, RunConfig, skip=_DISTILL_FIELDS)
+    p.set_defaults(func=run, distill=False)
+
+
+_DISTILL_FIELDS = tuple(f"distill.{f}" for f in ("teacher", "teachers", "teacher_weights", "teacher_model", "kd",
+                                                  "alpha", "temperature", "feature", "feature_weight",
+                                                  "teacher_image_size", "cache_teacher"))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(RunConfig, args)
+    if not args.distill and (cfg.distill.teacher or cfg.distill.teachers):
+        from ..config import ConfigError
+
+        raise ConfigError("the config names a teacher: use `medistill distill` to distil, or remove distill.teacher")
+    return train_with_progress(cfg, resume=args.resume)
+
+
+def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:
+    import sys
+
+    from ..train import Callbacks, run_training
+    from .common import progress
+
+    bar = {}
+
+    def start(epoch: int, n: int) -> None:
+        bar["b"] = progress(total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+
+    def batch(epoch: int, i: int, loss: float) -> None:
+        bar["b"].update(1)
+        bar["b"].set_postfix(loss=f"{loss:.4f}")
+
+    def end(epoch: int, row: dict) -> None:
+        bar["b"].close()
+        shown = {k: v for k, v in row.items() if k.startswith(("train_loss", "val_"))}
+        print(f"epoch {epoch + 1}/{cfg.train.epochs}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
+              + f"  ({row.get('seconds', 0):.1f} s)", file=sys.stderr)
+
+    def message(text: str) -> None:
+        print(text, file=sys.stderr)
+
+    run = run_training(cfg, resume=resume, callbacks=Callbacks(start, batch, end, message))
+    print(f"run directory: {run.path}")
+    return 0

@@ -1,0 +1,157 @@
+"""Evaluate a run directory on a split (``medistill evaluate``) and compare runs (``medistill compare``).
+
+``evaluate_run`` writes into the run's ``metrics.json``: the split's metrics at top level (multi-label:
+``macro_auc``, ``per_label_auc`` ...; single-label: ``accuracy``, ``macro_f1`` ...), the per-label thresholds chosen
+on the validation split, and efficiency (``params``, ``macs``, ``size_bytes``, ``latency_ms``). Predictions are
+kept in ``predictions_<split>.npz`` for reports (ROC curves, calibration).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import runs
+from ..utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None):
+    from torch.utils.data import DataLoader
+
+    from ..data import Preprocess, build_dataset, collate
+    from ..models import InputConfig
+    from ..train.loop import default_cache_dir
+
+    cfg = run.config()
+    if limit is not None:
+        cfg.data.limit = limit
+    inp = InputConfig.from_dict(record["input"])
+    cache = (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()) if cfg.data.cache else None
+    ds = build_dataset(cfg.data, split, Preprocess(inp.size, inp.channels, inp.mean, inp.std, "none"), cache_dir=cache)
+    if list(ds.labels) != list(record["labels"]):
+        from ..models import ModelError
+
+        raise ModelError(f"{run.path}: the model's labels {record['labels']} differ from the dataset's {ds.labels}")
+    return ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, device: str = "cpu",
+                    limit: int | None = None) -> dict[str, np.ndarray]:
+    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``."""
+    import torch
+
+    from ..train.loop import predict
+
+    model, record = runs.load_model(run_dir, device=device)
+    _, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
+    return predict(model, loader, torch.device(device), task=record["task"])
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 64, latency: bool = True,
+                 n_bootstrap: int = 1000, device: str = "cpu") -> dict[str, Any]:
+    """Metrics of the run's best model on ``split`` (thresholds chosen on validation); updates metrics.json."""
+    from ..evaluate.efficiency import cpu_latency_ms, file_size
+    from ..evaluate.metrics import choose_thresholds, compute_metrics
+    from ..models import count_macs, count_params
+
+    run = runs.RunDir(run_dir)
+    model, record = runs.load_model(run_dir, device=device)
+    task, labels = record["task"], list(record["labels"])
+    thresholds = None
+    if task == "multilabel":
+        val = run_predictions(run_dir, "val", batch_size=batch_size, device=device)
+        thresholds = choose_thresholds(val["probs"], val["targets"], val["mask"])
+    pred = run_predictions(run_dir, split, batch_size=batch_size, device=device)
+    metrics = compute_metrics(task, pred["probs"], pred["targets"], pred["mask"], labels, thresholds=thresholds,
+                              n_bootstrap=n_bootstrap)
+    inp = record["input"]
+    eff: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inp["size"], inp["channels"]),
+                           "size_bytes": file_size(run.file(runs.BEST_WEIGHTS))}
+    if latency:
+        lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
+        eff["latency_ms"] = lat["median"]
+        eff["latency_ms_p90"] = lat["p90"]
+    atomic_write(run.file(f"predictions_{split}.npz"),
+                 lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
+                                     mask=pred["mask"]))
+    info = run.info()
+    result = {**metrics, **eff, "split": split, "num_images": int(len(pred["probs"])), "task": task,
+              "labels": labels, "model": record["model"], "kind": info.get("kind"),
+              "teacher": info.get("teacher"), "input_size": inp["size"]}
+    if thresholds is not None:
+        result["thresholds"] = {lab: float(v) for lab, v in zip(labels, thresholds)}
+    run.write_metrics(result)
+    log.info("evaluated %s on %s: %s", run.path, split,
+             {k: result[k] for k in ("macro_auc", "accuracy", "macro_f1") if k in result})
+    return result
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
+        np.savez_compressed(f, **arrays)
+
+
+def role_of(run_dir: Path, others: list[Path]) -> str:
+    """teacher / student (KD) / student (no KD) / baseline, from the run records."""
+    info = runs.RunDir(run_dir).info()
+    if info.get("kind") == "distill":
+        return "student (KD)"
+    resolved = str(Path(run_dir).resolve())
+    for o in others:
+        oi = runs.RunDir(o).info()
+        if resolved in (oi.get("teachers") or []) or oi.get("teacher") == resolved:
+            return "teacher"
+    students = [runs.RunDir(o).info() for o in others if runs.RunDir(o).info().get("kind") == "distill"]
+    if any(s.get("model") == info.get("model") for s in students):
+        return "student (no KD)"
+    return "model"
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per run: role, model, main metric with CI, params, MACs, size, latency."""
+    paths = [Path(p) for p in run_dirs]
+    rows = []
+    for p in paths:
+        m = runs.RunDir(p).metrics()
+        if "task" not in m:
+            from ..errors import MedistillError
+
+            raise MedistillError(f"{p}: no evaluation in metrics.json; run `medistill evaluate {p}` first")
+        multilabel = m["task"] == "multilabel"
+        key = "macro_auc" if multilabel else "accuracy"
+        ci = m.get("auc_ci95" if multilabel else "accuracy_ci95")
+        rows.append({"run": str(p), "role": role_of(p, [o for o in paths if o != p]), "model": m.get("model"),
+                     "metric": key, "value": m.get(key), "ci95": ci, "macro_f1": m.get("macro_f1"),
+                     "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
+                     "latency_ms": m.get("latency_ms"), "split": m.get("split"), "num_images": m.get("num_images")})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``compare_runs`` rows."""
+    head = "| run | role | model | metric | value (95% CI) | macro F1 | params | MACs | size | CPU latency |"
+    out = [head, "|" + "---|" * 10]
+    for r in rows:
+        ci = r["ci95"]
+        val = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+        if ci and ci[0] is not None:
+            val += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+        f1 = "n/a" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}"
+        out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | {f1} | "
+                   f"{_si(r['params'])} | {_si(r['macs'])} | {_si(r['size_bytes'], 'B')} | "
+                   f"{'n/a' if r['latency_ms'] is None else f'{r['latency_ms']:.1f} ms'} |")
+    return "\n".join(out)
+
+
+def _si(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{suf}{unit}"
+    return f"{v:.0f}{unit}"

@@ -1,0 +1,61 @@
+"""Configs: typed dataclasses from YAML + overrides; unknown keys, wrong types and ranges are clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from medistill.cli import build_parser
+from medistill.cli.common import config_from_args
+from medistill.config import ConfigError, RunConfig, build, to_dict
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  dataset: folder\n  image_size: 96\ntrain:\n  epochs: 3\n  lr: 0.01\n")
+    cfg = build(RunConfig, file=f, overrides={"train.epochs": "5", "data.views": "PA,AP", "model.pretrained": "true"})
+    assert cfg.data.dataset == "folder" and cfg.data.image_size == 96
+    assert cfg.train.epochs == 5 and cfg.train.lr == 0.01
+    assert cfg.data.views == ["PA", "AP"] and cfg.model.pretrained is True
+    assert to_dict(cfg)["train"]["epochs"] == 5
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        build(RunConfig, file=f)
+    assert "train.epochz" in str(e.value) and "epochs" in str(e.value) and "batch_size" in str(e.value)
+
+
+def test_wrong_type_and_range():
+    with pytest.raises(ConfigError, match=r"train.epochs: got 'many', expected an integer"):
+        build(RunConfig, overrides={"train.epochs": "many"})
+    with pytest.raises(ConfigError, match=r"distill.*alpha: got 1.5, expected a value in \[0.0, 1.0\]"):
+        build(RunConfig, overrides={"distill.alpha": "1.5"})
+    with pytest.raises(ConfigError, match="dataset: got 'imagenet'"):
+        build(RunConfig, overrides={"data.dataset": "imagenet"})
+
+
+def test_yaml_never_constructs_objects(tmp_path):
+    f = tmp_path / "evil.yaml"
+    f.write_text("out: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build(RunConfig, file=f)
+
+
+def test_cli_flags_map_to_fields(tmp_path):
+    args = build_parser().parse_args(["train", "--dataset", "folder", "--root", "x", "--model", "densenet121",
+                                      "--image-size", "64", "--epochs", "2", "--limit", "1000", "--out", "r",
+                                      "--frontal-only", "--set", "train.lr=0.5"])
+    cfg = config_from_args(RunConfig, args)
+    assert (cfg.model.name, cfg.data.image_size, cfg.train.epochs, cfg.data.limit, cfg.out) == ("densenet121", 64, 2, 1000, "r")
+    assert cfg.data.frontal_only is True and cfg.train.lr == 0.5
+
+
+@pytest.mark.parametrize("command", ["data", "train", "distill", "evaluate", "compare", "explain", "export",
+                                     "predict", "benchmark", "report", "serve", "quickstart"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: medistill " + command in capsys.readouterr().out
