@@ -69,6 +69,31 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return decode_image(data, name=str(path), max_pixels=max_pixels)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image or DICOM file, read from its header without decoding the pixels."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as e:
+        raise ImageReadError(path, f"cannot be read ({e.strerror or e})") from None
+    if _is_dicom_bytes(head) or (sniff_kind(head) is None and path.suffix.lower() in DICOM_SUFFIXES):
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(ds.Rows), int(ds.Columns)
+        except Exception as e:  # noqa: BLE001 - pydicom raises many types for bad headers
+            raise ImageReadError(path, f"DICOM header without a readable Rows/Columns ({e})") from None
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(path, f"cannot be read as an image ({e})") from None
+
+
 def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes (see ``read_image``); the format is taken from the content, not the name."""
     if len(data) == 0:
@@ -189,7 +214,7 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         return img.astype(np.float32, copy=False)
     if img.ndim == 2:
         out = Image.fromarray(img.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
-        return np.asarray(out, dtype=np.float32)
+        return np.array(out, dtype=np.float32)  # a writable copy (torch.from_numpy warns on read-only arrays)
     chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR),
                         dtype=np.float32) for c in range(img.shape[2])]
     return np.stack(chans, axis=-1)

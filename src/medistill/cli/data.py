@@ -1,0 +1,70 @@
+"""``medistill data inspect``: summarise a dataset (images per split, positives per label, missing or unreadable
+files, duplicates, patient overlap between splits), as a table or as one JSON object (``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .common import add_config_args, overrides_from_args, print_json, progress
+
+EXAMPLES = """examples:
+  medistill data inspect --dataset nih --root ../shared/data/nih-chestxray14-sample --json
+  medistill data inspect --dataset folder --root ../shared/data/brain-tumor-mri --check-readable
+  medistill data inspect --dataset chexpert --root CheXpert-v1.0-small --uncertainty mixed --labels competition
+  medistill data inspect --dataset phantom --root data/phantom      (generates the phantom when empty)
+  medistill data inspect --config configs/run.yaml                  (its data: section)
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("data", help="inspect datasets", description="Dataset tools.")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+    ins = actions.add_parser(
+        "inspect", help="summarise a dataset: images per split, positives per label, missing files ...",
+        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ins.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ins.add_argument("--check-readable", action="store_true",
+                     help="decode every image and report the unreadable ones (slower)")
+    from ..config import DataConfig
+
+    add_config_args(ins, DataConfig)
+    ins.set_defaults(func=run)
+
+
+def data_config(args: argparse.Namespace) -> Any:
+    """The DataConfig of ``--config`` (a data-only YAML, or a run config's ``data:`` section) and the flags."""
+    from ..config import DataConfig, build, load_yaml
+
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        base = load_yaml(args.config)
+        if isinstance(base.get("data"), dict):
+            base = base["data"]
+    return build(DataConfig, base=base, overrides=overrides_from_args(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.inspect import format_summary, summarize
+
+    cfg = data_config(args)
+    bar = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(total=total, desc="decoding", unit="img")
+        bar.update(1)
+
+    try:
+        summary = summarize(cfg, readable=args.check_readable, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print_json(summary)
+    else:
+        sys.stdout.write(format_summary(summary) + "\n")
+    return 0
