@@ -144,7 +144,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f1 = "n/a" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}"
         out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | {f1} | "
                    f"{_si(r['params'])} | {_si(r['macs'])} | {_si(r['size_bytes'], 'B')} | "
-                   f"{'n/a' if r['latency_ms'] is None else f'{r['latency_ms']:.1f} ms'} |")
+                   f"{'n/a' if r['latency_ms'] is None else format(r['latency_ms'], '.1f') + ' ms'} |")
     return "\n".join(out)
 
 
