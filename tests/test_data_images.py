@@ -1,0 +1,171 @@
+"""images.read_image on the inputs medical data comes in: DICOM (MONOCHROME1, rescale, window), 16-bit PNG,
+RGBA, palette, and the broken ones (truncated, zero-byte, huge, no pixel data): each broken one is an
+ImageReadError naming the file and the reason."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medistill.data.images import ImageReadError, image_size, read_image
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float | None = None,
+                intercept: float | None = None, center: float | None = None, width: float | None = None,
+                pixel_data: bool = True) -> Path:
+    """A minimal valid DICOM file (Secondary Capture, explicit VR little endian) holding ``pixels`` (uint16)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    if pixel_data:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's first bytes), with no real data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+# --- DICOM -------------------------------------------------------------------------------------------------
+
+def test_dicom_monochrome2_is_scaled_to_its_range(tmp_path):
+    px = (np.arange(12).reshape(3, 4) * 100).astype(np.uint16)  # 0 .. 1100
+    img = read_image(write_dicom(tmp_path / "a.dcm", px))
+    assert img.shape == (3, 4) and img.dtype == np.float32
+    np.testing.assert_allclose(img, px / 1100.0, atol=1e-6)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    px = (np.arange(12).reshape(3, 4) * 100).astype(np.uint16)
+    m1 = read_image(write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1"))
+    m2 = read_image(write_dicom(tmp_path / "m2.dcm", px, photometric="MONOCHROME2"))
+    np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
+    assert m1[0, 0] == pytest.approx(1.0) and m1[-1, -1] == pytest.approx(0.0)  # 0 is white in MONOCHROME1
+
+
+def test_dicom_rescale_then_window(tmp_path):
+    # value = 2 * pixel - 100; window centre 500, width 400 -> [300, 700] maps to [0, 1], clipped outside
+    px = np.array([[100, 250, 300, 450]], dtype=np.uint16)  # values 100, 400, 500, 800
+    img = read_image(write_dicom(tmp_path / "w.dcm", px, slope=2, intercept=-100, center=500, width=400))
+    np.testing.assert_allclose(img[0], [0.0, 0.25, 0.5, 1.0], atol=1e-6)
+
+
+def test_dicom_without_pixel_data_names_the_file(tmp_path):
+    path = write_dicom(tmp_path / "nopix.dcm", np.zeros((4, 4), np.uint16), pixel_data=False)
+    with pytest.raises(ImageReadError, match="nopix.dcm.*no pixel data"):
+        read_image(path)
+
+
+def test_dicom_with_undecodable_compressed_pixels(tmp_path):
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = write_dicom(tmp_path / "j2k.dcm", np.zeros((4, 4), np.uint16))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"not a jpeg 2000 codestream"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="j2k.dcm.*cannot be decoded"):
+        read_image(path)
+
+
+def test_dicom_size_from_header(tmp_path):
+    assert image_size(write_dicom(tmp_path / "s.dcm", np.zeros((5, 7), np.uint16))) == (5, 7)
+
+
+# --- PNG / raster ------------------------------------------------------------------------------------------
+
+def test_16bit_png_keeps_its_depth(tmp_path):
+    px = np.array([[0, 1000, 40000, 65535]], dtype=np.uint16)
+    Image.fromarray(px).save(tmp_path / "d.png")
+    assert Image.open(tmp_path / "d.png").mode.startswith("I")
+    img = read_image(tmp_path / "d.png")
+    np.testing.assert_allclose(img[0], px[0] / 65535.0, atol=1e-6)
+    assert img[0, 1] != img[0, 0]  # 1000/65535 is not crushed to 0 as an 8-bit conversion would do
+
+
+def test_rgba_is_composited_onto_black(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[..., 3] = [[255, 0], [128, 255]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (2, 2)  # gray content stays one channel
+    np.testing.assert_allclose(img, [[200 / 255, 0.0], [200 / 255 * 128 / 255, 200 / 255]], atol=1e-6)
+
+
+def test_palette_image_is_expanded_to_colour(tmp_path):
+    p = Image.new("P", (2, 1))
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.putpixel((0, 0), 0)
+    p.putpixel((1, 0), 1)
+    p.save(tmp_path / "p.png")
+    img = read_image(tmp_path / "p.png")
+    assert img.shape == (1, 2, 3)
+    np.testing.assert_allclose(img[0, 0], [1, 0, 0])
+    np.testing.assert_allclose(img[0, 1], [0, 0, 1])
+
+
+def test_truncated_png(tmp_path):
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="t.png.*truncated or corrupt"):
+        read_image(tmp_path / "t.png")
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "z.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"z.png: empty file \(0 bytes\)"):
+        read_image(tmp_path / "z.png")
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    path = png_header_only(tmp_path / "big.png", 9000, 9000)  # 81 Mpx: over medistill's 64 Mpx limit
+    with pytest.raises(ImageReadError, match="big.png: image is 9000x9000 = 81000000 pixels, more than the limit"):
+        read_image(path)
+    path = png_header_only(tmp_path / "bomb.png", 20000, 20000)  # 400 Mpx: Pillow's own bomb check fires first
+    with pytest.raises(ImageReadError, match="bomb.png: refused as a decompression bomb"):
+        read_image(path)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ImageReadError, match="more than the limit of 100"):
+        read_image(tmp_path / "small.png", max_pixels=100)
+
+
+def test_missing_file_and_non_image(tmp_path):
+    with pytest.raises(ImageReadError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(ImageReadError, match="notes.png: not an image"):
+        read_image(tmp_path / "notes.png")

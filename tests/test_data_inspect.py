@@ -1,0 +1,148 @@
+"""``medistill data inspect``: the JSON figures on the real NIH sample and brain tumour folders, the text table,
+--check-readable, DICOM folders, the phantom generated into an empty root, config files and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medistill.cli import main
+from medistill.data.base import Table
+from medistill.data.inspect import summarize_table
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["data", "inspect", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def make_folder(root: Path, n: int = 4) -> Path:
+    for split in ("train", "test"):
+        for c, value in (("benign", 60), ("malignant", 190)):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.fromarray(np.full((12, 12), value + k + (0 if split == "train" else 20), np.uint8)).save(
+                    root / split / c / f"{k}.png")
+    return root
+
+
+@pytest.mark.data
+def test_nih_sample_json(shared_data, capsys):
+    rc, out, _ = run_cli(capsys, "--dataset", "nih", "--root", str(shared_data / "nih-chestxray14-sample"), "--json")
+    s = json.loads(out)
+    assert rc == 0
+    assert s["num_images"] == 621 and s["positives"]["Infiltration"] == 123
+    assert sum(v["num_images"] for v in s["splits"].values()) == 621
+    assert sum(v["positives"]["Infiltration"] for v in s["splits"].values()) == 123
+    assert s["patient_overlap"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+    assert s["views"] == {"PA": 518, "AP": 103}
+    assert s["missing_images"] == 112120 - 621 and s["boxes"] == {"images": 12, "boxes": 12}
+
+
+@pytest.mark.data
+def test_brain_tumour_folder_json(shared_data, capsys):
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(shared_data / "brain-tumor-mri"), "--json")
+    s = json.loads(out)
+    assert s["num_images"] == 6592
+    assert s["classes"] == ["glioma", "meningioma", "notumor", "pituitary"] and s["task"] == "multiclass"
+    assert sum(s["positives"].values()) == 6592
+    assert s["splits"]["test"]["num_images"] == 1280
+    assert s["splits"]["train"]["num_images"] + s["splits"]["val"]["num_images"] == 5312
+    assert s["duplicates"]["duplicates_across_splits"] == 0  # the README says they were removed
+
+
+def test_text_table_and_check_readable(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds")
+    (root / "train" / "benign" / "empty.png").write_bytes(b"")
+    good = (root / "train" / "malignant" / "0.png").read_bytes()
+    (root / "train" / "malignant" / "cut.png").write_bytes(good[:30])
+    (root / "test" / "benign" / "copy.png").write_bytes(good)  # the same bytes as a training image
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--val-fraction", "0", "--check-readable")
+    assert rc == 0
+    lines = out.splitlines()
+    assert "images: 19" in lines[1]
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["benign"], ["malignant"])}
+    assert rows == {"benign": ["5", "5", "10"], "malignant": ["5", "4", "9"]}  # train, test, total
+    assert "unreadable images: 2 of 19 checked" in out and "empty.png: empty file" in out
+    assert "duplicate images (identical bytes): 1 within, 1 across splits" in out
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--check-readable", "--json")
+    s = json.loads(out)
+    assert s["unreadable"]["count"] == 2 and s["unreadable"]["checked"] == 19
+    assert sorted(Path(f["path"]).name for f in s["unreadable"]["files"]) == ["cut.png", "empty.png"]
+
+
+def test_folder_of_dicom_files(tmp_path, capsys):
+    from test_data_images import write_dicom  # tests/ is on sys.path (pytest's rootdir conftest)
+
+    root = tmp_path / "dcm"
+    for c, photometric in (("a", "MONOCHROME1"), ("b", "MONOCHROME2")):
+        (root / c).mkdir(parents=True)
+        for k in range(5):
+            write_dicom(root / c / f"{k}.dcm", (np.arange(48).reshape(6, 8) * (k + 1) * 10).astype(np.uint16),
+                        photometric=photometric)
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--check-readable", "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["num_images"] == 10 and s["classes"] == ["a", "b"] and s["unreadable"]["count"] == 0
+    from medistill.data.folder import ImageFolder
+
+    ds = ImageFolder(root, "train", val_fraction=0.0, test_fraction=0.2)
+    sample = ds[0]
+    assert sample["image"].shape == (1, 128, 128) and ds.stored_size(0) == (6, 8)
+    first = ds.read(0)
+    assert first.shape == (6, 8)
+    # MONOCHROME1 files (class a) are inverted: their first pixel (the smallest value) is white
+    assert first[0, 0] == (1.0 if ds.meta(0)["path"].split("/")[-2] == "a" else 0.0)
+
+
+def test_phantom_is_generated_into_an_empty_root(tmp_path, capsys, monkeypatch):
+    import medistill.data.phantom as phantom
+
+    real = phantom.ensure
+    monkeypatch.setattr(phantom, "ensure", lambda root, **kw: real(root, num_images=40, size=32, seed=0))
+    root = tmp_path / "ph"
+    rc, out, _ = run_cli(capsys, "--dataset", "phantom", "--root", str(root), "--json")
+    s = json.loads(out)
+    assert rc == 0 and (root / "phantom.json").is_file() and len(list((root / "images").glob("*.png"))) == 40
+    assert s["num_images"] == 40 and s["labels"][0] == "Cardiomegaly"
+    assert s["positives"] == {k: int(v) for k, v in pd.read_csv(root / "labels.csv")[s["labels"]].sum().items()}
+    rc, out2, _ = run_cli(capsys, "--dataset", "phantom", "--root", str(root), "--json")  # reused, not regenerated
+    assert json.loads(out2)["num_images"] == 40
+
+
+def test_config_file_with_a_data_section(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"out: runs/x\ndata:\n  dataset: folder\n  root: {root}\n  val_fraction: 0.25\n")
+    rc, out, _ = run_cli(capsys, "--config", str(cfg), "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["num_images"] == 16 and s["splits"]["val"]["num_images"] == 2
+    rc, out, _ = run_cli(capsys, "--config", str(cfg), "--val-fraction", "0", "--json")  # flags override
+    assert json.loads(out)["splits"]["val"]["num_images"] == 0
+
+
+def test_errors_are_one_clean_line(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "--dataset", "nih", "--root", str(tmp_path))
+    assert rc == 2 and "no Data_Entry_2017" in err and "Traceback" not in err
+    rc, out, err = run_cli(capsys, "--dataset", "nih", "--root", str(tmp_path / "absent"))
+    assert rc == 2 and "does not exist" in err
+    rc, out, err = run_cli(capsys, "--dataset", "mnist", "--root", str(tmp_path))
+    assert rc == 2 and "dataset: got 'mnist'" in err
+    rc, out, err = run_cli(capsys, "--dataset", "nih")
+    assert rc == 2 and "needs --root" in err
+
+
+def test_patient_overlap_is_reported():
+    records = pd.DataFrame({"path": ["a", "b", "c"], "image_id": ["a", "b", "c"], "patient_id": ["p1", "p1", "p2"],
+                            "view": ["PA", "PA", "AP"], "split": ["train", "test", "test"]})
+    targets = np.array([[1, 0], [1, 1], [0, 0]], np.float32)
+    mask = np.array([[1, 1], [1, 0], [1, 1]], np.float32)
+    s = summarize_table(Table(["A", "B"], "multilabel", records, targets, mask))
+    assert s["patient_overlap"] == {"train/val": 0, "train/test": 1, "val/test": 0}
+    assert s["positives"] == {"A": 2, "B": 0} and s["masked"] == {"A": 0, "B": 1}  # a masked 1 is not a positive
+    assert s["splits"]["test"]["num_patients"] == 2 and s["views"] == {"PA": 2, "AP": 1}
