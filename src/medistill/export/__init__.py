@@ -1,0 +1,203 @@
+"""Export a trained run for devices: ONNX (+ INT8, + explain graph) with a parity report.
+
+``export_run(run_dir, out, int8=, explain=)`` is what ``medistill export`` runs:
+
+1. rebuild the run's best model, read validation images of the run's dataset (as training preprocessed them);
+2. per-label thresholds: the run's ``metrics.json`` when evaluation stored them, else chosen on validation;
+3. ``onnx.export_onnx`` -> ``model.onnx`` (with the ``cams`` output when ``explain``), then parity: the same
+   validation images through PyTorch and ONNX Runtime (``max_abs_diff`` of logits, the validation metric of both);
+4. ``explain``: the in-graph maps against pytorch-grad-cam's GradCAM on the same layer (``cam_correlation_min``);
+5. ``int8``: ``quantize.quantize_int8`` calibrated on training images -> ``model.int8.onnx``, then sizes, the
+   validation metric (``int8_metric_delta`` = INT8 - fp32) and INT8 vs fp32 latency;
+6. everything into ``export.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+REPORT_FILE = "export.json"
+#: parity target of the issue: fp32 ONNX logits within this of PyTorch's
+FP32_TOLERANCE = 1e-4
+#: lowest acceptable per-map correlation of the in-graph CAMs with pytorch-grad-cam
+CAM_CORRELATION_TARGET = 0.99
+
+
+def load_split_inputs(data_cfg: Any, split: str, inp: dict[str, Any], *, limit: int | None = None, seed: int = 0,
+                      labels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised inputs (N, C, S, S), targets (N, L) and mask (N, L) of ``split`` of the dataset ``data_cfg``
+    describes, preprocessed as training did (no augmentation); a seeded subset of ``limit`` images when set."""
+    from ..data import Preprocess, build_dataset
+    from ..models import ModelError
+
+    cache = None
+    if data_cfg.cache:
+        try:
+            from ..train.loop import default_cache_dir
+
+            cache = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+        except ImportError:  # the training loop is not there: read without the cache
+            cache = None
+    pre = Preprocess(int(inp["size"]), int(inp["channels"]), tuple(inp["mean"]), tuple(inp["std"]), "none")
+    ds = build_dataset(data_cfg, split, pre, cache_dir=cache)
+    if labels is not None and list(ds.labels) != list(labels):
+        raise ModelError(f"the model's labels {list(labels)} differ from the {data_cfg.dataset} dataset's {ds.labels}")
+    idx = np.arange(len(ds))
+    if limit is not None and len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    xs, ys, ms = [], [], []
+    for i in idx:
+        s = ds[int(i)]
+        xs.append(s["image"].numpy())
+        ys.append(s["target"].numpy())
+        ms.append(s["mask"].numpy())
+    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), np.stack(ms).astype(np.float32)
+
+
+def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
+    from ..inference import sigmoid, softmax
+
+    return sigmoid(logits) if task == "multilabel" else softmax(logits)
+
+
+def validation_metric(task: str, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                      labels: list[str]) -> dict[str, Any]:
+    """``{"name", "value"}``: macro AUC (multi-label) or accuracy (multi-class) by ``evaluate.metrics``."""
+    from ..evaluate.metrics import compute_metrics
+
+    name = "macro_auc" if task == "multilabel" else "accuracy"
+    probs = probabilities(task, logits)
+    try:
+        m = compute_metrics(task, probs, targets, mask, labels, n_bootstrap=0)
+    except TypeError:  # an older signature without bootstrap
+        m = compute_metrics(task, probs, targets, mask, labels)
+    value = m.get(name)
+    return {"name": name, "value": None if value is None else float(value)}
+
+
+def thresholds_for(run: Any, task: str, labels: list[str], logits: np.ndarray, targets: np.ndarray,
+                   mask: np.ndarray) -> tuple[dict[str, float], str]:
+    """Per-label thresholds and where they came from: ``metrics.json`` of the run, else chosen on validation."""
+    stored = run.metrics().get("thresholds") or {}
+    if isinstance(stored, dict) and all(lab in stored and stored[lab] is not None for lab in labels):
+        return {lab: float(stored[lab]) for lab in labels}, f"{run.file('metrics.json')}"
+    if task != "multilabel":
+        return {lab: 0.5 for lab in labels}, "not used (multi-class: the most probable label is the prediction)"
+    try:
+        from ..evaluate.metrics import choose_thresholds
+    except ImportError:
+        log.warning("medistill.evaluate.metrics is not available: thresholds default to 0.5")
+        return {lab: 0.5 for lab in labels}, "default 0.5 (no evaluation and no threshold chooser)"
+    chosen = choose_thresholds(probabilities(task, logits), targets, mask)
+    if isinstance(chosen, dict):
+        return {lab: float(chosen[lab]) for lab in labels}, f"chosen on validation ({len(logits)} images)"
+    return ({lab: float(v) for lab, v in zip(labels, np.asarray(chosen).ravel())},
+            f"chosen on validation ({len(logits)} images)")
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def cam_parity(model: Any, onnx_path: Path, images: np.ndarray) -> dict[str, Any]:
+    """Correlation of the graph's ``cams`` with pytorch-grad-cam's GradCAM (same layer) for every map of ``images``."""
+    import torch
+
+    from .cam_graph import gradcam_reference, map_correlations, upsample_maps
+    from .onnx import ort_outputs
+
+    _, cams = ort_outputs(onnx_path, images, maps=True)
+    ref = gradcam_reference(model, torch.from_numpy(images)).numpy()  # (N, L, H, W)
+    corr = map_correlations(upsample_maps(cams, ref.shape[-2:]), ref)  # (N, L)
+    return {"cam_correlation_min": float(corr.min()), "cam_correlation_mean": float(corr.mean()),
+            "cam_maps": int(corr.size), "cam_images": int(len(images)), "cam_shape": list(cams.shape[1:])}
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False, explain: bool = False,
+               val_limit: int | None = 512, calibration_images: int = 128, cam_images: int = 8,
+               per_channel: bool = True, calibration_method: str = "minmax", threads: int | None = None,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export run ``run_dir`` into folder ``out`` (see module docstring); returns the ``export.json`` report."""
+    from ..errors import MedistillError
+    from ..runs import RunDir, load_model
+    from ..utils.runtime import package_versions
+    from .onnx import export_onnx, parity
+
+    if fmt != "onnx":
+        raise MedistillError(f"--format {fmt!r}: expected 'onnx' (the only export format)")
+    say = progress or (lambda msg: log.info(msg))
+    out = Path(out)
+    run = RunDir(run_dir)
+    model, record = load_model(run_dir)
+    cfg = run.config()
+    labels, task, inp = list(record["labels"]), record["task"], record["input"]
+
+    say(f"reading validation images of {cfg.data.dataset}")
+    x_val, y_val, m_val = load_split_inputs(cfg.data, "val", inp, limit=val_limit, labels=labels)
+    from .onnx import torch_logits
+
+    ref_logits = torch_logits(model, x_val)
+    thresholds, thr_source = thresholds_for(run, task, labels, ref_logits, y_val, m_val)
+
+    say("exporting to ONNX" + (" with the explain graph" if explain else ""))
+    model_path = export_onnx(model, out / MODEL_FILE, labels=labels, task=task, thresholds=thresholds,
+                             explain=explain, extra={"run": str(Path(run_dir).resolve().name),
+                                                     "thresholds_source": thr_source})
+    say("checking parity with PyTorch")
+    par = parity(model, model_path, x_val)
+    metric_torch = validation_metric(task, par["torch_logits"], y_val, m_val, labels)
+    metric_onnx = validation_metric(task, par["onnx_logits"], y_val, m_val, labels)
+    report: dict[str, Any] = {
+        "run": str(Path(run_dir)), "model": record["model"], "task": task, "labels": labels, "input": inp,
+        "format": "onnx", "explain": explain, "thresholds": thresholds, "thresholds_source": thr_source,
+        "validation": {"dataset": cfg.data.dataset, "split": "val", "images": int(len(x_val))},
+        "max_abs_diff": par["max_abs_diff"], "mean_abs_diff": par["mean_abs_diff"],
+        "fp32_within_tolerance": par["max_abs_diff"] <= FP32_TOLERANCE, "fp32_tolerance": FP32_TOLERANCE,
+        "metric_name": metric_torch["name"], "metric_pytorch": metric_torch["value"],
+        "metric_onnx": metric_onnx["value"], "files": {MODEL_FILE: _file_entry(model_path)},
+    }
+    if par["max_abs_diff"] > FP32_TOLERANCE:
+        log.warning("ONNX logits differ from PyTorch by up to %.3g (> %.0e)", par["max_abs_diff"], FP32_TOLERANCE)
+    if explain:
+        say("checking the in-graph maps against pytorch-grad-cam")
+        cp = cam_parity(model, model_path, x_val[:cam_images])
+        report.update(cp, cam_correlation_target=CAM_CORRELATION_TARGET,
+                      cam_within_target=cp["cam_correlation_min"] >= CAM_CORRELATION_TARGET)
+    if int8:
+        from .quantize import compare, quantize_int8
+
+        say(f"quantizing to INT8 ({calibration_images} training images)")
+        x_cal, _, _ = load_split_inputs(cfg.data, "train", inp, limit=calibration_images, seed=1, labels=labels)
+        int8_path = quantize_int8(model_path, out / INT8_FILE, x_cal, per_channel=per_channel,
+                                  method=calibration_method)
+        say("comparing INT8 with fp32")
+        cmp = compare(model_path, int8_path, x_val,
+                      metric=lambda lg: validation_metric(task, lg, y_val, m_val, labels), threads=threads)
+        report["int8"] = {**cmp, "per_channel": per_channel, "calibration_images": int(len(x_cal)),
+                          "calibration_split": "train", "calibration_method": calibration_method}
+        report["int8_metric_delta"] = cmp.get("int8_metric_delta")
+        report["files"][INT8_FILE] = _file_entry(int8_path)
+        if explain:
+            cp8 = cam_parity(model, int8_path, x_val[:cam_images])
+            report["int8"]["cam_correlation_min"] = cp8["cam_correlation_min"]
+            report["int8"]["cam_correlation_mean"] = cp8["cam_correlation_mean"]
+    report["versions"] = package_versions()
+    atomic_write_json(out / REPORT_FILE, report)
+    log.info("export report written to %s", out / REPORT_FILE)
+    return report
+
+
+__all__ = ["CAM_CORRELATION_TARGET", "FP32_TOLERANCE", "INT8_FILE", "MODEL_FILE", "REPORT_FILE", "export_run",
+           "load_split_inputs", "validation_metric"]

@@ -1,0 +1,166 @@
+"""ONNX export with dynamic batch and medistill metadata, and the PyTorch-vs-ONNX Runtime parity check.
+
+``torch.onnx.export`` (the dynamo exporter, opset 18) writes the graph; the labels, task, input size, channels,
+mean / std, per-label thresholds, model name and medistill version go into the model's ``metadata_props``
+(:class:`medistill.inference.ModelInfo`), so the file alone is enough to predict. With ``explain=True`` the graph is
+:class:`~medistill.export.cam_graph.CamGraph` and also outputs Grad-CAM maps of every label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistill_version, open_session
+from ..models import ModelError, input_config
+from ..utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+
+
+class _Logits(nn.Module):
+    """The model as the exported graph sees it: input (B, C, S, S) -> logits (B, L)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the ONNX input's name
+        return self.model(input)
+
+
+class _Explain(nn.Module):
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.explainer = graph
+
+    def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
+        return self.explainer(input)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore its mode afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds: dict[str, float] | None = None,
+               maps: bool = False, extra: dict[str, str] | None = None) -> ModelInfo:
+    """The metadata an exported ``model`` carries (input config from ``medistill.models.input_config``)."""
+    cfg = input_config(model)
+    n_out = getattr(model, "num_classes", len(labels))
+    if n_out != len(labels):
+        raise ModelError(f"{type(model).__name__} has {n_out} outputs but {len(labels)} labels were given")
+    thr = {lab: float((thresholds or {}).get(lab, 0.5)) for lab in labels}
+    return ModelInfo(labels=list(labels), task=task, size=cfg.size, channels=cfg.channels, mean=list(cfg.mean),
+                     std=list(cfg.std), thresholds=thr, model=getattr(model, "medistill_name", type(model).__name__),
+                     version=medistill_version(), maps=maps, extra=dict(extra or {}))
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], task: str,
+                thresholds: dict[str, float] | None = None, explain: bool = False, opset: int = OPSET,
+                extra: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as an ONNX file with a dynamic batch axis and medistill metadata; returns the path.
+
+    Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
+    caller's model is not modified (its train/eval mode is restored).
+    """
+    import onnx
+
+    info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra)
+    p = next(model.parameters())
+    x = torch.zeros(2, info.channels, info.size, info.size, device=p.device, dtype=p.dtype)  # batch 2: not specialised
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with eval_mode(model):
+        if explain:
+            from .cam_graph import CamGraph
+
+            module: nn.Module = _Explain(CamGraph(model))
+            outputs = [LOGITS, CAMS]
+        else:
+            module = _Logits(model)
+            outputs = [LOGITS]
+        # the exporter prints progress on stdout in some versions; library code stays quiet
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[INPUT],
+                                        output_names=outputs, opset_version=opset, dynamic_shapes=({0: batch},),
+                                        external_data=False)
+    proto = program.model_proto
+    for key, value in info.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "medistill"
+    proto.producer_version = info.version
+    proto.doc_string = (f"medistill export of {info.model}: input {INPUT} (B, {info.channels}, {info.size}, "
+                        f"{info.size}) normalised, outputs {', '.join(outputs)}")
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
+    log.info("exported %s (%s) to %s, %.2f MB", info.model, ", ".join(outputs), path, path.stat().st_size / 1e6)
+    return path
+
+
+def copy_metadata(src: Any, dst: Any, extra: dict[str, str] | None = None) -> None:
+    """Copy ``medistill.*`` metadata_props from ONNX ModelProto ``src`` to ``dst`` (replacing), plus ``extra``."""
+    props = {e.key: e.value for e in src.metadata_props}
+    props.update(extra or {})
+    keep = [(e.key, e.value) for e in dst.metadata_props if e.key not in props]
+    del dst.metadata_props[:]
+    for key, value in keep + sorted(props.items()):
+        entry = dst.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def ort_outputs(path: str | Path, images: np.ndarray, *, batch_size: int = 16, maps: bool = False,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """ONNX Runtime logits (N, L) [and maps (N, L, h, w)] of normalised inputs (N, C, S, S)."""
+    sess = open_session(path, threads=threads)
+    names = [o.name for o in sess.get_outputs()]
+    if maps and CAMS not in names:
+        raise ModelFileError(f"{path}: no {CAMS!r} output")
+    want = [LOGITS, CAMS] if maps else [LOGITS]
+    logits, cams = [], []
+    for i in range(0, len(images), batch_size):
+        out = sess.run(want, {INPUT: np.ascontiguousarray(images[i:i + batch_size], np.float32)})
+        logits.append(out[0])
+        if maps:
+            cams.append(out[1])
+    return np.concatenate(logits), (np.concatenate(cams) if maps else None)
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+    """PyTorch logits (N, L) of normalised inputs (N, C, S, S), in eval mode (restored afterwards)."""
+    p = next(model.parameters())
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(p.device, p.dtype))
+                       .float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def parity(model: nn.Module, path: str | Path, images: np.ndarray, *, batch_size: int = 16) -> dict[str, Any]:
+    """The same inputs (N, C, S, S) through PyTorch and ONNX Runtime: max / mean absolute logit difference.
+
+    Returns ``{"max_abs_diff", "mean_abs_diff", "images", "torch_logits", "onnx_logits"}`` (logits as arrays).
+    """
+    ref = torch_logits(model, images, batch_size=batch_size)
+    got, _ = ort_outputs(path, images, batch_size=batch_size)
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "images": int(len(images)),
+            "torch_logits": ref, "onnx_logits": got}
