@@ -1,0 +1,74 @@
+"""``medistill predict MODEL.onnx INPUTS... [--json] [--explain --out DIR]``: torch-free prediction.
+
+Imports nothing heavier than onnxruntime, numpy, Pillow and pydicom (a test runs it where importing torch fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "predict images (PNG, JPEG, 16-bit PNG, DICOM, folders) with an exported ONNX model, without torch"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help=HELP, description=HELP + ". A file that cannot be read is reported and the "
+                       "others are still predicted; the exit status is 1 when any input failed.")
+    p.add_argument("model", metavar="MODEL.onnx", help="a model written by `medistill export`")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
+    p.add_argument("--explain", action="store_true", help="write heatmap overlays (needs a model exported with "
+                   "--explain) into --out")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the overlays (default ./predict-maps)")
+    p.add_argument("--maps", choices=["positive", "all"], default="positive",
+                   help="overlay the positive labels (or the top one when none is) or all labels")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data.images import list_images
+    from ..errors import MedistillError
+    from ..inference import Predictor, save_overlays
+
+    predictor = Predictor(args.model, threads=args.threads)
+    files = list_images(args.inputs)
+    if not files:
+        raise MedistillError(f"no images found in {' '.join(args.inputs)} (expected PNG, JPEG, BMP, TIFF or DICOM "
+                             f"files or folders holding them)")
+    want_maps = bool(args.explain)
+    out = Path(args.out or "predict-maps")
+    if want_maps and not predictor.has_maps:
+        print(f"medistill predict: warning: {args.model} has no maps (export it with --explain); "
+              f"predicting without overlays", file=sys.stderr)
+        want_maps = False
+    results, failed = [], 0
+    for i, pred in enumerate(predictor.predict(files, maps=want_maps, batch_size=max(1, args.batch_size),
+                                               keep_images=want_maps)):
+        if pred.error is not None:
+            failed += 1
+            if not args.json:
+                print(f"{pred.file}: error: {pred.error}", file=sys.stderr)
+        else:
+            written = save_overlays(pred, predictor.labels, out, index=i, which=args.maps) if want_maps else []
+            if args.json:
+                row = pred.to_json()
+                if written:
+                    row["overlays"] = [str(p) for p in written]
+                results.append(row)
+                continue
+            top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            print(f"{pred.file}: positives [{', '.join(pred.positives)}]  top: "
+                  + ", ".join(f"{lab} {p:.3f}" for lab, p in top)
+                  + (f"  overlays: {', '.join(str(p) for p in written)}" if written else ""))
+            continue
+        if args.json:
+            results.append(pred.to_json())
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 1 if failed else 0

@@ -1,0 +1,337 @@
+"""Torch-free prediction with an exported ONNX model: onnxruntime, numpy, Pillow (and pydicom for DICOM).
+
+``medistill predict`` and ``medistill serve`` use this module; it must never import torch (a test runs
+``medistill predict`` where importing torch fails). An exported model carries everything needed to use it in its
+ONNX ``metadata_props`` (see :class:`ModelInfo`): label names, task, input size, channels, mean / std and
+per-label thresholds, so a device needs the ``.onnx`` file and nothing else. Images are decoded and preprocessed by
+``medistill.data.images``, exactly as in training.
+
+Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S, S) float32 normalised; output
+``logits`` (B, L); optional output ``cams`` (B, L, h, w) in [0, 1] (Grad-CAM of every label, see
+``medistill.export.cam_graph``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .data import images as im
+from .errors import MedistillError
+
+log = logging.getLogger(__name__)
+
+INPUT = "input"
+LOGITS = "logits"
+CAMS = "cams"
+#: metadata_props keys are ``medistill.<field>``; ``medistill.format`` marks a medistill export
+PREFIX = "medistill."
+FORMAT = 1
+
+
+class ModelFileError(MedistillError):
+    """A model file is not ONNX, lacks medistill metadata or does not fit it; the message says which."""
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What an exported model says about itself (its ``metadata_props``, ``medistill.*`` keys)."""
+
+    labels: list[str]  # label names, in logit order
+    task: str  # "multilabel" (one sigmoid per label) or "multiclass" (softmax)
+    size: int  # side of the square input, pixels
+    channels: int  # input channels (1 or 3)
+    mean: list[float]  # per-channel normalisation mean (inputs in [0, 1])
+    std: list[float]  # per-channel normalisation std
+    thresholds: dict[str, float]  # label -> probability threshold for "positive" (chosen on validation)
+    model: str  # architecture name (eeea_net_c2, ...)
+    version: str  # medistill version that exported it
+    maps: bool = False  # the graph has a ``cams`` output
+    extra: dict[str, str] = dataclasses.field(default_factory=dict)  # other medistill.* keys (provenance)
+
+    def to_props(self) -> dict[str, str]:
+        """``metadata_props`` entries (strings; lists and mappings as JSON)."""
+        props = {"format": str(FORMAT), "labels": json.dumps(self.labels), "task": self.task,
+                 "input_size": str(self.size), "input_channels": str(self.channels), "mean": json.dumps(self.mean),
+                 "std": json.dumps(self.std), "thresholds": json.dumps(self.thresholds), "model": self.model,
+                 "version": self.version, "maps": "1" if self.maps else "0", **self.extra}
+        return {PREFIX + k: v for k, v in props.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelInfo":
+        """Parse ``metadata_props``; ModelFileError naming ``where`` and the key when one is missing or bad."""
+        own = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if "format" not in own:
+            raise ModelFileError(f"{where}: an ONNX model without medistill metadata (no {PREFIX}format key in "
+                                 f"metadata_props); export it with `medistill export RUN_DIR --format onnx`")
+
+        def get(key: str) -> str:
+            if key not in own:
+                raise ModelFileError(f"{where}: medistill metadata lacks {PREFIX}{key}")
+            return own[key]
+
+        def as_json(key: str, kind: type) -> Any:
+            try:
+                value = json.loads(get(key))
+            except json.JSONDecodeError:
+                raise ModelFileError(f"{where}: {PREFIX}{key} is not valid JSON: {own[key][:80]!r}") from None
+            if not isinstance(value, kind):
+                raise ModelFileError(f"{where}: {PREFIX}{key} should be a JSON {kind.__name__}, got {value!r:.80}")
+            return value
+
+        def as_int(key: str) -> int:
+            try:
+                return int(get(key))
+            except ValueError:
+                raise ModelFileError(f"{where}: {PREFIX}{key}: expected an integer, got {own[key]!r}") from None
+
+        known = {"format", "labels", "task", "input_size", "input_channels", "mean", "std", "thresholds", "model",
+                 "version", "maps"}
+        info = cls(labels=[str(v) for v in as_json("labels", list)], task=get("task"), size=as_int("input_size"),
+                   channels=as_int("input_channels"), mean=[float(v) for v in as_json("mean", list)],
+                   std=[float(v) for v in as_json("std", list)],
+                   thresholds={str(k): float(v) for k, v in as_json("thresholds", dict).items()},
+                   model=own.get("model", "unknown"), version=own.get("version", "unknown"),
+                   maps=own.get("maps", "0") == "1", extra={k: v for k, v in own.items() if k not in known})
+        if info.task not in ("multilabel", "multiclass"):
+            raise ModelFileError(f"{where}: {PREFIX}task is {info.task!r}, expected 'multilabel' or 'multiclass'")
+        if info.channels not in (1, 3):
+            raise ModelFileError(f"{where}: {PREFIX}input_channels is {info.channels}, expected 1 or 3")
+        if not info.labels:
+            raise ModelFileError(f"{where}: {PREFIX}labels is empty")
+        return info
+
+
+def medistill_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medistill")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
+        raise ModelFileError("prediction needs onnxruntime (pip install onnxruntime)") from None
+    return onnxruntime
+
+
+def open_session(path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``path``; ModelFileError when it is missing or not ONNX."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: empty file (0 bytes), expected an ONNX model")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises InvalidProtobuf, Fail, InvalidGraph ...
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The result for one input file; ``error`` is set (and the rest empty) when the file could not be used."""
+
+    file: str
+    probabilities: dict[str, float] = dataclasses.field(default_factory=dict)
+    positives: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    maps: np.ndarray | None = None  # (L, h, w) in [0, 1] when asked for and the model has them
+    image: np.ndarray | None = None  # the decoded image (H, W) or (H, W, 3) in [0, 1], kept for overlays
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "probabilities": self.probabilities, "positives": self.positives}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """An exported medistill model, ready to predict files or arrays.
+
+    ``Predictor(path)`` opens the ONNX file and validates it: loadable ONNX, medistill metadata present, input
+    ``(batch, channels, size, size)`` and ``logits`` of one score per label as the metadata says.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None):
+        self.path = Path(path)
+        self.session = open_session(self.path, threads=threads, providers=providers)
+        meta = self.session.get_modelmeta()
+        self.info = ModelInfo.from_props(dict(meta.custom_metadata_map or {}), where=str(self.path))
+        self._validate_graph()
+
+    def _validate_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        where, info = str(self.path), self.info
+        if INPUT not in inputs or len(inputs) != 1:
+            raise ModelFileError(f"{where}: expected one input named {INPUT!r}, found {sorted(inputs)}")
+        shape = list(inputs[INPUT].shape)
+        expected = [None, info.channels, info.size, info.size]
+        if len(shape) != 4:
+            raise ModelFileError(f"{where}: input {INPUT!r} has shape {shape}, expected (batch, {info.channels}, "
+                                 f"{info.size}, {info.size})")
+        for axis, (got, want) in enumerate(zip(shape[1:], expected[1:]), start=1):
+            if isinstance(got, int) and got != want:
+                what = "channels" if axis == 1 else "size"
+                raise ModelFileError(f"{where}: the graph's input has {got} {what} on axis {axis} but its metadata "
+                                     f"says {want}; shape {shape}, expected (batch, {info.channels}, {info.size}, "
+                                     f"{info.size})")
+        if LOGITS not in outputs:
+            raise ModelFileError(f"{where}: no {LOGITS!r} output (outputs: {sorted(outputs)})")
+        n = outputs[LOGITS].shape[-1] if outputs[LOGITS].shape else None
+        if isinstance(n, int) and n != len(info.labels):
+            raise ModelFileError(f"{where}: {LOGITS!r} has {n} scores but the metadata names {len(info.labels)} labels")
+        self.has_maps = CAMS in outputs
+        if info.maps and not self.has_maps:
+            raise ModelFileError(f"{where}: metadata says the model has maps but the graph has no {CAMS!r} output")
+
+    # --- arrays --------------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    def preprocess(self, img: np.ndarray) -> np.ndarray:
+        """A decoded image (H, W) / (H, W, 3) in [0, 1] -> the model input (C, S, S), as in training."""
+        i = self.info
+        return im.preprocess(img, i.size, i.channels, i.mean, i.std)
+
+    def run(self, x: np.ndarray, *, maps: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model inputs (B, C, S, S) -> logits (B, L) and, when ``maps`` and the model has them, (B, L, h, w)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        i = self.info
+        if x.ndim != 4 or x.shape[1:] != (i.channels, i.size, i.size):
+            raise ModelFileError(f"{self.path}: input of shape {x.shape}, expected (B, {i.channels}, {i.size}, {i.size})")
+        names = [LOGITS, CAMS] if maps and self.has_maps else [LOGITS]
+        out = self.session.run(names, {INPUT: x})
+        return out[0], out[1] if len(out) > 1 else None
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """(B, L) logits -> probabilities: one sigmoid per label (multi-label) or a softmax (multi-class)."""
+        return sigmoid(logits) if self.info.task == "multilabel" else softmax(logits)
+
+    def positives(self, probs: np.ndarray) -> list[str]:
+        """Labels called positive for one image's (L,) probabilities: by the stored thresholds (multi-label),
+        the most probable label (multi-class)."""
+        if self.info.task == "multiclass":
+            return [self.labels[int(np.argmax(probs))]]
+        return [lab for lab, p in zip(self.labels, probs) if p >= self.info.thresholds.get(lab, 0.5)]
+
+    # --- files --------------------------------------------------------------------------------------
+    def predict(self, files: Iterable[str | Path], *, maps: bool = False, batch_size: int = 8,
+                keep_images: bool = False) -> Iterator[Prediction]:
+        """One :class:`Prediction` per file, in order. A file that cannot be read or used gives a Prediction with
+        ``error`` set and the others still run. Images go through the model ``batch_size`` at a time."""
+        pending: list[tuple[Prediction, np.ndarray]] = []
+        for f in files:
+            pred = Prediction(file=str(f))
+            try:
+                img = im.read_image(f)
+                x = self.preprocess(img)
+            except MedistillError as e:
+                pred.error = getattr(e, "reason", None) or str(e)
+                log.debug("%s: %s", f, pred.error)
+                yield from self._flush(pending, maps)
+                pending = []
+                yield pred
+                continue
+            except Exception as e:  # noqa: BLE001 - one bad file never stops the batch; the reason is reported
+                pred.error = f"cannot be used ({type(e).__name__}: {e})"
+                log.debug("unexpected error on %s", f, exc_info=True)
+                yield from self._flush(pending, maps)
+                pending = []
+                yield pred
+                continue
+            if keep_images:
+                pred.image = _thumbnail(img)
+            pending.append((pred, x))
+            if len(pending) >= batch_size:
+                yield from self._flush(pending, maps)
+                pending = []
+        yield from self._flush(pending, maps)
+
+    def _flush(self, pending: list[tuple[Prediction, np.ndarray]], maps: bool) -> Iterator[Prediction]:
+        if not pending:
+            return
+        logits, cams = self.run(np.stack([x for _, x in pending]), maps=maps)
+        probs = self.probabilities(logits)
+        for k, (pred, _) in enumerate(pending):
+            pred.probabilities = {lab: float(p) for lab, p in zip(self.labels, probs[k])}
+            pred.positives = self.positives(probs[k])
+            if cams is not None:
+                pred.maps = cams[k]
+            yield pred
+
+
+def _thumbnail(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return img
+    return im.resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def overlay(img: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """A heatmap over an image: (H, W) or (H, W, 3) in [0, 1] and a (h, w) map in [0, 1] -> uint8 (H, W, 3)."""
+    import matplotlib
+
+    h, w = img.shape[:2]
+    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+    heat = np.clip(im.resize(np.asarray(cam, np.float32), (h, w)), 0, 1)
+    colour = matplotlib.colormaps[colormap](heat)[..., :3].astype(np.float32)  # (H, W, 3)
+    return im.to_uint8((1 - alpha) * rgb + alpha * colour)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
+
+
+def save_overlays(pred: Prediction, labels: Sequence[str], out: str | Path, *, index: int | None = None,
+                  which: str = "positive") -> list[Path]:
+    """Write ``<stem>.<label>.png`` overlays of ``pred``'s maps into ``out``; ``which`` = positive (the positive
+    labels, or the most probable one when none is) or all. Returns the written paths."""
+    from PIL import Image
+
+    from .utils.io import atomic_write
+
+    if pred.maps is None or pred.image is None:
+        return []
+    if which == "all":
+        chosen = list(labels)
+    else:
+        chosen = list(pred.positives) or [max(pred.probabilities, key=pred.probabilities.get)]
+    stem = _safe(Path(pred.file).stem)
+    if index is not None:
+        stem = f"{index:04d}-{stem}"
+    written = []
+    for lab in chosen:
+        k = list(labels).index(lab)
+        rgb = overlay(pred.image, pred.maps[k])
+        path = Path(out) / f"{stem}.{_safe(lab)}.png"
+        written.append(atomic_write(path, lambda p, a=rgb: Image.fromarray(a).save(p, format="PNG")))
+    return written
