@@ -164,3 +164,19 @@ def test_dataset_sample(root):
     s = ds[0]
     assert s["image"].shape == (1, 128, 128) and s["target"].shape == (5,) and s["mask"].shape == (5,)
     assert s["meta"]["patient_id"].startswith("patient") and s["meta"]["view"] in ("AP", "PA", "Lateral")
+
+
+def test_policies_from_the_command_line(root, real_rows, capsys):
+    import json
+
+    from medistill.cli import main
+
+    rc = main(["data", "inspect", "--dataset", "chexpert", "--root", str(root), "--uncertainty", "ones",
+               "--blank", "ignore", "--labels", "competition", "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 0 and s["labels"] == COMPETITION and s["num_images"] == 300
+    for lab in COMPETITION:
+        col = real_rows[lab]
+        assert s["masked"][lab] == int(col.isna().sum())  # blank ignored; -1 counted as positive (U-Ones)
+        assert s["positives"][lab] == int(col.isin([1, -1]).sum())
+        assert s["uncertain"][lab] == int((col == -1).sum())

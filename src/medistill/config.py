@@ -273,6 +273,7 @@ class DataConfig:
     views: list[str] = dataclasses.field(default_factory=list)  # keep only these views (PA, AP, ...); [] = all
     frontal_only: bool = False  # CheXpert: frontal images only
     uncertainty: str = "ignore"  # CheXpert -1 labels: ignore (masked), ones, zeros, mixed (U-Ones/U-Zeros per label)
+    blank: str = "negative"  # CheXpert blank (unmentioned) labels: negative (0, mask 1) or ignore (mask 0)
     labels: list[str] = dataclasses.field(default_factory=list)  # label subset/order; [] = the source's default
     skip_unreadable: bool = False  # drop unreadable images (and report how many) instead of failing
     cache: bool = True  # decode each image once into a uint8 memory-mapped cache at image_size
@@ -287,6 +288,7 @@ class DataConfig:
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
         check_range("test_fraction", self.test_fraction, 0.0, 0.9)
         check_choice("uncertainty", self.uncertainty, ("ignore", "ones", "zeros", "mixed"))
+        check_choice("blank", self.blank, ("negative", "ignore"))
         check_choice("augment", self.augment, ("none", "light", "strong"))
         check_range("num_workers", self.num_workers, 0, 64)
 

@@ -47,7 +47,7 @@ def source_options(cfg: DataConfig) -> dict[str, Any]:
     if cfg.dataset in ("nih", "padchest", "chexpert") and cfg.views:
         opts["views"] = tuple(cfg.views)
     if cfg.dataset == "chexpert":
-        opts.update(uncertainty=cfg.uncertainty, frontal_only=cfg.frontal_only)
+        opts.update(uncertainty=cfg.uncertainty, blank=cfg.blank, frontal_only=cfg.frontal_only)
     if cfg.labels:
         opts["labels"] = tuple(cfg.labels)
     return opts

@@ -217,12 +217,12 @@ def missing_files(exists: np.ndarray, paths: Sequence[str], *, source: str, tabl
     if n_missing and policy == "error":
         raise DatasetError(f"{source}: {n_missing} of the {len(exists)} images listed in {table} do not exist, "
                            f"e.g. {examples[:3]}; expected every listed image file (or missing='skip')")
-    if n_missing:
-        log.warning("%s: %d of the %d images listed in %s are missing and skipped (e.g. %s)", source, n_missing,
-                    len(exists), table.name, examples[0])
     if n_missing == len(exists) and len(exists):
         raise DatasetError(f"{source}: none of the {len(exists)} images listed in {table} exists, e.g. "
                            f"{examples[:3]}; expected the image files under the dataset root")
+    if n_missing:
+        log.warning("%s: %d of the %d images listed in %s are missing and skipped (e.g. %s)", source, n_missing,
+                    len(exists), table.name, examples[0])
     return {"missing_images": n_missing, "missing_examples": examples}
 
 

@@ -3,8 +3,8 @@
 Layout: ``train.csv`` and ``valid.csv`` (also ``.csv.gz``; ``test.csv`` when a test set is there) whose
 ``Path`` column names images relative to the folder *above* the dataset folder
 (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``). ``root`` may be the dataset folder
-itself, its parent, or any folder holding ``train/`` and ``valid/``: the first layout under which the listed
-files exist is used.
+itself, its parent (the tables are then found in its ``CheXpert*`` sub-folder), or a renamed dataset folder:
+the layout under which most of a sample of the listed files exist is used.
 
 Each of the 14 observations is 1 (positive), 0 (negative), -1 (uncertain) or blank (not mentioned).
 Uncertainty policies (the paper's section 4.1):
