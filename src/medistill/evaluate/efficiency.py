@@ -1,0 +1,119 @@
+"""On-device cost of a model: parameters, MACs, weight-file size and CPU latency.
+
+Parameters and MACs come from :func:`medistill.models.count_params` / :func:`~medistill.models.count_macs`
+(``torch.utils.flop_counter``); this module adds the file size and a CPU latency measurement, and one report
+combining them. Nothing here changes the caller's model: its mode, device and torch's thread count are as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import MedistillError
+from ..models import count_macs, count_params
+
+log = logging.getLogger(__name__)
+
+__all__ = ["count_macs", "count_params", "cpu_latency_ms", "efficiency_report", "file_size", "state_dict_size"]
+
+
+def file_size(path: str | Path) -> int:
+    """Size of the file at ``path`` in bytes."""
+    p = Path(path)
+    if not p.is_file():
+        raise MedistillError(f"weights file {str(p)!r} does not exist (or is not a file)")
+    return int(os.stat(p).st_size)
+
+
+def state_dict_size(model: nn.Module) -> int:
+    """Bytes the model's weights take as a safetensors file (computed in memory, nothing written)."""
+    from safetensors.torch import save
+
+    sd = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    return len(save(sd))
+
+
+def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tuple[int, int]:
+    cfg = getattr(model, "medistill_input", None)
+    size = size or (cfg.size if cfg else None)
+    channels = channels or (cfg.channels if cfg else None)
+    if not size or not channels:
+        raise MedistillError(f"{type(model).__name__}: pass size and channels (the model has no medistill input "
+                             f"config to take them from)")
+    return int(size), int(channels)
+
+
+def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | None = None, batch: int = 1,
+                   warmup: int = 5, runs: int = 30, threads: int | None = None) -> dict[str, float]:
+    """Wall-clock CPU latency of one forward pass on a zero ``(batch, channels, size, size)`` input.
+
+    Runs ``warmup`` untimed then ``runs`` timed passes under ``torch.inference_mode`` in eval mode, with
+    ``threads`` torch threads (None = the current setting). Returns ``{"median": ms, "p90": ms}``. A model on
+    another device is measured on a CPU copy; the caller's thread count and model mode are restored.
+    """
+    size, channels = _input_shape(model, size, channels)
+    if batch < 1 or runs < 1 or warmup < 0:
+        raise MedistillError(f"cpu_latency_ms: got batch={batch}, runs={runs}, warmup={warmup}, expected "
+                             f"batch >= 1, runs >= 1, warmup >= 0")
+    if threads is not None and threads < 1:
+        raise MedistillError(f"threads: got {threads!r}, expected an integer >= 1 or None")
+    params = list(model.parameters()) + list(model.buffers())
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    net = model if on_cpu else copy.deepcopy(model).cpu()
+    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+    x = torch.zeros(batch, channels, size, size, dtype=dtype)
+    old_threads = torch.get_num_threads()
+    was_training = model.training
+    times = []
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        net.eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                net(x)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                net(x)
+                times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(old_threads)
+        model.train(was_training)
+    out = {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
+    log.info("CPU latency of %s at batch %d, %d px, %d threads: median %.2f ms, p90 %.2f ms", type(model).__name__,
+             batch, size, threads or old_threads, out["median"], out["p90"])
+    return out
+
+
+def efficiency_report(model: nn.Module, weights_path: str | Path | None = None, *, size: int | None = None,
+                      channels: int | None = None, latency: bool = True, **latency_kw: Any) -> dict[str, Any]:
+    """``{params, macs, size_bytes, latency_ms_median, latency_ms_p90}`` of ``model`` at batch 1.
+
+    ``size_bytes`` is the size of ``weights_path`` when given, else of the weights serialised as safetensors
+    (``size_source`` says which). ``latency=False`` skips the timing (both latency values None);
+    ``latency_kw`` goes to :func:`cpu_latency_ms` (``runs``, ``warmup``, ``threads``, ``batch``).
+    """
+    size, channels = _input_shape(model, size, channels)
+    report: dict[str, Any] = {
+        "params": count_params(model),
+        "macs": count_macs(model, size, channels),
+        "size_bytes": file_size(weights_path) if weights_path is not None else state_dict_size(model),
+        "size_source": "file" if weights_path is not None else "safetensors in memory",
+        "input_size": size,
+        "input_channels": channels,
+        "latency_ms_median": None,
+        "latency_ms_p90": None,
+    }
+    if latency:
+        lat = cpu_latency_ms(model, size, channels, **latency_kw)
+        report["latency_ms_median"], report["latency_ms_p90"] = lat["median"], lat["p90"]
+    return report

@@ -1,0 +1,57 @@
+"""Efficiency: file size, CPU latency (restoring the caller's state) and the combined report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from medistill.errors import MedistillError
+from medistill.evaluate.efficiency import cpu_latency_ms, efficiency_report, file_size, state_dict_size
+from medistill.models import count_macs, count_params, create_model, save_weights
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    return create_model("tiny_cnn", num_classes=3, in_chans=1, image_size=32)
+
+
+def test_file_size(tmp_path):
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"x" * 1234)
+    assert file_size(p) == 1234
+    with pytest.raises(MedistillError, match="does not exist"):
+        file_size(tmp_path / "missing.safetensors")
+
+
+def test_cpu_latency_restores_threads_and_mode(tiny):
+    tiny.train()
+    before = torch.get_num_threads()
+    lat = cpu_latency_ms(tiny, 32, 1, batch=2, warmup=1, runs=5, threads=2)
+    assert set(lat) == {"median", "p90"} and 0 < lat["median"] <= lat["p90"]
+    assert torch.get_num_threads() == before
+    assert tiny.training  # the caller's mode is back
+    tiny.eval()
+    cpu_latency_ms(tiny, warmup=0, runs=1)  # size and channels from the model's input config
+    assert not tiny.training
+
+
+def test_latency_needs_a_size_for_foreign_models():
+    with pytest.raises(MedistillError, match="pass size and channels"):
+        cpu_latency_ms(nn.Conv2d(1, 2, 3), runs=1)
+    with pytest.raises(MedistillError, match="runs=0"):
+        cpu_latency_ms(nn.Conv2d(1, 2, 3), 8, 1, runs=0)
+    assert cpu_latency_ms(nn.Conv2d(1, 2, 3), 8, 1, warmup=0, runs=2)["median"] > 0
+
+
+def test_efficiency_report(tiny, tmp_path):
+    path = save_weights(tiny, tmp_path / "best.safetensors")
+    rep = efficiency_report(tiny, path, runs=3, warmup=1)
+    assert rep["params"] == count_params(tiny)
+    assert rep["macs"] == count_macs(tiny, 32, 1) > 0
+    assert rep["size_bytes"] == path.stat().st_size and rep["size_source"] == "file"
+    assert 0 < rep["latency_ms_median"] <= rep["latency_ms_p90"]
+    rep = efficiency_report(tiny, latency=False)
+    assert rep["size_bytes"] == state_dict_size(tiny)
+    assert abs(rep["size_bytes"] - path.stat().st_size) < 1024  # the same serialisation (metadata aside)
+    assert rep["latency_ms_median"] is None and rep["latency_ms_p90"] is None
