@@ -325,3 +325,9 @@ def test_class_weights_from_targets():
                                ref, rtol=1e-6)
     only_neg = class_weights_from_targets(np.zeros((4, 2)), None, "multilabel")
     np.testing.assert_allclose(only_neg.numpy(), [1.0, 1.0])
+
+
+def test_weights_follow_the_logits_dtype():
+    z = ML["student"]  # float64 logits with a float32 weight buffer
+    close(build_hard_loss("multilabel", class_weights=ML["pos_weight"].float())(z, ML["target"], ML["mask"]),
+          EXP["bce_pos_weight"], tol=1e-6)

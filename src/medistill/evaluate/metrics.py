@@ -127,7 +127,7 @@ def _resample_counts(n: int, n_bootstrap: int, seed: int, chunk: int | None = No
 
 def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray,
                   rows: np.ndarray | None = None) -> np.ndarray:
-    """ROC-AUC of each resample: columns of ``counts`` ``(n, b)`` weight the ``n`` entries -> ``(b,)``, NaN if undefined.
+    """ROC-AUC of each resample -> ``(b,)`` (NaN if undefined); column j of ``counts`` ``(n, b)`` weights the entries.
 
     ``rows``: use only these entries of ``scores`` / ``positive`` ``(n,)`` and rows of ``counts`` (the valid ones).
 

@@ -116,7 +116,7 @@ class MaskedBCE(nn.Module):
         check_pair("logits", logits, "target", target)
         m = resolve_mask(mask, logits)  # (B, L)
         y = clean_target(target.to(logits.dtype), m)  # (B, L)
-        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight")
+        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight", logits)
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")  # (B, L)
         return masked_mean(loss, m)
 
@@ -147,7 +147,7 @@ class FocalBCE(nn.Module):
         check_pair("logits", logits, "target", target)
         m = resolve_mask(mask, logits)  # (B, L)
         y = clean_target(target.to(logits.dtype), m)  # (B, L)
-        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight")
+        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight", logits)
         ce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")  # (B, L)
         p = torch.sigmoid(logits)
         p_t = p * y + (1 - p) * (1 - y)
@@ -175,7 +175,7 @@ class MaskedCE(nn.Module):
         check_pair("logits", logits, "target", target)
         keep = sample_mask(resolve_mask(mask, logits))  # (B,)
         y = torch.nan_to_num(target.to(logits.dtype)).argmax(dim=1)  # (B,) class index of the one-hot target
-        w = _check_weights(self.weight, logits.shape[1], "class_weights")
+        w = _check_weights(self.weight, logits.shape[1], "class_weights", logits)
         per = F.cross_entropy(logits, y, weight=w, reduction="none")  # (B,), already times w[y]
         wy = w[y] if w is not None else torch.ones_like(per)  # (B,)
         per = torch.where(keep > 0, per, torch.zeros_like(per))
@@ -184,12 +184,13 @@ class MaskedCE(nn.Module):
         return torch.where(den > 0, num / den.clamp_min(torch.finfo(num.dtype).tiny), num * 0.0)
 
 
-def _check_weights(w: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
+def _check_weights(w: torch.Tensor | None, n: int, name: str, like: torch.Tensor) -> torch.Tensor | None:
+    """``w`` ``(n,)`` in the dtype and device of ``like``, or LossError showing its shape."""
     if w is None:
         return None
     if w.shape != (n,):
         raise LossError(f"{name}: shape {tuple(w.shape)}, expected ({n},), one weight per label")
-    return w
+    return w.to(dtype=like.dtype, device=like.device)
 
 
 def build_hard_loss(task: str, kind: str = "auto", *, class_weights: torch.Tensor | None = None,
