@@ -32,16 +32,17 @@ def run(args: argparse.Namespace) -> int:
     return train_with_progress(cfg, resume=args.resume)
 
 
-def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:
+def progress_callbacks(name: str, epochs: int | None = None):
+    """Callbacks drawing a tqdm bar per epoch and printing one line per epoch (stderr)."""
     import sys
 
-    from ..train import Callbacks, run_training
+    from ..train import Callbacks
     from .common import progress
 
-    bar = {}
+    bar: dict = {}
 
     def start(epoch: int, n: int) -> None:
-        bar["b"] = progress(total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+        bar["b"] = progress(total=n, desc=f"{name} epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), leave=False)
 
     def batch(epoch: int, i: int, loss: float) -> None:
         bar["b"].update(1)
@@ -50,12 +51,19 @@ def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:
     def end(epoch: int, row: dict) -> None:
         bar["b"].close()
         shown = {k: v for k, v in row.items() if k.startswith(("train_loss", "val_"))}
-        print(f"epoch {epoch + 1}/{cfg.train.epochs}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items())
-              + f"  ({row.get('seconds', 0):.1f} s)", file=sys.stderr)
+        print(f"{name} epoch {epoch + 1}" + (f"/{epochs}" if epochs else "") + ": "
+              + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"  ({row.get('seconds', 0):.1f} s)",
+              file=sys.stderr, flush=True)
 
     def message(text: str) -> None:
-        print(text, file=sys.stderr)
+        print(f"{name}: {text}", file=sys.stderr, flush=True)
 
-    run = run_training(cfg, resume=resume, callbacks=Callbacks(start, batch, end, message))
+    return Callbacks(start, batch, end, message)
+
+
+def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:
+    from ..train import run_training
+
+    run = run_training(cfg, resume=resume, callbacks=progress_callbacks(cfg.model.name, cfg.train.epochs))
     print(f"run directory: {run.path}")
     return 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .base import SPLIT_ALIASES, DatasetError, MedicalDataset, Table, group_split
+from .base import SPLIT_ALIASES, DatasetError, MedicalDataset, Table, group_split, resolve_labels
 from .images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class ImageFolder(MedicalDataset):
 
     @classmethod
     def load_table(cls, root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                   check_duplicates: bool = True, **options: Any) -> Table:
+                   check_duplicates: bool = True, labels: Sequence[str] | None = None, **options: Any) -> Table:
+        if options:
+            raise DatasetError(f"folder: unsupported options {sorted(options)}; valid: val_fraction, test_fraction, "
+                               f"labels, check_duplicates")
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         split_dirs = {_split_name(p.name): p for p in subdirs if _split_name(p.name)}
         rows: list[dict[str, Any]] = []
@@ -61,6 +64,12 @@ class ImageFolder(MedicalDataset):
                                f"or <class>/*.png|jpg")
         df = pd.DataFrame(rows)
         classes = sorted(df["cls"].unique())
+        if labels:  # a class order of the user's (must name every class folder exactly once)
+            order = resolve_labels(labels, classes, "folder")
+            if sorted(order) != classes:
+                raise DatasetError(f"folder dataset at {root}: labels {list(labels)} must list every class folder "
+                                   f"once; found classes {classes}")
+            classes = order
         if len(classes) < 2:
             raise DatasetError(f"folder dataset at {root}: found one class folder ({classes}), expected at least 2")
         df["image_id"] = [str(Path(p).relative_to(root)) for p in df["path"]]

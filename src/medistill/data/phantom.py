@@ -28,14 +28,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..utils.io import atomic_write_text
-from .base import DatasetError, MedicalDataset, Table, resize_masks
+from .base import DatasetError, MedicalDataset, Table, resize_masks, resolve_labels
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,16 @@ class Phantom(MedicalDataset):
     default_labels = LABELS
 
     @classmethod
-    def load_table(cls, root: Path, seed: int = 0, **options: Any) -> Table:
+    def load_table(cls, root: Path, seed: int = 0, labels: Sequence[str] | None = None, **options: Any) -> Table:
+        if options:
+            raise DatasetError(f"phantom: unsupported options {sorted(options)}; valid: labels")
         meta_path = root / "phantom.json"
         if not meta_path.is_file():
             raise DatasetError(f"{root}: no phantom.json; generate the phantom with medistill.data.phantom.ensure "
                                f"or `medistill data inspect --dataset phantom --root {root}` on an empty folder")
         df = pd.read_csv(root / "labels.csv", dtype={"image_id": str, "patient_id": str})
-        labels = json.loads(meta_path.read_text())["labels"]
+        all_labels = json.loads(meta_path.read_text())["labels"]
+        labels = resolve_labels(labels, all_labels, "phantom")
         missing = [c for c in ["image_id", "patient_id", "view", "split", *labels] if c not in df.columns]
         if missing:
             raise DatasetError(f"{root / 'labels.csv'}: missing columns {missing}")

@@ -350,16 +350,16 @@ def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, d
                         if s_feat is not None and t_feat is not None:
                             sample_mask = (m.sum(1) > 0).float()
                             if "hint" in extra:
-                                terms["feature"] = extra["hint"](s_feat.float(), t_feat.float())
+                                terms["feature"] = extra["hint"](s_feat.float(), t_feat.float(), mask=sample_mask)
                             else:
-                                terms["feature"] = attention_transfer(s_feat.float(), t_feat.float())
+                                terms["feature"] = attention_transfer(s_feat.float(), t_feat.float(),
+                                                                      mask=sample_mask)
                             loss = loss + cfg.distill.feature_weight * terms["feature"]
-                            del sample_mask
                     else:
                         loss = terms["hard"]
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1} of {len(loader)} "
-                                        f"(terms: { {k: round(float(v), 4) for k, v in terms.items()} }); "
+                                        f"(terms: { {k: round(float(v.detach()), 4) for k, v in terms.items()} }); "
                                         f"lower --lr, check the data, or use --max-grad-norm")
                 scaler.scale(loss / t.grad_accum).backward()
                 if (b + 1) % t.grad_accum == 0 or b + 1 == len(loader):
@@ -372,11 +372,11 @@ def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, d
                     sched.step()
                 k = x.shape[0]
                 n_seen += k
-                sums["loss"] = sums.get("loss", 0.0) + float(loss) * k
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * k
                 for name, v in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(v) * k
+                    sums[name] = sums.get(name, 0.0) + float(v.detach()) * k
                 if cb.on_batch:
-                    cb.on_batch(epoch, b, float(loss))
+                    cb.on_batch(epoch, b, float(loss.detach()))
             row: dict[str, float] = {"epoch": epoch + 1, **{f"train_{k}": dist_utils.all_reduce_mean(v / max(n_seen, 1), device)
                                                             for k, v in sums.items()}}
             row["lr"] = opt.param_groups[0]["lr"]

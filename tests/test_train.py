@@ -1,0 +1,156 @@
+"""Training and distillation on the phantom (multi-label) with tiny models: real runs, real checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medistill import runs
+from medistill.config import ConfigError, RunConfig, build
+from medistill.models import ModelError
+from medistill.train import Callbacks, DistillError, TrainingError, run_training
+
+
+def _cfg(phantom_root: Path, out: Path, **over: object) -> RunConfig:
+    base = {"out": str(out), "data.dataset": "phantom", "data.root": str(phantom_root), "data.image_size": 32,
+            "data.limit": 96, "data.augment": "none", "data.cache_dir": str(out.parent / "cache"),
+            "model.name": "tiny_cnn", "train.epochs": 2, "train.batch_size": 32, "train.lr": 0.003}
+    base.update({k: str(v) if not isinstance(v, str) else v for k, v in over.items()})
+    return build(RunConfig, overrides=base)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    run_training(_cfg(phantom_root, out, **{"train.epochs": 2}))
+    return out
+
+
+def test_train_writes_a_complete_run(teacher_run: Path):
+    run = runs.RunDir(teacher_run)
+    for name in ("config.yaml", "run.json", "log.txt", "history.csv", "model.safetensors", "last.safetensors",
+                 "state.pt", "metrics.json"):
+        assert run.file(name).is_file(), name
+    info = run.info()
+    assert info["labels"] == ["Cardiomegaly", "Effusion", "Nodule", "Pneumothorax", "Consolidation", "Atelectasis"]
+    assert info["task"] == "multilabel" and info["seed"] == 0 and info["versions"]["torch"]
+    rows = list(csv.DictReader(open(run.file("history.csv"))))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["val_macro_auc"]) <= 1.0 for r in rows)
+    assert run.config().data.image_size == 32
+    model, record = runs.load_model(teacher_run)
+    assert record["input"]["size"] == 32 and model(torch.zeros(2, 1, 32, 32)).shape == (2, 6)
+
+
+def test_resume_reproduces_uninterrupted_run(phantom_root: Path, tmp_path: Path):
+    straight = tmp_path / "straight"
+    run_training(_cfg(phantom_root, straight, **{"train.epochs": 2, "data.augment": "light"}))
+    split = tmp_path / "split"
+    cfg2 = _cfg(phantom_root, split, **{"train.epochs": 2, "data.augment": "light"})
+
+    def crash(epoch, row):  # the process dies right after epoch 1 was saved
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg2, callbacks=Callbacks(on_epoch_end=crash))
+    assert len(list(csv.DictReader(open(split / "history.csv")))) == 1
+    run_training(cfg2, resume=True)
+    a = list(csv.DictReader(open(straight / "history.csv")))
+    b = list(csv.DictReader(open(split / "history.csv")))
+    assert [r["val_macro_auc"] for r in a] == [r["val_macro_auc"] for r in b]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_existing_run_is_not_overwritten(teacher_run: Path, phantom_root: Path):
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_training(_cfg(phantom_root, teacher_run))
+
+
+def test_distill_offline_cache_and_cross_resolution(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    out = tmp_path / "student"
+    run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher_run), "data.image_size": 24,
+                                            "distill.alpha": 0.5, "distill.temperature": 4}))
+    info = runs.RunDir(out).info()
+    assert info["kind"] == "distill" and info["distill_mode"] == "offline"
+    assert info["teacher"] == str(teacher_run.resolve()) and info["input"]["size"] == 24
+    cached = np.load(out / "teacher_logits.npy")
+    assert cached.shape == (96, 6)
+    # the cache holds the teacher's real logits at its own 32 px input
+    teacher, _ = runs.load_model(teacher_run)
+    from medistill.data import Preprocess, build_dataset
+    ds = build_dataset(runs.RunDir(out).config().data, "train", Preprocess(32, 1, teacher.medistill_input.mean,
+                                                                           teacher.medistill_input.std))
+    with torch.no_grad():
+        direct = teacher(ds[3]["image"][None]).numpy()[0]
+    np.testing.assert_allclose(cached[3], direct, atol=1e-4)
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert float(rows[0]["train_soft"]) > 0
+
+
+def test_distill_online_with_augmentation_and_feature_term(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    out = tmp_path / "student_online"
+    run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher_run), "data.augment": "light",
+                                            "distill.feature": "attention", "train.epochs": 1}))
+    info = runs.RunDir(out).info()
+    assert info["distill_mode"] == "online" and not (out / "teacher_logits.npy").exists()
+    row = next(csv.DictReader(open(out / "history.csv")))
+    assert float(row["train_feature"]) >= 0
+
+
+def test_softmax_kd_on_multilabel_is_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    with pytest.raises(Exception, match="(?i)multi-label"):
+        run_training(_cfg(phantom_root, tmp_path / "s", **{"distill.teacher": str(teacher_run), "distill.kd": "kl"}))
+
+
+def test_teacher_with_other_labels_is_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    with pytest.raises(DistillError, match="label set"):
+        run_training(_cfg(phantom_root, tmp_path / "s", **{"distill.teacher": str(teacher_run),
+                                                           "data.labels": "Effusion,Nodule"}))
+
+
+def test_teacher_with_other_channels_is_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    with pytest.raises(DistillError, match="channel"):
+        run_training(_cfg(phantom_root, tmp_path / "s", **{"distill.teacher": str(teacher_run), "model.in_chans": 3}))
+
+
+def test_checkpoint_of_another_architecture_is_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    with pytest.raises(ModelError, match="does not fit|missing keys"):
+        run_training(_cfg(phantom_root, tmp_path / "s", **{"model.name": "kdfmv",
+                                                           "model.weights": str(teacher_run / "model.safetensors")}))
+
+
+def test_nan_loss_stops_with_epoch_and_batch(phantom_root: Path, tmp_path: Path, monkeypatch):
+    import medistill.train.loop as loop
+
+    real = loop.build_dataset
+
+    def poisoned(*a, **k):
+        ds = real(*a, **k)
+        ds.data.targets[:] = np.nan  # a corrupt label table
+        return ds
+
+    monkeypatch.setattr(loop, "build_dataset", poisoned)
+    with pytest.raises(TrainingError, match=r"epoch 1, batch 1 of"):
+        run_training(_cfg(phantom_root, tmp_path / "nan"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(phantom_root: Path, tmp_path: Path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medistill",
+           "train", "--dataset", "phantom", "--root", str(phantom_root), "--model", "tiny_cnn", "--image-size", "32",
+           "--limit", "64", "--epochs", "1", "--augment", "none", "--cache-dir", str(tmp_path / "cache"),
+           "--out", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and (out / "model.safetensors").is_file()
