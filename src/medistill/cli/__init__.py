@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console shows warnings (-v: info); run logs get INFO
+        handler.setLevel(level)
     logging.getLogger("medistill").setLevel(min(level, logging.INFO))
     from ..errors import MedistillError
 
