@@ -1,0 +1,112 @@
+"""What every explainer shares: the side-effect scope, input checks, map resizing and the error class.
+
+Side effects: everything an explainer changes on the caller's model is undone. Explainers hook layers, switch
+the model to eval mode (pytorch-grad-cam's ``BaseCAM.__init__`` calls ``model.eval()`` and never restores it)
+and run backward passes (which would fill or, through ``zero_grad``, clear the caller's ``.grad``). Inside
+:func:`explaining` the model is in eval mode and its parameters do not require gradients (so backward passes
+compute only the activation and input gradients explainers need, and never touch ``.grad``); on exit, even
+after an exception, every module's mode, every parameter's ``requires_grad`` and ``.grad`` are restored, and
+any hook added during the block and still registered is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import MedistillError
+
+log = logging.getLogger(__name__)
+
+
+class ExplainError(MedistillError):
+    """An explanation request does not fit the model or the images; the message names the value."""
+
+
+# the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hook_keys(model: nn.Module) -> dict[tuple[str, str], set[int]]:
+    out = {}
+    for name, module in model.named_modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if hooks is not None:
+                out[(name, attr)] = set(hooks.keys())
+    return out
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward/backward (pre-)hooks registered on ``model`` and its submodules."""
+    return sum(len(v) for v in _hook_keys(model).values())
+
+
+@contextmanager
+def explaining(model: nn.Module) -> Iterator[nn.Module]:
+    """Run explainers on ``model`` without leaving a trace on it (see the module docstring)."""
+    modes = {name: m.training for name, m in model.named_modules()}
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    hooks_before = _hook_keys(model)
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        yield model
+    finally:
+        for name, m in model.named_modules():
+            if name in modes:
+                m.training = modes[name]
+        for p, r, g in zip(params, requires, grads):
+            p.requires_grad_(r)
+            p.grad = g
+        leaked = 0
+        for name, module in model.named_modules():
+            for attr in _HOOK_DICTS:
+                hooks = getattr(module, attr, None)
+                if not hooks:
+                    continue
+                for key in set(hooks.keys()) - hooks_before.get((name, attr), set()):
+                    del hooks[key]
+                    leaked += 1
+        if leaked:
+            log.debug("removed %d hook(s) an explainer left on %s", leaked, type(model).__name__)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def check_inputs(images: torch.Tensor, labels: Sequence[int], num_classes: int | None) -> list[int]:
+    """Validate a (N, C, H, W) batch and one label index per row; returns the labels as ints."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise ExplainError(f"images: got shape {shape}, expected a (N, C, H, W) tensor")
+    labels = [int(k) for k in labels]
+    if len(labels) != images.shape[0]:
+        raise ExplainError(f"labels: got {len(labels)} label indices for {images.shape[0]} images, "
+                           f"expected one per image row")
+    if num_classes is not None:
+        bad = [k for k in labels if not 0 <= k < num_classes]
+        if bad:
+            raise ExplainError(f"labels: got index {bad[0]}, expected 0..{num_classes - 1} "
+                               f"(the model has {num_classes} outputs)")
+    return labels
+
+
+def resize_maps(maps: np.ndarray | torch.Tensor, size: int | None) -> np.ndarray:
+    """(N, h, w) -> (N, size, size) float32 by bilinear interpolation (unchanged when ``size`` is None)."""
+    t = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    if size is not None and tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return t.numpy().astype(np.float32, copy=False)
