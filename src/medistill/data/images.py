@@ -36,6 +36,10 @@ class ImageReadError(MedistillError):
         super().__init__(f"{path}: {reason}")
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image refused for its pixel count (``max_pixels``, or a decompression bomb) before it was decoded."""
+
+
 def _is_dicom_bytes(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
@@ -113,13 +117,13 @@ def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageReadError(name, f"image is {w}x{h} = {w * h} pixels, more than the limit of "
-                                           f"{max_pixels} (a decompression bomb or not a medical image)")
+                raise ImageTooLargeError(name, f"image is {w}x{h} = {w * h} pixels, more than the limit of "
+                                               f"{max_pixels} (a decompression bomb or not a medical image)")
             img.load()
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(name, f"refused as a decompression bomb ({e})") from None
+        raise ImageTooLargeError(name, f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(name, f"cannot be decoded, the file is truncated or corrupt ({e})") from None
     return pil_to_array(img)
@@ -169,7 +173,11 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageReadError(name, "DICOM file has no pixel data (PixelData element missing)")
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     if rows * cols > max_pixels:
-        raise ImageReadError(name, f"DICOM image is {cols}x{rows}, more than the limit of {max_pixels} pixels")
+        raise ImageTooLargeError(name, f"DICOM image is {cols}x{rows}, more than the limit of {max_pixels} pixels")
+    frames = _frames(ds)  # pydicom decodes every frame before the first is taken: count them all
+    if frames > 1 and rows * cols * frames > max_pixels:
+        raise ImageTooLargeError(name, f"DICOM image has {frames} frames of {cols}x{rows}, more than the limit of "
+                                       f"{max_pixels} pixels in all")
     try:
         arr = ds.pixel_array.astype(np.float32)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for missing decoders / bad data
@@ -194,6 +202,13 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     if photometric == "MONOCHROME1":  # 0 is white: invert so that bone is bright, as in MONOCHROME2
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+def _frames(ds: object) -> int:
+    try:
+        return max(1, int(getattr(ds, "NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _first(v: object) -> float | None:
