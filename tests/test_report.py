@@ -127,7 +127,37 @@ def make_run(root: Path, name: str, *, task: str = "multilabel", kind: str = "tr
 
 
 def make_explain(folder: Path, labels: list[str]) -> Path:
-    """An explanation folder: explain.json naming teacher / student overlays per image and label, plus a grid."""
+    """An explanation folder as ``medistill explain`` writes it: one overlay per image (student row, teacher row,
+    a column per label), feature-map grids, and explain.json with teacher / sanity / per-label blocks."""
+    scores = {"pointing_game": 0.75, "pointing_chance": 0.08, "energy_inside": 0.41, "iou": 0.22,
+              "deletion_auc": 0.31, "insertion_auc": 0.58}
+    images = []
+    for i in range(2):
+        ov = _png(folder / "overlays" / f"{i:04d}_img{i}.png", size=96, seed=i)
+        maps = [{"label": lab, "prob": 0.9 - 0.2 * k, "teacher_prob": 0.95 - 0.2 * k, **scores,
+                 "pointing_game": float(k == 0), "agreement_spearman": 0.8, "agreement_top15_iou": 0.5,
+                 "teacher": dict(scores)} for k, lab in enumerate(labels[1:3])]
+        images.append({"name": f"img{i}.png", "path": f"/data/phantom/img{i}.png",
+                       "probabilities": {lab: 0.5 for lab in labels}, "maps": maps, "overlay": str(ov.relative_to(folder))})
+    grids = [str(_png(folder / f"featuremaps_{who}.png", size=120, seed=7).relative_to(folder))
+             for who in ("student", "teacher")]
+    data = {"method": "gradcam", "num_images": 2, "num_maps": 4, "seconds_per_image": 0.012,
+            "student_seconds_per_image": 0.012, "maps_with_truth": 4, **scores, "agreement_spearman": 0.81,
+            "agreement_top15_iou": 0.6, "teacher_seconds_per_image": 0.09,
+            "teacher": {"run": "/runs/teacher", "model": "densenet121", "maps": 4, **scores, "pointing_game": 0.8},
+            "sanity": {"test": "model parameter randomisation (Adebayo et al. 2018)", **scores, "pointing_game": 0.1,
+                       "spearman_to_trained": 0.05},
+            "per_label": {lab: {"maps": 2, **scores} for lab in labels[1:3]},
+            "run": str(folder.parent), "model": "tiny_cnn", "labels": labels, "task": "multilabel", "size": 64,
+            "source": {"dataset": "phantom"}, "label_agnostic_method": False, "feature_map_grids": grids,
+            "images": images}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "explain.json").write_text(json.dumps(data, indent=2))
+    return folder
+
+
+def make_explain_pairs(folder: Path, labels: list[str]) -> Path:
+    """Another layout: separate teacher and student overlay files per image and label."""
     entries = []
     for i in range(2):
         for k, lab in enumerate(labels[1:3]):
@@ -139,24 +169,34 @@ def make_explain(folder: Path, labels: list[str]) -> Path:
     _png(folder / "layers_grid.png", size=120, seed=7)
     (folder / "empty.png").write_bytes(b"")  # an unreadable file: left out with a note, never a broken <img>
     _png(folder.parent.parent / "secret.png")  # outside the folder: a JSON must not make the report embed it
-    data = {"method": "gradcam", "num_images": 2, "seconds_per_image": 0.012, "pointing_game": 0.75,
-            "agreement_spearman": 0.81, "agreement_iou_top15": 0.6, "teacher_seconds_per_image": 0.09,
-            "per_label": {labels[1]: {"pointing_game": 0.5}}, "feature_maps": "layers_grid.png",
-            "escape": "../../secret.png", "broken": "empty.png", "images": entries}
+    data = {"method": "gradcam++", "num_images": 2, "seconds_per_image": 0.02, "pointing_game": 0.5,
+            "feature_maps": "layers_grid.png", "escape": "../../secret.png", "broken": "empty.png", "images": entries}
     (folder / "explain.json").write_text(json.dumps(data, indent=2))
     return folder
 
 
 def make_export(folder: Path) -> Path:
+    """An export folder as ``medistill export`` + ``medistill benchmark`` write it."""
     folder.mkdir(parents=True)
     (folder / "export.json").write_text(json.dumps({
-        "format": "onnx", "max_abs_diff": 3.2e-6, "int8_metric_delta": -0.004, "cam_correlation_min": 0.995,
-        "sizes": {"fp32_bytes": 2_400_000, "int8_bytes": 700_000}, "metric": {"fp32": 0.81, "int8": 0.806}}))
+        "run": str(folder.parent), "model": "tiny_cnn", "task": "multilabel", "labels": ML_LABELS, "format": "onnx",
+        "explain": True, "thresholds": {lab: 0.5 for lab in ML_LABELS}, "validation": {"split": "val", "images": 40},
+        "max_abs_diff": 3.2e-6, "mean_abs_diff": 4e-7, "fp32_within_tolerance": True, "fp32_tolerance": 1e-4,
+        "metric_name": "macro_auc", "metric_pytorch": 0.81, "metric_onnx": 0.81, "cam_correlation_min": 0.995,
+        "files": {"model.onnx": {"path": "model.onnx", "bytes": 2_400_000, "sha256": "ab" * 32},
+                  "model.int8.onnx": {"path": "model.int8.onnx", "bytes": 700_000, "sha256": "cd" * 32}},
+        "int8": {"metric_fp32": 0.81, "metric_int8": 0.806, "int8_metric_delta": -0.004, "per_channel": True},
+        "int8_metric_delta": -0.004, "versions": {"onnx": "1.17", "onnxruntime": "1.20"}}))
+    lat = {name: {"median_ms": ms, "p90_ms": ms * 1.2, "mean_ms": ms * 1.1, "min_ms": ms * 0.9, "runs": 50}
+           for name, ms in (("torch_fp32", 4.1), ("ort_fp32", 1.9), ("ort_int8", 2.5), ("ort_explain", 2.3),
+                            ("teacher_torch_fp32", 60.0))}
     (folder / "benchmark.json").write_text(json.dumps({
-        "params": 600_000, "macs": 30_000_000, "peak_gflops": 80.0,
-        "latency": {"pytorch_fp32": {"median_ms": 4.1, "p90_ms": 4.8}, "onnx_fp32": {"median_ms": 1.9, "p90_ms": 2.2},
-                    "onnx_int8": {"median_ms": 2.5, "p90_ms": 2.9}, "teacher_pytorch": {"median_ms": 60.0,
-                                                                                         "p90_ms": 66.0}}}))
+        "model": "tiny_cnn", "params": 600_000, "macs": 30_000_000, "flops": 60_000_000,
+        "matmul_peak_gflops": {"numpy": 80.0, "torch": 75.0, "peak": 80.0}, "flop_limit_ms": 0.75,
+        "machine": {"cpu_count": 2}, "latency_ms": {"batch_1": lat},
+        "ratios": {"batch": 1, "ort_fp32_vs_flop_limit": 2.5, "teacher_vs_ort_fp32": 31.6, "int8_slower": True},
+        "targets": {"ort_fp32_within_3x_flop_limit": True, "teacher_at_least_30x_slower": True,
+                    "explain_within_1_5x": False}}))
     return folder
 
 
@@ -169,6 +209,7 @@ def make_report_inputs(root: Path, task: str = "multilabel") -> list[Path]:
     nokd = make_run(root, "student_nokd", task=task, model="tiny_cnn", skill=1.0, params=60_000, macs=30_000_000,
                     latency=2.0, seed=3)
     make_explain(student / "explain", labels)
+    make_explain_pairs(student / "explain_pairs", labels)
     make_export(student / "export")
     return [student, nokd, teacher]  # any order: the report orders by role
 
@@ -230,8 +271,9 @@ def test_report_is_self_contained_with_decodable_images(multilabel_page):
     assert "<script" not in page and "<link" not in page and not re.search(r'(src|href)="(https?:)?//', page)
     assert "url(" not in page  # no CSS-loaded resources either
     sizes = decode_images(page)
-    # training, per-label bars, ROC, calibration, latency chart + 8 overlays (4 teacher/student pairs) + grid
-    assert len(sizes) == 5 + 8 + 1, len(sizes)
+    # training, per-label bars, ROC, calibration, latency chart; explain/: 2 whole-image overlays + 2 feature-map
+    # grids; explain_pairs/: 8 overlays (4 teacher/student pairs) + 1 grid
+    assert len(sizes) == 5 + 4 + 9, len(sizes)
     assert all(w > 0 and h > 0 for w, h in sizes)
 
 
@@ -244,21 +286,32 @@ def test_report_escapes_inputs_and_marks_undefined_auc(multilabel_page):
     assert "operating points per label" in per_label and "Sensitivity" in per_label
 
 
-def test_report_explanations_pair_teacher_and_student(multilabel_page):
+def test_report_explanations_scores_and_galleries(multilabel_page):
     ex = _section(multilabel_page, "explanations")
-    assert "agreement_spearman" in ex and "0.81" in ex and "pointing_game" in ex and "per_label.Effusion" in ex
-    assert ex.count('<table class="pairs">') == 2  # one per label (Effusion, Nodule), 2 images each
-    assert "<h4>Effusion</h4>" in ex and "<h4>Nodule</h4>" in ex and "p = 0.850" in ex
+    # explain/ (medistill explain's layout): scores of student beside teacher and the shuffled-weights sanity check
+    first = ex[:ex.index("<h3>explain_pairs")]
+    assert "<th>student</th><th>teacher</th><th>sanity</th>" in first
+    assert re.search(r"<td class=\"text\">pointing_game</td><td>0\.75</td><td>0\.8</td><td>0\.1</td>", first)
+    assert "agreement_spearman" in first and "teacher_seconds_per_image" in first and "sanity.spearman_to_trained" in first
+    assert "<h4>per label</h4>" in first and first.count('alt="00') == 2  # one whole-image overlay per image
+    assert "Nodule p=0.70 (teacher 0.75), agreement 0.80, misses the lesion" in first
+    assert 'alt="featuremaps_student.png"' in first and 'alt="featuremaps_teacher.png"' in first
+    # explain_pairs/: separate teacher / student files, side by side per label
+    pairs = ex[ex.index("<h3>explain_pairs"):]
+    assert pairs.count('<table class="pairs">') == 2  # one per label (Effusion, Nodule), 2 images each
+    assert "<h4>Effusion</h4>" in pairs and "<h4>Nodule</h4>" in pairs and "p = 0.850" in pairs
     assert 'alt="secret.png"' not in multilabel_page  # a path outside the folder is shown as text only
-    assert "empty.png: not a readable image" in ex and 'alt="empty.png"' not in ex
-    assert 'alt="layers_grid.png"' in ex
+    assert "empty.png: not a readable image" in pairs and 'alt="empty.png"' not in pairs
+    assert 'alt="layers_grid.png"' in pairs
 
 
 def test_report_export_checks_targets(multilabel_page):
     exp = _section(multilabel_page, "export")
-    assert exp.count("meets the target") == 3 and "misses" not in exp
-    assert "sizes.int8_bytes" in exp and "683.59 KiB" in exp
-    assert 'alt="latency chart of benchmark.json"' in exp and "latency.onnx_int8.median_ms" in exp
+    assert exp.count("meets the target") == 2 and "misses" not in exp  # max_abs_diff, cam_correlation_min
+    assert "files.model.int8.onnx.bytes" in exp and "683.59 KiB" in exp and "int8_metric_delta" in exp
+    assert 'alt="latency chart of benchmark.json"' in exp and "batch_1.ort_int8.median_ms" not in exp.split("<details>")[0]
+    assert re.search(r'targets\.explain_within_1_5x</td><td><span class="bad">no</span>', exp)
+    assert re.search(r'targets\.teacher_at_least_30x_slower</td><td><span class="good">yes</span>', exp)
 
 
 def test_multiclass_report_has_confusion_matrices(tmp_path):
@@ -271,14 +324,14 @@ def test_multiclass_report_has_confusion_matrices(tmp_path):
                    "export"]
     assert page.count('alt="confusion matrix of') == 3
     assert "Per-class recall" in page and "Balanced acc." in page and "Accuracy (95% CI)" in page
-    assert len(decode_images(page)) == 5 + 3 + 8 + 1
+    assert len(decode_images(page)) == 5 + 3 + 4 + 9
 
 
 def test_cli_unevaluated_run_with_explanations_and_image_limit(tmp_path, capsys):
     from medistill.cli import main
 
     run = make_run(tmp_path, "teacher", evaluated=False)
-    make_explain(run / "explain", ML_LABELS)
+    make_explain_pairs(run / "explain", ML_LABELS)
     out = tmp_path / "r.html"
     assert main(["report", str(run), "--out", str(out), "--max-images", "2"]) == 0
     assert f"report written to {out.resolve()}" in capsys.readouterr().out
@@ -317,7 +370,7 @@ def test_explicit_explain_and_export_folders(tmp_path):
                                                      ("teacher", "Effusion")]
     pairs, rest = _pair(ov)
     assert len(pairs) == 1 and [o.path.name for o in rest] == ["img1_student_Nodule.png"]
-    assert data.exports[0].benchmarks["benchmark.json"]["latency"]["onnx_fp32"]["median_ms"] == 1.9
+    assert data.exports[0].benchmarks["benchmark.json"]["latency_ms"]["batch_1"]["ort_fp32"]["median_ms"] == 1.9
 
 
 def test_malformed_inputs_raise_errors_naming_the_file(tmp_path):

@@ -80,7 +80,7 @@ def test_multilabel_report_renders_in_chromium(browser, tmp_path):
 
     page = build_report(make_report_inputs(tmp_path / "runs"), tmp_path / "report.html")
     _open(browser, page)
-    info = _check_rendered(browser, expect_images=5 + 8 + 1)
+    info = _check_rendered(browser, expect_images=5 + 4 + 9)
     assert info["sections"] == ["comparison", "runs", "training", "per-label", "roc", "calibration", "explanations",
                                 "export"]
     assert info["title"] == "medistill report"
@@ -102,5 +102,5 @@ def test_multiclass_report_renders_in_chromium(browser, tmp_path):
 
     page = build_report(make_report_inputs(tmp_path / "runs", task="multiclass"), tmp_path / "report.html")
     _open(browser, page)
-    info = _check_rendered(browser, expect_images=5 + 3 + 8 + 1)
+    info = _check_rendered(browser, expect_images=5 + 3 + 4 + 9)
     assert "confusion" in info["sections"]

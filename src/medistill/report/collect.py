@@ -269,6 +269,8 @@ def _overlays_from_json(folder: Path, data: Any) -> list[Overlay]:
                     image = next((str(d[k]) for k in _IMAGE_KEYS if isinstance(d.get(k), (str, int))
                                   and not isinstance(d.get(k), bool) and d.get(k) != node), "")
                 if not caption:
+                    caption = _maps_caption(d.get("maps"))
+                if not caption:
                     prob = next((d[k] for k in _PROB_KEYS if isinstance(d.get(k), (int, float))
                                  and not isinstance(d.get(k), bool)), None)
                     if prob is not None:
@@ -277,6 +279,35 @@ def _overlays_from_json(folder: Path, data: Any) -> list[Overlay]:
 
     walk(data, (), ())
     return out
+
+
+def _maps_caption(maps: Any) -> str:
+    """``Nodule p=0.83 (teacher 0.91), agreement 0.72, points at the lesion`` per map of an image entry."""
+    if not isinstance(maps, list):
+        return ""
+    parts = []
+    for m in maps:
+        if not isinstance(m, dict) or not isinstance(m.get("label"), str):
+            continue
+        text = m["label"]
+        p = next((m[k] for k in ("prob", "probability") if _number(m.get(k)) is not None), None)
+        if p is not None:
+            text += f" p={float(p):.2f}"
+        if _number(m.get("teacher_prob")) is not None:
+            text += f" (teacher {float(m['teacher_prob']):.2f})"
+        if _number(m.get("agreement_spearman")) is not None:
+            text += f", agreement {float(m['agreement_spearman']):.2f}"
+        hit = _number(m.get("pointing_game"))
+        if hit is not None:
+            text += ", points at the lesion" if hit >= 0.5 else ", misses the lesion"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def _is_grid(o: Overlay) -> bool:

@@ -25,7 +25,8 @@ from .template import CSS, PAGE
 
 log = logging.getLogger(__name__)
 
-MAX_OVERLAY_SIDE = 384  # overlays wider or taller than this are downscaled before embedding
+MAX_OVERLAY_SIDE = 384  # single overlays wider or taller than this are downscaled before embedding
+WIDE_SIDE = 1000  # the same for whole-image panels (every label, teacher and student rows) and feature-map grids
 
 
 def esc(v: Any) -> str:
@@ -129,20 +130,72 @@ def section(anchor: str, title: str, content: str, lead: str = "") -> str:
 
 
 def kv_table(pairs: Iterable[tuple[str, Any]], checks: dict[str, tuple[str, float]] | None = None) -> str:
-    """Key / value rows; a value with a check (``("<=", 1e-4)``) is marked good or bad."""
+    """Key / value rows. A key in ``checks`` (``{"max_abs_diff": ("<=", 1e-4)}``) is marked good or bad, and so is
+    a yes/no figure whose name says it is a target (``*_within_*``, ``*_at_least_*``, ``targets.*``)."""
     rows = []
     for k, v in pairs:
         cell = esc(size_bytes(v) + f" ({v:,} B)" if k.endswith("bytes") and isinstance(v, int) else fmt(v))
-        check = next((c for key, c in (checks or {}).items() if k == key or k.endswith("." + key)), None)
+        check = (checks or {}).get(k)
         f = _num(v)
         if check is not None and f is not None:
             op, limit = check
-            ok = f <= limit if op == "<=" else f >= limit if op == ">=" else abs(f) <= limit
-            what = {"<=": "at most", ">=": "at least", "abs<=": "within \u00b1"}[op]
+            ok = f <= limit if op == "<=" else f >= limit
+            what = {"<=": "at most", ">=": "at least"}[op]
             cell = (f'<span class="{"good" if ok else "bad"}">{cell}</span> '
                     f'<span class="muted">({"meets" if ok else "misses"} the target: {what} {limit:g})</span>')
+        elif isinstance(v, bool) and _is_target_name(k):
+            cell = f'<span class="{"good" if v else "bad"}">{"yes" if v else "no"}</span>'
         rows.append((f"{esc(k)}", cell))
     return table(["key", "value"], rows, cls="kv")
+
+
+def _is_target_name(key: str) -> bool:
+    k = key.lower()
+    return k.startswith("targets.") or any(w in k for w in ("within", "at_least", "meets", "target"))
+
+
+def figures(obj: Any, max_depth: int = 2) -> list[tuple[str, Any]]:
+    """The numbers and yes/no figures of a JSON object (nested up to ``max_depth``), leaving out records of the
+    environment (``versions``, ``machine``) and per-label lists, which the 'all fields' table still shows."""
+    skip = ("versions.", "machine.", "thresholds.", "input.", "labels", "load_average")
+    out = []
+    for k, v in flatten(obj, max_depth=max_depth):
+        if k.startswith(skip) or k.count(".") > max_depth:
+            continue
+        if isinstance(v, bool) or _num(v) is not None:
+            out.append((k, v))
+    return out
+
+
+def summary_tables(summary: dict[str, Any]) -> str:
+    """An ``explain.json``-like summary as tables: scores side by side (this model, then each block such as
+    ``teacher`` or ``sanity`` that has the same keys), a per-label table (a block of per-label blocks) and the
+    remaining top-level figures."""
+    scalars = {k: v for k, v in summary.items() if isinstance(v, bool) or _num(v) is not None}
+    blocks = {k: v for k, v in summary.items() if isinstance(v, dict) and v
+              and all(not isinstance(x, (dict, list)) for x in v.values())}
+    matrices = {k: v for k, v in summary.items() if isinstance(v, dict) and v
+                and all(isinstance(x, dict) for x in v.values())}
+    out = []
+    shared = [k for k in scalars if any(k in b for b in blocks.values()) and not isinstance(scalars[k], bool)]
+    if shared:
+        cols = [name for name, b in blocks.items() if any(k in b for k in shared)]
+        first = "student" if "teacher" in blocks else "this model"
+        rows = [[esc(k), esc(fmt(scalars[k]))] + [esc(fmt(blocks[c].get(k))) for c in cols] for k in shared]
+        out.append(table(["score", esc(first)] + [esc(c) for c in cols], rows))
+    rest = [(k, v) for k, v in scalars.items() if k not in shared]
+    for name, b in blocks.items():
+        rest += [(f"{name}.{k}", v) for k, v in b.items() if k not in shared and (isinstance(v, bool) or _num(v) is not None)]
+    if rest:
+        out.append(kv_table(rest))
+    for name, m in matrices.items():
+        keys: list[str] = []
+        for row in m.values():
+            keys += [k for k, v in row.items() if k not in keys and (_num(v) is not None or v is None)]
+        if keys:
+            rows = [[esc(lab)] + [esc(fmt(row.get(k))) for k in keys] for lab, row in m.items()]
+            out.append(f"<h4>{esc(name.replace('_', ' '))}</h4>" + table([""] + [esc(k) for k in keys], rows))
+    return "".join(out)
 
 
 def flatten(obj: Any, prefix: str = "", depth: int = 0, max_depth: int = 3) -> list[tuple[str, Any]]:
@@ -355,7 +408,7 @@ class _Builder:
                 d = cfg.get("distill") or {}
                 teacher = i.get("teacher") or d.get("teacher")
                 tname = names.get(str(teacher), Path(str(teacher)).name if teacher else "?")
-                parts = [f"teacher {tname}", f"\u03b1={fmt(_num(d.get('alpha')))}", f"T={fmt(_num(d.get('temperature')))}"]
+                parts = [f"teacher: {tname}", f"\u03b1={fmt(_num(d.get('alpha')))}", f"T={fmt(_num(d.get('temperature')))}"]
                 if d.get("kd") not in (None, "auto"):
                     parts.append(f"loss {d['kd']}")
                 if d.get("feature") not in (None, "none"):
@@ -532,12 +585,9 @@ class _Builder:
 
     def _explain_block(self, ex: ExplainData) -> str:
         owner = f" (run {ex.run})" if ex.run else ""
-        out = [f"<h3>{esc(ex.path.name)}{esc(owner)}</h3>"]
-        summary = flatten(ex.summary)
-        if summary:
-            out.append(kv_table(summary))
+        out = [f"<h3>{esc(ex.path.name)}{esc(owner)}</h3>", summary_tables(ex.summary)]
         problems: list[str] = []
-        pairs, rest = _pair(ex.overlays)  # teacher / student of the same image and label first
+        pairs, rest = _pair(ex.overlays)  # separate teacher / student files of the same image and label
         budget = self.max_images
         pairs_shown = pairs[: budget // 2] if budget >= 2 else []
         budget -= 2 * len(pairs_shown)
@@ -551,21 +601,33 @@ class _Builder:
                      self._overlay_img(s, problems)] for t, s in items]
             heading = f"<h4>{esc(label)}</h4>" if label else ""
             out.append(heading + table(["Image", "Teacher", "Student"], rows, cls="pairs"))
+        # one file per image and label: a small gallery per label
         groups: dict[str, list[Overlay]] = {}
         for o in rest_shown:
-            groups.setdefault(o.label, []).append(o)
+            if o.label:
+                groups.setdefault(o.label, []).append(o)
         for label, items in groups.items():
             figs = "".join(self._overlay_figure(o, problems) for o in items)
             if figs:
-                out.append((f"<h4>{esc(label)}</h4>" if label else "") + f'<div class="gallery">{figs}</div>')
+                out.append(f"<h4>{esc(label)}</h4>" + f'<div class="gallery">{figs}</div>')
+        # one file per image holding every label (teacher and student rows inside): shown large
+        whole = [o for o in rest_shown if not o.label]
+        if whole:
+            figs = "".join(self._overlay_figure(o, problems, max_side=WIDE_SIDE) for o in whole)
+            if figs:
+                out.append('<h4>Per image</h4><div class="figs wide">' + figs + "</div>")
         if ex.other_images:
-            figs = "".join(self._overlay_figure(o, problems, max_side=1200) for o in ex.other_images[: self.max_images])
-            out.append(f'<h4>Other figures</h4><div class="figs">{figs}</div>')
+            figs = "".join(self._overlay_figure(o, problems, max_side=WIDE_SIDE, name=True)
+                           for o in ex.other_images[: self.max_images])
+            if figs:
+                out.append(f'<h4>Other figures</h4><div class="figs wide">{figs}</div>')
         if left_out > 0:
             problems.append(f"{left_out} more overlays not shown (limit {self.max_images} per folder; raise it with "
                             f"--max-images)")
         if problems:
             out.append('<p class="note">' + "<br>".join(esc(p) for p in problems) + "</p>")
+        out.append(f"<details><summary>all fields of {esc(ex.path.name)}/explain.json</summary>"
+                   f"{kv_table(flatten(ex.summary))}</details>" if ex.summary else "")
         return "".join(out)
 
     def _overlay_img(self, o: Overlay, problems: list[str]) -> str:
@@ -575,38 +637,42 @@ class _Builder:
         cap = f'<div class="muted">{esc(o.caption)}</div>' if o.caption else ""
         return f'<img src="{uri}" alt="{esc(o.path.name)}">{cap}'
 
-    def _overlay_figure(self, o: Overlay, problems: list[str], max_side: int = MAX_OVERLAY_SIDE) -> str:
+    def _overlay_figure(self, o: Overlay, problems: list[str], max_side: int = MAX_OVERLAY_SIDE,
+                        name: bool = False) -> str:
         uri = embed_image(o.path, problems, max_side=max_side)
         if uri is None:
             return ""
-        cap = " \u00b7 ".join(x for x in (o.who, o.image, o.caption) if x) or o.path.name
+        cap = " \u00b7 ".join(x for x in (o.path.name if name else "", o.who, o.image, o.caption) if x) or o.path.name
         return figure(uri, o.path.name, esc(cap))
 
     # --- export -----------------------------------------------------------------------------------------
     def export(self) -> str:
         if not self.data.exports:
             return ""
-        checks = {"max_abs_diff": ("<=", 1e-4), "cam_correlation_min": (">=", 0.99),
-                  "int8_metric_delta": ("abs<=", 0.01)}
         parts = []
         for ex in self.data.exports:
             owner = f" (run {ex.run})" if ex.run else ""
             block = [f"<h3>{esc(ex.path.name)}{esc(owner)}</h3>"]
             if ex.summary:
-                block.append(kv_table(flatten(ex.summary), checks))
+                tol = _num(ex.summary.get("fp32_tolerance")) or 1e-4
+                checks = {"max_abs_diff": ("<=", tol), "cam_correlation_min": (">=", 0.99)}
+                block.append(kv_table(figures(ex.summary), checks))
+                block.append(f"<details><summary>all fields of export.json</summary>"
+                             f"{kv_table(flatten(ex.summary))}</details>")
             for name, bench in ex.benchmarks.items():
                 flat = flatten(bench)
                 lat = _latencies(flat)
                 block.append(f"<h4>{esc(name)}</h4>")
                 if len(lat) >= 2:
-                    block.append(self._plot(plots.hbars(_short_names(lat), "milliseconds", "Latency"),
+                    block.append(self._plot(plots.hbars(_short_names(lat), "milliseconds", "Latency (median)"),
                                             f"latency chart of {name}"))
-                block.append(f"<details><summary>all figures of {esc(name)}</summary>{kv_table(flat)}</details>")
+                block.append(kv_table(figures(bench)) if isinstance(bench, dict) else "")
+                block.append(f"<details><summary>all fields of {esc(name)}</summary>{kv_table(flat)}</details>")
             parts.append("".join(block))
         lead = ("Parity of the exported model with PyTorch (max absolute logit difference, target at most 1e-4 for "
-                "fp32), the INT8 model's change in the validation metric, the in-graph CAMs' lowest correlation with "
-                "PyTorch Grad-CAM (target at least 0.99), sizes and latencies, as written by <code>medistill export</code> "
-                "and <code>medistill benchmark</code>.")
+                "fp32), the INT8 model's change in the validation metric (<code>int8_metric_delta</code>, INT8 minus "
+                "fp32), the in-graph CAMs' lowest correlation with PyTorch Grad-CAM (target at least 0.99), sizes and "
+                "latencies, as written by <code>medistill export</code> and <code>medistill benchmark</code>.")
         return self._section("export", "On-device export", "".join(parts), lead)
 
     # --- page --------------------------------------------------------------------------------------------
@@ -753,7 +819,11 @@ def embed_image(path: Path, problems: list[str], max_side: int = MAX_OVERLAY_SID
                 buf = io.BytesIO()
                 small.save(buf, format="PNG", optimize=True)
                 raw, fmt_name = buf.getvalue(), "PNG"
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        problems.append(f"{path.name}: not a readable image (not PNG or JPEG data); not embedded")
+        log.warning("report: %s is not a PNG or JPEG image; left out", path)
+        return None
+    except (OSError, SyntaxError, ValueError) as e:
         problems.append(f"{path.name}: not a readable image ({e}); not embedded")
         log.warning("report: %s is not a readable image (%s); left out", path, e)
         return None

@@ -176,7 +176,7 @@ def label_bars(values: Sequence[dict[str, float | None]], names: Sequence[str], 
         ax.bar(pos, [bottom if math.isnan(y) else y for y in ys], width=width * 0.95, color=c, label=name)
         for xp, y in zip(pos, ys):
             if math.isnan(y):
-                ax.text(xp, bottom + 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="#a00")
+                ax.text(xp, bottom + 0.005, "n/a", ha="center", va="bottom", fontsize=7, color="#a00")
         if errors and errors[i]:
             lo = [errors[i].get(lab, (y, y))[0] for lab, y in zip(labels, ys)]
             hi = [errors[i].get(lab, (y, y))[1] for lab, y in zip(labels, ys)]

@@ -54,6 +54,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { font-size: .84rem; color: var(--muted); margin-top: .25rem; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 .figs figure { flex: 0 1 auto; }
+.figs.wide img { max-width: min(100%, 900px); }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: .8rem; }
 .gallery figure { margin: 0; }
 .gallery img { width: 100%; }
