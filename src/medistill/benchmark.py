@@ -209,7 +209,7 @@ def _teacher(spec: str | None, inp: dict[str, Any], num_classes: int) -> tuple[A
 
 def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequence[int] = (1,),
               teacher: str | None = DEFAULT_TEACHER, runs: int = 50, warmup: int = 10, min_seconds: float = 1.0,
-              int8: bool = True, explain: bool = True, calibration_images: int = 32,
+              int8: bool = True, explain: bool = True, calibration_images: int = 32, peak_seconds: float = 1.0,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark a run directory or an exported ``model.onnx`` (see module docstring); returns a JSON-able dict.
 
@@ -265,7 +265,7 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
                 files["ort_int8"] = quantize_int8(files["ort_fp32"], tmpd / "model.int8.onnx", calib)
                 notes.append(f"INT8 calibrated on {len(calib)} {source}")
         say("measuring the matmul peak")
-        peak = matmul_peak_gflops(threads)
+        peak = matmul_peak_gflops(threads, seconds=peak_seconds)
         macs = count_macs(model, size, channels)
         result: dict[str, Any] = {
             "model": record["model"], "source": str(target), "input": inp, "labels": len(labels),

@@ -133,8 +133,8 @@ def _act_grad(z: torch.Tensor, name: str) -> torch.Tensor:
     one, zero = torch.ones_like(z), torch.zeros_like(z)
     if name == "relu":
         return torch.where(z > 0, one, zero)
-    if name == "hard_swish":  # torch: 0 for z < -3, z/3 + 1/2 for -3 <= z <= 3, 1 above
-        return torch.where(z < -3.0, zero, torch.where(z <= 3.0, z / 3.0 + 0.5, one))
+    if name == "hard_swish":  # torch: 0 for z <= -3, z/3 + 1/2 for -3 < z < 3, 1 from 3 on
+        return torch.where(z <= -3.0, zero, torch.where(z < 3.0, z / 3.0 + 0.5, one))
     if name == "silu":
         s = torch.sigmoid(z)
         return s * (1.0 + z * (1.0 - s))

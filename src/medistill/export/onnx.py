@@ -94,6 +94,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
         else:
             module = _Logits(model)
             outputs = [LOGITS]
+        module.eval()  # the caller's model too: eval_mode restores its mode afterwards
         # the exporter prints progress on stdout in some versions; library code stays quiet
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(module, (x,), dynamo=True, verbose=False, input_names=[INPUT],

@@ -1,0 +1,145 @@
+"""``medistill export``: ONNX parity, metadata, INT8 and the report (a tiny CNN trained a few steps on the phantom)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medistill.config import DataConfig, ModelConfig, RunConfig
+from medistill.data.phantom import LABELS
+from medistill.errors import MedistillError
+from medistill.runs import RunDir, load_model, save_model
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny_cnn run directory (1 channel, 64 px) trained 30 steps on the phantom's training split."""
+    from medistill.export import load_split_inputs
+    from medistill.models import create_model
+
+    path = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = RunConfig(out=str(path), data=DataConfig(dataset="phantom", root=str(phantom_root), image_size=SIZE,
+                                                    cache=False), model=ModelConfig(name="tiny_cnn"))
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=SIZE)
+    x, y, _ = load_split_inputs(cfg.data, "train", model.medistill_input.to_dict(), limit=128)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for step in range(30):
+        i = np.random.default_rng(step).choice(len(x), 32)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(torch.from_numpy(x[i])),
+                                                                    torch.from_numpy(y[i]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(RunDir.create(path, cfg, kind="train"), model.eval(), labels=LABELS, task="multilabel")
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medistill.cli import main
+
+    out = tmp_path_factory.mktemp("export")
+    rc = main(["export", str(tiny_run), "--format", "onnx", "--int8", "--explain", "--out", str(out),
+               "--calibration-images", "32", "--cam-images", "4"])
+    assert rc == 0
+    return out
+
+
+def test_output_contract(exported: Path):
+    assert (exported / "model.onnx").is_file() and (exported / "model.int8.onnx").is_file()
+    rep = json.loads((exported / "export.json").read_text())
+    assert rep["max_abs_diff"] <= 1e-4
+    assert rep["cam_correlation_min"] >= 0.99
+    assert isinstance(rep["int8_metric_delta"], float)
+    assert rep["metric_name"] == "macro_auc"
+    assert rep["metric_pytorch"] == pytest.approx(rep["metric_onnx"], abs=1e-6)
+    q = rep["int8"]
+    assert q["int8_bytes"] < q["fp32_bytes"]
+    assert q["int8_metric_delta"] == pytest.approx(q["int8_metric"] - q["fp32_metric"])
+    assert isinstance(q["int8_slower"], bool) and q["fp32_latency_ms"] > 0 and q["int8_latency_ms"] > 0
+    assert q["calibration_split"] == "train" and q["per_channel"] is True
+    assert set(rep["thresholds"]) == set(LABELS)
+
+
+def test_metadata_travels_with_both_models(exported: Path):
+    from medistill.inference import Predictor
+
+    rep = json.loads((exported / "export.json").read_text())
+    for name in ("model.onnx", "model.int8.onnx"):
+        info = Predictor(exported / name).info
+        assert info.labels == LABELS and info.task == "multilabel"
+        assert (info.size, info.channels) == (SIZE, 1)
+        assert info.mean == rep["input"]["mean"] and info.std == rep["input"]["std"]
+        assert info.thresholds == pytest.approx(rep["thresholds"])
+        assert info.model == "tiny_cnn" and info.version and info.maps
+    assert "int8" in Predictor(exported / "model.int8.onnx").info.extra["quantization"]
+
+
+def test_dynamic_batch_matches_pytorch(exported: Path, tiny_run: Path):
+    from medistill.export.onnx import ort_outputs
+
+    model, _ = load_model(tiny_run)
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 1, SIZE, SIZE)).astype(np.float32)
+        logits, cams = ort_outputs(exported / "model.onnx", x, maps=True)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        assert logits.shape == (batch, len(LABELS)) and cams.shape[:2] == (batch, len(LABELS))
+        assert np.abs(logits - ref).max() <= 1e-4
+
+
+def test_int8_is_qdq_and_keeps_the_maps_in_float(exported: Path):
+    import onnx
+
+    from medistill.export.quantize import cam_only_nodes
+
+    model = onnx.load(str(exported / "model.int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    by_name = {n.name: n for n in model.graph.node}
+    cam_ops = {by_name[name].op_type for name in cam_only_nodes(model)}
+    assert cam_ops and not cam_ops & {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_export_leaves_the_model_as_it_was(tmp_path: Path):
+    from medistill.export.onnx import export_onnx
+    from medistill.models import create_model
+
+    model = create_model("tiny_cnn", num_classes=2, in_chans=1, image_size=32)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx", labels=["a", "b"], task="multilabel")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(MedistillError, match="2 outputs but 3 labels"):
+        export_onnx(model, tmp_path / "m.onnx", labels=["a", "b", "c"], task="multilabel")
+
+
+def test_thresholds_come_from_metrics_json_when_evaluated(tmp_path: Path):
+    from medistill.export import thresholds_for
+
+    run = RunDir(tmp_path)
+    stored = {"a": 0.3, "b": 0.7}
+    run.write_metrics({"thresholds": stored})
+    dummy = np.zeros((4, 2), np.float32)
+    thr, source = thresholds_for(run, "multilabel", ["a", "b"], dummy, dummy, dummy + 1)
+    assert thr == stored and "metrics.json" in source
+    run.write_metrics({"thresholds": {"a": 0.3}})  # incomplete: chosen on validation instead
+    logits = np.array([[-2, 2], [2, -2], [-1, 1], [1, -1]], np.float32)
+    targets = np.array([[0, 1], [1, 0], [0, 1], [1, 0]], np.float32)
+    thr, source = thresholds_for(run, "multilabel", ["a", "b"], logits, targets, np.ones_like(targets))
+    assert "validation" in source and set(thr) == {"a", "b"}
+
+
+def test_only_onnx_is_a_format(tmp_path: Path):
+    from medistill.export import export_run
+
+    with pytest.raises(MedistillError, match="'onnx'"):
+        export_run(tmp_path, tmp_path / "out", fmt="tflite")

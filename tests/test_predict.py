@@ -1,0 +1,288 @@
+"""``medistill predict`` / ``medistill.inference.Predictor``: bad inputs never stop a batch, models are validated,
+and the device preprocesses exactly like training."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medistill.cli import main
+from medistill.inference import ModelFileError, Predictor
+
+SIZE = 64
+LABELS = ["Cardiomegaly", "Effusion", "Nodule"]
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """tiny_cnn (1 channel, 64 px, random weights) exported with maps, without maps, and its PyTorch model."""
+    import torch
+
+    from medistill.export.onnx import export_onnx
+    from medistill.models import create_model
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=SIZE).eval()
+    thr = {"Cardiomegaly": 0.0, "Effusion": 1.0, "Nodule": 0.5}  # always / never / sometimes positive
+    out = {"explain": export_onnx(model, d / "explain.onnx", labels=LABELS, task="multilabel", thresholds=thr,
+                                  explain=True),
+           "plain": export_onnx(model, d / "plain.onnx", labels=LABELS, task="multilabel", thresholds=thr)}
+    torch.save(model.state_dict(), d / "state.pt")
+    return out
+
+
+def _edit_metadata(src: Path, dst: Path, **changes: str | None) -> Path:
+    """A copy of ``src`` with medistill.<key> metadata set (or removed when None)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    props = {e.key: e.value for e in m.metadata_props}
+    for k, v in changes.items():
+        if v is None:
+            props.pop(f"medistill.{k}", None)
+        else:
+            props[f"medistill.{k}"] = v
+    del m.metadata_props[:]
+    for k, v in props.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save_model(m, str(dst))
+    return dst
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    if pixel_data:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` with almost no data (a decompression bomb's first bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _xray(seed: int = 0, size: int = 80) -> np.ndarray:
+    """A smooth gray test image in [0, 1], (size, size)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    rng = np.random.default_rng(seed)
+    return np.clip(0.5 + 0.3 * np.sin(6 * xx + seed) * np.cos(4 * yy) + 0.05 * rng.standard_normal((size, size)), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    g = _xray()
+    f: dict[str, Path] = {}
+    f["gray"] = d / "gray.png"
+    Image.fromarray((g * 255).astype(np.uint8)).save(f["gray"])
+    f["gray16"] = d / "gray16.png"
+    Image.fromarray((g * 65535).astype(np.uint16)).save(f["gray16"])
+    f["jpeg"] = d / "colour.jpg"
+    Image.fromarray((np.stack([g, g * 0.9, g * 0.8], -1) * 255).astype(np.uint8)).save(f["jpeg"], quality=95)
+    rgba = np.dstack([(g * 255).astype(np.uint8)] * 3 + [np.full(g.shape, 200, np.uint8)])
+    f["rgba"] = d / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(f["rgba"])
+    f["palette"] = d / "palette.png"
+    Image.fromarray((g * 255).astype(np.uint8)).convert("P").save(f["palette"])
+    f["truncated"] = d / "truncated.png"
+    f["truncated"].write_bytes(f["gray"].read_bytes()[:200])
+    f["empty"] = d / "empty.png"
+    f["empty"].write_bytes(b"")
+    f["text"] = d / "notes.png"
+    f["text"].write_text("not an image at all\n")
+    f["huge"] = png_header_only(d / "huge.png", 20000, 20000)
+    px = (g * 4000).astype(np.uint16)
+    f["mono1"] = write_dicom(d / "mono1.dcm", px, photometric="MONOCHROME1")
+    f["mono2_inverse"] = write_dicom(d / "mono2.dcm", (4000 - px.astype(np.int32)).astype(np.uint16))
+    f["nopixels"] = write_dicom(d / "nopixels.dcm", px, pixel_data=False)
+    return f
+
+
+# --- prediction -------------------------------------------------------------------------------------------
+
+def test_probabilities_match_pytorch_on_the_same_input(models, inputs):
+    import torch
+
+    from medistill.data import images as im
+    from medistill.models import create_model
+
+    pred = Predictor(models["plain"])
+    model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=SIZE).eval()
+    model.load_state_dict(torch.load(models["plain"].parent / "state.pt", weights_only=True))
+    x = pred.preprocess(im.read_image(inputs["gray"]))
+    with torch.no_grad():
+        ref = torch.sigmoid(model(torch.from_numpy(x[None]))).numpy()[0]
+    (p,) = list(pred.predict([inputs["gray"]]))
+    assert np.allclose([p.probabilities[lab] for lab in LABELS], ref, atol=1e-5)
+    assert "Cardiomegaly" in p.positives and "Effusion" not in p.positives  # thresholds 0.0 and 1.0
+
+
+def test_device_preprocessing_equals_training(phantom_root: Path):
+    """The predictor's input for a phantom image equals the training dataset's sample for it."""
+    from medistill.data import Preprocess, build_dataset
+    from medistill.data import images as im
+    from medistill.config import DataConfig
+
+    pre = Preprocess(48, 1, (0.449,), (0.226,), "none")
+    ds = build_dataset(DataConfig(dataset="phantom", root=str(phantom_root), image_size=48, cache=False), "val", pre)
+    for i in (0, 1):
+        sample = ds[i]["image"].numpy()
+        mine = im.preprocess(im.read_image(ds.path(i)), 48, 1, (0.449,), (0.226,))
+        assert np.allclose(sample, mine, atol=1e-6)
+
+
+def test_one_bad_file_never_stops_the_batch(models, inputs, capsys):
+    order = ["gray", "truncated", "gray16", "empty", "text", "huge", "jpeg", "rgba", "palette", "mono1",
+             "nopixels", "gray"]
+    rc = main(["predict", str(models["plain"]), *[str(inputs[k]) for k in order], "--json", "--batch-size", "2"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 1  # some inputs failed
+    assert [r["file"] for r in rows] == [str(inputs[k]) for k in order]
+    by = dict(zip(order[:-1], rows[:-1]))
+    for ok in ("gray", "gray16", "jpeg", "rgba", "palette", "mono1"):
+        assert set(by[ok]["probabilities"]) == set(LABELS), ok
+        assert all(0.0 <= v <= 1.0 for v in by[ok]["probabilities"].values())
+        assert "error" not in by[ok]
+    assert "truncated" in by["truncated"]["error"] or "corrupt" in by["truncated"]["error"]
+    assert "empty" in by["empty"]["error"]
+    assert "not an image" in by["text"]["error"]
+    assert "20000x20000" in by["huge"]["error"] or "bomb" in by["huge"]["error"]
+    assert "no pixel data" in by["nopixels"]["error"]
+    assert rows[-1]["probabilities"] == rows[0]["probabilities"]  # the batch went on after the failures
+
+
+def test_huge_image_is_refused_from_its_header(models, inputs):
+    pred = Predictor(models["plain"])
+    t0 = time.perf_counter()
+    (p,) = list(pred.predict([inputs["huge"]]))
+    assert p.error is not None and time.perf_counter() - t0 < 2.0  # never decoded (400M pixels would take long)
+
+
+def test_monochrome1_dicom_is_inverted(models, inputs):
+    """MONOCHROME1 pixels p predict exactly like MONOCHROME2 pixels (max - p)."""
+    pred = Predictor(models["plain"])
+    a, b = list(pred.predict([inputs["mono1"], inputs["mono2_inverse"]]))
+    assert a.error is None and b.error is None
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
+def test_sixteen_bit_png_predicts_like_eight_bit(models, inputs):
+    pred = Predictor(models["plain"])
+    a, b = list(pred.predict([inputs["gray"], inputs["gray16"]]))
+    assert a.probabilities == pytest.approx(b.probabilities, abs=0.02)
+
+
+def test_folders_are_expanded(models, inputs, capsys, tmp_path):
+    for k in ("gray", "jpeg"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        (tmp_path / "sub" / inputs[k].name).write_bytes(inputs[k].read_bytes())
+    rc = main(["predict", str(models["plain"]), str(tmp_path), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(rows) == 2 and all("probabilities" in r for r in rows)
+
+
+def test_explain_writes_overlays(models, inputs, tmp_path, capsys):
+    out = tmp_path / "maps"
+    rc = main(["predict", str(models["explain"]), str(inputs["gray"]), str(inputs["text"]), "--json", "--explain",
+               "--out", str(out), "--maps", "all"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 1 and "error" in rows[1]
+    written = sorted(out.glob("*.png"))
+    assert len(written) == len(LABELS) and [Path(p) for p in rows[0]["overlays"]] == written
+    with Image.open(written[0]) as img:
+        assert img.mode == "RGB" and img.size == (80, 80)  # the input image's own size
+
+
+def test_explain_with_a_model_without_maps_warns(models, inputs, tmp_path, capsys):
+    rc = main(["predict", str(models["plain"]), str(inputs["gray"]), "--explain", "--out", str(tmp_path / "m")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "has no maps" in captured.err and not (tmp_path / "m").exists()
+
+
+def test_maps_come_back_per_image(models, inputs):
+    pred = Predictor(models["explain"])
+    assert pred.has_maps and pred.info.maps
+    p, q = list(pred.predict([inputs["gray"], inputs["jpeg"]], maps=True, batch_size=2))
+    assert p.maps.shape == (len(LABELS), SIZE // 16, SIZE // 16)
+    assert 0.0 <= p.maps.min() and p.maps.max() <= 1.0
+    plain = list(Predictor(models["plain"]).predict([inputs["gray"]]))[0]
+    assert plain.probabilities == pytest.approx(p.probabilities, abs=1e-6)
+
+
+# --- model files ------------------------------------------------------------------------------------------
+
+def test_a_file_that_is_not_onnx_is_a_clear_error(inputs, tmp_path, capsys):
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        Predictor(inputs["gray"])
+    with pytest.raises(ModelFileError, match="empty"):
+        Predictor(inputs["empty"])
+    with pytest.raises(ModelFileError, match="not found"):
+        Predictor(tmp_path / "missing.onnx")
+    rc = main(["predict", str(inputs["text"]), str(inputs["gray"]), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 2 and "not a loadable ONNX model" in captured.err and "Traceback" not in captured.err
+
+
+def test_onnx_without_medistill_metadata_is_refused(models, tmp_path):
+    import onnx
+
+    m = onnx.load(str(models["plain"]))
+    del m.metadata_props[:]
+    onnx.save_model(m, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelFileError, match="without medistill metadata"):
+        Predictor(tmp_path / "bare.onnx")
+
+
+def test_metadata_that_contradicts_the_graph_is_refused(models, tmp_path):
+    bad = _edit_metadata(models["plain"], tmp_path / "rgb.onnx", input_channels="3", mean="[0.5, 0.5, 0.5]",
+                         std="[0.2, 0.2, 0.2]")
+    with pytest.raises(ModelFileError, match="1 channels on axis 1 but its metadata says 3"):
+        Predictor(bad)
+    few = _edit_metadata(models["plain"], tmp_path / "labels.onnx", labels='["a", "b"]')
+    with pytest.raises(ModelFileError, match="3 scores but the metadata names 2 labels"):
+        Predictor(few)
+    broken = _edit_metadata(models["plain"], tmp_path / "json.onnx", labels="[not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        Predictor(broken)
+    nolabels = _edit_metadata(models["plain"], tmp_path / "nolabels.onnx", labels=None)
+    with pytest.raises(ModelFileError, match="lacks medistill.labels"):
+        Predictor(nolabels)
+
+
+def test_multiclass_models_predict_the_most_probable_label(models, inputs, tmp_path):
+    mc = _edit_metadata(models["plain"], tmp_path / "mc.onnx", task="multiclass")
+    (p,) = list(Predictor(mc).predict([inputs["gray"]]))
+    assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert p.positives == [max(p.probabilities, key=p.probabilities.get)]
