@@ -1,0 +1,98 @@
+"""``medistill benchmark``: the figures and their shape (tiny models, few runs; real timings live in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medistill.benchmark import _ratios, measure_latency
+
+
+def test_measure_latency_counts_and_orders():
+    calls = []
+    res = measure_latency(lambda: calls.append(1), warmup=3, runs=7, min_seconds=0.0)
+    assert res["runs"] == 7 and len(calls) == 10
+    assert 0 <= res["min_ms"] <= res["median_ms"] <= res["p90_ms"]
+
+
+def test_ratios_and_targets():
+    lat = {"ort_fp32": {"median_ms": 10.0}, "ort_explain": {"median_ms": 12.0}, "ort_int8": {"median_ms": 12.5},
+           "teacher_torch_fp32": {"median_ms": 400.0}, "torch_fp32": {"median_ms": 20.0}}
+    ratios, targets = _ratios({"latency_ms": {"batch_1": lat}, "flop_limit_ms": 4.0, "batches": [1]})
+    assert ratios["ort_fp32_vs_flop_limit"] == pytest.approx(2.5)
+    assert ratios["teacher_vs_ort_fp32"] == pytest.approx(40.0)
+    assert ratios["explain_vs_plain"] == pytest.approx(1.2)
+    assert ratios["int8_slower"] is True and ratios["int8_speedup"] == pytest.approx(0.8)
+    assert targets == {"ort_fp32_within_3x_flop_limit": True, "teacher_at_least_30x_slower": True,
+                       "explain_within_1_5x": True}
+
+
+@pytest.fixture(scope="module")
+def explain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from medistill.export.onnx import export_onnx
+    from medistill.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("tiny_cnn", num_classes=3, in_chans=1, image_size=32)
+    return export_onnx(m, tmp_path_factory.mktemp("b") / "model.onnx", labels=["a", "b", "c"], task="multilabel",
+                       explain=True)
+
+
+def test_benchmark_an_onnx_file(explain_model: Path):
+    from medistill.benchmark import benchmark
+
+    res = benchmark(explain_model, threads=1, batches=(1, 2), teacher="tiny_cnn", runs=3, warmup=1,
+                    min_seconds=0.0, calibration_images=4, peak_seconds=0.05)
+    assert set(res["latency_ms"]) == {"batch_1", "batch_2"}
+    for lat in res["latency_ms"].values():
+        assert set(lat) == {"torch_fp32", "ort_fp32", "ort_int8", "ort_explain", "teacher_torch_fp32"}
+        assert all(v["median_ms"] > 0 and v["p90_ms"] >= v["median_ms"] for v in lat.values())
+    assert res["params"] > 0 and res["macs"] > 0 and res["flops"] == 2 * res["macs"]
+    assert res["matmul_peak_gflops"]["peak"] > 0 and res["flop_limit_ms"] > 0
+    assert set(res["file_bytes"]) == {"ort_fp32", "ort_int8", "ort_explain"}
+    assert any("logits-only subgraph" in n for n in res["notes"])
+    assert any("random inputs" in n for n in res["notes"])  # no training data for a bare .onnx
+    assert {"ort_fp32_vs_flop_limit", "teacher_vs_ort_fp32", "explain_vs_plain", "int8_speedup"} <= set(res["ratios"])
+
+
+def test_benchmark_cli_prints_json_in_milliseconds(explain_model: Path, capsys, tmp_path: Path):
+    from medistill.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["benchmark", str(explain_model), "--json", "--threads", "1", "--batch", "1", "--teacher", "none",
+               "--runs", "3", "--warmup", "1", "--min-seconds", "0", "--no-int8", "--out", str(out)])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and json.loads(out.read_text())["latency_ms"] == res["latency_ms"]
+    assert set(res["latency_ms"]["batch_1"]) == {"torch_fp32", "ort_fp32", "ort_explain"}
+    assert "teacher" not in res and res["threads"] == 1
+
+
+def test_benchmark_a_run_directory(tmp_path: Path):
+    import torch
+
+    from medistill.benchmark import benchmark
+    from medistill.config import RunConfig
+    from medistill.models import create_model
+    from medistill.runs import RunDir, save_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=2, in_chans=1, image_size=32)
+    save_model(RunDir.create(tmp_path / "run", RunConfig(), kind="train"), model, labels=["a", "b"],
+               task="multilabel")
+    res = benchmark(tmp_path / "run", threads=1, teacher=None, runs=2, warmup=1, min_seconds=0.0, int8=False,
+                    explain=False, peak_seconds=0.05)
+    assert set(res["latency_ms"]["batch_1"]) == {"torch_fp32", "ort_fp32"} and res["model"] == "tiny_cnn"
+
+
+def test_bad_batches_are_refused():
+    from medistill.cli.benchmark import _batches
+    from medistill.errors import MedistillError
+
+    assert _batches("1,8") == [1, 8]
+    for bad in ("", "0", "a,1"):
+        with pytest.raises(MedistillError, match="--batch"):
+            _batches(bad)
