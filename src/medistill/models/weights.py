@@ -40,17 +40,30 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
             raise _model_error(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError for pickled code, RuntimeError for non-zip files
-        raise _model_error(f"{path}: refused or unreadable as a weights-only torch checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]}); only tensors are loaded, never pickled objects") from None
+    obj: Any = load_checkpoint(path)
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise _model_error(f"{path}: expected a mapping of parameter names to tensors")
     return obj
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a file holding pickled code (or damaged) is a ModelError.
+
+    Only tensors and plain containers are unpickled; anything else is refused before it is constructed.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError for pickled code, RuntimeError/EOFError for damaged files
+        text = str(e)
+        if "WeightsUnpickler error:" in text:  # torch's message opens with advice to disable the guard: keep the reason
+            text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+            text = text.split("Please use", 1)[0]  # ... and ends with how to allow-list the refused global
+        reason = " ".join(text.split()) or "empty or truncated file"
+        raise _model_error(f"{path}: refused or unreadable as a weights-only torch checkpoint ({type(e).__name__}: "
+                           f"{reason[:200]}); only tensors are loaded, never pickled objects") from None
 
 
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> dict[str, list[str]]:

@@ -154,7 +154,12 @@ def _save_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, 
 
 def _load_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                 extra: dict[str, nn.Module]) -> _State:
-    state = torch.load(run.file(runs.STATE_FILE), map_location="cpu", weights_only=True)
+    from ..models.weights import load_checkpoint
+
+    state = load_checkpoint(run.file(runs.STATE_FILE))  # weights only: a crafted state.pt runs nothing
+    if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler"} <= set(state):
+        raise TrainingError(f"{run.file(runs.STATE_FILE)}: not a medistill resume state (expected epoch, optimizer "
+                            f"and scheduler entries)")
     load_weights(_unwrap(model), run.file(runs.LAST_WEIGHTS), strict=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
