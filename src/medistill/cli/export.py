@@ -23,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-images", type=int, default=128, metavar="N",
                    help="training images to calibrate INT8 (default 128)")
     p.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"])
-    p.add_argument("--per-tensor", action="store_true", help="INT8 weights with one scale per tensor "
-                   "(default: per output channel)")
+    scales = p.add_mutually_exclusive_group()
+    scales.add_argument("--per-channel", dest="per_channel", action="store_const", const=True, default="auto",
+                        help="INT8 weights with one scale per output channel")
+    scales.add_argument("--per-tensor", dest="per_channel", action="store_const", const=False,
+                        help="INT8 weights with one scale per tensor (default: try both, keep the better "
+                             "validation metric)")
     p.add_argument("--cam-images", type=int, default=8, metavar="N",
                    help="validation images for the Grad-CAM parity check (default 8)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the latency comparison")
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
     rep = export_run(args.run_dir, out, fmt=args.format, int8=args.int8, explain=args.explain,
                      val_limit=args.val_limit, calibration_images=args.calibration_images,
-                     cam_images=args.cam_images, per_channel=not args.per_tensor,
+                     cam_images=args.cam_images, per_channel=args.per_channel,
                      calibration_method=args.calibration_method, threads=args.threads,
                      progress=lambda msg: print(f"[export] {msg}", file=sys.stderr))
     if args.json:

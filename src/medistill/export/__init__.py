@@ -7,8 +7,9 @@
 3. ``onnx.export_onnx`` -> ``model.onnx`` (with the ``cams`` output when ``explain``), then parity: the same
    validation images through PyTorch and ONNX Runtime (``max_abs_diff`` of logits, the validation metric of both);
 4. ``explain``: the in-graph maps against pytorch-grad-cam's GradCAM on the same layer (``cam_correlation_min``);
-5. ``int8``: ``quantize.quantize_int8`` calibrated on training images -> ``model.int8.onnx``, then sizes, the
-   validation metric (``int8_metric_delta`` = INT8 - fp32) and INT8 vs fp32 latency;
+5. ``int8``: ``quantize.quantize_int8`` calibrated on training images -> ``model.int8.onnx`` (``per_channel="auto"``:
+   weights per channel and per tensor both tried, the better validation metric kept), then sizes, the validation
+   metric (``int8_metric_delta`` = INT8 - fp32) and INT8 vs fp32 latency;
 6. everything into ``export.json``.
 """
 
@@ -127,13 +128,13 @@ def cam_parity(model: Any, onnx_path: Path, images: np.ndarray) -> dict[str, Any
 
 def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False, explain: bool = False,
                val_limit: int | None = 512, calibration_images: int = 128, cam_images: int = 8,
-               per_channel: bool = True, calibration_method: str = "minmax", threads: int | None = None,
+               per_channel: bool | str = "auto", calibration_method: str = "minmax", threads: int | None = None,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export run ``run_dir`` into folder ``out`` (see module docstring); returns the ``export.json`` report."""
     from ..errors import MedistillError
     from ..runs import RunDir, load_model
     from ..utils.runtime import package_versions
-    from .onnx import export_onnx, parity
+    from .onnx import export_onnx, ort_outputs, parity
 
     if fmt != "onnx":
         raise MedistillError(f"--format {fmt!r}: expected 'onnx' (the only export format)")
@@ -180,13 +181,36 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
 
         say(f"quantizing to INT8 ({calibration_images} training images)")
         x_cal, _, _ = load_split_inputs(cfg.data, "train", inp, limit=calibration_images, seed=1, labels=labels)
-        int8_path = quantize_int8(model_path, out / INT8_FILE, x_cal, per_channel=per_channel,
-                                  method=calibration_method)
+        int8_path = out / INT8_FILE
+        schemes = [True, False] if per_channel == "auto" else [bool(per_channel)]
+        tried: dict[str, Any] = {}
+        for pc in schemes:  # "auto": per channel and per tensor, keep the better validation metric
+            path = int8_path if len(schemes) == 1 else out / f".{INT8_FILE}.{'channel' if pc else 'tensor'}"
+            quantize_int8(model_path, path, x_cal, per_channel=pc, method=calibration_method)
+            if len(schemes) > 1:
+                lg, _ = ort_outputs(path, x_val)
+                tried["per_channel" if pc else "per_tensor"] = {
+                    "path": path, "metric": validation_metric(task, lg, y_val, m_val, labels)["value"]}
+        if tried:
+            def score(k: str) -> float:
+                v = tried[k]["metric"]
+                return -np.inf if v is None else v
+
+            best = max(["per_channel", "per_tensor"], key=score)  # ties keep per channel (listed first)
+            tried[best]["path"].replace(int8_path)
+            for k, v in tried.items():
+                if k != best:
+                    v["path"].unlink(missing_ok=True)
+            chosen_pc = best == "per_channel"
+        else:
+            chosen_pc = schemes[0]
         say("comparing INT8 with fp32")
         cmp = compare(model_path, int8_path, x_val,
                       metric=lambda lg: validation_metric(task, lg, y_val, m_val, labels), threads=threads)
-        report["int8"] = {**cmp, "per_channel": per_channel, "calibration_images": int(len(x_cal)),
+        report["int8"] = {**cmp, "per_channel": chosen_pc, "calibration_images": int(len(x_cal)),
                           "calibration_split": "train", "calibration_method": calibration_method}
+        if tried:
+            report["int8"]["weight_scales_tried"] = {k: v["metric"] for k, v in tried.items()}
         report["int8_metric_delta"] = cmp.get("int8_metric_delta")
         report["files"][INT8_FILE] = _file_entry(int8_path)
         if explain:
