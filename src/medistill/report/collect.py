@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
@@ -367,8 +367,8 @@ def load_export(folder: str | Path, run: str | None = None) -> ExportData:
 # everything
 # ---------------------------------------------------------------------------------------------------------
 
-def collect(run_dirs: list[str | Path], *, explain_dirs: list[str | Path] = (),  # type: ignore[assignment]
-            export_dirs: list[str | Path] = ()) -> ReportData:  # type: ignore[assignment]
+def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path] = (),
+            export_dirs: Sequence[str | Path] = ()) -> ReportData:
     """Read the runs (ordered teacher, student (KD), student (no KD), others) and their explain / export folders.
 
     Roles come from :func:`medistill.evaluate.runner.compare_runs` (evaluated runs) or
@@ -405,7 +405,8 @@ def collect(run_dirs: list[str | Path], *, explain_dirs: list[str | Path] = (), 
     splits = {(r.metrics.get("split"), r.metrics.get("num_images")) for r in evaluated}
     if len(splits) > 1:
         notes.append("the runs were evaluated on different splits or numbers of images: "
-                     + ", ".join(f"{r.name}: {r.metrics.get('split')} ({r.metrics.get('num_images')})" for r in evaluated))
+                     + ", ".join(f"{r.name}: {r.metrics.get('split')} ({r.metrics.get('num_images')})"
+                                 for r in evaluated))
 
     explains: list[ExplainData] = []
     exports: list[ExportData] = []

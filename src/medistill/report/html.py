@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import plots
-from .collect import MAX_IMAGE_BYTES, ExplainData, ExportData, Overlay, ReportData, RunData
+from .collect import MAX_IMAGE_BYTES, ExplainData, Overlay, ReportData, RunData
 from .template import CSS, PAGE
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def summary_tables(summary: dict[str, Any]) -> str:
         out.append(table(["score", esc(first)] + [esc(c) for c in cols], rows))
     rest = [(k, v) for k, v in scalars.items() if k not in shared]
     for name, b in blocks.items():
-        rest += [(f"{name}.{k}", v) for k, v in b.items() if k not in shared and (isinstance(v, bool) or _num(v) is not None)]
+        rest += [(f"{name}.{k}", v) for k, v in b.items()
+                 if k not in shared and (isinstance(v, bool) or _num(v) is not None)]
     if rest:
         out.append(kv_table(rest))
     for name, m in matrices.items():
@@ -313,8 +314,8 @@ class _Builder:
             items.append(("Data", "; ".join(data_desc)))
         ev = [r for r in self.runs if r.evaluated]
         if ev:
-            items.append(("Evaluated on", "; ".join(sorted({f"{r.metrics.get('split', '?')} split, "
-                                                            f"{fmt(r.metrics.get('num_images'))} images" for r in ev}))))
+            evals = {f"{r.metrics.get('split', '?')} split, {fmt(r.metrics.get('num_images'))} images" for r in ev}
+            items.append(("Evaluated on", "; ".join(sorted(evals))))
         items.append(("Runs", ", ".join(f"{r.name} ({r.role})" for r in self.runs)))
         return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items) + "</dl>"
 
@@ -361,8 +362,8 @@ class _Builder:
             lat_text = "n/a" if lat is None else f"{lat:.2f} ms" + ("" if p90 is None else
                                                                   f' <span class="ci">({p90:.2f})</span>')
             if t and r is not t:
-                macs += f'<br><span class="ci">{_ratio(t.metrics.get("macs"), m.get("macs"), "fewer")}</span>'
-                lat_text += f'<br><span class="ci">{_ratio(t.metrics.get("latency_ms"), lat, "faster")}</span>'
+                macs += _ratio(t.metrics.get("macs"), m.get("macs"), "fewer")
+                lat_text += _ratio(t.metrics.get("latency_ms"), lat, "faster")
             cells += [esc(si(m.get("params"))), macs, esc(size_bytes(m.get("size_bytes"))), lat_text]
             rows.append(cells)
         lead = (f"Main metric: {title.lower()} with its bootstrap 95% confidence interval, on the evaluated split; "
@@ -408,7 +409,8 @@ class _Builder:
                 d = cfg.get("distill") or {}
                 teacher = i.get("teacher") or d.get("teacher")
                 tname = names.get(str(teacher), Path(str(teacher)).name if teacher else "?")
-                parts = [f"teacher: {tname}", f"\u03b1={fmt(_num(d.get('alpha')))}", f"T={fmt(_num(d.get('temperature')))}"]
+                parts = [f"teacher: {tname}", f"\u03b1={fmt(_num(d.get('alpha')))}",
+                         f"T={fmt(_num(d.get('temperature')))}"]
                 if d.get("kd") not in (None, "auto"):
                     parts.append(f"loss {d['kd']}")
                 if d.get("feature") not in (None, "none"):
@@ -420,8 +422,10 @@ class _Builder:
             ep = "n/a" if epochs is None else f"{epochs}" + (f" ({i['best_epoch']})" if i.get("best_epoch") else "")
             size = inp.get("size") or (cfg.get("data") or {}).get("image_size")
             ch = inp.get("channels") or (cfg.get("model") or {}).get("in_chans")
-            rows.append([self._badge(r), esc(r.name), esc(i.get("kind", "?")), esc(i.get("model") or r.metrics.get("model")),
-                         esc(f"{size}\u00a0px\u00a0\u00d7\u00a0{ch}\u00a0ch" if size else "n/a"), esc(ep), esc(dist or "\u2014"),
+            rows.append([self._badge(r), esc(r.name), esc(i.get("kind", "?")),
+                         esc(i.get("model") or r.metrics.get("model")),
+                         esc(f"{size}\u00a0px\u00a0\u00d7\u00a0{ch}\u00a0ch" if size else "n/a"), esc(ep),
+                         esc(dist or "\u2014"),
                          esc(i.get("seed", (cfg.get("train") or {}).get("seed"))), esc(_short_time(i.get("finished"))),
                          f'<code class="path">{esc(r.path)}</code>'])
         return self._section("runs", "Runs", table(headers, rows, text_cols=4))
@@ -439,8 +443,8 @@ class _Builder:
             rows.append([self._badge(r), esc(r.name), esc(len(h.get("epoch", []))),
                          esc(fmt(h["train_loss"][-1]) if h.get("train_loss") else "n/a"),
                          esc(fmt(h["val_loss"][-1]) if h.get("val_loss") else "n/a"),
-                         esc(fmt(float(np.mean(secs))) + " s" if secs else "n/a"),
-                         esc(fmt(float(np.sum(secs))) + " s" if secs else "n/a")])
+                         esc(f"{np.mean(secs):.2f} s" if secs else "n/a"),
+                         esc(f"{np.sum(secs):.1f} s" if secs else "n/a")])
         tab = table(["Role", "Run", "Epochs", "Last train loss", "Last val loss", "Seconds / epoch", "Total"], rows,
                     text_cols=2)
         return self._section("training", "Training curves",
@@ -455,7 +459,7 @@ class _Builder:
         if self.task == "multilabel":
             names, ylabel, title = ("per_label_auc",), "AUC", "Per-label AUC"
         else:
-            names, ylabel, title = ("per_class_recall", "recall_per_class", "per_label_recall"), "recall", "Per-class recall"
+            names, ylabel, title = ("per_class_recall", "per_label_recall"), "recall", "Per-class recall"
         values = [per_label(r.metrics, names, labels) or self._auc_from_predictions(r) for r in rs]
         if not any(values):
             return ""
@@ -469,16 +473,18 @@ class _Builder:
             vals = [v.get(lab) for v in values]
             best = max((x for x in vals if x is not None), default=None)
             cells = [esc(lab)] + ([esc(prevalence.get(lab, "n/a"))] if prevalence else [])
-            cells += [(f"<strong>{esc(fmt(x))}</strong>" if x is not None and x == best and len(rs) > 1 else esc(fmt(x)))
-                      for x in vals]
+            cells += [f"<strong>{esc(fmt(x))}</strong>" if x is not None and x == best and len(rs) > 1
+                      else esc(fmt(x)) for x in vals]
             if len(rs) > 1 and self.teacher in rs:
                 tv = values[rs.index(self.teacher)].get(lab)
                 cells += [_delta(v.get(lab), tv) for r, v in zip(rs, values) if r is not self.teacher]
             rows.append(cells)
-        content = self._plot(fig, f"{title} per run", f"{esc(title)}, one bar per run (n/a: the label has only one "
-                             f"class in the split, so no AUC).") + table(headers, rows)
+        what = "teacher vs student vs student without KD" if len(rs) > 2 else "one bar per run"
+        na = (" (n/a: the label has only one class in the split, so no AUC; it is left out of the macro average)"
+              if self.task == "multilabel" else "")
+        content = self._plot(fig, f"{title} per run", f"{esc(title)}, {what}{na}.") + table(headers, rows)
         content += self.threshold_tables(rs, labels)
-        return self._section("per-label", title + (" (teacher vs student vs no KD)" if len(rs) > 1 else ""), content)
+        return self._section("per-label", title, content)
 
     def _auc_from_predictions(self, r: RunData) -> dict[str, float | None]:
         if r.predictions is None or self.task != "multilabel":
@@ -490,7 +496,8 @@ class _Builder:
         out: dict[str, float | None] = {}
         for j, lab in enumerate(r.labels[: p["probs"].shape[1]]):
             keep = p["mask"][:, j] > 0 if "mask" in p else np.ones(len(y), bool)
-            out[lab] = float(roc_auc_score(y[keep, j], p["probs"][keep, j])) if len(np.unique(y[keep, j])) == 2 else None
+            both = len(np.unique(y[keep, j])) == 2
+            out[lab] = float(roc_auc_score(y[keep, j], p["probs"][keep, j])) if both else None
         return out
 
     @staticmethod
@@ -522,8 +529,11 @@ class _Builder:
                        + table(["Label"] + [esc(n) for n, _ in vals], rows) + "</details>")
         if not out:
             return ""
-        return ('<h3>Operating points</h3><p class="note">Thresholds chosen on the validation split; sensitivity, '
-                'specificity and F1 measured on the evaluated split.</p>' + "".join(out))
+        default = [r.name for r in rs if str(r.metrics.get("threshold_source", "")).startswith("default")]
+        how = ("Thresholds chosen on the validation split" if not default else
+               f"Thresholds chosen on the validation split, except the default 0.5 for {', '.join(default)}")
+        return (f'<h3>Operating points</h3><p class="note">{esc(how)}; sensitivity, specificity and F1 measured on '
+                f'the evaluated split.</p>' + "".join(out))
 
     def roc(self) -> str:
         rs = self._comparable(with_predictions=True)
@@ -579,8 +589,8 @@ class _Builder:
             parts.append(self._explain_block(ex))
         lead = ("Where each model looks: overlays from <code>medistill explain</code>, teacher and student side by "
                 "side on the same image and label when both exist, with the explanation metrics from "
-                "<code>explain.json</code> (agreement = Spearman correlation of teacher and student maps; pointing game "
-                "= share of maps whose maximum lies inside the ground-truth region).")
+                "<code>explain.json</code> (agreement = Spearman correlation of teacher and student maps; "
+                "pointing game = share of maps whose maximum lies inside the ground-truth region).")
         return self._section("explanations", "Explanations", "".join(parts), lead)
 
     def _explain_block(self, ex: ExplainData) -> str:
@@ -740,10 +750,17 @@ def _signed_pt(d: float) -> str:
 
 
 def _ratio(ref: Any, v: Any, word: str) -> str:
+    """``<br>(12.3x fewer)`` against the teacher's figure; empty when either is unknown."""
     a, b = _num(ref), _num(v)
     if not a or not b:
-        return "n/a"
-    return esc(f"{a / b:.1f}\u00d7 {word}") if a >= b else esc(f"{b / a:.1f}\u00d7 {'more' if word == 'fewer' else 'slower'}")
+        return ""
+    if abs(a / b - 1) < 0.01:
+        text = "same as teacher"
+    elif a > b:
+        text = f"{a / b:.1f}\u00d7 {word}"
+    else:
+        text = f"{b / a:.1f}\u00d7 {'more' if word == 'fewer' else 'slower'}"
+    return f'<br><span class="ci">{esc(text)}</span>'
 
 
 def _pair(overlays: Sequence[Overlay]) -> tuple[list[tuple[Overlay, Overlay]], list[Overlay]]:

@@ -99,8 +99,13 @@ def training_curves(histories: Sequence[dict[str, list[float]]], names: Sequence
                   title=f"Validation {(metric_name or 'metric').replace('_', ' ')} (star: best epoch)")
     from matplotlib.ticker import MaxNLocator
 
+    last = max((max(h.get("epoch") or [1]) for h in histories), default=1)
     for ax in (ax_loss, ax_metric):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if last <= 12:
+            ax.set_xticks(range(1, int(last) + 1))
+            ax.set_xlim(0.5, last + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -160,7 +165,8 @@ def roc_curves(preds: Sequence[dict[str, np.ndarray]], names: Sequence[str], col
 
 
 def label_bars(values: Sequence[dict[str, float | None]], names: Sequence[str], colour_list: Sequence[str],
-               labels: Sequence[str], ylabel: str = "AUC", errors: Sequence[dict[str, Sequence[float]] | None] | None = None):
+               labels: Sequence[str], ylabel: str = "AUC",
+               errors: Sequence[dict[str, Sequence[float]] | None] | None = None):
     """Grouped bars: one group per label, one bar per run (missing / NaN values are left empty and marked)."""
     n = max(len(names), 1)
     width = 0.8 / n
