@@ -1,0 +1,65 @@
+"""Explanations: what a model looks at, per label, and how to measure it.
+
+- ``cams``: Grad-CAM, Grad-CAM++, HiResCAM, EigenCAM, LayerCAM (pytorch-grad-cam).
+- ``attributions``: Integrated Gradients and GradientShap (captum).
+- ``featuremaps``: KD-FMV per-layer average feature maps.
+- ``metrics``: teacher/student agreement, localisation against truth, deletion/insertion faithfulness.
+- ``sanity``: the weight-randomisation sanity check.
+- ``runner``: explain a run over images or a dataset split, teacher beside student, and write the results.
+
+``explain_maps(model, images, labels, method)`` is the one entry point for maps: ``images`` (N, C, H, W)
+normalised model inputs, ``labels`` (N,) one label index per row (repeat an image to explain several labels);
+it returns float32 (N, S, S) maps in [0, 1]. The caller's model keeps its mode, gradients and hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import ExplainError, explaining
+
+#: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
+METHODS = {
+    "gradcam": "cam", "gradcam++": "cam", "hirescam": "cam", "eigencam": "cam", "layercam": "cam",
+    "integrated_gradients": "attribution", "gradientshap": "attribution", "fmv": "featuremap",
+}
+ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
+#: methods whose map is the same for every label of an image
+LABEL_AGNOSTIC = ("eigencam", "fmv")
+
+
+def canonical_method(method: str) -> str:
+    """The method's canonical name; ExplainError naming the valid ones when unknown."""
+    name = ALIASES.get(method.lower(), method.lower())
+    if name not in METHODS:
+        raise ExplainError(f"method {method!r}: expected one of {', '.join([*METHODS, *ALIASES])}")
+    return name
+
+
+def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "gradcam", *,
+                 size: int | None = None, batch_size: int | None = None, layer: Any = None,
+                 background: Any = None, **options: Any) -> np.ndarray:
+    """Maps (N, S, S) in [0, 1] of ``method`` for ``images`` (N, C, H, W) and ``labels`` (N,).
+
+    ``layer``: module or name for CAMs (default ``models.cam_layer``). ``background``: (M, C, H, W) training
+    images for GradientShap. ``options`` go to the method (``n_steps``, ``n_samples``, ``stdevs``, ``seed``).
+    """
+    method = canonical_method(method)
+    kind = METHODS[method]
+    if kind == "cam":
+        from .cams import cam_maps
+
+        return cam_maps(model, images, labels, method=method, layer=layer, size=size, batch_size=batch_size or 32)
+    if kind == "attribution":
+        from .attributions import attribution_maps
+
+        return attribution_maps(model, images, labels, method=method, background=background, size=size,
+                                batch_size=batch_size or 8, **options)
+    from .featuremaps import fmv_maps
+
+    return fmv_maps(model, images, labels, size=size, batch_size=batch_size or 32)
+
+
+__all__ = ["ALIASES", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps", "explaining"]

@@ -1,0 +1,101 @@
+"""Class activation maps with pytorch-grad-cam, one map per (image, label) pair.
+
+Methods (each a pytorch-grad-cam class; papers):
+
+=========  ==========================================================================================
+gradcam    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+           Localization", ICCV 2017: channel weights = spatial mean of d score / d activation.
+gradcam++  Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep
+           Convolutional Networks", WACV 2018: weights from higher-order gradient terms.
+hirescam   Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of convolutional
+           neural networks", arXiv:2011.08891, 2020: element-wise gradient x activation, summed over channels.
+eigencam   Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", IJCNN 2020:
+           first principal component of the activations. Uses no gradients, so it is the same for every label.
+layercam   Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization",
+           IEEE TIP 2021: element-wise positive gradient x activation.
+=========  ==========================================================================================
+
+Targets follow house rule 1 (multi-label first): the score explained for label ``k`` is the raw logit of ``k``,
+i.e. the input of that label's own sigmoid (pytorch-grad-cam's ``ClassifierOutputTarget``), never a softmax over
+labels. For a single-label model that is the pre-softmax class score, as in the Grad-CAM paper.
+
+Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
+of pairs goes through the model once forward and once backward.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
+
+log = logging.getLogger(__name__)
+
+#: method name -> pytorch-grad-cam class name
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM",
+               "eigencam": "EigenCAM", "layercam": "LayerCAM"}
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None
+                  ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """The module to explain and its reshape: ``layer`` by name or module, else ``models.cam_layer(model)``."""
+    from ..models import cam_layer
+
+    if layer is None:
+        return cam_layer(model)
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer), None
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n][-8:]
+            raise ExplainError(f"layer {layer!r}: no such module in {type(model).__name__}; "
+                               f"expected a module name such as {', '.join(names)}") from None
+    return layer, None
+
+
+def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, method: str = "gradcam",
+             layer: nn.Module | str | None = None, size: int | None = None, batch_size: int = 32) -> np.ndarray:
+    """One class activation map per row: ``images`` (N, C, H, W) normalised, ``labels`` (N,) label indices.
+
+    Returns float32 (N, S, S) in [0, 1] (each map min-max scaled by pytorch-grad-cam, after its ReLU), with
+    S = ``size`` or the input size H. The caller's model keeps its mode, gradients and hooks (``explaining``).
+    """
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method not in CAM_METHODS:
+        raise ExplainError(f"method {method!r}: expected one of {sorted(CAM_METHODS)}")
+    labels = check_inputs(images, labels, getattr(model, "num_classes", None))
+    if batch_size < 1:
+        raise ExplainError(f"batch_size: got {batch_size}, expected at least 1")
+    cam_cls = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    uses_gradients = method != "eigencam"
+    out = []
+    with explaining(model):
+        target_layer, reshape = resolve_layer(model, layer)
+        device = model_device(model)
+        # compute_input_gradient: the parameters are frozen inside `explaining`, so the input is what makes
+        # the backward graph exist (and weight gradients are never computed).
+        cam = cam_cls(model=model, target_layers=[target_layer], reshape_transform=reshape)
+        cam.compute_input_gradient = uses_gradients
+        try:
+            for start in range(0, len(labels), batch_size):
+                x = images[start:start + batch_size].to(device)  # (b, C, H, W)
+                targets = [ClassifierOutputTarget(k) for k in labels[start:start + batch_size]]
+                with torch.enable_grad() if uses_gradients else torch.no_grad():
+                    maps = cam(input_tensor=x, targets=targets)  # (b, H, W) in [0, 1]
+                if cam.activations_and_grads.gradients == [] and uses_gradients:
+                    raise ExplainError(f"{method}: no gradient reached layer {type(target_layer).__name__}; "
+                                       f"is it part of the forward pass?")
+                out.append(np.asarray(maps, dtype=np.float32))
+                cam.activations_and_grads.clear()
+        finally:
+            # release ourselves: BaseCAM.__exit__ would swallow IndexError and print it
+            cam.activations_and_grads.release()
+    maps = np.concatenate(out) if out else np.zeros((0, images.shape[-2], images.shape[-1]), np.float32)
+    return resize_maps(maps, size)
