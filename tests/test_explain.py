@@ -1,0 +1,286 @@
+"""Explanations on the phantom: trained maps find the lesions, shuffled weights do not; side effects are undone;
+the ``medistill explain`` contract holds on a real run directory.
+
+A tiny CNN is trained for a few seconds in this file (its own loop, so the test does not depend on the training
+command). It trains at 96 px (the 64 px phantom upsampled): at 64 px the tiny CNN's last conv layer works on a
+4 x 4 grid whose 3 x 3 kernels mix nearly every position, which blurs any CAM taken there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medistill.config import DataConfig, RunConfig
+from medistill.data import Preprocess, build_dataset
+from medistill.explain import METHODS, ExplainError, explain_maps
+from medistill.explain.base import hook_count
+from medistill.explain.featuremaps import average_feature_maps
+from medistill.explain.metrics import ScoreAccumulator, localisation_scores
+from medistill.explain.sanity import randomized_copy
+from medistill.models import create_model, input_config
+
+SIZE = 96
+
+
+def phantom_split(root: Path, split: str, model: nn.Module):
+    cfg = input_config(model)
+    ds = build_dataset(DataConfig(dataset="phantom", root=str(root), image_size=SIZE, cache=False, augment="none"),
+                       split, Preprocess(size=SIZE, channels=cfg.channels, mean=cfg.mean, std=cfg.std))
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])  # (N, 1, S, S)
+    y = torch.stack([ds[i]["target"] for i in range(len(ds))])  # (N, L)
+    return ds, x, y
+
+
+@pytest.fixture(scope="module")
+def trained(phantom_root: Path):
+    """tiny_cnn trained 5 epochs (Adam, BCE, one sigmoid per label) on the phantom train split; eval mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = create_model("tiny_cnn", num_classes=6, in_chans=1, image_size=SIZE)
+        _, x, y = phantom_split(phantom_root, "train", model)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+        gen = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(5):
+            perm = torch.randperm(len(x), generator=gen)
+            for s in range(0, len(x), 32):
+                idx = perm[s:s + 32]
+                loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        test_ds, xt, yt = phantom_split(phantom_root, "test", model)
+    finally:
+        torch.set_num_threads(threads)
+    return model, test_ds, xt, yt
+
+
+def pointing(model: nn.Module, ds, x: torch.Tensor, pairs: list[tuple[int, int]], method: str = "gradcam") -> dict:
+    maps = explain_maps(model, x[[i for i, _ in pairs]], [k for _, k in pairs], method)
+    acc = ScoreAccumulator()
+    for (i, k), m in zip(pairs, maps):
+        acc.update(localisation_scores(m, ds.truth(i, SIZE)[k]))
+    return acc.aggregate()
+
+
+@pytest.mark.slow
+def test_trained_model_points_at_lesions_and_randomised_model_does_not(trained):
+    model, ds, x, y = trained
+    with torch.no_grad():
+        probs = torch.sigmoid(model(x))
+    # the explain default: labels predicted positive; scored where the finding is really there (truth non-empty)
+    pairs = [(i, k) for i in range(len(x)) for k in range(y.shape[1]) if probs[i, k] >= 0.5 and y[i, k] > 0]
+    assert len(pairs) >= 15, f"the model predicts too few true findings ({len(pairs)}) to judge its maps"
+    real = pointing(model, ds, x, pairs)
+    shuffled = pointing(randomized_copy(model, seed=0), ds, x, pairs)
+    chance = real["pointing_chance"]
+    print(f"pointing game: trained {real['pointing_game']:.3f}, randomised {shuffled['pointing_game']:.3f}, "
+          f"chance {chance:.3f} over {len(pairs)} maps")
+    assert real["pointing_game"] >= max(4 * chance, 0.3)
+    assert real["energy_inside"] > 1.5 * chance
+    # Adebayo et al. 2018: with the learned weights gone, the maps must lose the lesions
+    assert shuffled["pointing_game"] <= real["pointing_game"] - 0.25
+    assert shuffled["pointing_game"] <= 2 * chance + 0.05
+
+
+def test_per_label_maps_differ_between_labels(trained):
+    model, _, x, _ = trained
+    image = x[:4].repeat_interleave(2, dim=0)  # each image twice: labels 0 (Cardiomegaly) and 3 (Pneumothorax)
+    maps = explain_maps(model, image, [0, 3] * 4, "gradcam")
+    assert maps.shape == (8, SIZE, SIZE) and maps.dtype == np.float32
+    assert 0.0 <= maps.min() and maps.max() <= 1.0
+    diff = np.abs(maps[0::2] - maps[1::2]).reshape(4, -1).max(axis=1)
+    assert (diff > 0.2).all(), diff
+    # the same image and label twice gives the same map (no state carried between rows of a batch)
+    again = explain_maps(model, x[:1].repeat(2, 1, 1, 1), [0, 0], "gradcam")
+    np.testing.assert_allclose(again[0], again[1], atol=1e-5)
+    np.testing.assert_allclose(again[0], maps[0], atol=1e-5)
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(1)
+    return create_model("tiny_cnn", num_classes=3, in_chans=1, image_size=32)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_explaining_leaves_no_trace(method):
+    model = small_model()
+    model.train()
+    model.stages[0].eval()  # a mixed-mode model: modes are restored per module, not with one .train()
+    model.stages[1][0].weight.requires_grad_(False)  # a frozen layer stays frozen, trainable ones trainable
+    model(torch.randn(2, 1, 32, 32)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    modes = {n: m.training for n, m in model.named_modules()}
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = hook_count(model)
+    x, background = torch.randn(3, 1, 32, 32), torch.randn(4, 1, 32, 32)
+    rng = torch.get_rng_state()
+
+    maps = explain_maps(model, x, [0, 1, 2], method, background=background, n_steps=4, n_samples=2)
+    assert maps.shape == (3, 32, 32) and np.isfinite(maps).all()
+    assert 0.0 <= maps.min() and maps.max() <= 1.0 + 1e-6
+
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == requires
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == set(grads)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[n])
+    for k, v in model.state_dict().items():  # batch-norm statistics untouched (eval inside)
+        torch.testing.assert_close(v, state[k])
+    assert hook_count(model) == hooks
+    assert torch.equal(torch.get_rng_state(), rng)  # GradientShap's draws do not move the caller's generator
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "integrated_gradients", "fmv"])
+@pytest.mark.parametrize("error", [RuntimeError, IndexError])
+def test_hooks_and_mode_restored_after_an_exception(method, error):
+    model = small_model()
+    model.train()
+    calls = {"n": 0}
+
+    def boom(module, inputs, output):  # fails on the forward pass of the explainer, after its hooks are set
+        calls["n"] += 1
+        raise error("boom inside the forward pass")
+
+    handle = model.fc.register_forward_hook(boom)
+    hooks = hook_count(model)
+    # IndexError too: pytorch-grad-cam's own context manager would swallow it and print
+    with pytest.raises(error, match="boom"):
+        explain_maps(model, torch.randn(2, 1, 32, 32), [0, 1], method, n_steps=2)
+    assert calls["n"] >= 1
+    assert hook_count(model) == hooks
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    handle.remove()
+    assert hook_count(model) == 0
+
+
+def test_bad_requests_name_the_value():
+    model = small_model()
+    x = torch.randn(2, 1, 32, 32)
+    with pytest.raises(ExplainError, match="'gradcam3'"):
+        explain_maps(model, x, [0, 1], "gradcam3")
+    with pytest.raises(ExplainError, match=r"index 7, expected 0\.\.2"):
+        explain_maps(model, x, [0, 7], "gradcam")
+    with pytest.raises(ExplainError, match="2 images"):
+        explain_maps(model, x, [0], "gradcam")
+    with pytest.raises(ExplainError, match="background"):
+        explain_maps(model, x, [0, 1], "gradientshap")
+    with pytest.raises(ExplainError, match="'nope'"):
+        explain_maps(model, x, [0, 1], "gradcam", layer="nope")
+    with pytest.raises(ExplainError, match=r"\(1, 32, 32\)"):
+        explain_maps(model, x[0], [0], "gradcam")
+
+
+def test_gradientshap_is_seeded():
+    model = small_model().eval()
+    x, bg = torch.randn(2, 1, 32, 32), torch.randn(6, 1, 32, 32)
+    a = explain_maps(model, x, [0, 1], "shap", background=bg, n_samples=4, seed=3)
+    b = explain_maps(model, x, [0, 1], "gradientshap", background=bg, n_samples=4, seed=3)
+    c = explain_maps(model, x, [0, 1], "gradientshap", background=bg, n_samples=4, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_feature_maps_per_stage_and_grid_png(trained, tmp_path):
+    from PIL import Image
+
+    from medistill.explain.runner import draw_feature_grid
+
+    model, ds, x, _ = trained
+    stages = average_feature_maps(model, x[:3], size=SIZE)
+    assert [name for name, _ in stages] == [f"stages.{i}" for i in range(5)]
+    for _, maps in stages:
+        assert maps.shape == (3, SIZE, SIZE) and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert not np.allclose(stages[0][1], stages[-1][1])  # shallow and deep layers see different things
+    out = draw_feature_grid(tmp_path / "featuremaps_student.png", [ds.read(i) for i in range(3)], stages, SIZE,
+                            "tiny_cnn")
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the command line contract
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dirs(trained, phantom_root, tmp_path_factory):
+    """A student run trained on the phantom; its teacher: the same weights at 128 px input (a second run)."""
+    from medistill.runs import RunDir, save_model
+
+    model, ds, _, _ = trained
+    base = tmp_path_factory.mktemp("runs")
+    cfg = RunConfig(data=DataConfig(dataset="phantom", root=str(phantom_root), image_size=SIZE))
+    teacher_model = create_model("tiny_cnn", num_classes=6, in_chans=1, image_size=128)
+    teacher_model.load_state_dict(model.state_dict())
+    teacher = RunDir.create(base / "teacher", cfg, kind="train")
+    save_model(teacher, teacher_model, labels=ds.labels, task="multilabel")
+    student = RunDir.create(base / "student", cfg, kind="distill", extra={"teacher": str(teacher.path)})
+    save_model(student, model, labels=ds.labels, task="multilabel")
+    return student.path, teacher.path
+
+
+def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
+    from medistill.cli import main
+
+    student, _ = run_dirs
+    out = tmp_path / "explain"
+    rc = main(["explain", str(student), "--dataset", "phantom", "--root", str(phantom_root), "--split", "test",
+               "--limit", "16", "--method", "gradcam", "--out", str(out), "--steps", "4"])
+    assert rc == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["method"] == "gradcam"
+    assert summary["num_images"] == 16
+    assert summary["seconds_per_image"] > 0
+    assert 0.0 <= summary["pointing_game"] <= 1.0
+    assert 0.0 < summary["pointing_chance"] < 0.5
+    assert summary["maps_with_truth"] >= 1
+    # the teacher comes from the student's run record: same weights at another input size agree closely
+    assert summary["agreement_spearman"] > 0.5
+    assert 0.0 <= summary["agreement_top15_iou"] <= 1.0
+    assert summary["teacher_seconds_per_image"] > 0
+    for key in ("energy_inside", "iou", "deletion_auc", "insertion_auc"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["num_maps"] == sum(len(e["maps"]) for e in summary["images"])
+    first = summary["images"][0]
+    assert (out / first["overlay"]).is_file()
+    assert all(0.0 <= m["prob"] <= 1.0 and m["label"] in summary["labels"] for m in first["maps"])
+    assert summary["feature_map_grids"] == ["featuremaps_student.png", "featuremaps_teacher.png"]
+    assert all((out / f).is_file() for f in summary["feature_map_grids"])
+
+
+def test_cli_explain_images_labels_and_errors(run_dirs, phantom_root, tmp_path, capsys):
+    from medistill.cli import main
+
+    student, _ = run_dirs
+    files = sorted((phantom_root / "images").glob("*.png"))[:2]
+    out = tmp_path / "shap"
+    # GradientShap on files: its background comes from the run's own dataset (config.yaml); no teacher wanted
+    rc = main(["explain", str(student), "--images", *map(str, files), "--labels", "Effusion", "Nodule",
+               "--method", "shap", "--teacher", str(student), "--out", str(out), "--no-faithfulness",
+               "--n-samples", "2", "--background", "4", "--feature-grid", "0"])
+    assert rc == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["method"] == "gradientshap" and summary["num_images"] == 2 and summary["num_maps"] == 4
+    assert "pointing_game" not in summary  # no truth for bare files
+    assert summary["agreement_spearman"] == pytest.approx(1.0)  # the student as its own teacher
+    assert [m["label"] for m in summary["images"][0]["maps"]] == ["Effusion", "Nodule"]
+    capsys.readouterr()
+    rc = main(["explain", str(student), "--images", str(files[0]), "--labels", "Fracture", "--out", str(out)])
+    assert rc == 2
+    assert "'Fracture'" in capsys.readouterr().err
+    rc = main(["explain", str(student), "--images", str(files[0]), "--method", "gradcam3", "--out", str(out)])
+    assert rc == 2
+    assert "'gradcam3'" in capsys.readouterr().err
