@@ -1,0 +1,213 @@
+// medistill serve: upload an image, show the per-label probabilities and the heatmap of a chosen label.
+// No external resource; the heatmap is drawn here on a canvas from the map the server returns (the explain graph's
+// Grad-CAM, (h, w) in [0, 1]): bilinear upsampling to the preview's size, the "jet" colour map, blended over the
+// image as `medistill predict --explain` does ((1 - a) * image + a * colour).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { model: null, result: null, preview: null, label: null };
+
+function fmtBytes(n) {
+  if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
+  if (n >= 1 << 10) return (n / (1 << 10)).toFixed(1) + " KiB";
+  return n + " B";
+}
+
+function fmtCount(n) {
+  if (n >= 1e6) return (n / 1e6).toFixed(2) + " M";
+  if (n >= 1e3) return (n / 1e3).toFixed(1) + " k";
+  return String(n);
+}
+
+function setStatus(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+async function loadModel() {
+  try {
+    const res = await fetch("/api/model");
+    if (!res.ok) throw new Error(`GET /api/model: HTTP ${res.status}`);
+    const m = await res.json();
+    state.model = m;
+    $("model-name").textContent = m.name;
+    $("model-arch").textContent = `${m.model} (${m.task}, exported by medistill ${m.version})`;
+    $("model-size").textContent = fmtBytes(m.file_bytes) + (m.parameters != null ? `, ${fmtCount(m.parameters)} parameters` : "");
+    $("model-input").textContent = `${m.input.channels} × ${m.input.size} × ${m.input.size}`;
+    $("model-labels").textContent = String(m.labels.length);
+    $("model-maps").textContent = m.maps ? "yes (Grad-CAM)" : "no (export with --explain)";
+    $("limit").textContent = `up to ${fmtBytes(m.limits.max_upload_bytes)}`;
+  } catch (err) {
+    setStatus(`Cannot read the model's description: ${err.message}`, true);
+  }
+}
+
+async function predict(file) {
+  if (!file) return;
+  const limit = state.model ? state.model.limits.max_upload_bytes : Infinity;
+  if (file.size > limit) {
+    setStatus(`${file.name} is ${fmtBytes(file.size)}, more than the limit of ${fmtBytes(limit)}.`, true);
+    return;
+  }
+  setStatus(`Predicting ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const t0 = performance.now();
+  let res, body;
+  try {
+    res = await fetch("/api/predict", { method: "POST", body: form });
+    body = await res.json();
+  } catch (err) {
+    setStatus(`The request failed: ${err.message}`, true);
+    return;
+  }
+  const roundTrip = performance.now() - t0;
+  if (!res.ok) {
+    setStatus(`${file.name}: ${body.detail || "error"} (HTTP ${res.status})`, true);
+    return;
+  }
+  state.result = body;
+  state.roundTrip = roundTrip;
+  await showResult();
+  setStatus("");
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the preview image cannot be decoded"));
+    img.src = src;
+  });
+}
+
+async function showResult() {
+  const r = state.result;
+  $("results").hidden = false;
+  $("file-name").textContent = `${r.file} (${r.image.format.toUpperCase()}, ${r.image.width} × ${r.image.height})`;
+  $("positives").textContent = r.positives.length
+    ? (r.task === "multiclass" ? "Predicted: " : "Positive: ") + r.positives.join(", ")
+    : "No label at or above its threshold";
+  const t = r.timings_ms;
+  $("latency").textContent = `Model latency ${r.latency_ms.toFixed(1)} ms · decoding ${t.decode.toFixed(1)} ms · ` +
+    `server ${t.total.toFixed(1)} ms · round trip ${state.roundTrip.toFixed(0)} ms`;
+
+  const tbody = $("probabilities").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const s of r.ranking) {
+    const tr = document.createElement("tr");
+    tr.dataset.label = s.label;
+    if (s.positive) tr.classList.add("positive");
+    const name = document.createElement("td");
+    name.textContent = s.label;
+    const prob = document.createElement("td");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${Math.round(s.probability * 100)}%`;
+    bar.append(fill);
+    prob.append(bar, document.createTextNode(s.probability.toFixed(3)));
+    const thr = document.createElement("td");
+    thr.textContent = r.task === "multiclass" ? "top" : s.threshold.toFixed(3);
+    tr.append(name, prob, thr);
+    tr.addEventListener("click", () => chooseLabel(s.label));
+    tbody.append(tr);
+  }
+
+  const select = $("label");
+  select.replaceChildren();
+  for (const s of r.ranking) {
+    const opt = document.createElement("option");
+    opt.value = s.label;
+    opt.textContent = `${s.label} (${s.probability.toFixed(3)})`;
+    select.append(opt);
+  }
+  select.disabled = !r.maps;
+  $("alpha").disabled = !r.maps;
+  $("map-note").textContent = r.maps ? "" : "This model has no heatmaps: export it with --explain to see them.";
+
+  state.preview = r.image.preview ? await loadImage(r.image.preview) : null;
+  const keep = state.label && r.probabilities[state.label] !== undefined;
+  chooseLabel(keep ? state.label : (r.positives[0] || r.ranking[0].label));
+}
+
+function chooseLabel(label) {
+  state.label = label;
+  $("label").value = label;
+  for (const tr of $("probabilities").querySelectorAll("tbody tr")) {
+    tr.classList.toggle("chosen", tr.dataset.label === label);
+  }
+  draw();
+}
+
+// the "jet" colour map (piecewise linear, as matplotlib's) of v in [0, 1] -> [r, g, b] in [0, 1]
+function jet(v) {
+  const c = (x) => Math.min(1, Math.max(0, x));
+  return [c(1.5 - Math.abs(4 * v - 3)), c(1.5 - Math.abs(4 * v - 2)), c(1.5 - Math.abs(4 * v - 1))];
+}
+
+// bilinear sample of map (h rows of w) at output pixel (x, y) of a W x H image, pixel centres aligned
+function sample(map, h, w, x, y, W, H) {
+  const sy = Math.min(h - 1, Math.max(0, (y + 0.5) * h / H - 0.5));
+  const sx = Math.min(w - 1, Math.max(0, (x + 0.5) * w / W - 0.5));
+  const y0 = Math.floor(sy), x0 = Math.floor(sx);
+  const y1 = Math.min(h - 1, y0 + 1), x1 = Math.min(w - 1, x0 + 1);
+  const fy = sy - y0, fx = sx - x0;
+  const top = map[y0][x0] * (1 - fx) + map[y0][x1] * fx;
+  const bottom = map[y1][x0] * (1 - fx) + map[y1][x1] * fx;
+  return top * (1 - fy) + bottom * fy;
+}
+
+function draw() {
+  const r = state.result, img = state.preview, out = $("heatmap");
+  if (!r || !img) return;
+  const W = img.naturalWidth, H = img.naturalHeight;
+  const canvas = document.createElement("canvas");
+  canvas.width = W;
+  canvas.height = H;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const map = r.maps ? r.maps[state.label] : null;
+  if (map && map.length && map[0].length) {
+    const a = Number($("alpha").value) / 100;
+    const h = map.length, w = map[0].length;
+    const data = ctx.getImageData(0, 0, W, H);
+    const px = data.data;
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        const [cr, cg, cb] = jet(Math.min(1, Math.max(0, sample(map, h, w, x, y, W, H))));
+        const i = 4 * (y * W + x);
+        px[i] = (1 - a) * px[i] + a * 255 * cr;
+        px[i + 1] = (1 - a) * px[i + 1] + a * 255 * cg;
+        px[i + 2] = (1 - a) * px[i + 2] + a * 255 * cb;
+      }
+    }
+    ctx.putImageData(data, 0, 0);
+    out.alt = `the image with the heatmap of ${state.label}`;
+  } else {
+    out.alt = "the decoded image (no heatmap)";
+  }
+  out.dataset.label = map ? state.label : "";
+  out.src = canvas.toDataURL("image/png");
+}
+
+function setUp() {
+  const input = $("file"), zone = $("upload");
+  input.addEventListener("change", () => predict(input.files[0]));
+  for (const ev of ["dragenter", "dragover"]) {
+    zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.remove("over"); });
+  }
+  zone.addEventListener("drop", (e) => predict(e.dataTransfer.files[0]));
+  // a file dropped outside the zone must not make the browser navigate away from the page
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  $("label").addEventListener("change", (e) => chooseLabel(e.target.value));
+  $("alpha").addEventListener("input", draw);
+  loadModel();
+}
+
+setUp();
