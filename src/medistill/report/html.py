@@ -134,7 +134,9 @@ def kv_table(pairs: Iterable[tuple[str, Any]], checks: dict[str, tuple[str, floa
     a yes/no figure whose name says it is a target (``*_within_*``, ``*_at_least_*``, ``targets.*``)."""
     rows = []
     for k, v in pairs:
-        cell = esc(size_bytes(v) + f" ({v:,} B)" if k.endswith("bytes") and isinstance(v, int) else fmt(v))
+        is_size = (any(part.endswith("bytes") for part in k.split(".")) and isinstance(v, int)
+                   and not isinstance(v, bool))
+        cell = esc(size_bytes(v) + f" ({v:,} B)" if is_size else fmt(v))
         check = (checks or {}).get(k)
         f = _num(v)
         if check is not None and f is not None:

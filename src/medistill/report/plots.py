@@ -299,7 +299,13 @@ def hbars(values: dict[str, float], xlabel: str, title: str, colour: str = "#1f4
         ax.text(v, yi, f" {v:.3g}", va="center", fontsize=8)
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
+    positive = [v for v in vals if v > 0]
+    if positive and max(positive) / min(positive) > 30:  # a slow teacher beside fast students: log scale
+        ax.set_xscale("log")
+        ax.set_xlim(min(positive) / 2, max(positive) * 3)
+        xlabel += " (log scale)"
+    else:
+        ax.set_xlim(0, max(vals + [1e-9]) * 1.2)
     ax.set(xlabel=xlabel, title=title)
-    ax.set_xlim(0, max(vals + [1e-9]) * 1.2)
     ax.grid(axis="x", alpha=0.3)
     return fig
