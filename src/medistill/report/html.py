@@ -342,7 +342,8 @@ class _Builder:
         key, title, ci_key = MAIN_METRIC.get(self.task or "", ("macro_auc", "Macro AUC", "auc_ci95"))
         optional = ([("micro_auc", "Micro AUC"), ("macro_ap", "Macro AP"), ("macro_f1", "Macro F1")]
                     if self.task == "multilabel" else
-                    [("balanced_accuracy", "Balanced acc."), ("macro_f1", "Macro F1")]) + [("ece", "ECE")]
+                    [("balanced_accuracy", "Balanced acc."), ("macro_f1", "Macro F1"),
+                     ("macro_auc", "Macro AUC (one-vs-rest)")]) + [("ece", "ECE")]
         optional = [(k, t) for k, t in optional if any(_num(r.metrics.get(k)) is not None for r in ev)]
         t = self.teacher
         headers = ["Run", "Model", f"{title} (95% CI)"]
