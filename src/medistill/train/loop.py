@@ -3,7 +3,7 @@
 One function, :func:`run_training`, does both: with ``cfg.distill.teacher`` (or ``teachers``) set, the loss is
 the KD-FMV form ``alpha * hard + (1 - alpha) * T^2 * soft(T)`` (+ an optional feature term); without, the hard
 loss alone. Per epoch it validates, appends ``history.csv``, writes ``last.safetensors`` + ``state.pt`` (resume
-state: optimizer, scheduler, epoch, best metric, RNG) and ``model.safetensors`` when validation improves.
+state in one atomic file: weights, optimizer, scheduler, epoch, best metric, RNG) and ``model.safetensors`` when validation improves.
 
 Determinism: data order and augmentation of epoch ``e`` come from seeds derived from ``(seed, e)``, so a run
 resumed after a crash (even SIGKILL mid-epoch) reproduces the uninterrupted run exactly on CPU.
@@ -146,7 +146,10 @@ def _rng_state() -> dict[str, Any]:
 def _save_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, st: _State,
                 extra: dict[str, nn.Module], labels: list[str], task: str) -> None:
     runs.save_model(run, _unwrap(model), labels=labels, task=task, which="last")
+    # the weights go into state.pt too: one atomic file holds everything resume needs, so a crash between
+    # last.safetensors and state.pt can never pair new weights with an old optimizer state
     state = {"epoch": st.epoch, "best": st.best, "best_epoch": st.best_epoch, "stale": st.stale,
+             "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
              "extra": {k: m.state_dict() for k, m in extra.items()}}
     atomic_write(run.file(runs.STATE_FILE), lambda p: torch.save(state, p))
@@ -160,7 +163,10 @@ def _load_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, 
     if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler"} <= set(state):
         raise TrainingError(f"{run.file(runs.STATE_FILE)}: not a medistill resume state (expected epoch, optimizer "
                             f"and scheduler entries)")
-    load_weights(_unwrap(model), run.file(runs.LAST_WEIGHTS), strict=True)
+    if "model" in state:
+        _unwrap(model).load_state_dict(state["model"], strict=True)
+    else:  # a state.pt of an earlier medistill: weights only in last.safetensors
+        load_weights(_unwrap(model), run.file(runs.LAST_WEIGHTS), strict=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     for k, m in extra.items():
