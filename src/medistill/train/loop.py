@@ -3,7 +3,8 @@
 One function, :func:`run_training`, does both: with ``cfg.distill.teacher`` (or ``teachers``) set, the loss is
 the KD-FMV form ``alpha * hard + (1 - alpha) * T^2 * soft(T)`` (+ an optional feature term); without, the hard
 loss alone. Per epoch it validates, appends ``history.csv``, writes ``last.safetensors`` + ``state.pt`` (resume
-state in one atomic file: weights, optimizer, scheduler, epoch, best metric, RNG) and ``model.safetensors`` when validation improves.
+state in one atomic file: weights, optimizer, scheduler, epoch, best metric, RNG) and ``model.safetensors`` when
+validation improves.
 
 Determinism: data order and augmentation of epoch ``e`` come from seeds derived from ``(seed, e)``, so a run
 resumed after a crash (even SIGKILL mid-epoch) reproduces the uninterrupted run exactly on CPU.
