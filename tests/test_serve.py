@@ -177,6 +177,12 @@ def test_predict_dicom_and_16bit_png(client, tmp_path):
     check_prediction(body16)
 
 
+def test_part_without_file_name(client):
+    """``curl -F 'file=<x.png'`` sends the image as a plain field (no filename): still an image by content."""
+    r = client.post("/api/predict", files={"file": (None, phantom_png())})
+    assert r.status_code == 200 and r.json()["file"] == "upload"
+
+
 def test_preview_can_be_left_out(client):
     body = post(client, phantom_png(), params={"preview": "false"}).json()
     assert body["image"]["preview"] is None
@@ -354,6 +360,14 @@ def test_bad_model_and_settings_are_refused(model_path, tmp_path):
     r = subprocess.run([sys.executable, "-m", "medistill", "serve", str(tmp_path / "missing.onnx"), "--port", "0"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and "missing.onnx: model file not found" in r.stderr
+
+
+def test_cli_binds_loopback_by_default():
+    from medistill.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "model.onnx"])
+    assert (args.host, args.port, args.max_concurrency) == ("127.0.0.1", 8000, 2)
+    assert args.max_upload_mb * 2**20 == 32 * 2**20
 
 
 # --- concurrency and the temporary folder ------------------------------------------------------------------------

@@ -350,10 +350,17 @@ class ServedModel:
                            "max_concurrency": self.max_concurrency, "accepted": sorted(ACCEPTED)}}
 
     def _warm_up(self) -> None:
-        """One run on zeros: the first request does not pay ONNX Runtime's lazy initialisation."""
+        """One run on zeros, and a small PNG and JPEG decoded: the first request does not pay ONNX Runtime's lazy
+        initialisation nor Pillow's plugin imports."""
+        from PIL import Image
+
         i = self.predictor.info
         start = time.perf_counter()
         self.predictor.run(np.zeros((1, i.channels, i.size, i.size), np.float32), maps=self.predictor.has_maps)
+        for fmt in ("PNG", "JPEG"):
+            buf = io.BytesIO()
+            Image.new("L", (8, 8)).save(buf, format=fmt)
+            im.decode_image(buf.getvalue(), name=f"warm-up.{fmt.lower()}")
         log.info("%s warmed up in %.1f ms", self.path.name, (time.perf_counter() - start) * 1e3)
 
     def predict(self, upload: Upload, kind: str, *, preview: bool, started: float, queued_at: float) -> dict[str, Any]:
