@@ -170,10 +170,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorBody, "description": "not a multipart upload, or the file is not PNG, JPEG or DICOM"},
     422: {"model": ErrorBody, "description": "no or empty file field, malformed body, or an undecodable image"},
 }
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": [FIELD],
-    "properties": {FIELD: {"type": "string", "format": "binary",
-                           "description": "a PNG (8/16-bit), JPEG or DICOM image; the type is read from the content"}}}}}}}
+_FILE_SCHEMA = {"type": "string", "format": "binary",
+                "description": "a PNG (8/16-bit), JPEG or DICOM image; the type is read from the content"}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: _FILE_SCHEMA}}}}}}
 
 
 # --- the upload -------------------------------------------------------------------------------------------------
@@ -339,12 +339,15 @@ class ServedModel:
 
     def _metadata(self) -> dict[str, Any]:
         info = self.predictor.info
-        data = self.path.read_bytes()
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                digest.update(block)
         return {"name": self.path.name, "model": info.model, "task": info.task, "labels": info.labels,
                 "thresholds": {lab: info.thresholds.get(lab, 0.5) for lab in info.labels},
                 "input": {"size": info.size, "channels": info.channels, "mean": info.mean, "std": info.std},
-                "maps": self.predictor.has_maps, "file_bytes": len(data), "parameters": _parameters(self.path),
-                "sha256": hashlib.sha256(data).hexdigest(), "version": info.version,
+                "maps": self.predictor.has_maps, "file_bytes": self.path.stat().st_size,
+                "parameters": _parameters(self.path), "sha256": digest.hexdigest(), "version": info.version,
                 "server_version": medistill_version(), "provenance": dict(info.extra),
                 "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
                            "max_concurrency": self.max_concurrency, "accepted": sorted(ACCEPTED)}}
@@ -380,8 +383,9 @@ class ServedModel:
         probs = p.probabilities(logits)[0]  # (L,)
         positives = p.positives(probs)
         thresholds = self.metadata["thresholds"]
-        ranking = [{"label": lab, "probability": float(probs[k]), "threshold": thresholds[lab],
-                    "positive": lab in positives} for k, lab in sorted(enumerate(p.labels), key=lambda kv: -probs[kv[0]])]
+        order = np.argsort(-probs, kind="stable")  # most probable first
+        ranking = [{"label": p.labels[k], "probability": float(probs[k]), "threshold": thresholds[p.labels[k]],
+                    "positive": p.labels[k] in positives} for k in order]
         maps = None
         if cams is not None:
             maps = {lab: np.round(cams[0, k].astype(np.float64), 4).tolist() for k, lab in enumerate(p.labels)}
@@ -473,7 +477,7 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UP
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        # Starlette's ServerErrorMiddleware re-raises after this answer: the server logs the traceback
         return _error(500, "internal_error", "the server failed on this request (see its log)")
 
     @app.get("/", include_in_schema=False)

@@ -5,7 +5,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, result: null, preview: null, label: null };
+const state = { model: null, result: null, preview: null, label: null, requests: 0, roundTrip: 0 };
 
 function fmtBytes(n) {
   if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MiB";
@@ -33,7 +33,8 @@ async function loadModel() {
     state.model = m;
     $("model-name").textContent = m.name;
     $("model-arch").textContent = `${m.model} (${m.task}, exported by medistill ${m.version})`;
-    $("model-size").textContent = fmtBytes(m.file_bytes) + (m.parameters != null ? `, ${fmtCount(m.parameters)} parameters` : "");
+    const params = m.parameters != null ? `, ${fmtCount(m.parameters)} parameters` : "";
+    $("model-size").textContent = fmtBytes(m.file_bytes) + params;
     $("model-input").textContent = `${m.input.channels} × ${m.input.size} × ${m.input.size}`;
     $("model-labels").textContent = String(m.labels.length);
     $("model-maps").textContent = m.maps ? "yes (Grad-CAM)" : "no (export with --explain)";
@@ -53,16 +54,24 @@ async function predict(file) {
   setStatus(`Predicting ${file.name}…`);
   const form = new FormData();
   form.append("file", file, file.name);
+  const request = ++state.requests;  // a newer upload supersedes this one
   const t0 = performance.now();
-  let res, body;
+  let res, text;
   try {
     res = await fetch("/api/predict", { method: "POST", body: form });
-    body = await res.json();
+    text = await res.text();
   } catch (err) {
-    setStatus(`The request failed: ${err.message}`, true);
+    if (request === state.requests) setStatus(`The request failed: ${err.message}`, true);
     return;
   }
+  if (request !== state.requests) return;
   const roundTrip = performance.now() - t0;
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    body = { detail: text.slice(0, 200) || res.statusText };  // e.g. the server's plain-text 503 when busy
+  }
   if (!res.ok) {
     setStatus(`${file.name}: ${body.detail || "error"} (HTTP ${res.status})`, true);
     return;
