@@ -238,7 +238,7 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     student, _ = run_dirs
     out = tmp_path / "explain"
     rc = main(["explain", str(student), "--dataset", "phantom", "--root", str(phantom_root), "--split", "test",
-               "--limit", "16", "--method", "gradcam", "--out", str(out), "--steps", "4"])
+               "--limit", "16", "--method", "gradcam", "--out", str(out), "--steps", "4", "--sanity"])
     assert rc == 0
     summary = json.loads((out / "explain.json").read_text())
     assert summary["method"] == "gradcam"
@@ -254,6 +254,8 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     for key in ("energy_inside", "iou", "deletion_auc", "insertion_auc"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["num_maps"] == sum(len(e["maps"]) for e in summary["images"])
+    assert 0.0 <= summary["sanity"]["pointing_game"] <= 1.0  # the weight-shuffled copy, scored the same way
+    assert "spearman_to_trained" in summary["sanity"]  # null when the shuffled maps are flat (no ranking)
     first = summary["images"][0]
     assert (out / first["overlay"]).is_file()
     assert all(0.0 <= m["prob"] <= 1.0 and m["label"] in summary["labels"] for m in first["maps"])
@@ -284,3 +286,29 @@ def test_cli_explain_images_labels_and_errors(run_dirs, phantom_root, tmp_path, 
     rc = main(["explain", str(student), "--images", str(files[0]), "--method", "gradcam3", "--out", str(out)])
     assert rc == 2
     assert "'gradcam3'" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_cli_explain_scores_nih_boxes(shared_data, tmp_path):
+    """NIH truth: the official boxes (12 of the 621 sample images have them), scaled to the map size."""
+    from medistill.cli import main
+    from medistill.data.nih import LABELS
+    from medistill.runs import RunDir, save_model
+
+    root = shared_data / "nih-chestxray14-sample"
+    cfg = RunConfig(data=DataConfig(dataset="nih", root=str(root), image_size=64))
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=64)
+    run = RunDir.create(tmp_path / "nih_run", cfg, kind="train")
+    save_model(run, model, labels=LABELS, task="multilabel")
+    out = tmp_path / "explain"
+    rc = main(["explain", str(run.path), "--dataset", "nih", "--root", str(root), "--split", "train", "--with-truth",
+               "--limit", "4", "--labels", *LABELS, "--method", "gradcam", "--no-faithfulness", "--feature-grid", "0",
+               "--overlays", "1", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["num_images"] == 4 and summary["num_maps"] == 4 * len(LABELS)
+    assert 4 <= summary["maps_with_truth"] < summary["num_maps"]  # only the boxed findings have truth
+    assert 0.0 <= summary["pointing_game"] <= 1.0 and 0.0 < summary["pointing_chance"] < 1.0
+    boxed = [m for e in summary["images"] for m in e["maps"] if "pointing_game" in m]
+    assert len(boxed) == summary["maps_with_truth"]

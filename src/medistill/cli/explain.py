@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     src.add_argument("--root", help="dataset folder")
     src.add_argument("--split", default=None, help="split to explain: train, val, test (default test)")
     src.add_argument("--limit", type=int, default=16, help="images of the split to explain (default 16)")
+    src.add_argument("--with-truth", action="store_true",
+                     help="only images with ground truth (phantom masks, NIH boxes): scores localisation")
     p.add_argument("--method", default="gradcam", help=METHOD_HELP + " (default gradcam)")
     p.add_argument("--labels", nargs="+", metavar="LABEL",
                    help="labels to explain on every image (default: the predicted positive ones, else the top 3; "
@@ -60,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from ..explain.runner import ExplainOptions, explain_run
     from .common import print_json, progress
 
-    if args.images and (args.dataset or args.root or args.split):
-        raise ExplainError("--images cannot be combined with --dataset / --root / --split")
+    if args.images and (args.dataset or args.root or args.split or args.with_truth):
+        raise ExplainError("--images cannot be combined with --dataset / --root / --split / --with-truth")
     data = None
     if not args.images:
-        if args.dataset is None and args.root is None and args.split is None:
+        if args.dataset is None and args.root is None and args.split is None and not args.with_truth:
             raise ExplainError("no images: pass --images FILE ... or --dataset D --root DIR --split S")
         if args.limit is not None and args.limit < 1:
             raise ExplainError(f"--limit: got {args.limit}, expected at least 1")
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     options = ExplainOptions(method=args.method, labels=args.labels, top_k=args.top_k, batch_size=args.batch_size,
                              size=args.size, layer=args.layer, faithfulness=not args.no_faithfulness,
                              steps=args.steps, background=args.background, n_samples=args.n_samples,
-                             n_steps=args.n_steps, sanity=args.sanity, overlays=args.overlays,
+                             n_steps=args.n_steps, sanity=args.sanity, with_truth=args.with_truth,
+                             overlays=args.overlays,
                              feature_grid=args.feature_grid, device=args.device, seed=args.seed)
     bars: dict[str, Any] = {}
 

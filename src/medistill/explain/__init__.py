@@ -56,7 +56,7 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
         from .attributions import attribution_maps
 
         return attribution_maps(model, images, labels, method=method, background=background, size=size,
-                                batch_size=batch_size or 8, **options)
+                                batch_size=batch_size or 32, **options)
     from .featuremaps import fmv_maps
 
     return fmv_maps(model, images, labels, size=size, batch_size=batch_size or 32)

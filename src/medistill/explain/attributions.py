@@ -81,13 +81,15 @@ def normalise_max(maps: np.ndarray) -> np.ndarray:
 
 def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *,
                      method: str = "integrated_gradients", background: torch.Tensor | None = None,
-                     size: int | None = None, batch_size: int = 8, n_steps: int = 32, n_samples: int = 16,
+                     size: int | None = None, batch_size: int = 32, n_steps: int = 32, n_samples: int = 16,
                      stdevs: float = 0.0, seed: int = 0) -> np.ndarray:
     """One attribution map per row: ``images`` (N, C, H, W) normalised, ``labels`` (N,) label indices.
 
     ``background`` (M, C, H, W): normalised training images, required by ``gradientshap``. ``n_steps``: path
     steps of Integrated Gradients; ``n_samples`` and ``stdevs``: random points per input and input noise of
-    GradientShap. Random draws are seeded with ``seed`` without disturbing the caller's generators.
+    GradientShap. ``batch_size``: at most this many images go through the model at once (each image becomes
+    ``n_samples`` or ``n_steps`` model inputs, so memory stays bounded for a DenseNet at 224 px). Random draws
+    are seeded with ``seed`` without disturbing the caller's generators.
     Returns float32 (N, S, S) in [0, 1], S = ``size`` or the input size.
     """
     from captum.attr import GradientShap, IntegratedGradients
@@ -112,12 +114,15 @@ def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[in
         base = black_baseline(model, images).to(device) if method == "integrated_gradients" else None
         bg = background.to(device) if background is not None else None
         with seeded(seed, device), torch.enable_grad():
-            for start in range(0, len(labels), batch_size):
-                x = images[start:start + batch_size].to(device).requires_grad_(True)  # (b, C, H, W)
-                target = labels[start:start + batch_size]
+            # rows per call: GradientShap runs rows * n_samples inputs at once; Integrated Gradients chunks its
+            # rows * n_steps inputs into passes of batch_size (captum's internal_batch_size)
+            rows = max(1, batch_size // n_samples) if method == "gradientshap" else max(1, batch_size // 2)
+            for start in range(0, len(labels), rows):
+                x = images[start:start + rows].to(device).requires_grad_(True)  # (b, C, H, W)
+                target = labels[start:start + rows]
                 if method == "integrated_gradients":
                     attr = explainer.attribute(x, baselines=base.expand_as(x), target=target, n_steps=n_steps,
-                                               internal_batch_size=max(2 * len(target), 32))
+                                               internal_batch_size=max(batch_size, 2 * len(target)))
                 else:
                     attr = explainer.attribute(x, baselines=bg, target=target, n_samples=n_samples,
                                                stdevs=stdevs)

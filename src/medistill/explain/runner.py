@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ class ExplainOptions:
     n_samples: int = 16  # GradientShap: random points per image
     n_steps: int = 32  # Integrated Gradients: path steps
     sanity: bool = False  # also explain a weight-shuffled copy of the student (Adebayo et al. 2018)
+    with_truth: bool = False  # dataset split: only the images that have ground truth (boxes or masks)
     overlays: int = 64  # write overlay PNGs for at most this many images
     feature_grid: int = 4  # images (rows) in the feature-map grids; 0 = no grids
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -142,18 +143,30 @@ def dataset_for(data: DataConfig, split: str, size: int):
     return build_dataset(cfg, split, Preprocess(size=size, channels=1, mean=(0.5,), std=(0.25,)))
 
 
-def load_split(data: DataConfig, split: str, size: int) -> Inputs:
-    """``data.limit`` images of one split (a seeded subset), with ground truth at ``size`` where it exists."""
-    ds = dataset_for(data, split, size)
+def load_split(data: DataConfig, split: str, size: int, *, with_truth: bool = False) -> Inputs:
+    """``data.limit`` images of one split (a seeded subset), with ground truth at ``size`` where it exists.
+
+    ``with_truth``: only images that have ground truth (e.g. the NIH images with boxes), the first
+    ``data.limit`` of them in split order.
+    """
+    ds = dataset_for(dataclasses.replace(data, limit=None) if with_truth else data, split, size)
+    rows = range(len(ds))
+    truths = {i: ds.truth(i, size) for i in rows} if with_truth else {}
+    if with_truth:
+        rows = [i for i in rows if truths[i] is not None][:data.limit]
+        if not rows:
+            raise ExplainError(f"{data.dataset} {ds.split} split at {data.root}: no image has ground truth "
+                               f"(boxes or masks); drop --with-truth or pick another split")
     raw, names, paths, truth = [], [], [], []
-    for i in range(len(ds)):
+    for i in rows:
         raw.append(ds.read(i))
         meta = ds.meta(i)
         names.append(meta["image_id"])
         paths.append(meta["path"])
-        truth.append(ds.truth(i, size))
+        truth.append(truths[i] if with_truth else ds.truth(i, size))
     return Inputs(raw, names, paths, truth, list(ds.labels),
-                  {"dataset": data.dataset, "root": str(data.root), "split": ds.split, "limit": data.limit})
+                  {"dataset": data.dataset, "root": str(data.root), "split": ds.split, "limit": data.limit,
+                   "with_truth": with_truth})
 
 
 def prepare(raw: Sequence[np.ndarray], cfg) -> torch.Tensor:
@@ -263,7 +276,8 @@ def compute_maps(side: Explained, pairs: list[tuple[int, str]], options: Explain
     side.maps = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
 
 
-def faithfulness(side: Explained, pairs: list[tuple[int, str]], options: ExplainOptions) -> tuple[np.ndarray, np.ndarray]:
+def faithfulness(side: Explained, pairs: list[tuple[int, str]], options: ExplainOptions
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion AUCs (P,) of ``side``'s maps, on its own inputs."""
     rows = [i for i, _ in pairs]
     idx = [side.labels.index(name) for _, name in pairs]
@@ -347,8 +361,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "image"
 
 
-def draw_overlay(path: Path, raw: np.ndarray, rows: list[tuple[str, list[tuple[str, float, np.ndarray, np.ndarray | None]]]],
-                 size: int) -> Path:
+Cell = tuple[str, float, np.ndarray, Optional[np.ndarray]]  # (label, probability, map (S, S), truth (S, S))
+
+
+def draw_overlay(path: Path, raw: np.ndarray, rows: list[tuple[str, list[Cell]]], size: int) -> Path:
     """One PNG: per row (model name, [(label, prob, map (S, S), truth (S, S) | None)]) the image then heatmaps."""
     image = _display(raw, size)
     cells = [[image] + [heat_overlay(image, heat, truth) for _, _, heat, truth in row] for _, row in rows]
@@ -404,7 +420,8 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
     teacher_side = _load_side("teacher", teacher_dir, device) if teacher_dir is not None else None
     sides = [student] + ([teacher_side] if teacher_side is not None else [])
 
-    inputs = load_images(images) if images is not None else load_split(data, split, size)
+    inputs = (load_images(images) if images is not None
+              else load_split(data, split, size, with_truth=options.with_truth))
     n = len(inputs.raw)
     log.info("explaining %d image(s) of %s with %s%s", n, run_dir, options.method,
              f" beside teacher {teacher_dir}" if teacher_side else "")
@@ -436,12 +453,31 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
         compute_maps(teacher_side, [pairs[p] for p in teacher_pairs], options, size, backgrounds["teacher"],
                      progress)
 
-    # --- scores -----------------------------------------------------------------------------------------
-    student_scores = [dict() for _ in pairs]  # type: list[dict[str, float]]
-    teacher_scores = [dict() for _ in pairs]  # type: list[dict[str, float]]
-    teacher_map: dict[int, np.ndarray] = {}
-    if teacher_side is not None:
-        teacher_map = {p: teacher_side.maps[j] for j, p in enumerate(teacher_pairs)}
+    student_scores, teacher_scores, teacher_map = score_pairs(student, teacher_side, teacher_pairs, pairs, inputs,
+                                                              options, progress)
+    summary = summarise(student, teacher_side, teacher_pairs, pairs, student_scores, teacher_scores, n, options)
+    if options.sanity and pairs:
+        summary["sanity"] = sanity_scores(student, pairs, inputs, options, size, backgrounds["student"])
+    summary.update({"run": str(run_dir), "model": student.record.get("model"), "labels": student.labels,
+                    "task": student.task, "size": size, "source": inputs.source,
+                    "label_agnostic_method": options.method in LABEL_AGNOSTIC})
+    out.mkdir(parents=True, exist_ok=True)
+    summary["images"] = write_images(out, inputs, student, teacher_side, teacher_map, pairs, student_scores,
+                                     teacher_scores, options, size)
+    summary["feature_map_grids"] = write_feature_grids(out, inputs, sides, options, size)
+    atomic_write_json(out / EXPLAIN_FILE, summary)
+    log.info("explain: %d maps in %.2f s per image; written to %s", len(pairs), summary["seconds_per_image"], out)
+    return summary
+
+
+def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: list[int],
+                pairs: list[tuple[int, str]], inputs: Inputs, options: ExplainOptions, progress: Progress | None
+                ) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[int, np.ndarray]]:
+    """Per-pair scores of the student and the teacher (localisation, agreement, faithfulness), and the teacher's
+    map of each pair it explained (pair index -> (S, S))."""
+    student_scores: list[dict[str, float]] = [{} for _ in pairs]
+    teacher_scores: list[dict[str, float]] = [{} for _ in pairs]
+    teacher_map = {p: teacher.maps[j] for j, p in enumerate(teacher_pairs)} if teacher is not None else {}
     for p, (i, name) in enumerate(pairs):
         truth = _truth_for(inputs, i, name)
         if truth is not None and truth.any():
@@ -451,80 +487,97 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
         if p in teacher_map:
             student_scores[p].update(agreement_scores(student.maps[p], teacher_map[p]))
     if options.faithfulness and pairs:
-        if progress:
-            progress("deletion / insertion", 0, len(sides))
         d, ins = faithfulness(student, pairs, options)
         for p in range(len(pairs)):
             student_scores[p].update({"deletion_auc": float(d[p]), "insertion_auc": float(ins[p])})
-        if teacher_side is not None and teacher_pairs:
-            d, ins = faithfulness(teacher_side, [pairs[p] for p in teacher_pairs], options)
+        if progress:
+            progress("deletion / insertion", 1, 1 + (teacher is not None))
+        if teacher is not None and teacher_pairs:
+            d, ins = faithfulness(teacher, [pairs[p] for p in teacher_pairs], options)
             for j, p in enumerate(teacher_pairs):
                 teacher_scores[p].update({"deletion_auc": float(d[j]), "insertion_auc": float(ins[j])})
+            if progress:
+                progress("deletion / insertion", 2, 2)
+    return student_scores, teacher_scores, teacher_map
 
+
+def summarise(student: Explained, teacher: Explained | None, teacher_pairs: list[int], pairs: list[tuple[int, str]],
+              student_scores: list[dict[str, float]], teacher_scores: list[dict[str, float]], n: int,
+              options: ExplainOptions) -> dict[str, Any]:
+    """The top level of ``explain.json``: timing and the mean of every score (NaN-skipping) over maps."""
     summary: dict[str, Any] = {"method": options.method, "num_images": n, "num_maps": len(pairs),
                                "seconds_per_image": student.seconds / max(n, 1),
                                "student_seconds_per_image": student.seconds / max(n, 1)}
     acc = ScoreAccumulator()
     for s in student_scores:
         acc.update(s)
-    means, counts = acc.aggregate(), acc.counts()
-    if counts.get("pointing_game", 0):
-        summary["maps_with_truth"] = counts["pointing_game"]
-    summary.update(means)
-    if teacher_side is not None:
-        summary["teacher_seconds_per_image"] = teacher_side.seconds / max(n, 1)
+    if acc.counts().get("pointing_game", 0):
+        summary["maps_with_truth"] = acc.counts()["pointing_game"]
+    summary.update(acc.aggregate())
+    if teacher is not None:
+        summary["teacher_seconds_per_image"] = teacher.seconds / max(n, 1)
         tacc = ScoreAccumulator()
         for s in teacher_scores:
             tacc.update(s)
-        summary["teacher"] = {"run": teacher_side.run, "model": teacher_side.record.get("model"),
-                              "maps": len(teacher_pairs), **tacc.aggregate()}
-    if options.sanity and pairs:
-        summary["sanity"] = sanity_scores(student, pairs, inputs, options, size, backgrounds["student"])
+        summary["teacher"] = {"run": teacher.run, "model": teacher.record.get("model"), "maps": len(teacher_pairs),
+                              **tacc.aggregate()}
     summary["per_label"] = per_label(pairs, student_scores)
-    summary.update({"run": str(run_dir), "model": student.record.get("model"), "labels": student.labels,
-                    "task": student.task, "size": size, "source": inputs.source,
-                    "label_agnostic_method": options.method in LABEL_AGNOSTIC})
+    return summary
 
-    # --- figures ----------------------------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    image_entries = []
-    for i in range(n):
-        ps = [p for p, (j, _) in enumerate(pairs) if j == i]
+
+def write_images(out: Path, inputs: Inputs, student: Explained, teacher: Explained | None,
+                 teacher_map: dict[int, np.ndarray], pairs: list[tuple[int, str]],
+                 student_scores: list[dict[str, float]], teacher_scores: list[dict[str, float]],
+                 options: ExplainOptions, size: int) -> list[dict[str, Any]]:
+    """Overlay PNGs (first ``options.overlays`` images) and the per-image entries of ``explain.json``."""
+    by_image: dict[int, list[int]] = {}
+    for p, (i, _) in enumerate(pairs):
+        by_image.setdefault(i, []).append(p)
+    entries = []
+    for i in range(len(inputs.raw)):
+        ps = by_image.get(i, [])
+        maps = []
+        for p in ps:
+            name = pairs[p][1]
+            m: dict[str, Any] = {"label": name, "prob": float(student.probs[i, student.labels.index(name)])}
+            if teacher is not None and p in teacher_map:
+                m["teacher_prob"] = float(teacher.probs[i, teacher.labels.index(name)])
+            m.update(student_scores[p])
+            if teacher_scores[p]:
+                m["teacher"] = teacher_scores[p]
+            maps.append(m)
         entry: dict[str, Any] = {
             "name": inputs.names[i], "path": inputs.paths[i],
             "probabilities": {lab: float(student.probs[i, k]) for k, lab in enumerate(student.labels)},
-            "maps": [{"label": pairs[p][1], "prob": float(student.probs[i, student.labels.index(pairs[p][1])]),
-                      **({"teacher_prob": float(teacher_side.probs[i, teacher_side.labels.index(pairs[p][1])])}
-                         if teacher_side is not None and p in teacher_map else {}),
-                      **student_scores[p],
-                      **({"teacher": teacher_scores[p]} if teacher_scores[p] else {})} for p in ps]}
+            "maps": maps}
         if i < options.overlays and ps:
-            rows = [("student", [(pairs[p][1], entry["maps"][k]["prob"], student.maps[p],
-                                  _truth_for(inputs, i, pairs[p][1])) for k, p in enumerate(ps)])]
-            if teacher_side is not None:
-                rows.append(("teacher", [(pairs[p][1], entry["maps"][k].get("teacher_prob", float("nan")),
-                                          teacher_map[p], _truth_for(inputs, i, pairs[p][1]))
-                                         for k, p in enumerate(ps) if p in teacher_map]))
+            rows = [("student", [(pairs[p][1], m["prob"], student.maps[p], _truth_for(inputs, i, pairs[p][1]))
+                                 for p, m in zip(ps, maps)])]
+            if teacher is not None:
+                rows.append(("teacher", [(pairs[p][1], m["teacher_prob"], teacher_map[p],
+                                          _truth_for(inputs, i, pairs[p][1]))
+                                         for p, m in zip(ps, maps) if p in teacher_map]))
                 rows = [r for r in rows if r[1]]
             file = out / "overlays" / f"{i:04d}_{_safe(inputs.names[i])}.png"
             draw_overlay(file, inputs.raw[i], rows, size)
             entry["overlay"] = str(file.relative_to(out))
-        image_entries.append(entry)
-    grids = []
-    k = min(options.feature_grid, n)
-    if k:
-        from .featuremaps import average_feature_maps
+        entries.append(entry)
+    return entries
 
-        for side in sides:
-            stages = average_feature_maps(side.model, side.x[:k], size=size, batch_size=options.batch_size)
-            file = draw_feature_grid(out / f"featuremaps_{side.name}.png", inputs.raw[:k], stages, size,
-                                     f"{side.name} ({side.record.get('model')}): average feature map per layer")
-            grids.append(str(file.relative_to(out)))
-    summary["feature_map_grids"] = grids
-    summary["images"] = image_entries
-    atomic_write_json(out / EXPLAIN_FILE, summary)
-    log.info("explain: %d maps in %.2f s per image; written to %s", len(pairs), summary["seconds_per_image"], out)
-    return summary
+
+def write_feature_grids(out: Path, inputs: Inputs, sides: list[Explained], options: ExplainOptions,
+                        size: int) -> list[str]:
+    """KD-FMV average feature maps of the first ``options.feature_grid`` images, one grid PNG per model."""
+    from .featuremaps import average_feature_maps
+
+    k = min(options.feature_grid, len(inputs.raw))
+    files = []
+    for side in sides if k else []:
+        stages = average_feature_maps(side.model, side.x[:k], size=size, batch_size=options.batch_size)
+        file = draw_feature_grid(out / f"featuremaps_{side.name}.png", inputs.raw[:k], stages, size,
+                                 f"{side.name} ({side.record.get('model')}): average feature map per layer")
+        files.append(str(file.relative_to(out)))
+    return files
 
 
 def per_label(pairs: list[tuple[int, str]], scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
