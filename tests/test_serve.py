@@ -291,6 +291,14 @@ def test_bad_uploads_are_422(client, tmp_path, case):
     assert body["error"] == expected[case]
 
 
+def test_a_decoded_but_unusable_image_is_422(client, monkeypatch):
+    from medistill.data import images as im
+
+    monkeypatch.setattr(im, "decode_image", lambda data, **kw: np.zeros((0, 0), np.float32))
+    r = post(client, phantom_png())
+    assert r.status_code == 422 and r.json()["error"] == "unusable_image"
+
+
 def test_other_errors_are_json(client):
     r = client.get("/api/nothing")
     assert r.status_code == 404 and r.json()["error"] == "not_found"

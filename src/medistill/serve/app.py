@@ -369,14 +369,19 @@ class ServedModel:
     def predict(self, upload: Upload, kind: str, *, preview: bool, started: float, queued_at: float) -> dict[str, Any]:
         """Decode, preprocess and run one upload (in a worker thread, under ``limiter``); the JSON answer."""
         begin = time.perf_counter()
+        p = self.predictor
         try:
             img = im.decode_image(upload.read(), name=upload.name, max_pixels=self.max_pixels)
+            x = p.preprocess(img)[None]  # (1, C, S, S)
         except im.ImageTooLargeError as e:
             raise ServeError(413, "image_too_large", e.reason) from None
         except im.ImageReadError as e:
             raise ServeError(422, "undecodable_image", e.reason) from None
-        p = self.predictor
-        x = p.preprocess(img)[None]  # (1, C, S, S)
+        except Exception as e:  # noqa: BLE001 - an odd image (empty, strange shape) is the upload's fault, not a 500
+            log.warning("%s: decoded but unusable", upload.name, exc_info=True)
+            raise ServeError(422, "unusable_image", f"the image cannot be used ({type(e).__name__}: {e})") from None
+        if img.size == 0:
+            raise ServeError(422, "unusable_image", f"the image has no pixels (shape {img.shape})")
         decoded = time.perf_counter()
         logits, cams = p.run(x, maps=p.has_maps)  # (1, L), (1, L, h, w) or None
         ran = time.perf_counter()
