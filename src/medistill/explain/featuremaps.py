@@ -33,10 +33,11 @@ def minmax(maps: np.ndarray) -> np.ndarray:
 
 
 def _channel_mean(output: torch.Tensor, reshape) -> torch.Tensor:
-    """A stage output -> (B, h, w): (B, C, h, w) maps directly, (B, N, C) tokens through ``reshape``."""
+    """A stage output -> (B, h, w): CNN maps (B, C, h, w) directly; transformer outputs (ViT tokens (B, N, C),
+    Swin maps (B, h, w, C)) through the model's CAM reshape first."""
     if isinstance(output, (tuple, list)):
         output = output[0]
-    if output.ndim == 3 and reshape is not None:
+    if reshape is not None:
         output = reshape(output)
     if output.ndim != 4:
         raise ExplainError(f"feature stage output of shape {tuple(output.shape)}: expected (B, C, h, w) maps")
@@ -57,7 +58,7 @@ def average_feature_maps(model: nn.Module, images: torch.Tensor, *, size: int | 
     size = size or images.shape[-1]
     with explaining(model):
         stages = feature_stages(model)
-        reshape = cam_layer(model)[1] if any(name == "cam_layer" for name, _ in stages) else None
+        reshape = cam_layer(model)[1]  # None for CNNs
         device = model_device(model)
         captured: dict[str, torch.Tensor] = {}
         handles = []
