@@ -1,0 +1,144 @@
+"""Helpers shared by the benchmark scripts: machine record, resumable train-and-evaluate, CLI equivalents, stats.
+
+A run is skipped when its run directory already holds ``run.json`` with ``finished`` and a ``metrics.json``
+evaluated on the requested split; a run with ``state.pt`` but not finished is resumed (``--resume``), so a
+benchmark killed half-way continues where it stopped when re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from medistill import runs
+from medistill.config import RunConfig, leaf_fields, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, load and library versions, so a reader knows what the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
+            "load_average_1_5_15": load,
+            "shared": "2-core machine shared with other engineers' tests and runs (load average often 4-9); "
+                      "our process ran at nice 10, so wall-clock times are inflated and noisy"}
+
+
+def cli_command(cfg: RunConfig, *, distill: bool) -> str:
+    """The ``medistill train|distill`` command line equivalent to ``cfg`` (only fields that differ from defaults)."""
+    default = to_dict(RunConfig())
+    mine = to_dict(cfg)
+    parts = ["medistill", "distill" if distill else "train"]
+    for dotted in leaf_fields(RunConfig):
+        a, b = mine, default
+        for k in dotted.split("."):
+            a, b = a[k], b[k]
+        if a != b:
+            v = ",".join(map(str, a)) if isinstance(a, list) else a
+            parts.append(f"--set {dotted}={v}")
+    return " ".join(parts)
+
+
+def is_done(out: str | Path, split: str = "test") -> bool:
+    run = runs.RunDir(out)
+    return bool(run.info().get("finished")) and run.metrics().get("split") == split and "task" in run.metrics()
+
+
+def train_and_evaluate(cfg: RunConfig, *, split: str = "test", n_bootstrap: int = 200) -> dict[str, Any]:
+    """Train (or distil) ``cfg`` unless already done, evaluate on ``split``; returns metrics + timing + command."""
+    from medistill.evaluate.runner import evaluate_run
+    from medistill.train.loop import run_training
+
+    out = Path(cfg.out)
+    distill = bool(cfg.distill.teacher or cfg.distill.teachers)
+    record = {"out": str(out), "command": cli_command(cfg, distill=distill)}
+    if is_done(out, split):
+        m = runs.RunDir(out).metrics()
+        return {**record, **m, "skipped": True}
+    run = runs.RunDir(out)
+    t0 = time.perf_counter()
+    if not run.info().get("finished"):
+        resume = run.file(runs.STATE_FILE).is_file()
+        if not resume and out.exists():
+            shutil.rmtree(out)  # a run that crashed before its first epoch: start again
+        run_training(cfg, resume=resume)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = evaluate_run(out, split, n_bootstrap=n_bootstrap)
+    eval_s = time.perf_counter() - t0
+    hist = history(out)
+    m = {**m, "train_wall_s": train_s, "eval_wall_s": eval_s,
+         "epoch_seconds": [r.get("seconds") for r in hist]}
+    runs.RunDir(out).write_metrics({"benchmark": {"train_wall_s": train_s, "eval_wall_s": eval_s}})
+    return {**record, **m, "skipped": False}
+
+
+def history(out: str | Path) -> list[dict[str, float]]:
+    import csv
+
+    p = Path(out) / "history.csv"
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def mean_std(values: list[float | None]) -> dict[str, Any]:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals), "values": vals}
+
+
+def fmt_ms(d: dict[str, Any], scale: float = 100.0, digits: int = 2) -> str:
+    if d["mean"] is None:
+        return "n/a"
+    if d["n"] == 1:
+        return f"{d['mean'] * scale:.{digits}f} (1 seed)"
+    return f"{d['mean'] * scale:.{digits}f} ± {d['std'] * scale:.{digits}f}"
+
+
+def si(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{suf}"
+    return f"{v:.0f}"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from medistill.utils.io import to_jsonable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
