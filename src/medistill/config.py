@@ -8,6 +8,7 @@ coerced to the field's declared type and checked by each section's ``validate``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -216,6 +217,7 @@ def build(cls: type[T], *, file: str | Path | None = None, overrides: dict[str, 
     data: dict[str, Any] = dict(base or {})
     if file is not None:
         data = merge(data, load_yaml(file))
+    from_file, data = data, copy.deepcopy(data)  # overrides are set into the copy
     fields = leaf_fields(cls)
     for key, value in (overrides or {}).items():
         if key not in fields:
@@ -228,7 +230,21 @@ def build(cls: type[T], *, file: str | Path | None = None, overrides: dict[str, 
                 parsed = value
             value = value if parsed is None and "null" not in value.lower() and value.strip() else parsed
         _deep_set(data, key, value)
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        if file is not None and _same_error(cls, from_file, e):  # the file's fault, not a flag's: name the file
+            raise ConfigError(f"{file}: {e}") from None
+        raise
+
+
+def _same_error(cls: type, data: dict[str, Any], error: ConfigError) -> bool:
+    """Whether building ``cls`` from ``data`` alone raises the same message as ``error``."""
+    try:
+        from_dict(cls, data)
+    except ConfigError as e:
+        return str(e) == str(error)
+    return False
 
 
 def check_range(name: str, value: float | int | None, lo: float | None = None, hi: float | None = None,

@@ -11,6 +11,7 @@ Every failure is an ``ImageReadError`` naming the file and what was expected.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -120,13 +121,25 @@ def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
                 raise ImageTooLargeError(name, f"image is {w}x{h} = {w * h} pixels, more than the limit of "
                                                f"{max_pixels} (a decompression bomb or not a medical image)")
             img.load()
+            return pil_to_array(img)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(name, f"refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(name, f"cannot be decoded, the file is truncated or corrupt ({e})") from None
-    return pil_to_array(img)
+    except NonFiniteImageError as e:
+        raise ImageReadError(name, str(e)) from None
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error ...
+        raise ImageReadError(name, f"cannot be decoded, the file is truncated or corrupt ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message without the memory address of the in-memory file Pillow was given."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)) or type(e).__name__
+    return " ".join(text.split())
+
+
+class NonFiniteImageError(ValueError):
+    """Float pixel values with NaN or infinity (raised by ``pil_to_array``)."""
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:
@@ -135,11 +148,17 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img).astype(np.float32)
         if mode == "I":  # 32-bit PNGs are 16-bit data in practice; scale by the actual range
+            lo = float(arr.min()) if arr.size else 0.0
             hi = float(arr.max()) if arr.size else 1.0
+            if lo < 0:  # signed data (CT in Hounsfield units as a 32-bit TIFF): min-max, as for float images
+                return (arr - lo) / (hi - lo)
             return np.clip(arr / (65535.0 if hi > 255 else 255.0), 0, 1)
         return arr / 65535.0
     if mode == "F":
         arr = np.asarray(img).astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise NonFiniteImageError(f"float pixel values include NaN or infinity "
+                                      f"({int((~np.isfinite(arr)).sum())} pixels); expected finite intensities")
         lo, hi = float(arr.min()), float(arr.max())
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     if mode in ("1", "L"):
@@ -162,16 +181,26 @@ def _is_gray(rgb: np.ndarray) -> bool:
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise ImageReadError(name, "DICOM support needs pydicom (pip install pydicom)") from None
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise ImageReadError(name, f"not a readable DICOM file ({e})") from None
-    if "PixelData" not in ds:
+        has_pixels = "PixelData" in ds
+    except Exception as e:  # noqa: BLE001 - pydicom raises InvalidDicomError, EOFError, struct.error ... on bad headers
+        raise ImageReadError(name, f"not a readable DICOM file ({_reason(e)})") from None
+    if not has_pixels:
+        if not _is_dicom_bytes(data):
+            raise ImageReadError(name, "not DICOM content (no 'DICM' marker and no pixel data); expected a DICOM "
+                                       "image")
         raise ImageReadError(name, "DICOM file has no pixel data (PixelData element missing)")
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except Exception as e:  # noqa: BLE001 - a non-numeric value in a numeric element, or an unparsable element
+        raise ImageReadError(name, f"DICOM header has an invalid Rows, Columns, RescaleSlope or RescaleIntercept "
+                                   f"({_reason(e)}); expected numbers") from None
     if rows * cols > max_pixels:
         raise ImageTooLargeError(name, f"DICOM image is {cols}x{rows}, more than the limit of {max_pixels} pixels")
     frames = _frames(ds)  # pydicom decodes every frame before the first is taken: count them all
@@ -183,18 +212,22 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for missing decoders / bad data
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", ts)
-        raise ImageReadError(name, f"DICOM pixel data cannot be decoded (transfer syntax {ts_name}): {e}") from None
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):  # multi-frame: take the first frame
+        raise ImageReadError(name, f"DICOM pixel data cannot be decoded (transfer syntax {ts_name}): "
+                                   f"{_reason(e)}") from None
+    if frames > 1 and arr.ndim >= 3:  # multi-frame (F, H, W) or (F, H, W, 3): take the first frame
         arr = arr[0]
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     arr = arr * slope + intercept
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not np.isfinite(arr).all():
+        raise ImageReadError(name, f"DICOM pixel values are not finite after rescaling (RescaleSlope {slope}, "
+                                   f"RescaleIntercept {intercept}); expected finite numbers")
     if arr.ndim == 3:  # colour DICOM
         lo, hi = float(arr.min()), float(arr.max())
         return ((arr[..., :3] - lo) / (hi - lo) if hi > lo else np.zeros_like(arr[..., :3])).astype(np.float32)
-    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
-    if center is not None and width is not None and width > 1:
+    try:
+        center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    except Exception:  # noqa: BLE001 - an unparsable VOI window is ignored: the image's own range is used
+        center = width = None
+    if center is not None and width is not None and np.isfinite(center) and np.isfinite(width) and width > 1:
         lo, hi = center - width / 2.0, center + width / 2.0
     else:
         lo, hi = float(arr.min()), float(arr.max())

@@ -7,7 +7,8 @@ Layout under ``root``::
     train_val_list.txt, test_list.txt                 optional: the official patient-wise split
     BBox_List_2017.csv                                optional: 984 boxes in the 1024x1024 frame
 
-``Finding Labels`` is ``|``-separated; "No Finding" means all 14 negative. Without the official lists the
+``Finding Labels`` is ``|``-separated; "No Finding" means all 14 negative, an empty cell means unknown (the row's
+labels are masked out); an image listed twice is an error. Without the official lists the
 split is seeded and patient-wise over the whole table (so a patient's split does not depend on which images
 are present or on the view filter). Only rows whose image file exists are used; the missing count is in
 ``report``. Boxes are scaled from the 1024x1024 frame to each stored image's size (read from its header).
@@ -98,6 +99,11 @@ class NIHChestXray14(MedicalDataset):
         if "View Position" not in df.columns:
             df["View Position"] = ""
         report: dict[str, Any] = {"table": str(table), "rows_in_table": len(df)}
+        names = df["Image Index"].dropna().astype(str).str.strip()
+        dup = names[names.duplicated() & (names != "")].unique().tolist()
+        if dup:  # one image, two label sets (or counted twice): which to trust is the user's call
+            raise DatasetError(f"{table}: {len(dup)} image{'s' if len(dup) != 1 else ''} listed more than once, "
+                               f"e.g. {dup[:5]}; expected one row per image")
 
         # split first, over the whole table, so that it does not depend on filters or on the files present
         patients = df["Patient ID"].astype(str).str.strip().to_numpy()
@@ -127,16 +133,24 @@ class NIHChestXray14(MedicalDataset):
         files = index_images(root)
         paths = [files.get(name) for name in df["Image Index"]]
         exists = np.array([p is not None for p in paths], dtype=bool)
-        report.update(missing_files(exists, [str(root / "images" / n) for n in df["Image Index"]], source="nih",
+        report.update(missing_files(exists, [str(root / "images" / str(n)) for n in df["Image Index"]], source="nih",
                                     table=table, policy=missing))
         df = df[exists].reset_index(drop=True)
         df["path"] = [p for p in paths if p is not None]
 
-        targets, unknown = parse_findings(df["Finding Labels"].tolist(), LABELS)
+        cells = df["Finding Labels"]
+        blank = (cells.isna() | (cells.astype(str).str.strip() == "")).to_numpy()
+        targets, unknown = parse_findings(cells.where(~blank, "").tolist(), LABELS)
         if unknown:
             log.warning("nih: %s has findings outside the 14 labels, ignored: %s", table.name, unknown)
             report["unknown_findings"] = unknown
         targets = targets[:, [LABELS.index(lab) for lab in labels]]
+        mask = np.ones_like(targets)
+        if blank.any():  # no findings recorded (not "No Finding"): every label unknown, masked out
+            mask[blank] = 0.0
+            report["missing_findings"] = int(blank.sum())
+            log.warning("nih: %d rows of %s have an empty Finding Labels cell; their labels are masked out (e.g. %s)",
+                        int(blank.sum()), table.name, df["Image Index"][blank].iloc[0])
         records = pd.DataFrame({"path": df["path"], "image_id": df["Image Index"],
                                 "patient_id": df["Patient ID"].astype(str).str.strip(),
                                 "view": df["View Position"].fillna("").astype(str), "split": df["split"]})
@@ -144,7 +158,7 @@ class NIHChestXray14(MedicalDataset):
         if boxes:
             report["images_with_boxes"] = len(boxes)
             report["boxes"] = sum(len(b) for b in boxes.values())
-        return Table(labels, "multilabel", records, targets, np.ones_like(targets), boxes=boxes, report=report)
+        return Table(labels, "multilabel", records, targets, mask, boxes=boxes, report=report)
 
     @staticmethod
     def load_boxes(root: Path, records: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

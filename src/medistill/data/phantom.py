@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from ..utils.io import atomic_write_text
-from .base import DatasetError, MedicalDataset, Table, resize_masks, resolve_labels
+from .base import DatasetError, MedicalDataset, Table, read_csv, resize_masks, resolve_labels
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Phantom(MedicalDataset):
         if not meta_path.is_file():
             raise DatasetError(f"{root}: no phantom.json; generate the phantom with medistill.data.phantom.ensure "
                                f"or `medistill data inspect --dataset phantom --root {root}` on an empty folder")
-        df = pd.read_csv(root / "labels.csv", dtype={"image_id": str, "patient_id": str})
+        df = read_csv(root / "labels.csv", dtype={"image_id": str, "patient_id": str})
         all_labels = json.loads(meta_path.read_text())["labels"]
         labels = resolve_labels(labels, all_labels, "phantom")
         missing = [c for c in ["image_id", "patient_id", "view", "split", *labels] if c not in df.columns]
@@ -219,8 +219,16 @@ class Phantom(MedicalDataset):
         records = pd.DataFrame({"path": [str(root / "images" / f"{i}.png") for i in df["image_id"]],
                                 "image_id": df["image_id"], "patient_id": df["patient_id"],
                                 "view": df["view"], "split": df["split"]})
-        targets = df[labels].to_numpy(np.float32)
-        return Table(list(labels), "multilabel", records, targets, np.ones_like(targets))
+        values = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        valid = np.isin(values, (0.0, 1.0))  # a blank or other value is unknown: masked out, never a NaN target
+        report: dict[str, Any] = {}
+        if not valid.all():
+            report["invalid_labels"] = {lab: int((~valid[:, k]).sum()) for k, lab in enumerate(labels)
+                                        if not valid[:, k].all()}
+            log.warning("%s: label cells other than 0 or 1 were masked out: %s", root / "labels.csv",
+                        report["invalid_labels"])
+        targets = np.where(valid, values, 0.0).astype(np.float32)
+        return Table(list(labels), "multilabel", records, targets, valid.astype(np.float32), report=report)
 
     def truth(self, i: int, size: int | None = None) -> np.ndarray | None:
         root = Path(self.data.records.at[i, "path"]).parent.parent
