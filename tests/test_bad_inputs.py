@@ -853,6 +853,9 @@ def test_image_cache_has_its_stated_size_and_is_memory_mapped(tmp_path: Path):
     again = ImageCache(tmp_path, "k", n, c, s)  # a new process: the filled row is reused, not decoded again
     np.testing.assert_array_equal(again.get(3, lambda: pytest.fail("decoded twice")), row)
     assert calls == [1]
+    cache.done_path.unlink()  # a crash between creating the two files: the cache is rebuilt, not a crash
+    rebuilt = ImageCache(tmp_path, "k", n, c, s)
+    assert int(rebuilt.get(3, lambda: np.zeros((c, s, s), np.float32))[0, 0, 0]) == 0
 
 
 def test_dataset_cache_file_is_n_c_s_s_bytes(phantom_root: Path, tmp_path: Path):

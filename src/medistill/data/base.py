@@ -243,7 +243,9 @@ class ImageCache:
         self.shape = (n, channels, size, size)
         self.path = folder / f"{key}-{n}x{channels}x{size}.u8"
         self.done_path = folder / f"{key}-{n}x{channels}x{size}.done"
-        if not self.path.exists() or self.path.stat().st_size != int(np.prod(self.shape)):
+        whole = (self.path.is_file() and self.path.stat().st_size == int(np.prod(self.shape))
+                 and self.done_path.is_file() and self.done_path.stat().st_size == n)
+        if not whole:  # absent, resized, or left half-made by a crash between the two files: start afresh
             np.memmap(self.path, dtype=np.uint8, mode="w+", shape=self.shape).flush()
             np.memmap(self.done_path, dtype=np.uint8, mode="w+", shape=(n,)).flush()
         self._data: np.memmap | None = None
