@@ -46,7 +46,7 @@ def test_benchmark_an_onnx_file(explain_model: Path):
     from medistill.benchmark import benchmark
 
     res = benchmark(explain_model, threads=1, batches=(1, 2), teacher="tiny_cnn", runs=3, warmup=1,
-                    min_seconds=0.0, calibration_images=4, peak_seconds=0.05)
+                    min_seconds=0.0, calibration_images=4, peak_seconds=0.05, peak_sizes=(256,))
     assert set(res["latency_ms"]) == {"batch_1", "batch_2"}
     for lat in res["latency_ms"].values():
         assert set(lat) == {"torch_fp32", "ort_fp32", "ort_int8", "ort_explain", "teacher_torch_fp32"}
@@ -84,7 +84,7 @@ def test_benchmark_a_run_directory(tmp_path: Path):
     save_model(RunDir.create(tmp_path / "run", RunConfig(), kind="train"), model, labels=["a", "b"],
                task="multilabel")
     res = benchmark(tmp_path / "run", threads=1, teacher=None, runs=2, warmup=1, min_seconds=0.0, int8=False,
-                    explain=False, peak_seconds=0.05)
+                    explain=False, peak_seconds=0.05, peak_sizes=(256,))
     assert set(res["latency_ms"]["batch_1"]) == {"torch_fp32", "ort_fp32"} and res["model"] == "tiny_cnn"
 
 

@@ -93,20 +93,17 @@ def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kw
         return measure_latency(lambda: model(t), **kwargs)
 
 
-def matmul_peak_gflops(threads: int | None = None, *, n: int = 1024, seconds: float = 1.0) -> dict[str, float]:
+def matmul_peak_gflops(threads: int | None = None, *, sizes: Sequence[int] = (1024, 2048),
+                       seconds: float = 1.0) -> dict[str, Any]:
     """Measured float32 matrix-multiply throughput (GFLOP/s) with numpy's BLAS and with torch, ``threads`` threads.
 
-    Best of repeated ``n x n`` products over about ``seconds`` each; ``peak`` is the larger of the two.
+    For each square size in ``sizes``: the best of repeated products over about ``seconds``. ``numpy`` / ``torch``
+    are each library's best over the sizes, ``peak`` the larger of the two.
     """
     import torch
     from threadpoolctl import threadpool_limits
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    flops = 2.0 * n ** 3
-
-    def best(fn: Callable[[], Any]) -> float:
+    def best(fn: Callable[[], Any], flops: float) -> float:
         fn()
         times = []
         start = time.perf_counter()
@@ -116,12 +113,17 @@ def matmul_peak_gflops(threads: int | None = None, *, n: int = 1024, seconds: fl
             times.append(time.perf_counter() - t0)
         return flops / min(times) / 1e9
 
-    with threadpool_limits(limits=threads):
-        g_numpy = best(lambda: a @ b)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    with torch_threads(threads), torch.inference_mode():
-        g_torch = best(lambda: torch.mm(ta, tb))
-    return {"numpy": g_numpy, "torch": g_torch, "peak": max(g_numpy, g_torch), "n": n}
+    rng = np.random.default_rng(0)
+    g_numpy = g_torch = 0.0
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        with threadpool_limits(limits=threads):
+            g_numpy = max(g_numpy, best(lambda: a @ b, 2.0 * n ** 3))
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        with torch_threads(threads), torch.inference_mode():
+            g_torch = max(g_torch, best(lambda: torch.mm(ta, tb), 2.0 * n ** 3))
+    return {"numpy": g_numpy, "torch": g_torch, "peak": max(g_numpy, g_torch), "sizes": list(sizes)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,6 +212,7 @@ def _teacher(spec: str | None, inp: dict[str, Any], num_classes: int) -> tuple[A
 def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequence[int] = (1,),
               teacher: str | None = DEFAULT_TEACHER, runs: int = 50, warmup: int = 10, min_seconds: float = 1.0,
               int8: bool = True, explain: bool = True, calibration_images: int = 32, peak_seconds: float = 1.0,
+              peak_sizes: Sequence[int] = (1024, 2048),
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark a run directory or an exported ``model.onnx`` (see module docstring); returns a JSON-able dict.
 
@@ -265,7 +268,7 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
                 files["ort_int8"] = quantize_int8(files["ort_fp32"], tmpd / "model.int8.onnx", calib)
                 notes.append(f"INT8 calibrated on {len(calib)} {source}")
         say("measuring the matmul peak")
-        peak = matmul_peak_gflops(threads, seconds=peak_seconds)
+        peak = matmul_peak_gflops(threads, sizes=peak_sizes, seconds=peak_seconds)
         macs = count_macs(model, size, channels)
         result: dict[str, Any] = {
             "model": record["model"], "source": str(target), "input": inp, "labels": len(labels),
