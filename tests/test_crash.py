@@ -99,7 +99,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(phantom_root: Path, 
         # epoch 1 is saved (history, weights, state); the process is now inside epoch 2: let it take some steps
         # (epoch 1 is the slowest: first decodes and warm-up, so a share of it is well inside epoch 2)
         epoch_seconds = float(_history(killed)[0]["seconds"])
-        delay = min(max(0.15 * epoch_seconds, 0.2), 1.0)
+        delay = min(max(0.1 * epoch_seconds, 0.1), 1.0)
         time.sleep(delay)
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
