@@ -21,6 +21,7 @@ import io
 import re
 import struct
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -254,7 +255,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     write_dicom(c.add("bad_slope.dcm", dcm_dir / "bad_slope.dcm"), ramp, extra=bad_slope)
 
     def nan_intercept(ds: Any) -> None:
-        ds[0x00281052] = DataElement(0x00281052, "DS", "nan")
+        with warnings.catch_warnings():  # pydicom warns that "nan" is not a valid DS: that is the point
+            warnings.simplefilter("ignore")
+            ds[0x00281052] = DataElement(0x00281052, "DS", "nan")
 
     write_dicom(c.add("nan_intercept.dcm", dcm_dir / "nan_intercept.dcm"), ramp, extra=nan_intercept)
     c.add("text_named.dcm", dcm_dir / "text_named.dcm").write_text("this is a radiology report, not an image\n" * 8)

@@ -29,6 +29,8 @@ from medistill.models import ModelError, create_model, load_weights
 from medistill.models.weights import read_state_dict
 
 PACKAGE = Path(medistill.__file__).resolve().parent
+#: torch notes that our crafted pickles use protocol 4; irrelevant here, the files are refused either way
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
 # --- 1. static scan ----------------------------------------------------------------------------------------
 

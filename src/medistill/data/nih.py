@@ -95,7 +95,8 @@ class NIHChestXray14(MedicalDataset):
             raise DatasetError(f"nih dataset at {root}: no Data_Entry_2017*.csv(.gz) found; expected the NIH "
                                f"ChestX-ray14 layout (Data_Entry_2017.csv and images/*.png)")
         required = COLUMNS if views else COLUMNS[:3]
-        df = read_csv(table, required=required, columns=COLUMNS, dtype={"Image Index": str})
+        df = read_csv(table, required=required, columns=COLUMNS,  # text columns stay text when all blank
+                      dtype={"Image Index": str, "Finding Labels": str, "View Position": str})
         if "View Position" not in df.columns:
             df["View Position"] = ""
         report: dict[str, Any] = {"table": str(table), "rows_in_table": len(df)}
