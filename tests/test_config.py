@@ -59,3 +59,30 @@ def test_every_subcommand_has_help(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert e.value.code == 0
     assert "usage: medistill " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["data inspect", "train", "distill", "evaluate", "compare", "explain", "export",
+                                     "predict", "benchmark", "report", "serve", "quickstart"])
+def test_every_subcommand_takes_a_config_file(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command.split(), "--help"])
+    assert "--config FILE.yaml" in capsys.readouterr().out
+
+
+def test_options_file_of_a_plain_command(tmp_path, capsys):
+    from medistill.cli import _apply_options_file, main
+
+    f = tmp_path / "eval.yaml"
+    f.write_text("split: val\nbatch_sizes: 3\n")
+    assert main(["evaluate", str(tmp_path / "run"), "--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'batch_sizes'" in err and "batch_size" in err
+    f.write_text("split: val\nbatch_size: 3\nno_latency: true\n")
+    parser = build_parser()
+    argv = ["evaluate", "RUN", "--config", str(f), "--split", "test"]
+    args = _apply_options_file(parser, parser.parse_args(argv), argv)
+    assert (args.split, args.batch_size, args.no_latency) == ("test", 3, True)  # the flag wins over the file
+    f.write_text("batch_size: many\n")
+    with pytest.raises(SystemExit):
+        _apply_options_file(parser, parser.parse_args(argv), argv)
+    assert "invalid int value: 'many'" in capsys.readouterr().err
