@@ -176,7 +176,7 @@ def markdown(r: dict) -> str:
         lines.append(f"- {k}: {v:.1f}x wall, {r['speedup_teacher_over_student']['cpu'][k]:.1f}x CPU "
                      f"(MACs {macs[teacher] / macs[student]:.1f}x)")
     lines += ["", "KD-FMV (Jiang et al. 2025) reports that distillation cuts SHAP time about four-fold. Time does not "
-              "follow MACs: on a CPU the depthwise convolutions of EEEA-Net-C2 are bound by memory traffic, so it "
+              "follow MACs: on a CPU depthwise convolutions (EEEA-Net-C2) are typically bound by memory traffic, so it "
               "gains less than its MACs ratio, while the five plain convolutions of the KD-FMV student gain about "
               "as much as theirs or more.", ""]
     return "\n".join(lines)
