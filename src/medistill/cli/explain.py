@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     opt.add_argument("--top-k", type=int, default=3, help="labels explained when none is predicted positive")
     opt.add_argument("--batch-size", type=int, default=16, help="(image, label) pairs per batch")
     opt.add_argument("--size", type=int, default=None, help="side of maps and overlays (default: model input size)")
-    opt.add_argument("--layer", default=None, help="CAM layer by module name (default: the model's CAM layer)")
+    opt.add_argument("--layer", default=None, help="the student's CAM layer by module name (default: the model's CAM layer)")
     opt.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion curves")
     opt.add_argument("--steps", type=int, default=16, help="deletion / insertion steps")
     opt.add_argument("--background", type=int, default=16, help="GradientShap background images (training split)")

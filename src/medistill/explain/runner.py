@@ -53,7 +53,7 @@ class ExplainOptions:
     top_k: int = 3  # multi-label with no positive prediction: explain the top_k labels
     batch_size: int = 16  # (image, label) pairs per explainer call
     size: int | None = None  # side of the maps, overlays and truth; None = the student's input size
-    layer: str | None = None  # CAM layer by module name; None = models.cam_layer
+    layer: str | None = None  # the student's CAM layer by module name; None = models.cam_layer (teacher: always)
     faithfulness: bool = True  # deletion / insertion AUCs (2 x (steps + 1) forward passes per map)
     steps: int = 16  # deletion / insertion steps
     background: int = 16  # GradientShap: training images drawn as the background
@@ -268,7 +268,8 @@ def compute_maps(side: Explained, pairs: list[tuple[int, str]], options: Explain
         extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
                  else {"n_steps": options.n_steps} if options.method == "integrated_gradients" else {})
         chunks.append(explain_maps(side.model, x, idx[s:s + options.batch_size], options.method,
-                                   size=size, batch_size=options.batch_size, layer=options.layer,
+                                   size=size, batch_size=options.batch_size,
+                                   layer=None if side.name == "teacher" else options.layer,
                                    background=background, **extra))
         if progress:
             progress(f"{side.name} maps", min(s + options.batch_size, len(pairs)), len(pairs))
