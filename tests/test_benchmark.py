@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medistill.benchmark import _ratios, measure_latency
+from medistill.benchmark import _ratios, measure_interleaved, measure_latency
 
 
 def test_measure_latency_counts_and_orders():
@@ -15,6 +15,16 @@ def test_measure_latency_counts_and_orders():
     res = measure_latency(lambda: calls.append(1), warmup=3, runs=7, min_seconds=0.0)
     assert res["runs"] == 7 and len(calls) == 10
     assert 0 <= res["min_ms"] <= res["median_ms"] <= res["p90_ms"]
+
+
+def test_measure_interleaved_takes_turns():
+    order: list[str] = []
+    res = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b"),
+                               "slow": lambda: order.append("slow")},
+                              warmup=1, runs=4, min_seconds=0.0, block=2, runs_for={"slow": 2}, block_for={"slow": 1})
+    assert {k: v["runs"] for k, v in res.items()} == {"a": 4, "b": 4, "slow": 2}
+    timed = order[3:]  # after one warm-up call each
+    assert timed[:5] == ["a", "a", "b", "b", "slow"]  # turns: a block of each per round
 
 
 def test_ratios_and_targets():
