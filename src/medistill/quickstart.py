@@ -31,15 +31,15 @@ class QuickstartConfig:
     out: str = "runs/quickstart"  # folder of the three runs, the explanations, the export and the report
     dataset: str = "phantom"  # phantom (built in) or any dataset of `medistill data` with --root
     root: str | None = None  # dataset folder; phantom default: data/phantom (generated on first use)
-    image_size: int = 96  # student input size (px)
+    image_size: int = 64  # student input size (px)
     teacher_image_size: int | None = None  # teacher input size; None = the student's
     teacher: str = "resnet18"  # teacher architecture (the papers use densenet121/161; larger is slower here)
     student: str = "eeea_net_c2"  # student architecture
-    teacher_epochs: int = 6  # teacher training epochs
-    student_epochs: int = 6  # epochs of each student (with and without KD)
+    teacher_epochs: int = 5  # teacher training epochs
+    student_epochs: int = 5  # epochs of each student (with and without KD)
     batch_size: int = 64  # training batch size
     lr: float = 0.002  # peak learning rate (AdamW, cosine)
-    limit: int | None = None  # cap on images per split (None = all)
+    limit: int | None = 1000  # cap on images per split (keeps the default run near 5 minutes); None = all
     alpha: float = 0.5  # KD: weight of the hard loss
     temperature: float = 4.0  # KD temperature
     in_chans: int = 1  # input channels (3 for colour data)
@@ -94,6 +94,7 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
     root = resolve_root(cfgs["teacher"].data)  # generates the phantom on first use
     summary: dict[str, object] = {"out": str(out), "dataset": q.dataset, "root": str(root), "seconds": {}}
     timings: dict[str, float] = summary["seconds"]  # type: ignore[assignment]
+    fresh: set[str] = set()  # runs trained (or resumed) by this call: their later steps must be redone
     for name in ("teacher", "student", "student_nokd"):
         cfg = cfgs[name]
         cfg.data.root = str(root)
@@ -107,28 +108,38 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
                 f"({'KD from the teacher' if cfg.distill.teacher else 'no KD'}) -> {cfg.out}")
             cb = callbacks_for(name) if callbacks_for else None
             run_training(cfg, resume=resume, **({"callbacks": cb} if cb is not None else {}))
+            fresh.add(name)
         timings[f"train_{name}"] = time.perf_counter() - t0
     for name in ("teacher", "student", "student_nokd"):
         t0 = time.perf_counter()
-        say(f"{name}: evaluating on the test split")
-        m = evaluate_run(cfgs[name].out, "test")
+        m = runs.RunDir(cfgs[name].out).metrics()
+        if m.get("split") == "test" and name not in fresh:
+            say(f"{name}: already evaluated")
+        else:
+            say(f"{name}: evaluating on the test split")
+            m = evaluate_run(cfgs[name].out, "test")
         summary[name] = {k: m.get(k) for k in ("macro_auc", "accuracy", "macro_f1", "params", "macs", "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
 
     student = Path(cfgs["student"].out)
-    steps: list[tuple[str, list[str]]] = [
+    steps: list[tuple[str, list[str], Path | None]] = [
         ("explain", ["explain", str(student), "--dataset", q.dataset, "--root", str(root), "--split", "test",
                      "--limit", str(q.explain_images), "--method", q.explain_method,
-                     "--teacher", cfgs["teacher"].out, "--out", str(student / "explain")]),
+                     "--teacher", cfgs["teacher"].out, "--out", str(student / "explain")],
+         student / "explain" / "explain.json"),
         ("export", ["export", str(student), "--format", "onnx", "--explain", "--out", str(student / "export")]
-         + (["--int8"] if q.int8 else [])),
+         + (["--int8"] if q.int8 else []), student / "export" / "export.json"),
         ("benchmark", ["benchmark", str(student / "export" / "model.onnx"), "--teacher", cfgs["teacher"].out,
-                       "--out", str(student / "export" / "benchmark.json")]),
+                       "--out", str(student / "export" / "benchmark.json")], student / "export" / "benchmark.json"),
         ("report", ["report", cfgs["teacher"].out, str(student), cfgs["student_nokd"].out,
-                    "--out", str(out / "report.html")]),
+                    "--out", str(out / "report.html")], None),
     ]
-    for name, argv in steps:
+    retrained = bool(fresh & {"teacher", "student"})
+    for name, argv, done in steps:
         t0 = time.perf_counter()
+        if done is not None and done.is_file() and not retrained:
+            say(f"{name}: already done ({done})")
+            continue
         say(f"{name}: medistill {' '.join(argv)}")
         code = cli_main(argv)
         if code != 0:

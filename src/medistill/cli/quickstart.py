@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     def step(text: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {text}", file=sys.stderr, flush=True)
 
-    summary = run_quickstart(q, step=step, callbacks_for=lambda name: progress_callbacks(name))
+    summary = run_quickstart(q, step=step, callbacks_for=lambda name: progress_callbacks(
+        name, q.teacher_epochs if name == "teacher" else q.student_epochs))
     print()
     for name in ("teacher", "student", "student_nokd"):
         m = summary[name]

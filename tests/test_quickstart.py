@@ -1,0 +1,42 @@
+"""The main job end to end at toy scale: every step runs on real run directories and the report is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medistill.quickstart import QuickstartConfig, run_configs, run_quickstart
+
+
+def test_quickstart_configs_are_a_fair_comparison():
+    cfgs = run_configs(QuickstartConfig(out="q"))
+    s, n = cfgs["student"], cfgs["student_nokd"]
+    assert s.distill.teacher == str(Path("q") / "teacher") and n.distill.teacher is None
+    assert (s.model, s.train, s.data) == (n.model, n.train, n.data)  # only KD differs
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(phantom_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MEDISTILL_CACHE", str(tmp_path / "cache"))
+    q = QuickstartConfig(out=str(tmp_path / "qs"), root=str(phantom_root), image_size=32, teacher="tiny_cnn",
+                         student="kdfmv", teacher_epochs=1, student_epochs=1, limit=48, explain_images=2)
+    steps: list[str] = []
+    summary = run_quickstart(q, step=steps.append)
+    out = Path(q.out)
+    for name in ("teacher", "student", "student_nokd"):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert 0.0 <= metrics["macro_auc"] <= 1.0 and metrics["params"] > 0 and metrics["split"] == "test"
+    assert json.loads((out / "student" / "run.json").read_text())["teacher"] == str((out / "teacher").resolve())
+    explain = json.loads((out / "student" / "explain" / "explain.json").read_text())
+    assert explain["num_images"] == 2 and "agreement_spearman" in explain
+    export = json.loads((out / "student" / "export" / "export.json").read_text())
+    assert export["max_abs_diff"] < 1e-4 and (out / "student" / "export" / "model.int8.onnx").is_file()
+    assert (out / "student" / "export" / "benchmark.json").is_file()
+    html = (out / "report.html").read_text()
+    assert summary["report"] == str(out / "report.html") and "<table" in html and "data:image/png;base64" in html
+    assert any(s.startswith("report:") for s in steps)
+    # a second run reuses the finished runs instead of training again
+    again = run_quickstart(q, step=steps.append)
+    assert any("already trained" in s for s in steps) and again["teacher"] == summary["teacher"]
