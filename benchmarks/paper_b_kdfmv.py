@@ -50,8 +50,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/bench/paper_b", help="parent of the run directories (git-ignored)")
     p.add_argument("--cache-dir", default="runs/bench/image-cache")
-    p.add_argument("--stages", default="teacher,grid,seeds,eeea,explain",
-                   help="comma list of: teacher, grid, seeds (kdfmv KD best point + kdfmv no-KD), eeea, explain")
+    p.add_argument("--stages", default="teacher,grid,seeds,eeea,explain,latency",
+                   help="comma list of: teacher, grid, seeds (kdfmv KD best point + kdfmv no-KD), eeea, explain, latency")
     p.add_argument("--bootstrap", type=int, default=200)
     return p.parse_args()
 
@@ -115,10 +115,11 @@ def main() -> None:
     runs_dir = Path(a.runs) / f"{a.dataset}_{a.image_size}px_l{a.limit}"
     res_json = B.RESULTS / f"paper_b_{a.dataset}.json"
     old = B.read_json(res_json) if res_json.is_file() else {}
-    results: dict[str, Any] = {"runs": old.get("runs", {}), "explain": old.get("explain", {})}
+    results: dict[str, Any] = {"runs": old.get("runs", {}), "explain": old.get("explain", {}),
+                               "latency": old.get("latency", {})}
     settings = {k: v for k, v in vars(a).items()}
     script_cmd = "nice -n 10 .venv/bin/python benchmarks/paper_b_kdfmv.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("stages", "runs", "cache_dir"))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("stages", "runs", "cache_dir") and v is not None)
 
     def record(name: str, cfg) -> dict[str, Any]:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
@@ -178,6 +179,13 @@ def main() -> None:
                 results["explain"][name] = gradcam_seconds(str(runs_dir / name))
                 print(f"    gradcam {name}: {results['explain'][name]['ms_per_image']:.1f} ms/image", flush=True)
                 save()
+    # 6. latency again, all models one after the other: median and minimum of 50 batch-1 passes
+    if "latency" in stages:
+        results.setdefault("latency", {})
+        for name in list(results["runs"]):
+            if name not in results["latency"] and B.is_done(runs_dir / name):
+                results["latency"][name] = B.latency_best_ms(str(runs_dir / name), threads=a.threads)
+        save()
     save()
 
 
@@ -185,6 +193,7 @@ def best_grid_point(results: dict[str, Any]) -> tuple[float, float] | None:
     best, best_v = None, -1.0
     for al, T in itertools.product(ALPHAS, TEMPERATURES):
         r = results["runs"].get(f"kdfmv_kd_a{al}_T{T:g}_s0")
+        # strict ">": on a tie the earlier grid point (grid order alpha, then T) wins
         if r and r.get("best_val_accuracy") is not None and r["best_val_accuracy"] > best_v:
             best, best_v = (al, T), r["best_val_accuracy"]
     return best
@@ -210,6 +219,10 @@ def summarise(results: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
                             "macro_f1": B.mean_std([r["macro_f1"] for r in rows]),
                             "params": rows[0]["params"], "macs": rows[0]["macs"],
                             "latency_ms": B.mean_std([r["latency_ms"] for r in rows]),
+                            "latency_min_ms": B.mean_std([results.get("latency", {}).get(n, {}).get("min_ms")
+                                                          for n in names if n in runs]),
+                            "gradcam_ms_per_image": next((results.get("explain", {})[n]["ms_per_image"]
+                                                          for n in names if n in results.get("explain", {})), None),
                             "command": rows[0]["command"]}
     for al, T in itertools.product(ALPHAS, TEMPERATURES):
         r = runs.get(f"kdfmv_kd_a{al}_T{T:g}_s0")
@@ -240,11 +253,14 @@ def markdown(s: dict[str, Any], a: argparse.Namespace, cmd: str) -> str:
     lines = [f"### KD-FMV (paper B) on {a.dataset}, {a.image_size} px, limit {a.limit} per split, "
              f"teacher {a.teacher_epochs} / students {a.student_epochs} epochs, CPU", "",
              f"Reproduce: `{cmd}`", "",
-             "| model | seeds | test accuracy (%) | macro F1 (%) | params | MACs | CPU latency (ms, batch 1) |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | seeds | test accuracy (%) | macro F1 (%) | params | MACs | CPU latency median in evaluate "
+             "(ms) | CPU latency min of 50 (ms) | Grad-CAM ms / image (seed 0) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g, v in s["groups"].items():
         lines.append(f"| {g} | {v['accuracy']['n']} | {B.fmt_ms(v['accuracy'])} | {B.fmt_ms(v['macro_f1'])} | "
-                     f"{B.si(v['params'])} | {B.si(v['macs'])} | {B.fmt_ms(v['latency_ms'], 1, 1)} |")
+                     f"{B.si(v['params'])} | {B.si(v['macs'])} | {B.fmt_ms(v['latency_ms'], 1, 1)} | "
+                     f"{B.fmt_ms(v['latency_min_ms'], 1, 1)} | "
+                     f"{'n/a' if v['gradcam_ms_per_image'] is None else format(v['gradcam_ms_per_image'], '.0f')} |")
     if s["grid"]:
         lines += ["", "alpha / T grid (kdfmv, KD, seed 0 only; the best validation point is used for the seeds):", "",
                   "| alpha, T | val accuracy (%) | test accuracy (%) | test macro F1 (%) |", "|---|---|---|---|"]
