@@ -24,7 +24,7 @@ import tempfile
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,7 @@ from medistill.data.nih import LABELS as NIH_LABELS
 from medistill.data.nih import NIHChestXray14
 from medistill.errors import MedistillError
 from medistill.inference import ModelFileError, ModelInfo, Predictor
+from imaging import write_dicom
 
 # ---------------------------------------------------------------------------------------------------------
 # builders
@@ -63,34 +64,6 @@ def png_bomb(path: Path, width: int, height: int, *, real_data: bool) -> Path:
         idat = zlib.compress(b"\x00" * 64)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
                      + _png_chunk(b"IEND", b""))
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", pixel_data: bool = True,
-                frames: int = 1, extra: Callable[[Any], None] | None = None) -> Path:
-    """A valid DICOM (Secondary Capture, explicit VR little endian) of uint16 ``pixels`` (H, W) or (F, H, W)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    if pixel_data:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    if extra is not None:
-        extra(ds)
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 

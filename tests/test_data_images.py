@@ -4,55 +4,13 @@ ImageReadError naming the file and the reason."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from medistill.data.images import ImageReadError, image_size, read_image
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float | None = None,
-                intercept: float | None = None, center: float | None = None, width: float | None = None,
-                pixel_data: bool = True) -> Path:
-    """A minimal valid DICOM file (Secondary Capture, explicit VR little endian) holding ``pixels`` (uint16)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if center is not None:
-        ds.WindowCenter, ds.WindowWidth = center, width
-    if pixel_data:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's first bytes), with no real data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))
-    return path
+from imaging import write_dicom, png_header_only
 
 
 # --- DICOM -------------------------------------------------------------------------------------------------

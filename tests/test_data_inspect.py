@@ -78,7 +78,7 @@ def test_text_table_and_check_readable(tmp_path, capsys):
 
 
 def test_folder_of_dicom_files(tmp_path, capsys):
-    from test_data_images import write_dicom  # tests/ is on sys.path (pytest's rootdir conftest)
+    from imaging import write_dicom  # tests/ is on sys.path (pytest's rootdir conftest)
 
     root = tmp_path / "dcm"
     for c, photometric in (("a", "MONOCHROME1"), ("b", "MONOCHROME2")):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_data_images import png_header_only, write_dicom
+from imaging import png_header_only, write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["Atelectasis", "Effusion", "Mass", "Nodule"]

@@ -23,11 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_data_images import write_dicom
+from imaging import write_dicom
 from test_serve import LABELS, MRI_IMAGE, NIH_IMAGE, REPO, export_tiny, png_bytes
 
-CHROMIUM = os.environ.get("MEDISTILL_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("MEDISTILL_CHROMEDRIVER", "/usr/bin/chromedriver")
 STARTUP_S = 120  # the server subprocess imports numpy, onnxruntime, FastAPI; the CI machine may be busy
 
 
@@ -91,30 +89,6 @@ def server(tmp_path_factory):
     folders = re.findall(r"from (\S*medistill-serve-\w+)", text)
     assert folders and not any(Path(f).exists() for f in folders), folders  # the temporary folder was removed
     assert "Traceback" not in text, text[-3000:]
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (Path(p).is_file() and os.access(p, os.X_OK))]
-    if missing:
-        pytest.skip(f"headless browser test needs Debian's chromium and chromedriver; missing: {', '.join(missing)} "
-                    f"(apt-get install chromium chromium-driver)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1300,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver, script: str, timeout: float = 60):
