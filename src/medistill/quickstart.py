@@ -31,10 +31,10 @@ class QuickstartConfig:
     out: str = "runs/quickstart"  # folder of the three runs, the explanations, the export and the report
     dataset: str = "phantom"  # phantom (built in) or any dataset of `medistill data` with --root
     root: str | None = None  # dataset folder; phantom default: data/phantom (generated on first use)
-    image_size: int = 64  # student input size (px)
+    image_size: int = 96  # student input size (px)
     teacher_image_size: int | None = None  # teacher input size; None = the student's
     teacher: str = "resnet18"  # teacher architecture (the papers use densenet121/161; larger is slower here)
-    student: str = "eeea_net_c2"  # student architecture
+    student: str = "kdfmv"  # student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)
     teacher_epochs: int = 5  # teacher training epochs
     student_epochs: int = 5  # epochs of each student (with and without KD)
     batch_size: int = 64  # training batch size
