@@ -14,6 +14,7 @@ be inspected, re-run or continued by hand::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -33,7 +34,7 @@ class QuickstartConfig:
     root: str | None = None  # dataset folder; phantom default: data/phantom (generated on first use)
     image_size: int = 96  # student input size (px)
     teacher_image_size: int | None = None  # teacher input size; None = the student's
-    teacher: str = "resnet18"  # teacher architecture (the papers use densenet121/161; larger is slower here)
+    teacher: str = "resnet10t"  # teacher architecture (the papers use densenet121/161: far slower on a CPU)
     student: str = "kdfmv"  # student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)
     teacher_epochs: int = 5  # teacher training epochs
     student_epochs: int = 5  # epochs of each student (with and without KD)
@@ -140,8 +141,9 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         if done is not None and done.is_file() and not retrained:
             say(f"{name}: already done ({done})")
             continue
-        say(f"{name}: medistill {' '.join(argv)}")
-        code = cli_main(argv)
+        say(f"{name}: medistill {' '.join(argv)}  (output: {out / (name + '.log')})")
+        with open(out / f"{name}.log", "w", encoding="utf-8") as log_file, contextlib.redirect_stdout(log_file):
+            code = cli_main(argv)
         if code != 0:
             from .errors import MedistillError
 
