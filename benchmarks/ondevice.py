@@ -61,7 +61,8 @@ def markdown(res: dict) -> str:
         f"{res['matmul_peak_gflops']['numpy']:.0f}, torch {res['matmul_peak_gflops']['torch']:.0f}), so the "
         f"student's FLOP limit is {res['flop_limit_ms']:.2f} ms.",
         "",
-        "Runtimes are timed in turns (a block of calls each per round) so that they share the machine's load alike.",
+        "Runtimes are timed in turns (per round: 5 untimed calls, then a block of 25 timed ones each; the teacher 1 call) "
+        "so that they share the machine's load alike.",
         "",
         "| batch | runtime | median ms | p90 ms | fastest ms | runs |",
         "|---|---|---|---|---|---|",

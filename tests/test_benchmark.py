@@ -21,10 +21,13 @@ def test_measure_interleaved_takes_turns():
     order: list[str] = []
     res = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b"),
                                "slow": lambda: order.append("slow")},
-                              warmup=1, runs=4, min_seconds=0.0, block=2, runs_for={"slow": 2}, block_for={"slow": 1})
+                              warmup=1, runs=4, min_seconds=0.0, block=2, settle=1, runs_for={"slow": 2},
+                              block_for={"slow": 1})
     assert {k: v["runs"] for k, v in res.items()} == {"a": 4, "b": 4, "slow": 2}
-    timed = order[3:]  # after one warm-up call each
-    assert timed[:5] == ["a", "a", "b", "b", "slow"]  # turns: a block of each per round
+    rounds = order[3:]  # after one warm-up call each
+    # turns: per round, 1 settling + 2 timed calls of each fast key, then 1 call of the slow key (no settling)
+    assert rounds[:7] == ["a", "a", "a", "b", "b", "b", "slow"]
+    assert len(rounds) == 2 * 7
 
 
 def test_ratios_and_targets():

@@ -2,7 +2,8 @@
 the teacher in PyTorch and the machine's measured matrix-multiply peak.
 
 Latency is the median (and 90th percentile) of single calls after warm-up, over at least ``runs`` calls and at
-least ``min_seconds``. The runtimes are timed in turns (``measure_interleaved``: a block of calls each per round), so
+least ``min_seconds``. The runtimes are timed in turns (``measure_interleaved``: a block of calls each per round, after a few untimed
+ones), so
 that on a shared machine they all see the same load; ``ratios_best`` repeats the target ratios from each runtime's
 fastest call, the figure least disturbed by other jobs. The FLOP limit is the model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided
 by the measured float32 matmul peak (numpy's BLAS and torch, the best of both): no implementation can beat it,
@@ -61,13 +62,15 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, 
 
 
 def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, runs: int = 50,
-                        min_seconds: float = 1.0, max_seconds: float = 600.0, block: int = 5,
+                        min_seconds: float = 1.0, max_seconds: float = 600.0, block: int = 25, settle: int = 5,
                         runs_for: dict[str, int] | None = None, block_for: dict[str, int] | None = None,
                         ) -> dict[str, dict[str, float]]:
-    """Time several callables in turns, ``block`` consecutive calls each per round, so that all of them see the
-    same share of a busy machine (a shared CPU's load moves over minutes; timing one runtime after the other would
-    compare different loads). A key stops after ``runs`` calls (``runs_for[key]`` when given; such keys are not
-    held to ``min_seconds``); the others go on until ``min_seconds`` have passed. Stops at ``max_seconds``.
+    """Time several callables in turns, ``block`` timed calls each per round, so that all of them see the same
+    share of a busy machine (a shared CPU's load moves over minutes; timing one runtime after the other would
+    compare different loads). Each block starts with ``settle`` untimed calls: the thread pool of the runtime
+    timed just before keeps spinning for a while and slows the next one down (measured: 2x on short blocks).
+    A key stops after ``runs`` calls (``runs_for[key]`` when given; such slow keys get no settling calls and are
+    not held to ``min_seconds``); the others go on until ``min_seconds`` have passed. Stops at ``max_seconds``.
     Returns ``measure_latency``'s figures per key."""
     runs_for, block_for = dict(runs_for or {}), dict(block_for or {})
     want = {k: runs_for.get(k, runs) for k in fns}
@@ -85,6 +88,8 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, 
         for k, fn in fns.items():
             if done(k):
                 continue
+            for _ in range(0 if k in runs_for else settle):
+                fn()
             for _ in range(block_for.get(k, block)):
                 t0 = time.perf_counter()
                 fn()
