@@ -6,7 +6,8 @@
 Steps (each a medistill run directory under ``--runs``; a finished and evaluated run is skipped, a half-done one
 resumed, so re-running continues):
 
-1. teacher: densenet121 from scratch (no ImageNet weights can be downloaded here), 1 seed;
+1. teacher: densenet121 from scratch (no ImageNet weights can be downloaded here), ``--teacher-seeds`` seeds
+   (every KD student distils from seed 0; the others give the teacher row its spread);
 2. grid: kdfmv with KD over alpha in {0.4, 0.7} x T in {5, 10, 15}, seed 0;
 3. the grid point with the best *validation* accuracy, kdfmv with KD at the remaining seeds;
 4. kdfmv without KD, eeea_net_c2 with KD (same alpha / T) and without KD, every seed;
@@ -47,6 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--teacher-seeds", type=int, default=3, help="teacher seeds (KD students use seed 0)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/bench/paper_b", help="parent of the run directories (git-ignored)")
     p.add_argument("--cache-dir", default="runs/bench/image-cache")
@@ -171,6 +173,10 @@ def main() -> None:
         if "eeea" in stages:
             record(*student_cfg(a, runs_dir, "eeea_net_c2", seed, kd))
             record(*student_cfg(a, runs_dir, "eeea_net_c2", seed, None))
+    if "teacher" in stages:
+        for seed in range(1, a.teacher_seeds):
+            name = f"teacher_densenet121_s{seed}"
+            record(name, base_cfg(a, runs_dir / name, "densenet121", seed, a.teacher_epochs))
     # 5. explanation time
     if "explain" in stages:
         for name in ("teacher_densenet121_s0", student_cfg(a, runs_dir, "kdfmv", 0, kd)[0],
@@ -203,7 +209,7 @@ def summarise(results: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     runs = results["runs"]
     kd = best_grid_point(results) or (0.7, 5.0)
     groups = {
-        "teacher densenet121": ["teacher_densenet121_s0"],
+        "teacher densenet121": [f"teacher_densenet121_s{s}" for s in range(max(1, a.teacher_seeds))],
         f"kdfmv KD (alpha {kd[0]}, T {kd[1]:g})": [f"kdfmv_kd_a{kd[0]}_T{kd[1]:g}_s{s}" for s in range(a.seeds)],
         "kdfmv no KD": [f"kdfmv_nokd_s{s}" for s in range(a.seeds)],
         f"eeea_net_c2 KD (alpha {kd[0]}, T {kd[1]:g})": [f"eeea_net_c2_kd_a{kd[0]}_T{kd[1]:g}_s{s}" for s in range(a.seeds)],
