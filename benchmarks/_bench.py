@@ -150,22 +150,9 @@ def latency_best_ms(run_dir: str | Path, runs_: int = 50, warmup: int = 10, thre
     On a shared, loaded machine the median is inflated by other processes; the minimum is the less
     load-sensitive estimate of what the model costs. Both are reported.
     """
-    import torch
+    from medistill.evaluate.efficiency import cpu_latency_ms
 
     model, record = runs.load_model(run_dir)
-    model.eval()
-    x = torch.zeros(1, record["input"]["channels"], record["input"]["size"], record["input"]["size"])
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times = []
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            for _ in range(runs_):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
-    finally:
-        torch.set_num_threads(old)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs_, "threads": threads}
+    lat = cpu_latency_ms(model, record["input"]["size"], record["input"]["channels"], warmup=warmup, runs=runs_,
+                         threads=threads)
+    return {"median_ms": lat["median"], "min_ms": lat["min"], "runs": runs_, "threads": threads}

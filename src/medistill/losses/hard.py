@@ -97,6 +97,17 @@ def clean_target(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # the losses
 # ------------------------------------------------------------------------------------------------------------
 
+def _bce_terms(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               pos_weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked ``(logits, clean target, mask, per-entry BCE)``, each ``(B, L)``: what BCE and focal BCE share."""
+    logits = as_compute(logits)
+    check_pair("logits", logits, "target", target)
+    m = resolve_mask(mask, logits)  # (B, L)
+    y = clean_target(target.to(logits.dtype), m)  # (B, L)
+    pw = _check_weights(pos_weight, logits.shape[1], "pos_weight", logits)
+    return logits, y, m, F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")
+
+
 class MaskedBCE(nn.Module):
     """Binary cross-entropy per label on ``sigmoid(logits)``, averaged over valid (mask = 1) entries.
 
@@ -112,12 +123,7 @@ class MaskedBCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """logits, target, mask ``(B, L)`` -> scalar."""
-        logits = as_compute(logits)
-        check_pair("logits", logits, "target", target)
-        m = resolve_mask(mask, logits)  # (B, L)
-        y = clean_target(target.to(logits.dtype), m)  # (B, L)
-        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight", logits)
-        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")  # (B, L)
+        _, _, m, loss = _bce_terms(logits, target, mask, self.pos_weight)
         return masked_mean(loss, m)
 
 
@@ -143,12 +149,7 @@ class FocalBCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """logits, target, mask ``(B, L)`` -> scalar."""
-        logits = as_compute(logits)
-        check_pair("logits", logits, "target", target)
-        m = resolve_mask(mask, logits)  # (B, L)
-        y = clean_target(target.to(logits.dtype), m)  # (B, L)
-        pw = _check_weights(self.pos_weight, logits.shape[1], "pos_weight", logits)
-        ce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")  # (B, L)
+        logits, y, m, ce = _bce_terms(logits, target, mask, self.pos_weight)
         p = torch.sigmoid(logits)
         p_t = p * y + (1 - p) * (1 - y)
         loss = ce * (1 - p_t) ** self.gamma

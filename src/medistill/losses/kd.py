@@ -45,16 +45,20 @@ def _prepare(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | 
     return s, t, m
 
 
-class SoftmaxKL(nn.Module):
+class _TemperedKD(nn.Module):
+    """A soft loss with a temperature ``T`` (checked: finite, > 0)."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = _check_temperature(temperature)
+
+
+class SoftmaxKL(_TemperedKD):
     """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network" (single-label):
 
     ``T^2 * KL(softmax(t / T) || softmax(s / T))`` per sample, averaged over kept samples (``batchmean``).
     The soft term of KD-FMV (paper B). Student and teacher logits ``(B, C)``, mask ``(B, C)``.
     """
-
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = _check_temperature(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,7 +71,7 @@ class SoftmaxKL(nn.Module):
         return masked_mean(kl, keep) * T * T
 
 
-class BinaryKL(nn.Module):
+class BinaryKL(_TemperedKD):
     """Per-label binary distillation for multi-label targets (sigmoid per label, never softmax across labels).
 
     With ``q = sigmoid(t / T)`` and ``p = sigmoid(s / T)`` per label:
@@ -76,10 +80,6 @@ class BinaryKL(nn.Module):
     soft BCE's). Loss ``= T^2 * sum_ij m_ij KL_ij / sum_ij m_ij``: Hinton's ``T^2``-scaled KD applied to each
     label's Bernoulli distribution, as paper A distils multi-label chest X-ray classifiers.
     """
-
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = _check_temperature(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
