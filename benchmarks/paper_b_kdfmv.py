@@ -115,7 +115,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     stages = set(a.stages.split(","))
     runs_dir = Path(a.runs) / f"{a.dataset}_{a.image_size}px_l{a.limit}"
-    res_json = B.RESULTS / f"paper_b_{a.dataset}.json"
+    # the default scale keeps the plain name; any other scale gets its own files so runs at two scales coexist
+    stem = f"paper_b_{a.dataset}" + ("" if (a.image_size, a.limit) == (64, 500) else f"_{a.image_size}px_l{a.limit}")
+    res_json = B.RESULTS / f"{stem}.json"
     old = B.read_json(res_json) if res_json.is_file() else {}
     results: dict[str, Any] = {"runs": old.get("runs", {}), "explain": old.get("explain", {}),
                                "latency": old.get("latency", {})}
@@ -146,7 +148,7 @@ def main() -> None:
                                 "settings": settings, "command": script_cmd, "machine": B.machine(),
                                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 **results, "summary": summary})
-        (B.RESULTS / f"paper_b_{a.dataset}.md").write_text(markdown(summary, a, script_cmd))
+        (B.RESULTS / f"{stem}.md").write_text(markdown(summary, a, script_cmd))
 
     # 1. teacher
     from medistill.config import DistillConfig  # noqa: F401
