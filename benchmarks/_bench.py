@@ -42,9 +42,18 @@ def machine() -> dict[str, Any]:
         load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
-            "load_average_1_5_15": load,
-            "shared": "2-core machine shared with other engineers' tests and runs (load average often 4-9); "
-                      "our process ran at nice 10, so wall-clock times are inflated and noisy"}
+            "load_average_1_5_15": load, "shared": shared_note(load, torch.get_num_threads())}
+
+
+def shared_note(load: tuple[float, ...] | None, threads: int) -> str:
+    """Whether other jobs shared the machine when a result was written: a 1-minute load average above this
+    process's own threads (plus one for slack) means they did."""
+    if load is None:
+        return "load average unknown"
+    if load[0] > threads + 1:
+        return (f"shared: 1-minute load average {load[0]:.1f} with this process using {threads} threads, so other "
+                "jobs ran too; wall-clock times are inflated and noisy")
+    return f"not shared when written: 1-minute load average {load[0]:.1f}, about this process's own {threads} threads"
 
 
 def cli_command(cfg: RunConfig, *, distill: bool) -> str:

@@ -160,8 +160,9 @@ def markdown(r: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {r['threads']} threads, Python "
         f"{m['python']}, run at nice {m['nice']}; load average (1, 5, 15 min) before "
         f"{fmt_load(m['load_average_1_5_15'])}, after {fmt_load(r['machine_after']['load_average_1_5_15'])}. "
-        f"The machine is shared with other engineers' tests and runs, so wall-clock times are inflated and noisy; "
-        f"CPU seconds and the ratios between models measured in the same run are the more reliable figures.",
+        + ("Other jobs shared the machine (load above this run's threads), so wall-clock times are inflated and "
+           "noisy; " if m['load_average_1_5_15'][0] > r['threads'] + 1 else "No other heavy jobs ran when it started; ")
+        + "CPU seconds and the ratios between models measured in the same run are the more reliable figures.",
         "",
         "| model | role | params | MACs | method | wall s / image | CPU s / image |",
         "|---|---|---:|---:|---|---:|---:|",
@@ -177,8 +178,8 @@ def markdown(r: dict) -> str:
                      f"(MACs {macs[teacher] / macs[student]:.1f}x)")
     lines += ["", "KD-FMV (Jiang et al. 2025) reports that distillation cuts SHAP time about four-fold. Time does not "
               "follow MACs: on a CPU depthwise convolutions (EEEA-Net-C2) are typically bound by memory traffic, so it "
-              "gains less than its MACs ratio, while the five plain convolutions of the KD-FMV student gain about "
-              "as much as theirs or more.", ""]
+              "gains well under its MACs ratio, while the five plain convolutions of the KD-FMV student come much closer "
+              "to theirs.", ""]
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--runs", default="runs/bench/kd_speed")
     p.add_argument("--cache-dir", default="runs/bench/image-cache")
     p.add_argument("--order", default="torchdistill,medistill_online,medistill_offline")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of all modes; odd rounds run the reverse order")
     p.add_argument("--summarise-only", action="store_true", help="rewrite the ratios and the .md from the JSON")
     p.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
                    help="fill the decoded-image cache before timing, so no framework pays JPEG decoding")
@@ -181,11 +182,19 @@ def main() -> None:
                            "machine": B.machine(), "results": {}}
     if a.prewarm:
         prewarm(a)
-    for mode in a.order.split(","):
-        print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", flush=True)
-        res["results"][mode] = run_torchdistill(a) if mode == "torchdistill" else run_medistill(a, mode)
-        print(f"    epoch seconds {[round(s, 1) for s in res['results'][mode]['epoch_seconds']]}", flush=True)
-        B.write_json(B.RESULTS / "kd_speed.json", res)
+    # The machine's speed drifts over minutes, which favours whichever mode runs first; so the modes run in
+    # rounds, every other round in the reverse order, and each mode's figures pool all its rounds.
+    order = a.order.split(",")
+    for rnd in range(a.rounds):
+        for mode in order if rnd % 2 == 0 else order[::-1]:
+            print(f"[{time.strftime('%H:%M:%S')}] round {rnd + 1}: {mode} ...", flush=True)
+            r = run_torchdistill(a) if mode == "torchdistill" else run_medistill(a, mode)
+            print(f"    epoch seconds {[round(s, 1) for s in r['epoch_seconds']]}", flush=True)
+            agg = res["results"].setdefault(mode, {"rounds": [], "epoch_seconds": []})
+            agg["rounds"].append(r)
+            agg["epoch_seconds"] += r["epoch_seconds"]
+            agg["total_wall_s"] = sum(x["total_wall_s"] for x in agg["rounds"]) / len(agg["rounds"])
+            B.write_json(B.RESULTS / "kd_speed.json", res)
     summarise(res, a)
 
 
@@ -204,8 +213,12 @@ def prewarm(a: argparse.Namespace) -> None:
 def summarise(res: dict[str, Any], a: argparse.Namespace) -> None:
     td = res["results"].get("torchdistill")
     if td:
-        last = td["epoch_seconds"][-1]
-        res["ratio_last_epoch_vs_torchdistill"] = {m: r["epoch_seconds"][-1] / last for m, r in res["results"].items()}
+        def last_epoch(r: dict[str, Any]) -> float:  # the last epoch of each round (warm caches), averaged
+            rounds = r.get("rounds") or [r]
+            return sum(x["epoch_seconds"][-1] for x in rounds) / len(rounds)
+
+        last = last_epoch(td)
+        res["ratio_last_epoch_vs_torchdistill"] = {m: last_epoch(r) / last for m, r in res["results"].items()}
         base = sum(td["epoch_seconds"]) / len(td["epoch_seconds"])
         res["ratio_vs_torchdistill"] = {m: (sum(r["epoch_seconds"]) / len(r["epoch_seconds"])) / base
                                         for m, r in res["results"].items()}
@@ -215,8 +228,10 @@ def summarise(res: dict[str, Any], a: argparse.Namespace) -> None:
                                                   "limit", "image_size", "batch_size", "epochs", "threads")}})
     lines = [f"### KD training speed, {a.student} from {Path(a.teacher).name}, {a.limit} train images at "
              f"{a.image_size} px, batch {a.batch_size}, {a.epochs} epochs, {a.threads} threads, CPU", "",
+             f"Modes run in {len(next(iter(res['results'].values())).get('rounds', [0]))} rounds, every other "
+             "round in the reverse order; each row pools its rounds (epochs listed round by round).", "",
              "| framework / mode | seconds per epoch (each epoch) | mean s/epoch | ratio to torchdistill (mean) | "
-             "ratio to torchdistill (last epoch) | total wall s |",
+             "ratio to torchdistill (last epoch) | total wall s (mean per round) |",
              "|---|---|---|---|---|---|"]
     for m, r in res["results"].items():
         mean = sum(r["epoch_seconds"]) / len(r["epoch_seconds"])
