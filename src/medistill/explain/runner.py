@@ -262,15 +262,20 @@ def compute_maps(side: Explained, pairs: list[tuple[int, str]], options: Explain
     rows = [i for i, _ in pairs]
     idx = [side.labels.index(name) for _, name in pairs]
     chunks = []
-    start = time.perf_counter()
-    for s in range(0, len(pairs), options.batch_size):
-        x = side.x[rows[s:s + options.batch_size]]
+
+    def maps(s: int, stop: int) -> np.ndarray:
         extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
                  else {"n_steps": options.n_steps} if options.method == "integrated_gradients" else {})
-        chunks.append(explain_maps(side.model, x, idx[s:s + options.batch_size], options.method,
-                                   size=size, batch_size=options.batch_size,
-                                   layer=None if side.name == "teacher" else options.layer,
-                                   background=background, **extra))
+        return explain_maps(side.model, side.x[rows[s:stop]], idx[s:stop], options.method, size=size,
+                            batch_size=options.batch_size, layer=None if side.name == "teacher" else options.layer,
+                            background=background, **extra)
+
+    # one untimed map first: lazy imports and first-call kernel set-up would be charged to whichever side runs first
+    if pairs:
+        maps(0, 1)
+    start = time.perf_counter()
+    for s in range(0, len(pairs), options.batch_size):
+        chunks.append(maps(s, s + options.batch_size))
         if progress:
             progress(f"{side.name} maps", min(s + options.batch_size, len(pairs)), len(pairs))
     side.seconds = time.perf_counter() - start
