@@ -28,29 +28,30 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, load and library versions, so a reader knows what the numbers were measured on."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from medistill.utils.runtime import machine_info
+
+    info = machine_info()
     try:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
+    return {"cpu": info.get("cpu_model") or info.get("processor") or "", "cores": info["cpu_count"],
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": info.get("gpu"),
             "load_average_1_5_15": load, "shared": shared_note(load, torch.get_num_threads())}
 
 
+def other_jobs(load_1min: float, own_threads: int) -> bool:
+    """The one rule every benchmark uses: a 1-minute load average above this process's own threads plus one
+    means other jobs were running (pass ``own_threads=0`` for a load read before the benchmark did any work)."""
+    return load_1min > own_threads + 1
+
+
 def shared_note(load: tuple[float, ...] | None, threads: int) -> str:
-    """Whether other jobs shared the machine when a result was written: a 1-minute load average above this
-    process's own threads (plus one for slack) means they did."""
+    """Whether other jobs shared the machine when a result was written (see :func:`other_jobs`)."""
     if load is None:
         return "load average unknown"
-    if load[0] > threads + 1:
+    if other_jobs(load[0], threads):
         return (f"shared: 1-minute load average {load[0]:.1f} with this process using {threads} threads, so other "
                 "jobs ran too; wall-clock times are inflated and noisy")
     return f"not shared when written: 1-minute load average {load[0]:.1f}, about this process's own {threads} threads"

@@ -27,6 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench as B  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NIH_SAMPLE = Path(os.environ.get("MEDISTILL_SHARED_DATA", REPO.parent / "shared" / "data")) / "nih-chestxray14-sample"
 MODELS = {"densenet121": "teacher", "eeea_net_c2": "student (CXR paper)", "kdfmv": "student (KD-FMV)"}
@@ -49,17 +53,12 @@ def inputs(count: int, size: int, seed: int):
 
 
 def machine() -> dict:
-    """CPU, cores, load average and versions: what the figures were measured on."""
+    """CPU, cores, load average and versions (``_bench.machine``), plus platform and niceness."""
     import platform
 
-    import torch
-
-    from medistill.utils.runtime import machine_info
-
-    info = machine_info()
-    return {"cpu": info.get("cpu_model") or info.get("processor"), "cores": info.get("cpu_count"),
-            "platform": info.get("platform"), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "nice": os.nice(0), "load_average_1_5_15": list(os.getloadavg())}
+    info = B.machine()
+    return {**info, "platform": platform.platform(), "nice": os.nice(0),
+            "load_average_1_5_15": list(info["load_average_1_5_15"] or [])}
 
 
 def time_method(model, x, labels, method: str, repeats: int, background, n_samples: int
@@ -161,7 +160,7 @@ def markdown(r: dict) -> str:
         f"{m['python']}, run at nice {m['nice']}; load average (1, 5, 15 min) before "
         f"{fmt_load(m['load_average_1_5_15'])}, after {fmt_load(r['machine_after']['load_average_1_5_15'])}. "
         + ("Other jobs shared the machine (load above this run's threads), so wall-clock times are inflated and "
-           "noisy; " if m['load_average_1_5_15'][0] > r['threads'] + 1 else "No other heavy jobs ran when it started; ")
+           "noisy; " if B.other_jobs(m['load_average_1_5_15'][0], r['threads']) else "No other heavy jobs ran when it started; ")
         + "CPU seconds and the ratios between models measured in the same run are the more reliable figures.",
         "",
         "| model | role | params | MACs | method | wall s / image | CPU s / image |",

@@ -20,6 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench as B  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NIH_SAMPLE = Path(os.environ.get("MEDISTILL_SHARED_DATA", REPO.parent / "shared" / "data")) / "nih-chestxray14-sample"
 
@@ -129,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                         calibration_images=64, progress=lambda m: print(f"[ondevice] {m}", file=sys.stderr))
     res["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     res["source"] = "EEEA-Net-C2 run directory built by benchmarks/ondevice.py (random weights)"
-    cpus = res["machine"].get("cpu_count") or 1
     res["load_average_at_start"] = load_at_start
-    res["shared_machine"] = load_at_start[0] > 0.5 * cpus
+    res["shared_machine"] = B.other_jobs(load_at_start[0], own_threads=0)
     atomic_write_json(args.out + ".json", res)
     atomic_write_text(args.out + ".md", markdown(res))
     print(json.dumps({"ratios": res["ratios"], "ratios_best": res["ratios_best"], "targets": res["targets"]}, indent=2))

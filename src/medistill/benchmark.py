@@ -2,12 +2,12 @@
 the teacher in PyTorch and the machine's measured matrix-multiply peak.
 
 Latency is the median (and 90th percentile) of single calls after warm-up, over at least ``runs`` calls and at
-least ``min_seconds``. The runtimes are timed in turns (``measure_interleaved``: a block of calls each per round, after a few untimed
-ones), so
-that on a shared machine they all see the same load; ``ratios_best`` repeats the target ratios from each runtime's
-fastest call, the figure least disturbed by other jobs. The FLOP limit is the model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided
-by the measured float32 matmul peak (numpy's BLAS and torch, the best of both): no implementation can beat it,
-so ``latency / flop limit`` says how far from the hardware a runtime is.
+least ``min_seconds``. The runtimes are timed in turns (``measure_interleaved``: a block of calls each per round,
+after a few untimed ones), so that on a shared machine they all see the same load; ``ratios_best`` repeats the
+target ratios from each runtime's fastest call, the figure least disturbed by other jobs. The FLOP limit is the
+model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided by the measured float32 matmul peak (numpy's
+BLAS and torch, the best of both): no implementation can beat it, so ``latency / flop limit`` says how far from the
+hardware a runtime is.
 
 Module-level imports are torch-free (``measure_latency`` / ``ort_latency`` serve ``export.quantize`` and
 ``inference`` users); torch is imported by the functions that need it.
