@@ -293,7 +293,7 @@ class DataConfig:
     labels: list[str] = dataclasses.field(default_factory=list)  # label subset/order; [] = the source's default
     skip_unreadable: bool = False  # drop unreadable images (and report how many) instead of failing
     cache: bool = True  # decode each image once into a uint8 memory-mapped cache at image_size
-    cache_dir: str | None = None  # where the cache lives; None = <root>/.medistill-cache or the run dir
+    cache_dir: str | None = None  # where the cache lives; None = $MEDISTILL_CACHE/images, else ~/.cache/medistill/images
     augment: str = "light"  # train-time augmentation: none, light, strong
     num_workers: int = 0  # DataLoader worker processes
 

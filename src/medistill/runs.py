@@ -164,3 +164,27 @@ def load_model(path: str | Path, which: str = "best", device: Any = "cpu") -> tu
     model.medistill_input = inp
     model.eval().to(device)
     return model, info
+
+
+def run_dataset(run: RunDir | str | Path, split: str, *, limit: int | None = None, augment: str = "none",
+                record: dict[str, Any] | None = None) -> Any:
+    """Exactly the data ``run`` was trained and evaluated on (its saved ``data`` config: source, root, views,
+    labels, uncertainty policy ...), split ``split``, preprocessed as the run's model expects (its stored input
+    size, channels, mean and std); ``limit`` caps the images (a seeded subset, as training's ``--limit`` does).
+    Raises ModelError when the run's labels differ from the dataset's."""
+    from .data import Preprocess, build_dataset, image_cache_dir
+    from .models import InputConfig, ModelError
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    cfg = run.config()
+    record = record or run.info()
+    if limit is not None:
+        cfg.data.limit = limit
+    if "input" not in record:
+        raise ModelError(f"{run.file(RUN_FILE)}: no model input record; is it a medistill training run directory?")
+    inp = InputConfig.from_dict(record["input"])
+    ds = build_dataset(cfg.data, split, Preprocess(inp.size, inp.channels, inp.mean, inp.std, augment),
+                       cache_dir=image_cache_dir(cfg.data))
+    if record.get("labels") is not None and list(ds.labels) != list(record["labels"]):
+        raise ModelError(f"{run.path}: the model's labels {record['labels']} differ from the dataset's {ds.labels}")
+    return ds

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from .base import DatasetError, MedicalDataset, Preprocess, Table, collate
 from .images import ImageReadError, read_image
 
 __all__ = ["DatasetError", "ImageReadError", "MedicalDataset", "Preprocess", "Table", "build_dataset",
-           "collate", "dataset_class", "read_image", "source_options"]
+           "collate", "dataset_class", "image_cache_dir", "read_image", "source_options"]
 
 
 def dataset_class(name: str) -> type[MedicalDataset]:
@@ -66,6 +67,16 @@ def resolve_root(cfg: DataConfig) -> Path:
         from .phantom import ensure
         ensure(root)
     return root
+
+
+def image_cache_dir(cfg: DataConfig) -> Path | None:
+    """Where decoded images are cached (the one policy): ``None`` when ``cfg.cache`` is off, else ``cfg.cache_dir``
+    when given, else ``$MEDISTILL_CACHE/images``, else ``~/.cache/medistill/images``."""
+    if not cfg.cache:
+        return None
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("MEDISTILL_CACHE", Path.home() / ".cache" / "medistill")) / "images"
 
 
 def build_dataset(cfg: DataConfig, split: str, preprocess: Preprocess | None = None, *,

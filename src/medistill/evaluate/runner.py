@@ -23,20 +23,9 @@ log = logging.getLogger(__name__)
 def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None):
     from torch.utils.data import DataLoader
 
-    from ..data import Preprocess, build_dataset, collate
-    from ..models import InputConfig
-    from ..train.loop import default_cache_dir
+    from ..data import collate
 
-    cfg = run.config()
-    if limit is not None:
-        cfg.data.limit = limit
-    inp = InputConfig.from_dict(record["input"])
-    cache = (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()) if cfg.data.cache else None
-    ds = build_dataset(cfg.data, split, Preprocess(inp.size, inp.channels, inp.mean, inp.std, "none"), cache_dir=cache)
-    if list(ds.labels) != list(record["labels"]):
-        from ..models import ModelError
-
-        raise ModelError(f"{run.path}: the model's labels {record['labels']} differ from the dataset's {ds.labels}")
+    ds = runs.run_dataset(run, split, limit=limit, record=record)
     return ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
