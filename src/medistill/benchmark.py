@@ -134,7 +134,7 @@ def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kw
     """``measure_latency`` of an eager PyTorch forward (eval mode, no_grad; mode restored) on ``x``."""
     import torch
 
-    from .export.onnx import eval_mode
+    from .utils.runtime import eval_mode
 
     t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     with torch_threads(threads), eval_mode(model), torch.inference_mode():
@@ -271,7 +271,8 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
     """
     import torch
 
-    from .export.onnx import eval_mode, export_onnx
+    from .export.onnx import export_onnx
+    from .utils.runtime import eval_mode
     from .export.quantize import quantize_int8
     from .inference import CAMS, INPUT, open_session
     from .models import count_macs, count_params

@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistill_version, open_session
 from ..models import ModelError, input_config
 from ..utils.io import atomic_write
+from ..utils.runtime import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,6 @@ class _Explain(nn.Module):
 
     def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
         return self.explainer(input)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Put ``model`` in eval mode for the block and restore its mode afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds: dict[str, float] | None = None,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import random
 import subprocess
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -18,6 +20,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """Put a torch ``model`` in eval mode for the block and restore its mode (train or eval) afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def resolve_device(name: str = "auto"):
