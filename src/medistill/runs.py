@@ -34,6 +34,8 @@ LOG_FILE = "log.txt"
 BEST_WEIGHTS = "model.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 STATE_FILE = "state.pt"
+HISTORY_FILE = "history.csv"
+TEACHER_LOGITS = "teacher_logits.npy"
 
 
 def now() -> str:
