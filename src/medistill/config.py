@@ -345,8 +345,16 @@ class TrainConfig:
     seed: int = 0  # seed of weights, data order and augmentation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None  # torch CPU threads; None = torch's default
+    label_smoothing: float = 0.0  # hard targets y -> y (1 - e) + e / K (K = classes, or 2 per label)
+    mixup: float = 0.0  # mixup Beta(a, a) parameter (Zhang et al. 2018); 0 = off
+    cutmix: float = 0.0  # CutMix Beta(a, a) parameter (Yun et al. 2019); 0 = off; with mixup, one of the two per batch
+    mix_prob: float = 1.0  # share of batches that are mixed when mixup or cutmix is on
 
     def validate(self) -> None:
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        check_range("mixup", self.mixup, 0.0, 10.0)
+        check_range("cutmix", self.cutmix, 0.0, 10.0)
+        check_range("mix_prob", self.mix_prob, 0.0, 1.0)
         check_range("epochs", self.epochs, 1, 100000)
         check_range("batch_size", self.batch_size, 1, 65536)
         check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
@@ -372,6 +380,7 @@ class DistillConfig:
     feature_weight: float = 1.0  # weight of the feature term
     teacher_image_size: int | None = None  # teacher input size when it differs from the student's
     cache_teacher: str = "auto"  # cache teacher logits once: auto (when augmentation allows), true, false
+    teacher_precision: str = "auto"  # teacher forward: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
@@ -380,6 +389,7 @@ class DistillConfig:
         check_choice("feature", self.feature, ("none", "fitnets", "attention"))
         check_range("teacher_image_size", self.teacher_image_size, 8, 2048)
         check_choice("cache_teacher", self.cache_teacher, ("auto", "true", "false"))
+        check_choice("teacher_precision", self.teacher_precision, ("auto", "fp32", "bf16"))
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "
                               f"{len(self.teachers)} teachers, expected one per teacher")
