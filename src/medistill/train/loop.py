@@ -219,7 +219,11 @@ def run_training(cfg: RunConfig, *, resume: bool = False, callbacks: Callbacks |
     with dist_utils.process_group(device) as distributed:
         if distributed and device.type == "cuda":
             device = resolve_device("auto")
-        return _run(cfg, resume=resume, cb=cb, device=device, distributed=distributed)
+        from contextlib import nullcontext
+
+        # one process per run folder: a second training into the same --out is refused (runs.RunDir.lock)
+        with runs.RunDir(cfg.out).lock() if dist_utils.is_main() else nullcontext():
+            return _run(cfg, resume=resume, cb=cb, device=device, distributed=distributed)
 
 
 def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, distributed: bool) -> runs.RunDir:
