@@ -15,7 +15,7 @@ import torch
 
 from medistill import runs
 from medistill.config import ConfigError, RunConfig, build
-from medistill.models import ModelError
+from medistill.models import ModelError, input_config
 from medistill.train import Callbacks, DistillError, TrainingError, run_training
 
 
@@ -86,8 +86,8 @@ def test_distill_offline_cache_and_cross_resolution(teacher_run: Path, phantom_r
     # the cache holds the teacher's real logits at its own 32 px input
     teacher, _ = runs.load_model(teacher_run)
     from medistill.data import Preprocess, build_dataset
-    ds = build_dataset(runs.RunDir(out).config().data, "train", Preprocess(32, 1, teacher.medistill_input.mean,
-                                                                           teacher.medistill_input.std))
+    ds = build_dataset(runs.RunDir(out).config().data, "train", Preprocess(32, 1, input_config(teacher).mean,
+                                                                           input_config(teacher).std))
     with torch.no_grad():
         direct = teacher(ds[3]["image"][None]).numpy()[0]
     np.testing.assert_allclose(cached[3], direct, atol=1e-4)

@@ -1,19 +1,30 @@
 """Run directories: every run records its resolved config, seed, versions, commit, log and metrics.
 
+This module names every file of a run directory (the constants below); other modules import the names from here.
 Layout of a run directory::
 
-    config.yaml       resolved config (what the run really used)
-    run.json          kind, seed, command line, package versions, git commit, machine, start/end time
-    log.txt           the run's log
-    history.csv       per-epoch metrics (training runs)
-    metrics.json      results (evaluate writes/updates it)
-    model.safetensors best weights;  last.safetensors + state.pt: last weights and resume state
+    config.yaml            CONFIG_FILE     resolved config (what the run really used)
+    run.json               RUN_FILE        kind, seed, command line, package versions, git commit, machine,
+                                           start/end time, model record (labels, task, input), "resumed" times
+    log.txt                LOG_FILE        the run's log (appended)
+    history.csv            HISTORY_FILE    per-epoch metrics (training runs)
+    metrics.json           METRICS_FILE    results (training, then evaluate writes/updates it)
+    model.safetensors      BEST_WEIGHTS    best weights
+    last.safetensors       LAST_WEIGHTS    last weights;  state.pt (STATE_FILE): everything resume needs
+    teacher_logits.npy     TEACHER_LOGITS  offline distillation: the teachers' cached logits (+ ``.key`` beside it)
+    predictions_<split>.npz  predictions_file(split)  evaluate's probabilities, logits, targets, mask
+    export/                EXPORT_DIR      ``medistill export``'s default output folder
+    run.lock               LOCK_FILE       locked (``flock``) while a process trains into the folder; holds its pid
+
+Readers (:meth:`RunDir.config`, :meth:`RunDir.info`, :meth:`RunDir.metrics`) raise one MedistillError naming the
+file and what was expected when a record is corrupt (not UTF-8, not JSON / YAML, not a mapping).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +33,8 @@ from typing import Any, Iterator
 import yaml
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
-from .utils.io import atomic_write_json, atomic_write_text, read_json
+from .errors import MedistillError
+from .utils.io import JsonFileError, atomic_write_json, atomic_write_text, read_json_object
 from .utils.runtime import git_commit, machine_info, package_versions
 
 log = logging.getLogger("medistill")
@@ -36,6 +48,18 @@ LAST_WEIGHTS = "last.safetensors"
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.csv"
 TEACHER_LOGITS = "teacher_logits.npy"
+EXPORT_DIR = "export"
+LOCK_FILE = "run.lock"
+PREDICTIONS_PATTERN = "predictions_*.npz"
+
+
+def predictions_file(split: str) -> str:
+    """The name of evaluate's predictions of ``split``: ``predictions_<split>.npz``."""
+    return f"predictions_{split}.npz"
+
+
+class RunLockedError(MedistillError):
+    """Another process holds the run folder's lock (it is training into the same folder)."""
 
 
 def now() -> str:
@@ -57,16 +81,19 @@ class RunDir:
     # --- creation -------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: Any, *, kind: str, seed: int | None = None,
-               extra: dict[str, Any] | None = None) -> "RunDir":
+               extra: dict[str, Any] | None = None, resumed: bool = False) -> "RunDir":
+        """Write the run's config and a fresh ``run.json``; with ``resumed=True`` (a run really continued from its
+        ``state.pt``) the existing record is kept and the time of this resume is appended to its ``resumed`` list."""
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
         run.save_config(config)
         info = {"kind": kind, "seed": seed, "command": sys.argv, "versions": package_versions(),
                 "git_commit": git_commit(), "machine": machine_info(), "started": now(), **(extra or {})}
-        if run.file(RUN_FILE).exists():  # resumed run: keep the original record, note the resume
-            old = read_json(run.file(RUN_FILE))
-            old.setdefault("resumed", []).append(now())
-            info = {**old, "versions": info["versions"], "git_commit": info["git_commit"]}
+        if resumed:  # keep the original record, note the resume
+            old = run.info()
+            resumes = old.get("resumed") if isinstance(old.get("resumed"), list) else []
+            info = {**(old or info), "versions": info["versions"], "git_commit": info["git_commit"],
+                    "resumed": [*resumes, now()]}
         atomic_write_json(run.file(RUN_FILE), info)
         return run
 
@@ -74,7 +101,7 @@ class RunDir:
         atomic_write_text(self.file(CONFIG_FILE), yaml.safe_dump(to_dict(config), sort_keys=False))
 
     def update_info(self, **fields: Any) -> None:
-        info = read_json(self.file(RUN_FILE)) if self.file(RUN_FILE).exists() else {}
+        info = self.info()
         info.update(fields)
         atomic_write_json(self.file(RUN_FILE), info)
 
@@ -83,24 +110,77 @@ class RunDir:
         return self.file(CONFIG_FILE).is_file()
 
     def config(self) -> RunConfig:
+        """The run's resolved config; ConfigError naming ``config.yaml`` when it is not a UTF-8 YAML mapping of
+        valid keys, FileNotFoundError when the folder is not a run directory."""
+        path = self.file(CONFIG_FILE)
         if not self.exists():
             raise FileNotFoundError(f"{self.path}: not a medistill run directory (no {CONFIG_FILE})")
-        data = yaml.safe_load(self.file(CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        expected = "expected the run's resolved config (a UTF-8 YAML mapping, as medistill train writes)"
+        try:
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); {expected}") from None
+        except yaml.YAMLError as e:
+            first = " ".join(str(e).split())[:200]
+            raise ConfigError(f"{path}: not valid YAML ({first}); {expected}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: holds a YAML {type(data).__name__}; {expected}")
         try:
             return from_dict(RunConfig, data)
         except ConfigError as e:
-            raise ConfigError(f"{self.file(CONFIG_FILE)}: {e}") from None
+            raise ConfigError(f"{path}: {e}") from None
 
     def info(self) -> dict[str, Any]:
-        return read_json(self.file(RUN_FILE)) if self.file(RUN_FILE).exists() else {}
+        """``run.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt."""
+        path = self.file(RUN_FILE)
+        return read_json_object(path, "the run record (a UTF-8 JSON object, as medistill train writes)") \
+            if path.exists() else {}
 
     def metrics(self) -> dict[str, Any]:
-        return read_json(self.file(METRICS_FILE)) if self.file(METRICS_FILE).exists() else {}
+        """``metrics.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt."""
+        path = self.file(METRICS_FILE)
+        return read_json_object(path, "the run's metrics (a UTF-8 JSON object, as medistill evaluate writes)") \
+            if path.exists() else {}
 
     def write_metrics(self, metrics: dict[str, Any], *, merge: bool = True) -> Path:
-        """Atomically write ``metrics.json`` (merged with what is there unless ``merge=False``)."""
-        data = {**self.metrics(), **metrics} if merge else metrics
-        return atomic_write_json(self.file(METRICS_FILE), data)
+        """Atomically write ``metrics.json`` (merged with what is there unless ``merge=False``). A corrupt old file
+        is replaced by ``metrics`` alone, with a warning: a result just computed is never lost to it."""
+        old: dict[str, Any] = {}
+        if merge:
+            try:
+                old = self.metrics()
+            except JsonFileError as e:
+                log.warning("%s; replacing it with the new result (its old content is lost)", e)
+        return atomic_write_json(self.file(METRICS_FILE), {**old, **metrics})
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder's lock (``run.lock``) for the block: a second process that tries to take it gets a
+        RunLockedError naming the folder and the holder's pid.
+
+        The lock is the OS's (``flock`` on POSIX, ``msvcrt.locking`` on Windows): it is released when the block
+        ends and by the OS when its holder dies, so the lock of a crashed run is simply taken over (its stale pid
+        is overwritten). The file itself stays (removing it would let two processes lock two different files).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.file(LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _try_lock(fd):
+                try:
+                    holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+                except OSError:
+                    holder = "unknown"
+                raise RunLockedError(f"{self.path}: in use by another medistill process (pid {holder}, lock "
+                                     f"{path}); wait for it to finish or choose another --out")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+            log.debug("locked %s", path)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
@@ -119,6 +199,25 @@ class RunDir:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             handler.close()
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive, non-blocking OS lock on the open file ``fd``; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,7 +247,7 @@ def load_model(path: str | Path, which: str = "best", device: Any = "cpu") -> tu
 
     Returns ``(model in eval mode, record)`` where record has ``model``, ``labels``, ``task``, ``input``.
     """
-    from .models import InputConfig, ModelError, create_model, load_weights
+    from .models import InputConfig, ModelError, create_model, load_weights, set_input_config
 
     path = Path(path)
     run = RunDir(path if path.is_dir() else path.parent)
@@ -163,7 +262,7 @@ def load_model(path: str | Path, which: str = "best", device: Any = "cpu") -> tu
     model = create_model(info["model"], num_classes=len(info["labels"]), in_chans=inp.channels,
                          image_size=inp.size, drop_rate=drop)
     load_weights(model, weights, strict=True)
-    model.medistill_input = inp
+    set_input_config(model, inp)
     model.eval().to(device)
     return model, info
 

@@ -43,7 +43,12 @@ def state_dict_size(model: nn.Module) -> int:
 
 
 def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tuple[int, int]:
-    cfg = getattr(model, "medistill_input", None)
+    from ..models import ModelError, input_config
+
+    try:
+        cfg = input_config(model)
+    except ModelError:
+        cfg = None
     size = size or (cfg.size if cfg else None)
     channels = channels or (cfg.channels if cfg else None)
     if not size or not channels:

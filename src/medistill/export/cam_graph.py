@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import ModelError, cam_layer
+from ..models import ModelError, cam_layer, input_config
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,8 @@ class CamGraph(nn.Module):
 
     @torch.no_grad()
     def _check(self, size: int | None) -> None:
-        cfg = getattr(self.model, "medistill_input", None)
-        size = size or (min(cfg.size, 64) if cfg else 64)
-        channels = cfg.channels if cfg else 3
+        inp = input_config(self.model)
+        size, channels = size or min(inp.size, 64), inp.channels
         p = next(self.model.parameters())
         x = torch.randn(2, channels, size, size, device=p.device, dtype=p.dtype)
         layer, reshape = cam_layer(self.model)

