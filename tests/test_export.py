@@ -28,7 +28,9 @@ def tiny_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
                                                     cache=False), model=ModelConfig(name="tiny_cnn"))
     torch.manual_seed(0)
     model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=SIZE)
-    x, y, _ = load_split_inputs(cfg.data, "train", model.medistill_input.to_dict(), limit=128)
+    run = RunDir.create(path, cfg, kind="train")
+    save_model(run, model, labels=LABELS, task="multilabel")  # the record the run's data is rebuilt from
+    x, y, _ = load_split_inputs(run, "train", limit=128)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for step in range(30):
         i = np.random.default_rng(step).choice(len(x), 32)
@@ -37,7 +39,7 @@ def tiny_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         opt.zero_grad()
         loss.backward()
         opt.step()
-    save_model(RunDir.create(path, cfg, kind="train"), model.eval(), labels=LABELS, task="multilabel")
+    save_model(run, model.eval(), labels=LABELS, task="multilabel")
     return path
 
 

@@ -9,8 +9,8 @@ model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided by the measur
 BLAS and torch, the best of both): no implementation can beat it, so ``latency / flop limit`` says how far from the
 hardware a runtime is.
 
-Module-level imports are torch-free (``measure_latency`` / ``ort_latency`` serve ``export.quantize`` and
-``inference`` users); torch is imported by the functions that need it.
+The timing loop itself is ``medistill.timing`` (shared with ``export.quantize``); torch is imported by the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import contextlib
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .errors import MedistillError
+from .timing import measure_interleaved, measure_latency, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -41,106 +41,6 @@ class BenchmarkError(MedistillError):
     """A benchmark target (run directory or model file) cannot be benchmarked; the message says why."""
 
 
-def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, min_seconds: float = 1.0,
-                    max_seconds: float = 60.0) -> dict[str, float]:
-    """Call ``fn`` ``warmup`` times, then time single calls: at least ``runs`` calls and ``min_seconds`` in all,
-    stopping at ``max_seconds``. Returns median / p90 / mean / min in milliseconds and the number of runs."""
-    for _ in range(max(warmup, 0)):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        if (len(times) >= runs and elapsed >= min_seconds) or elapsed >= max_seconds:
-            break
-    ms = np.asarray(times) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "runs": int(len(ms))}
-
-
-def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, runs: int = 50,
-                        min_seconds: float = 1.0, max_seconds: float = 600.0, block: int = 25, settle: int = 5,
-                        runs_for: dict[str, int] | None = None, block_for: dict[str, int] | None = None,
-                        ) -> dict[str, dict[str, float]]:
-    """Time several callables in turns, ``block`` timed calls each per round, so that all of them see the same
-    share of a busy machine (a shared CPU's load moves over minutes; timing one runtime after the other would
-    compare different loads). Each block starts with ``settle`` untimed calls: the thread pool of the runtime
-    timed just before keeps spinning for a while and slows the next one down (measured: 2x on short blocks).
-    A key stops after ``runs`` calls (``runs_for[key]`` when given; such slow keys get no settling calls and are
-    not held to ``min_seconds``); the others go on until ``min_seconds`` have passed. Stops at ``max_seconds``.
-    Returns ``measure_latency``'s figures per key."""
-    runs_for, block_for = dict(runs_for or {}), dict(block_for or {})
-    want = {k: runs_for.get(k, runs) for k in fns}
-    for k, fn in fns.items():
-        for _ in range(max(warmup if k not in runs_for else min(warmup, 2), 0)):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-
-    def done(k: str) -> bool:
-        enough = len(times[k]) >= want[k]
-        return enough and (k in runs_for or time.perf_counter() - start >= min_seconds)
-
-    while not all(done(k) for k in fns):
-        for k, fn in fns.items():
-            if done(k):
-                continue
-            for _ in range(0 if k in runs_for else settle):
-                fn()
-            for _ in range(block_for.get(k, block)):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        if time.perf_counter() - start >= max_seconds:
-            log.warning("benchmark: stopped after %.0f s with %s calls", max_seconds,
-                        {k: len(v) for k, v in times.items()})
-            break
-    out = {}
-    for k, ts in times.items():
-        ms = np.asarray(ts) * 1e3
-        out[k] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-                  "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(len(ms))}
-    return out
-
-
-def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, output_names: Sequence[str] | None = None,
-                **kwargs: Any) -> dict[str, float]:
-    """``measure_latency`` of one ONNX Runtime call on input ``x`` (B, C, S, S) with ``threads`` intra-op threads."""
-    from .inference import INPUT, open_session
-
-    sess = open_session(path, threads=threads)
-    feed = {INPUT: np.ascontiguousarray(x, np.float32)}
-    names = list(output_names) if output_names else None
-    return measure_latency(lambda: sess.run(names, feed), **kwargs)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kwargs: Any) -> dict[str, float]:
-    """``measure_latency`` of an eager PyTorch forward (eval mode, no_grad; mode restored) on ``x``."""
-    import torch
-
-    from .utils.runtime import eval_mode
-
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    with torch_threads(threads), eval_mode(model), torch.inference_mode():
-        return measure_latency(lambda: model(t), **kwargs)
-
-
 def matmul_peak_gflops(threads: int | None = None, *, sizes: Sequence[int] = (1024, 2048),
                        seconds: float = 1.0) -> dict[str, Any]:
     """Measured float32 matrix-multiply throughput (GFLOP/s) with numpy's BLAS and with torch, ``threads`` threads.
@@ -151,15 +51,9 @@ def matmul_peak_gflops(threads: int | None = None, *, sizes: Sequence[int] = (10
     import torch
     from threadpoolctl import threadpool_limits
 
-    def best(fn: Callable[[], Any], flops: float) -> float:
-        fn()
-        times = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds or len(times) < 3:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return flops / min(times) / 1e9
+    def best(fn: Callable[[], Any], flops: float) -> float:  # the fastest of at least 3 calls over ``seconds``
+        fastest_ms = measure_latency(fn, warmup=1, runs=3, min_seconds=seconds, max_seconds=max(60.0, seconds))["min_ms"]
+        return flops / (fastest_ms / 1e3) / 1e9
 
     rng = np.random.default_rng(0)
     g_numpy = g_torch = 0.0
@@ -184,7 +78,7 @@ def _load_target(target: Path) -> tuple[Any, dict[str, Any], Path | None]:
     For an ONNX file the PyTorch model is rebuilt from the architecture named in its metadata with random weights
     (latency does not depend on the weights).
     """
-    from .models import InputConfig, create_model
+    from .models import InputConfig, create_model, set_input_config
     from .runs import RunDir, load_model
 
     if target.is_dir():
@@ -203,7 +97,7 @@ def _load_target(target: Path) -> tuple[Any, dict[str, Any], Path | None]:
                              drop_rate=0.0)
     except MedistillError as e:
         raise BenchmarkError(f"{target}: cannot rebuild {info.model!r} in PyTorch for the eager timing ({e})") from None
-    model.medistill_input = InputConfig(info.size, info.channels, tuple(info.mean), tuple(info.std))
+    set_input_config(model, InputConfig(info.size, info.channels, tuple(info.mean), tuple(info.std)))
     model.eval()
     record = {"model": info.model, "labels": info.labels, "task": info.task,
               "input": {"size": info.size, "channels": info.channels, "mean": info.mean, "std": info.std},
@@ -231,9 +125,8 @@ def _calibration(record: dict[str, Any], run: Path | None, n: int) -> tuple[np.n
     if run is not None:
         try:
             from .export import load_split_inputs
-            from .runs import RunDir
 
-            x, _, _ = load_split_inputs(RunDir(run).config().data, "train", inp, limit=n)
+            x, _, _ = load_split_inputs(run, "train", limit=n, record=record)
             return x, "the run's training split"
         except Exception as e:  # noqa: BLE001 - the benchmark only needs ranges; say why and go on
             log.warning("benchmark: training images of %s unavailable (%s); calibrating INT8 on random inputs "
@@ -272,11 +165,10 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
     import torch
 
     from .export.onnx import export_onnx
-    from .utils.runtime import eval_mode
     from .export.quantize import quantize_int8
     from .inference import CAMS, INPUT, open_session
     from .models import count_macs, count_params
-    from .utils.runtime import machine_info, package_versions
+    from .utils.runtime import eval_mode, machine_info, package_versions
 
     say = progress or (lambda msg: log.info(msg))
     threads = int(threads or os.cpu_count() or 1)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..task import Task, get_task
 from ..utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -35,25 +36,14 @@ FP32_TOLERANCE = 1e-4
 CAM_CORRELATION_TARGET = 0.99
 
 
-def load_split_inputs(data_cfg: Any, split: str, inp: dict[str, Any], *, limit: int | None = None, seed: int = 0,
-                      labels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised inputs (N, C, S, S), targets (N, L) and mask (N, L) of ``split`` of the dataset ``data_cfg``
-    describes, preprocessed as training did (no augmentation); a seeded subset of ``limit`` images when set."""
-    from ..data import Preprocess, build_dataset
-    from ..models import ModelError
+def load_split_inputs(run: Any, split: str, *, limit: int | None = None, seed: int = 0,
+                      record: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised inputs (N, C, S, S), targets (N, L) and mask (N, L) of ``split`` of the data ``run`` was trained
+    on (``runs.run_dataset``: its dataset, options and model input; no augmentation); a seeded subset of
+    ``limit`` images when set."""
+    from ..runs import run_dataset
 
-    cache = None
-    if data_cfg.cache:
-        try:
-            from ..train.loop import default_cache_dir
-
-            cache = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-        except ImportError:  # the training loop is not there: read without the cache
-            cache = None
-    pre = Preprocess(int(inp["size"]), int(inp["channels"]), tuple(inp["mean"]), tuple(inp["std"]), "none")
-    ds = build_dataset(data_cfg, split, pre, cache_dir=cache)
-    if labels is not None and list(ds.labels) != list(labels):
-        raise ModelError(f"the model's labels {list(labels)} differ from the {data_cfg.dataset} dataset's {ds.labels}")
+    ds = run_dataset(run, split, record=record)
     idx = np.arange(len(ds))
     if limit is not None and len(idx) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
@@ -66,43 +56,30 @@ def load_split_inputs(data_cfg: Any, split: str, inp: dict[str, Any], *, limit: 
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), np.stack(ms).astype(np.float32)
 
 
-def probabilities(task: str, logits: np.ndarray) -> np.ndarray:
-    from ..inference import sigmoid, softmax
-
-    return sigmoid(logits) if task == "multilabel" else softmax(logits)
-
-
-def validation_metric(task: str, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+def validation_metric(task: str | Task, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
                       labels: list[str]) -> dict[str, Any]:
-    """``{"name", "value"}``: macro AUC (multi-label) or accuracy (multi-class) by ``evaluate.metrics``."""
+    """``{"name", "value"}``: the task's main metric (macro AUC or accuracy) by ``evaluate.metrics``."""
     from ..evaluate.metrics import compute_metrics
 
-    name = "macro_auc" if task == "multilabel" else "accuracy"
-    probs = probabilities(task, logits)
-    try:
-        m = compute_metrics(task, probs, targets, mask, labels, n_bootstrap=0)
-    except TypeError:  # an older signature without bootstrap
-        m = compute_metrics(task, probs, targets, mask, labels)
-    value = m.get(name)
-    return {"name": name, "value": None if value is None else float(value)}
+    t = get_task(task)
+    m = compute_metrics(t, t.probabilities(logits), targets, mask, labels, n_bootstrap=0)
+    value = m.get(t.main_metric)
+    return {"name": t.main_metric, "value": None if value is None else float(value)}
 
 
-def thresholds_for(run: Any, task: str, labels: list[str], logits: np.ndarray, targets: np.ndarray,
+def thresholds_for(run: Any, task: str | Task, labels: list[str], logits: np.ndarray, targets: np.ndarray,
                    mask: np.ndarray) -> tuple[dict[str, float], str]:
     """Per-label thresholds and where they came from: ``metrics.json`` of the run, else chosen on validation."""
+    from ..evaluate.metrics import choose_thresholds
+    from ..runs import METRICS_FILE
+
+    t = get_task(task)
     stored = run.metrics().get("thresholds") or {}
     if isinstance(stored, dict) and all(lab in stored and stored[lab] is not None for lab in labels):
-        return {lab: float(stored[lab]) for lab in labels}, f"{run.file('metrics.json')}"
-    if task != "multilabel":
-        return {lab: 0.5 for lab in labels}, "not used (multi-class: the most probable label is the prediction)"
-    try:
-        from ..evaluate.metrics import choose_thresholds
-    except ImportError:
-        log.warning("medistill.evaluate.metrics is not available: thresholds default to 0.5")
-        return {lab: 0.5 for lab in labels}, "default 0.5 (no evaluation and no threshold chooser)"
-    chosen = choose_thresholds(probabilities(task, logits), targets, mask)
-    if isinstance(chosen, dict):
-        return {lab: float(chosen[lab]) for lab in labels}, f"chosen on validation ({len(logits)} images)"
+        return {lab: float(stored[lab]) for lab in labels}, f"{run.file(METRICS_FILE)}"
+    if not t.uses_thresholds:
+        return {lab: 0.5 for lab in labels}, f"not used ({t.description}: the most probable label is the prediction)"
+    chosen = choose_thresholds(t.probabilities(logits), targets, mask, task=t)
     return ({lab: float(v) for lab, v in zip(labels, np.asarray(chosen).ravel())},
             f"chosen on validation ({len(logits)} images)")
 
@@ -146,7 +123,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
     labels, task, inp = list(record["labels"]), record["task"], record["input"]
 
     say(f"reading validation images of {cfg.data.dataset}")
-    x_val, y_val, m_val = load_split_inputs(cfg.data, "val", inp, limit=val_limit, labels=labels)
+    x_val, y_val, m_val = load_split_inputs(run, "val", limit=val_limit, record=record)
     from .onnx import torch_logits
 
     ref_logits = torch_logits(model, x_val)
@@ -180,7 +157,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
         from .quantize import compare, quantize_int8
 
         say(f"quantizing to INT8 ({calibration_images} training images)")
-        x_cal, _, _ = load_split_inputs(cfg.data, "train", inp, limit=calibration_images, seed=1, labels=labels)
+        x_cal, _, _ = load_split_inputs(run, "train", limit=calibration_images, seed=1, record=record)
         int8_path = out / INT8_FILE
         schemes = [True, False] if per_channel == "auto" else [bool(per_channel)]
         tried: dict[str, Any] = {}

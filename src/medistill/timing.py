@@ -1,0 +1,112 @@
+"""Latency measurement: one timing loop for every runtime (ONNX Runtime, eager PyTorch, anything callable).
+
+``measure_interleaved`` times several callables in turns so that all of them see the same load of a shared
+machine; ``measure_latency`` is the same loop with one callable. ``ort_latency`` and ``torch_latency`` wrap them for
+an ONNX file and a PyTorch model. Used by ``export.quantize`` (INT8 vs fp32) and ``benchmark``.
+
+Torch-free at import: torch is imported by the functions that time PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """median / p90 / mean / min in milliseconds and the number of runs of per-call times in seconds."""
+    ms = np.asarray(seconds) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min()), "runs": int(len(ms))}
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, runs: int = 50,
+                        min_seconds: float = 1.0, max_seconds: float = 600.0, block: int = 25, settle: int = 5,
+                        runs_for: dict[str, int] | None = None, block_for: dict[str, int] | None = None,
+                        ) -> dict[str, dict[str, float]]:
+    """Time several callables in turns, ``block`` timed calls each per round, so that all of them see the same
+    share of a busy machine (a shared CPU's load moves over minutes; timing one runtime after the other would
+    compare different loads). Each block starts with ``settle`` untimed calls: the thread pool of the runtime
+    timed just before keeps spinning for a while and slows the next one down (measured: 2x on short blocks).
+    A key stops after ``runs`` calls (``runs_for[key]`` when given; such slow keys get no settling calls and are
+    not held to ``min_seconds``); the others go on until ``min_seconds`` have passed. Stops at ``max_seconds``.
+    Returns :func:`summarize_ms` per key."""
+    runs_for, block_for = dict(runs_for or {}), dict(block_for or {})
+    want = {k: runs_for.get(k, runs) for k in fns}
+    for k, fn in fns.items():
+        for _ in range(max(warmup if k not in runs_for else min(warmup, 2), 0)):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+
+    def done(k: str) -> bool:
+        enough = len(times[k]) >= want[k]
+        return enough and (k in runs_for or time.perf_counter() - start >= min_seconds)
+
+    while not all(done(k) for k in fns):
+        for k, fn in fns.items():
+            if done(k):
+                continue
+            for _ in range(0 if k in runs_for else settle):
+                fn()
+            for _ in range(block_for.get(k, block)):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        if time.perf_counter() - start >= max_seconds:
+            if len(fns) > 1:
+                log.warning("timing: stopped after %.0f s with %s calls", max_seconds,
+                            {k: len(v) for k, v in times.items()})
+            break
+    return {k: summarize_ms(ts) for k, ts in times.items()}
+
+
+def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, min_seconds: float = 1.0,
+                    max_seconds: float = 60.0) -> dict[str, float]:
+    """Call ``fn`` ``warmup`` times, then time single calls: at least ``runs`` calls and ``min_seconds`` in all,
+    stopping at ``max_seconds`` (:func:`measure_interleaved` with one callable, one call per round)."""
+    return measure_interleaved({"fn": fn}, warmup=warmup, runs=runs, min_seconds=min_seconds,
+                               max_seconds=max_seconds, block=1, settle=0)["fn"]
+
+
+def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, output_names: Sequence[str] | None = None,
+                **kwargs: Any) -> dict[str, float]:
+    """``measure_latency`` of one ONNX Runtime call on input ``x`` (B, C, S, S) with ``threads`` intra-op threads."""
+    from .inference import INPUT, open_session
+
+    sess = open_session(path, threads=threads)
+    feed = {INPUT: np.ascontiguousarray(x, np.float32)}
+    names = list(output_names) if output_names else None
+    return measure_latency(lambda: sess.run(names, feed), **kwargs)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block (unchanged when ``n`` is None), then restored."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kwargs: Any) -> dict[str, float]:
+    """``measure_latency`` of an eager PyTorch forward (eval mode, no_grad; mode restored) on ``x``."""
+    import torch
+
+    from .utils.runtime import eval_mode
+
+    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    with torch_threads(threads), eval_mode(model), torch.inference_mode():
+        return measure_latency(lambda: model(t), **kwargs)
