@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import MedistillError
+
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then atomically move ``tmp_path`` onto ``path``."""
@@ -70,11 +72,33 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
+class JsonFileError(MedistillError):
+    """A JSON file that cannot be used: not UTF-8, not JSON, or not the kind of value expected; the message names
+    the file and what was expected."""
+
+
+def read_json(path: str | Path, what: str = "JSON") -> Any:
+    """The value in the JSON file ``path``; JsonFileError naming the file and ``what`` was expected when it is not
+    UTF-8 JSON, FileNotFoundError when it is missing."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise JsonFileError(f"{path}: is a folder; expected {what}") from None
+    except UnicodeDecodeError as e:
+        raise JsonFileError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                            f"expected {what}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise JsonFileError(f"{path}: not valid JSON ({e}); expected {what}") from None
+
+
+def read_json_object(path: str | Path, what: str = "a JSON object") -> dict[str, Any]:
+    """``read_json`` of a file that must hold a JSON object (a mapping at the top level)."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise JsonFileError(f"{path}: holds a JSON {type(data).__name__}, expected {what}")
+    return data
