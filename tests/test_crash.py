@@ -141,7 +141,7 @@ def test_crash_between_weights_and_state_then_resume(phantom_root: Path, tmp_pat
     """The checkpoint is two files; a crash after ``last.safetensors`` of epoch 2 but before its ``state.pt``
     leaves new weights beside the old state. Resume must still reproduce the uninterrupted run."""
     from medistill.config import RunConfig, build
-    from medistill.train import loop, run_training
+    from medistill.train import checkpoint, run_training
 
     def cfg(out: Path) -> RunConfig:
         return build(RunConfig, overrides={
@@ -151,7 +151,7 @@ def test_crash_between_weights_and_state_then_resume(phantom_root: Path, tmp_pat
 
     run_training(cfg(tmp_path / "straight"))
 
-    real = loop.atomic_write
+    real = checkpoint.atomic_write
     saves = {"n": 0}
 
     def dies_before_second_state(path, writer):
@@ -161,10 +161,10 @@ def test_crash_between_weights_and_state_then_resume(phantom_root: Path, tmp_pat
                 raise KeyboardInterrupt("power cut")
         return real(path, writer)
 
-    monkeypatch.setattr(loop, "atomic_write", dies_before_second_state)
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_before_second_state)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(tmp_path / "crashed"))
-    monkeypatch.setattr(loop, "atomic_write", real)
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
     assert int(load_checkpoint(tmp_path / "crashed" / "state.pt")["epoch"]) == 1
     run_training(cfg(tmp_path / "crashed"), resume=True)
     a, b = _history(tmp_path / "straight"), _history(tmp_path / "crashed")

@@ -77,7 +77,8 @@ def test_existing_run_is_not_overwritten(teacher_run: Path, phantom_root: Path):
 def test_distill_offline_cache_and_cross_resolution(teacher_run: Path, phantom_root: Path, tmp_path: Path):
     out = tmp_path / "student"
     run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher_run), "data.image_size": 24,
-                                            "distill.alpha": 0.5, "distill.temperature": 4}))
+                                            "distill.alpha": 0.5, "distill.temperature": 4,
+                                            "distill.teacher_precision": "fp32"}))
     info = runs.RunDir(out).info()
     assert info["kind"] == "distill" and info["distill_mode"] == "offline"
     assert info["teacher"] == str(teacher_run.resolve()) and info["input"]["size"] == 24
@@ -128,16 +129,16 @@ def test_checkpoint_of_another_architecture_is_refused(teacher_run: Path, phanto
 
 
 def test_nan_loss_stops_with_epoch_and_batch(phantom_root: Path, tmp_path: Path, monkeypatch):
-    import medistill.train.loop as loop
+    import medistill.train.setup as setup_module
 
-    real = loop.build_dataset
+    real = setup_module.build_dataset
 
     def poisoned(*a, **k):
         ds = real(*a, **k)
         ds.data.targets[:] = np.nan  # a corrupt label table
         return ds
 
-    monkeypatch.setattr(loop, "build_dataset", poisoned)
+    monkeypatch.setattr(setup_module, "build_dataset", poisoned)
     with pytest.raises(TrainingError, match=r"epoch 1, batch 1 of"):
         run_training(_cfg(phantom_root, tmp_path / "nan"))
 

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import MedistillError
+from ..task import Task, TaskError, get_task
 
 log = logging.getLogger(__name__)
 
-TASKS = ("multilabel", "multiclass")
 ECE_BINS = 15
 
 
@@ -186,7 +186,15 @@ def bootstrap_macro_auc(probs: np.ndarray, targets: np.ndarray, valid: np.ndarra
 # thresholds
 # ------------------------------------------------------------------------------------------------------------
 
-def choose_thresholds(probs: Any, targets: Any, mask: Any = None, *, task: str = "multilabel") -> np.ndarray:
+def _task(task: "str | Task") -> Task:
+    try:
+        return get_task(task)
+    except TaskError as e:
+        raise MetricError(str(e)) from None
+
+
+def choose_thresholds(probs: Any, targets: Any, mask: Any = None, *, task: "str | Task" = "multilabel"
+                      ) -> np.ndarray:
     """Per-label thresholds ``(L,)`` maximising Youden's J = sensitivity + specificity - 1 on validation data.
 
     A label is predicted positive when ``prob >= threshold``. Labels without both classes among their valid
@@ -195,10 +203,9 @@ def choose_thresholds(probs: Any, targets: Any, mask: Any = None, *, task: str =
     """
     from sklearn.metrics import roc_curve
 
-    if task not in TASKS:
-        raise MetricError(f"task: got {task!r}, expected one of {list(TASKS)}")
+    t = _task(task)
     p, y, m, _ = _inputs(probs, targets, mask, None)
-    if task == "multiclass":
+    if not t.uses_thresholds:
         return np.full(p.shape[1], np.nan)
     out = np.full(p.shape[1], 0.5)
     for k in range(p.shape[1]):
@@ -370,14 +377,12 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     }
 
 
-def compute_metrics(task: str, probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
+def compute_metrics(task: "str | Task", probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
                     thresholds: np.ndarray | None = None, **kw: Any) -> dict[str, Any]:
     """:func:`multilabel_metrics` or :func:`multiclass_metrics` by ``task``; ``kw``: ``n_bootstrap``, ``seed``."""
-    if task == "multilabel":
+    if _task(task).multilabel:
         return multilabel_metrics(probs, targets, mask, labels, thresholds, **kw)
-    if task == "multiclass":
-        return multiclass_metrics(probs, targets, mask, labels, thresholds, **kw)
-    raise MetricError(f"task: got {task!r}, expected one of {list(TASKS)}")
+    return multiclass_metrics(probs, targets, mask, labels, thresholds, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -397,15 +402,15 @@ class MetricAccumulator:
         acc.reset()
     """
 
-    def __init__(self, task: str, labels: Sequence[str], *, inputs: str = "logits"):
-        if task not in TASKS:
-            raise MetricError(f"task: got {task!r}, expected one of {list(TASKS)}")
+    def __init__(self, task: "str | Task", labels: Sequence[str], *, inputs: str = "logits"):
+        self.task = _task(task)
         if inputs not in ("logits", "probs"):
             raise MetricError(f"inputs: got {inputs!r}, expected 'logits' or 'probs'")
-        self.task, self.labels, self.inputs = task, list(labels), inputs
+        self.labels, self.inputs = list(labels), inputs
         self.reset()
 
     def reset(self) -> None:
+        self._logits: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
         self._mask: list[np.ndarray] = []
@@ -420,9 +425,8 @@ class MetricAccumulator:
             raise MetricError(f"logits_or_probs: shape {x.shape}, expected (B, {len(self.labels)}) for "
                               f"{len(self.labels)} labels")
         if self.inputs == "logits":
-            from scipy.special import expit, softmax
-
-            x = expit(x) if self.task == "multilabel" else softmax(x, axis=1)
+            self._logits.append(x)
+            x = self.task.probabilities(x)
         y = _np(targets, "targets")
         m = np.ones_like(x) if mask is None else _np(mask, "mask")
         for name, a in (("targets", y), ("mask", m)):
@@ -432,9 +436,18 @@ class MetricAccumulator:
         self._targets.append(y)
         self._mask.append(m)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything collected, ``(N, L)`` each: ``probs``, ``targets``, ``mask`` and (``inputs="logits"``)
+        ``logits``."""
+        if not self._probs:
+            raise MetricError("MetricAccumulator: no batches; call update(...) first")
+        out = {"probs": np.concatenate(self._probs), "targets": np.concatenate(self._targets),
+               "mask": np.concatenate(self._mask)}
+        if self._logits:
+            out["logits"] = np.concatenate(self._logits)
+        return out
+
     def compute(self, thresholds: np.ndarray | None = None, **kw: Any) -> dict[str, Any]:
         """Metrics over every batch since the last ``reset``; ``kw`` as :func:`compute_metrics`."""
-        if not self._probs:
-            raise MetricError("MetricAccumulator.compute: no batches; call update(...) first")
-        return compute_metrics(self.task, np.concatenate(self._probs), np.concatenate(self._targets),
-                               np.concatenate(self._mask), self.labels, thresholds, **kw)
+        a = self.arrays()
+        return compute_metrics(self.task.name, a["probs"], a["targets"], a["mask"], self.labels, thresholds, **kw)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import runs
+from ..task import get_task
 from ..utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, de
     """Logits / probs / targets / mask (N, L) of the run's best model on ``split``."""
     import torch
 
-    from ..train.loop import predict
+    from .predict import predict
 
     model, record = runs.load_model(run_dir, device=device)
     _, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
-    return predict(model, loader, torch.device(device), task=record["task"])
+    return predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"]).arrays()
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 64, latency: bool = True,
@@ -50,9 +51,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
 
     run = runs.RunDir(run_dir)
     model, record = runs.load_model(run_dir, device=device)
-    task, labels = record["task"], list(record["labels"])
+    task, labels = get_task(record["task"]), list(record["labels"])
     thresholds = None
-    if task == "multilabel":
+    if task.uses_thresholds:
         val = run_predictions(run_dir, "val", batch_size=batch_size, device=device)
         thresholds = choose_thresholds(val["probs"], val["targets"], val["mask"])
     pred = run_predictions(run_dir, split, batch_size=batch_size, device=device)
@@ -69,7 +70,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"]))
     info = run.info()
-    result = {**metrics, **eff, "split": split, "num_images": int(len(pred["probs"])), "task": task,
+    result = {**metrics, **eff, "split": split, "num_images": int(len(pred["probs"])), "task": task.name,
               "labels": labels, "model": record["model"], "kind": info.get("kind"),
               "teacher": info.get("teacher"), "input_size": inp["size"]}
     if thresholds is not None:
@@ -111,9 +112,9 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
             from ..errors import MedistillError
 
             raise MedistillError(f"{p}: no evaluation in metrics.json; run `medistill evaluate {p}` first")
-        multilabel = m["task"] == "multilabel"
-        key = "macro_auc" if multilabel else "accuracy"
-        ci = m.get("auc_ci95" if multilabel else "accuracy_ci95")
+        task = get_task(m["task"])
+        key = task.main_metric
+        ci = m.get(task.main_metric_ci)
         rows.append({"run": str(p), "role": role_of(p, [o for o in paths if o != p]), "model": m.get("model"),
                      "metric": key, "value": m.get(key), "ci95": ci, "macro_f1": m.get("macro_f1"),
                      "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),

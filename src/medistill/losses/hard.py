@@ -159,11 +159,12 @@ class FocalBCE(nn.Module):
 
 
 class MaskedCE(nn.Module):
-    """Softmax cross-entropy for single-label targets (one-hot ``(B, C)``), optional class weights ``(C,)``.
+    """Softmax cross-entropy for single-label targets (one-hot or soft ``(B, C)``), optional class weights ``(C,)``.
 
     ``l_i = -w_{y_i} log softmax(z_i)_{y_i}``; loss ``= sum_i k_i l_i / sum_i k_i w_{y_i}`` with ``k_i`` the
     sample mask: exactly ``nn.CrossEntropyLoss(weight=w)`` (its weighted mean) over the kept samples.
-    The hard term of KD-FMV (paper B).
+    Soft targets (label smoothing, mixup) give ``l_i = -sum_c w_c y_ic log softmax(z_i)_c`` normalised by
+    ``sum_i k_i sum_c w_c y_ic``, the same thing for one-hot rows. The hard term of KD-FMV (paper B).
     """
 
     def __init__(self, weight: torch.Tensor | None = None):
@@ -175,10 +176,15 @@ class MaskedCE(nn.Module):
         logits = as_compute(logits)
         check_pair("logits", logits, "target", target)
         keep = sample_mask(resolve_mask(mask, logits))  # (B,)
-        y = torch.nan_to_num(target.to(logits.dtype)).argmax(dim=1)  # (B,) class index of the one-hot target
+        target = torch.nan_to_num(target.to(logits.dtype))
         w = _check_weights(self.weight, logits.shape[1], "class_weights", logits)
-        per = F.cross_entropy(logits, y, weight=w, reduction="none")  # (B,), already times w[y]
-        wy = w[y] if w is not None else torch.ones_like(per)  # (B,)
+        if bool(((target == 0) | (target == 1)).all()):
+            y = target.argmax(dim=1)  # (B,) class index of the one-hot target
+            per = F.cross_entropy(logits, y, weight=w, reduction="none")  # (B,), already times w[y]
+            wy = w[y] if w is not None else torch.ones_like(per)  # (B,)
+        else:  # soft targets (label smoothing, mixup): -sum_c w_c y_c log p_c, normalised by sum_c w_c y_c
+            per = F.cross_entropy(logits, target, weight=w, reduction="none")  # (B,)
+            wy = target @ w if w is not None else target.sum(dim=1)  # (B,)
         per = torch.where(keep > 0, per, torch.zeros_like(per))
         den = (keep * wy).sum()
         num = (per * keep).sum()

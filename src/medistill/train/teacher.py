@@ -107,7 +107,7 @@ class TeacherCache:
         self.logits: torch.Tensor | None = None
 
     @staticmethod
-    def key(teachers: list[Teacher], image_paths: list[str], size: int) -> str:
+    def key(teachers: list[Teacher], image_paths: list[str], size: int | str) -> str:
         h = hashlib.sha1()
         for t in teachers:
             h.update(f"{t.source}|{t.weight}|{t.input.size}".encode())

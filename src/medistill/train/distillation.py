@@ -1,0 +1,180 @@
+"""Training objectives: what one batch costs, as named loss terms (timm's ``task/distillation.py`` idea).
+
+The loop stays generic: it hands each batch to an objective and back-propagates ``terms["loss"]``.
+
+- :class:`SupervisedObjective`: the hard-label loss alone (teachers, students without KD).
+- :class:`DistillationObjective`: :class:`~medistill.losses.kd.KDLoss`, the golden-tested KD-FMV form
+  ``alpha * hard + (1 - alpha) * T^2 * soft(T)`` (+ a feature term), with the teachers' logits either computed
+  online on the very view the student sees (consistent KD: same augmentation, same mixup / CutMix) or read from a
+  cache computed once (offline KD, only when every view of an image is the same).
+
+Both get the batch as loaded (``x_load``, at the largest input size of student and teachers) and give each model
+its own size and normalisation (cross-resolution KD: the same crop, resized per model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..models import InputConfig, cam_layer
+from ..task import Task
+from .checkpoint import unwrap
+from .teacher import Teacher, adapt_input
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast speeds up convolutions."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bf16 or a CUDA GPU with bf16, else ``fp32``; others as given."""
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def teacher_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for the teachers' forward at ``resolve_precision(device, precision)``. The teachers only infer,
+    so their reduced precision never reaches a gradient."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature map at the model's CAM layer ``(B, C, h, w)``, logits ``(B, L)``) in one forward pass."""
+    layer, reshape = cam_layer(unwrap(model))
+    store: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, o: store.append(o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    feat = store[-1] if reshape is None else reshape(store[-1])
+    return feat, logits
+
+
+@dataclass
+class Batch:
+    """One training batch as the objective sees it."""
+
+    x: torch.Tensor  # (B, C, S_load, S_load) normalised for the load input config
+    target: torch.Tensor  # (B, L) float, maybe soft (label smoothing, mixup)
+    mask: torch.Tensor  # (B, L) 1 = valid
+    index: torch.Tensor  # (B,) dataset indices (for cached teacher outputs)
+    mixed: bool = False  # mixup / CutMix changed x: cached teacher outputs no longer apply
+
+
+class SupervisedObjective(nn.Module):
+    """The hard-label loss on the student's logits: ``{"loss", "hard"}``."""
+
+    def __init__(self, hard: nn.Module, student_input: Callable[[torch.Tensor], torch.Tensor], *,
+                 channels_last: bool = False):
+        super().__init__()
+        self.hard = hard
+        self.student_input = student_input
+        self.channels_last = channels_last
+
+    def student_view(self, x_load: torch.Tensor) -> torch.Tensor:
+        x = self.student_input(x_load)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = model(self.student_view(batch.x))
+        hard = self.hard(logits.float(), batch.target, batch.mask)
+        return {"loss": hard, "hard": hard}
+
+
+class DistillationObjective(SupervisedObjective):
+    """:class:`~medistill.losses.kd.KDLoss` against one or several teachers: ``{"loss", "hard", "soft"[, "feature"]}``.
+
+    ``cached``: teacher logits ``(N, L)`` of every training image (offline KD), or None to run the teachers on
+    each batch (online, consistent KD). The teachers are not submodules: their weights are neither trained nor
+    saved with the student's resume state.
+    """
+
+    def __init__(self, kd: nn.Module, teachers: list[Teacher], load_in: InputConfig, task: Task,
+                 student_input: Callable[[torch.Tensor], torch.Tensor], *, temperature: float,
+                 precision: str = "fp32", cached: torch.Tensor | None = None, channels_last: bool = False):
+        super().__init__(kd.hard, student_input, channels_last=channels_last)
+        self.kd = kd
+        self._teachers = list(teachers)
+        self.load_in = load_in
+        self.task = task
+        self.temperature = temperature
+        self.precision = precision
+        self.cached = cached
+
+    @property
+    def teachers(self) -> list[Teacher]:
+        return self._teachers
+
+    @property
+    def needs_features(self) -> bool:
+        return self.kd.feature is not None
+
+    def teacher_outputs(self, x_load: torch.Tensor, *, need_features: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teachers' logits ``(B, L)`` (several combined at temperature T) and, when asked, the first
+        teacher's CAM-layer features, for a loaded batch. Runs under ``inference_mode`` and the teacher precision;
+        the results are cloned out of inference mode so the student's loss can save them for backward."""
+        from ..losses import combine_teacher_logits
+
+        logits, feat = [], None
+        with torch.inference_mode(), teacher_autocast(x_load.device, self.precision):
+            for i, tch in enumerate(self._teachers):
+                xt = adapt_input(x_load, self.load_in, tch.input)
+                if need_features and i == 0:
+                    feat, lg = features_and_logits(tch.model, xt)
+                    feat = feat.float()
+                else:
+                    lg = tch.model(xt)
+                logits.append(lg.float())
+        if len(logits) > 1:
+            out = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task.name,
+                                         temperature=self.temperature)
+        else:
+            out = logits[0]
+        return out.clone(), None if feat is None else feat.clone()
+
+    def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        x = self.student_view(batch.x)
+        if self.needs_features:
+            s_feat, logits = features_and_logits(model, x)
+        else:
+            s_feat, logits = None, model(x)
+        if self.cached is not None and not batch.mixed and not self.needs_features:
+            t_logits, t_feat = self.cached[batch.index.cpu()].to(batch.x.device), None
+        else:
+            t_logits, t_feat = self.teacher_outputs(batch.x, need_features=self.needs_features)
+        return self.kd(logits.float(), t_logits, batch.target, batch.mask,
+                       student_features=None if s_feat is None else s_feat.float(), teacher_features=t_feat)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """Modules with parameters the optimiser trains besides the student (a FitNets projector), by name."""
+        return {"objective": self.kd} if any(True for _ in self.kd.parameters()) else {}
+
+
+def cache_teacher_logits(objective: DistillationObjective, loader: Any, device: torch.device) -> np.ndarray:
+    """The teachers' logits ``(N, L)`` for every image of ``loader`` (in dataset order, no augmentation)."""
+    out = []
+    for batch in loader:
+        lg, _ = objective.teacher_outputs(batch["image"].to(device))
+        out.append(lg.cpu().numpy())
+    return np.concatenate(out)

@@ -1,0 +1,168 @@
+"""Everything a training run needs before its first epoch: data, student, teachers, objective, optimiser.
+
+:func:`setup` turns a :class:`~medistill.config.RunConfig` into a :class:`Setup`; the loop only consumes it.
+The teacher-cache policy lives here: teacher logits are cached once (offline KD) only when every view of an
+image is the same (no augmentation, no mixing) and no feature term needs the teacher's maps; otherwise the
+teachers run on each batch, on the very view the student sees (consistent KD).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .. import runs
+from ..config import ConfigError, RunConfig
+from ..data import Preprocess, build_dataset, collate, image_cache_dir
+from ..models import InputConfig, create_model, input_config, load_weights
+from ..task import Task, get_task
+from . import distributed as dist_utils
+from .distillation import (DistillationObjective, SupervisedObjective, cache_teacher_logits, features_and_logits,
+                           resolve_precision)
+from .optim import build_optimizer, build_scheduler
+from .teacher import Teacher, TeacherCache, adapt_input, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    task: Task
+    labels: list[str]
+    model: nn.Module  # the student (DDP-wrapped under torchrun)
+    objective: SupervisedObjective
+    train_ds: Any
+    val_loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Any
+    params: list[nn.Parameter]
+    use_amp: bool
+    extra: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules besides the student
+    teacher_sources: list[str] = field(default_factory=list)
+    distill_mode: str = "none"  # none, online, offline
+    collate: Callable = collate
+
+
+def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed: bool, main: bool,
+          cb: Any) -> Setup:
+    t = cfg.train
+    teacher_sources = ([cfg.distill.teacher] if cfg.distill.teacher else []) + list(cfg.distill.teachers)
+    probe = build_dataset(cfg.data, "train", Preprocess(size=8, channels=cfg.model.in_chans), cache_dir=None)
+    labels, task = list(probe.labels), get_task(probe.task)
+    model = create_model(cfg.model.name, num_classes=len(labels), in_chans=cfg.model.in_chans,
+                         pretrained=cfg.model.pretrained, image_size=cfg.data.image_size,
+                         drop_rate=cfg.model.drop_rate)
+    if cfg.model.weights:
+        load_weights(model, cfg.model.weights, strict=False)
+    s_in = input_config(model)
+    teachers = [load_teacher(src, labels=labels, channels=cfg.model.in_chans, model_name=cfg.distill.teacher_model,
+                             image_size=cfg.distill.teacher_image_size, device=device) for src in teacher_sources]
+    for tch, w in zip(teachers, list(cfg.distill.teacher_weights) or [1.0] * len(teachers)):
+        tch.weight = w
+    # the loader produces the largest input size; each model gets the batch resized to its own
+    load_in = InputConfig(max([s_in.size] + [tch.input.size for tch in teachers]), s_in.channels, s_in.mean, s_in.std)
+    cache_dir = image_cache_dir(cfg.data)
+    train_ds = build_dataset(cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean, s_in.std,
+                                                           cfg.data.augment), cache_dir=cache_dir)
+    val_ds = build_dataset(cfg.data, "val", Preprocess(load_in.size, s_in.channels, s_in.mean, s_in.std, "none"),
+                           cache_dir=cache_dir)
+    log.info("data: %s %d train / %d val images, %d labels (%s), input %d px x %d ch%s", cfg.data.dataset,
+             len(train_ds), len(val_ds), len(labels), task.name, s_in.size, s_in.channels,
+             f", loaded at {load_in.size} px for the teacher" if load_in.size != s_in.size else "")
+    student_input = (lambda x: adapt_input(x, load_in, s_in)) if load_in.size != s_in.size else (lambda x: x)
+
+    from ..losses import KDLoss, build_hard_loss, class_weights_from_targets
+
+    cw = class_weights_from_targets(torch.from_numpy(train_ds.targets), torch.from_numpy(train_ds.masks), task.name) \
+        if t.class_weights else None
+    model.to(device).train()
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    objective: SupervisedObjective
+    mode = "none"
+    if teachers:
+        feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
+        kd = KDLoss.build(task.name, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
+                          hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
+                          feature_weight=cfg.distill.feature_weight).to(device)
+        objective = DistillationObjective(kd, teachers, load_in, task, student_input,
+                                          temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
+                                          channels_last=t.channels_last)
+        mode = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
+    else:
+        objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
+                                                        focal_gamma=t.focal_gamma).to(device),
+                                        student_input, channels_last=t.channels_last)
+    extra = objective.trainable() if isinstance(objective, DistillationObjective) else {}
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
+    opt = build_optimizer(cfg, params)
+    steps_per_epoch = max(math.ceil(len(train_ds) / (t.batch_size * dist_utils.world_size()) / t.grad_accum), 1)
+    use_amp = t.amp and device.type == "cuda"
+    val_loader = DataLoader(val_ds, batch_size=t.batch_size * 2, shuffle=False, num_workers=cfg.data.num_workers,
+                            collate_fn=collate)
+    return Setup(task, labels, model, objective, train_ds, val_loader, opt, build_scheduler(cfg, opt, steps_per_epoch),
+                 torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, mode)
+
+
+def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig, load_in: InputConfig,
+                  device: torch.device) -> nn.Module | None:
+    """The feature loss KDLoss adds: a FitNets hint (its 1x1 projector sized from one dummy forward of each
+    network) or attention transfer; None without one."""
+    from ..losses import AttentionTransfer, FitNetsHint
+
+    if cfg.distill.feature == "attention":
+        return AttentionTransfer()
+    if cfg.distill.feature != "fitnets":
+        return None
+    with torch.no_grad():
+        fs, _ = features_and_logits(model.to(device).eval(), torch.zeros(1, s_in.channels, s_in.size, s_in.size,
+                                                                        device=device))
+        x0 = torch.zeros(1, s_in.channels, load_in.size, load_in.size, device=device)
+        ft, _ = features_and_logits(teacher.model, adapt_input(x0, load_in, teacher.input))
+    model.train()
+    return FitNetsHint(fs.shape[1], ft.shape[1])
+
+
+def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
+                  device: torch.device, main: bool, cb: Any) -> str:
+    """Cache the teachers' logits when every view of an image is the same; returns "offline" or "online"."""
+    t = cfg.train
+    reason = None
+    if cfg.data.augment != "none":
+        reason = f"augmentation '{cfg.data.augment}' changes each view, so the teacher must see it"
+    elif t.mixup > 0 or t.cutmix > 0:
+        reason = "mixup / CutMix make new images, so the teacher must see them"
+    elif cfg.distill.feature != "none":
+        reason = "the feature term needs the teacher's feature maps every step"
+    if cfg.distill.cache_teacher == "false":
+        reason = "cache_teacher is false"
+    elif cfg.distill.cache_teacher == "true" and reason:
+        raise ConfigError(f"cache_teacher true: cannot cache teacher outputs, {reason}")
+    if reason is None:
+        cache = TeacherCache(run.file(runs.TEACHER_LOGITS))
+        key = TeacherCache.key(objective.teachers, [str(p) for p in train_ds.data.records["path"]],
+                               f"{objective.load_in.size}|{resolve_precision(device, objective.precision)}")
+        loader = DataLoader(train_ds, batch_size=t.batch_size * 2, shuffle=False, num_workers=cfg.data.num_workers,
+                            collate_fn=collate)
+        if not main:
+            dist_utils.barrier()
+        objective.cached = cache.load_or_compute(key, lambda: cache_teacher_logits(objective, loader, device))
+        if main:
+            dist_utils.barrier()
+        log.info("offline distillation: teacher logits cached (%s)", run.file(runs.TEACHER_LOGITS))
+    else:
+        log.info("online distillation: the teacher runs every step (%s)", reason)
+    if cb.on_message:
+        cb.on_message("teacher outputs cached once (offline KD)" if reason is None
+                      else f"teacher runs every step: {reason}")
+    return "offline" if reason is None else "online"
