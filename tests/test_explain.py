@@ -197,7 +197,7 @@ def test_gradientshap_is_seeded():
 def test_feature_maps_per_stage_and_grid_png(trained, tmp_path):
     from PIL import Image
 
-    from medistill.explain.runner import draw_feature_grid
+    from medistill.explain.figures import draw_feature_grid
 
     model, ds, x, _ = trained
     stages = average_feature_maps(model, x[:3], size=SIZE)
@@ -324,7 +324,7 @@ def test_vision_transformer_tokens_are_explained_as_maps():
 
 
 def test_label_choice_thresholds_and_single_label(tmp_path):
-    from medistill.explain.runner import choose_labels, thresholds
+    from medistill.explain.labels import choose_labels, thresholds
     from medistill.runs import RunDir
 
     labels = ["A", "B", "C", "D"]

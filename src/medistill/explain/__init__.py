@@ -5,11 +5,17 @@
 - ``featuremaps``: KD-FMV per-layer average feature maps.
 - ``metrics``: teacher/student agreement, localisation against truth, deletion/insertion faithfulness.
 - ``sanity``: the weight-randomisation sanity check.
-- ``runner``: explain a run over images or a dataset split, teacher beside student, and write the results.
+- ``runner``: explain a run over images or a dataset split, teacher beside student, and write the results;
+  its parts: ``options`` (what to explain and how: the CLI's flags), ``inputs`` (images, a split of the run's
+  data or of another dataset, each side's model inputs), ``sides`` (the student and its teacher), ``labels``
+  (which labels to explain), ``scoring`` (maps and their scores), ``figures`` (overlays and feature-map grids).
 
 ``explain_maps(model, images, labels, method)`` is the one entry point for maps: ``images`` (N, C, H, W)
 normalised model inputs, ``labels`` (N,) one label index per row (repeat an image to explain several labels);
 it returns float32 (N, S, S) maps in [0, 1]. The caller's model keeps its mode, gradients and hooks.
+
+Importing this package does not import torch (the CLI builds its flags from :mod:`.options` at start-up, and
+``medistill predict`` must stay torch-free); the explainers import it when called.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import ExplainError, explaining
+from ..errors import MedistillError
+
+
+class ExplainError(MedistillError):
+    """An explanation request does not fit the model or the images; the message names the value."""
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
@@ -28,6 +38,8 @@ METHODS = {
 ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
 #: methods whose map is the same for every label of an image
 LABEL_AGNOSTIC = ("eigencam", "fmv")
+#: the summary ``medistill explain`` writes into its output folder (the report reads it)
+EXPLAIN_FILE = "explain.json"
 
 
 def canonical_method(method: str) -> str:
@@ -62,4 +74,12 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
     return fmv_maps(model, images, labels, size=size, batch_size=batch_size or 32)
 
 
-__all__ = ["ALIASES", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps", "explaining"]
+def __getattr__(name: str) -> Any:
+    if name == "explaining":  # lazily: base imports torch
+        from .base import explaining
+
+        return explaining
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ALIASES", "EXPLAIN_FILE", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps", "explaining"]

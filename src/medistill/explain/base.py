@@ -20,14 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import MedistillError
+from . import ExplainError
 
 log = logging.getLogger(__name__)
 
-
-class ExplainError(MedistillError):
-    """An explanation request does not fit the model or the images; the message names the value."""
-
+__all__ = ["ExplainError", "check_inputs", "explaining", "hook_count", "model_device", "resize_maps"]
 
 # the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

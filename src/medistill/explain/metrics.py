@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..task import Task, TaskError, get_task
 from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,14 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
 
 
-def _label_prob(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def _label_prob(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
     """(B, L) logits -> (B,) probability of each row's label: its own sigmoid, or softmax for single-label."""
-    probs = torch.softmax(logits, dim=1) if task == "multiclass" else torch.sigmoid(logits)
+    probs = task.probabilities(logits)
     return probs.gather(1, labels[:, None])[:, 0]
 
 
 def deletion_insertion(model: nn.Module, images: torch.Tensor, labels: Sequence[int], maps: np.ndarray, *,
-                       steps: int = 16, task: str = "multilabel", batch_size: int = 64,
+                       steps: int = 16, task: str | Task = "multilabel", batch_size: int = 64,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion AUCs (each (N,) in [0, 1]) of ``maps`` (N, h, w) for ``images`` (N, C, H, W).
 
@@ -183,8 +184,10 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, labels: Sequence[
     the top t/steps of pixels are replaced by 0 (the normalised mean image) for deletion, or copied into a
     blurred image for insertion; the AUC is the trapezoid area under the label's probability over t/steps.
     """
-    if task not in ("multilabel", "multiclass"):
-        raise ExplainError(f"task: got {task!r}, expected 'multilabel' or 'multiclass'")
+    try:
+        task = get_task(task)
+    except TaskError as e:
+        raise ExplainError(str(e)) from None
     if steps < 1 or batch_size < 1:
         raise ExplainError(f"steps, batch_size: got {steps}, {batch_size}, expected at least 1")
     labels = check_inputs(images, labels, getattr(model, "num_classes", None))

@@ -1,0 +1,84 @@
+"""What to explain and how: the options of :func:`medistill.explain.runner.explain_run` and of ``medistill explain``.
+
+Plain dataclasses, torch-free: the command line generates one flag per field from them (``cli/common.py``) and
+reads the same names from a ``--config`` YAML file, so flags, YAML keys and the library's arguments never
+disagree. Unknown keys are refused naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import ExplainError, canonical_method
+
+
+@dataclasses.dataclass
+class ExplainOptions:
+    """How to explain (the CLI's flags)."""
+
+    method: str = "gradcam"  # gradcam, gradcam++, hirescam, eigencam, layercam, integrated_gradients (ig), gradientshap (shap), fmv
+    labels: list[str] | None = None  # label names to explain on every image; None = the predicted positive ones, else the top_k (single-label: the predicted class)
+    top_k: int = 3  # multi-label with no positive prediction: explain the top_k labels
+    batch_size: int = 16  # (image, label) pairs per explainer call
+    size: int | None = None  # side of the maps, overlays and truth; None = the student's input size
+    layer: str | None = None  # the student's CAM layer by module name; None = models.cam_layer (teacher: always)
+    faithfulness: bool = True  # deletion / insertion AUCs (2 x (steps + 1) forward passes per map)
+    steps: int = 16  # deletion / insertion steps
+    background: int = 16  # GradientShap: training images drawn as the background
+    n_samples: int = 16  # GradientShap: random points per image
+    n_steps: int = 32  # Integrated Gradients: path steps
+    sanity: bool = False  # also explain a weight-shuffled copy of the student (Adebayo et al. 2018)
+    with_truth: bool = False  # dataset split: only the images that have ground truth (phantom masks, NIH boxes)
+    overlays: int = 64  # write overlay PNGs for at most this many images
+    feature_grid: int = 4  # images (rows) in the feature-map grids; 0 = no grids
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    seed: int = 0  # GradientShap draws, tie-breaking in deletion / insertion, the randomised copy
+
+    def validate(self) -> None:
+        self.method = canonical_method(self.method)
+        for name in ("top_k", "batch_size", "steps", "background", "n_samples", "n_steps"):
+            if getattr(self, name) < 1:
+                raise ExplainError(f"{name}: got {getattr(self, name)}, expected at least 1")
+        for name in ("overlays", "feature_grid"):
+            if getattr(self, name) < 0:
+                raise ExplainError(f"{name}: got {getattr(self, name)}, expected 0 or more")
+        if self.size is not None and not 8 <= self.size <= 2048:
+            raise ExplainError(f"size: got {self.size}, expected 8..2048 pixels")
+
+
+@dataclasses.dataclass
+class ExplainSource:
+    """What to explain: image files, or a split of the run's own data (the default) or of another dataset."""
+
+    images: list[str] = dataclasses.field(default_factory=list)  # image files (PNG, JPEG, DICOM ...) instead of a dataset split
+    dataset: str | None = None  # another dataset (phantom, nih, chexpert, padchest, medmnist, folder); None = the run's own data
+    root: str | None = None  # dataset folder; None = the run's own (with the run's dataset: its data, moved)
+    split: str | None = None  # split to explain: train, val, test (None = test)
+    limit: int = 16  # images of the split to explain (a seeded subset)
+    teacher: str | None = None  # teacher run directory; None = the one the run records (skipped if gone)
+
+    def validate(self) -> None:
+        if self.limit < 1:
+            raise ExplainError(f"limit: got {self.limit}, expected at least 1")
+
+    @property
+    def from_dataset(self) -> bool:
+        """Whether a dataset field was given (a split is explained rather than image files)."""
+        return self.dataset is not None or self.root is not None or self.split is not None
+
+
+@dataclasses.dataclass
+class ExplainConfig:
+    """``medistill explain``: what to explain (``source``) and how (``options``); every field is a flag."""
+
+    source: ExplainSource = dataclasses.field(default_factory=ExplainSource)
+    options: ExplainOptions = dataclasses.field(default_factory=ExplainOptions)
+
+    def validate(self) -> None:
+        s = self.source
+        if s.images and (s.from_dataset or self.options.with_truth):
+            raise ExplainError("images: cannot be combined with dataset, root, split or with_truth (--images "
+                               "explains files; the others a dataset split)")
+        if not s.images and not s.from_dataset and not self.options.with_truth:
+            raise ExplainError("no images: pass --images FILE ... or --split S (the run's own data), or "
+                               "--dataset D --root DIR --split S")

@@ -1,0 +1,139 @@
+"""Maps and their scores: each side's maps for the (image, label) pairs, then localisation against the truth,
+teacher / student agreement, deletion / insertion faithfulness and the sanity check, averaged over maps.
+
+``summarise`` gives the top level of ``explain.json`` (see :mod:`medistill.explain.runner`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import explain_maps
+from .inputs import Inputs
+from .metrics import ScoreAccumulator, agreement_scores, deletion_insertion, localisation_scores
+from .options import ExplainOptions
+from .sides import Explained
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+Pair = tuple[int, str]  # (image index, label name)
+
+
+def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, size: int,
+                 background: torch.Tensor | None, progress: Progress | None) -> None:
+    """Maps of ``side`` for (image, label) pairs, at ``size``; sets ``side.maps`` (P, size, size), ``seconds``."""
+    rows = [i for i, _ in pairs]
+    idx = [side.labels.index(name) for _, name in pairs]
+    chunks = []
+
+    def maps(s: int, stop: int) -> np.ndarray:
+        extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
+                 else {"n_steps": options.n_steps} if options.method == "integrated_gradients" else {})
+        return explain_maps(side.model, side.x[rows[s:stop]], idx[s:stop], options.method, size=size,
+                            batch_size=options.batch_size, layer=None if side.name == "teacher" else options.layer,
+                            background=background, **extra)
+
+    # one untimed map first: lazy imports and first-call kernel set-up would be charged to whichever side runs first
+    if pairs:
+        maps(0, 1)
+    start = time.perf_counter()
+    for s in range(0, len(pairs), options.batch_size):
+        chunks.append(maps(s, s + options.batch_size))
+        if progress:
+            progress(f"{side.name} maps", min(s + options.batch_size, len(pairs)), len(pairs))
+    side.seconds = time.perf_counter() - start
+    side.maps = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
+
+
+def faithfulness(side: Explained, pairs: list[Pair], options: ExplainOptions
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion AUCs (P,) of ``side``'s maps, on its own inputs."""
+    rows = [i for i, _ in pairs]
+    idx = [side.labels.index(name) for _, name in pairs]
+    return deletion_insertion(side.model, side.x[rows], idx, side.maps, steps=options.steps, task=side.task,
+                              seed=options.seed)
+
+
+def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: list[int],
+                pairs: list[Pair], inputs: Inputs, options: ExplainOptions, progress: Progress | None
+                ) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[int, np.ndarray]]:
+    """Per-pair scores of the student and the teacher (localisation, agreement, faithfulness), and the teacher's
+    map of each pair it explained (pair index -> (S, S))."""
+    student_scores: list[dict[str, float]] = [{} for _ in pairs]
+    teacher_scores: list[dict[str, float]] = [{} for _ in pairs]
+    teacher_map = {p: teacher.maps[j] for j, p in enumerate(teacher_pairs)} if teacher is not None else {}
+    for p, (i, name) in enumerate(pairs):
+        truth = inputs.truth_for(i, name)
+        if truth is not None and truth.any():
+            student_scores[p].update(localisation_scores(student.maps[p], truth))
+            if p in teacher_map:
+                teacher_scores[p].update(localisation_scores(teacher_map[p], truth))
+        if p in teacher_map:
+            student_scores[p].update(agreement_scores(student.maps[p], teacher_map[p]))
+    if options.faithfulness and pairs:
+        d, ins = faithfulness(student, pairs, options)
+        for p in range(len(pairs)):
+            student_scores[p].update({"deletion_auc": float(d[p]), "insertion_auc": float(ins[p])})
+        if progress:
+            progress("deletion / insertion", 1, 1 + (teacher is not None))
+        if teacher is not None and teacher_pairs:
+            d, ins = faithfulness(teacher, [pairs[p] for p in teacher_pairs], options)
+            for j, p in enumerate(teacher_pairs):
+                teacher_scores[p].update({"deletion_auc": float(d[j]), "insertion_auc": float(ins[j])})
+            if progress:
+                progress("deletion / insertion", 2, 2)
+    return student_scores, teacher_scores, teacher_map
+
+
+def summarise(student: Explained, teacher: Explained | None, teacher_pairs: list[int], pairs: list[Pair],
+              student_scores: list[dict[str, float]], teacher_scores: list[dict[str, float]], n: int,
+              options: ExplainOptions) -> dict[str, Any]:
+    """The top level of ``explain.json``: timing and the mean of every score (NaN-skipping) over maps."""
+    summary: dict[str, Any] = {"method": options.method, "num_images": n, "num_maps": len(pairs),
+                               "seconds_per_image": student.seconds / max(n, 1),
+                               "student_seconds_per_image": student.seconds / max(n, 1)}
+    acc = ScoreAccumulator()
+    for s in student_scores:
+        acc.update(s)
+    if acc.counts().get("pointing_game", 0):
+        summary["maps_with_truth"] = acc.counts()["pointing_game"]
+    summary.update(acc.aggregate())
+    if teacher is not None:
+        summary["teacher_seconds_per_image"] = teacher.seconds / max(n, 1)
+        tacc = ScoreAccumulator()
+        for s in teacher_scores:
+            tacc.update(s)
+        summary["teacher"] = {"run": teacher.run, "model": teacher.record.get("model"), "maps": len(teacher_pairs),
+                              **tacc.aggregate()}
+    summary["per_label"] = per_label(pairs, student_scores)
+    return summary
+
+
+def per_label(pairs: list[Pair], scores: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean scores per label name, with the number of maps."""
+    accs: dict[str, ScoreAccumulator] = {}
+    n: dict[str, int] = {}
+    for (_, name), s in zip(pairs, scores):
+        accs.setdefault(name, ScoreAccumulator()).update(s)
+        n[name] = n.get(name, 0) + 1
+    return {name: {"maps": n[name], **acc.aggregate()} for name, acc in accs.items()}
+
+
+def sanity_scores(student: Explained, pairs: list[Pair], inputs: Inputs, options: ExplainOptions,
+                  size: int, background: torch.Tensor | None) -> dict[str, Any]:
+    """Localisation of a weight-shuffled copy of the student on the same pairs (Adebayo et al. 2018)."""
+    from .sanity import randomized_copy
+
+    shuffled = Explained("randomized", randomized_copy(student.model, options.seed), student.record, student.run,
+                         x=student.x)
+    compute_maps(shuffled, pairs, options, size, background, None)
+    acc = ScoreAccumulator()
+    for p, (i, name) in enumerate(pairs):
+        truth = inputs.truth_for(i, name)
+        if truth is not None and truth.any():
+            acc.update(localisation_scores(shuffled.maps[p], truth))
+        acc.update({"spearman_to_trained": agreement_scores(shuffled.maps[p], student.maps[p])["agreement_spearman"]})
+    return {"test": "model parameter randomisation (Adebayo et al. 2018)", **acc.aggregate()}
