@@ -8,7 +8,7 @@ import sys
 import typing
 from typing import Any, TypeVar
 
-from ..config import FLAG_ALIASES, build, leaf_fields
+from ..config import FLAG_ALIASES, build, field_help, leaf_fields
 
 T = TypeVar("T")
 
@@ -36,27 +36,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", "VALUE").upper()
 
 
-def field_docs(cls: type, prefix: str = "") -> dict[str, str]:
-    """Dotted field -> the comment written beside it in the dataclass source (the config's documentation)."""
-    import dataclasses
-    import inspect
-    import re
-
-    out: dict[str, str] = {}
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        src = ""
-    for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", src, flags=re.M):
-        out[f"{prefix}{m.group(1)}"] = m.group(2).strip()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            out.update(field_docs(tp, f"{prefix}{f.name}."))
-    return out
-
-
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """``--config FILE.yaml``, ``--set KEY=VALUE`` and one flag per config field (overrides of the file)."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML config file (command-line flags override it)")
@@ -64,14 +43,27 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
                         help="override any config field by its dotted name, e.g. --set train.lr=0.01")
     group = parser.add_argument_group("config fields (each overrides the YAML file)")
     fields = leaf_fields(cls)
-    docs = field_docs(cls)
+    docs = field_help(cls)
     for dotted, flag in flag_names(cls).items():
         if dotted in skip:
             continue
         dest = "cfg__" + dotted.replace(".", "__")
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if fields[dotted] is bool else {}
-        group.add_argument(flag, dest=dest, metavar=_type_name(fields[dotted]), default=argparse.SUPPRESS,
+        metavar = _type_name(fields[dotted])
+        if metavar == "A,B,...":  # a list: --labels A B or --labels A,B
+            extra, metavar = {"nargs": "+", "action": _ListValues}, "A"
+        group.add_argument(flag, dest=dest, metavar=metavar, default=argparse.SUPPRESS,
                            help=f"{docs.get(dotted, '')} ({dotted})".replace("%", "%%"), **extra)
+        if fields[dotted] is bool:  # --no-sanity = --sanity false
+            group.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const="false",
+                               default=argparse.SUPPRESS, help=f"= {flag} false")
+
+
+class _ListValues(argparse.Action):
+    """A list flag: one value is read as ``A,B,...`` (as ``--set`` reads it); several are the items as given."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
