@@ -86,3 +86,32 @@ def test_options_file_of_a_plain_command(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _apply_options_file(parser, parser.parse_args(argv), argv)
     assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_flag_help_comes_from_field_metadata_not_source():
+    import argparse
+    import dataclasses
+
+    from medistill.cli.common import add_config_args
+    from medistill.config import field_help, option
+
+    opts = dataclasses.make_dataclass("Opts", [("side", int, option(3, "side in px")),
+                                               ("names", list, option(factory=list, help="label names"))])
+    assert field_help(opts) == {"side": "side in px", "names": "label names"}  # make_dataclass: no source to read
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, opts)
+    assert "side in px (side)" in " ".join(parser.format_help().split())
+    assert field_help(RunConfig)["train.epochs"] == "passes over the training split"
+
+
+def test_benchmark_options_file_names_valid_keys(tmp_path, capsys):
+    from medistill.cli import main
+
+    f = tmp_path / "bench.yaml"
+    f.write_text("runz: 3\n")
+    assert main(["benchmark", str(tmp_path / "model.onnx"), "--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'runz'" in err and "runs" in err and "warmup" in err
+    f.write_text("batch: '0'\n")
+    assert main(["benchmark", str(tmp_path / "model.onnx"), "--config", str(f)]) == 2
+    assert "--batch '0'" in capsys.readouterr().err

@@ -1,9 +1,14 @@
 """Typed configuration: plain YAML data loaded into dataclasses.
 
-Every command has one config dataclass made of sections (``data``, ``model``, ``train`` ...). A config is
-built from defaults, then a YAML file (``yaml.safe_load`` only; YAML never imports or calls code), then
-command-line overrides. Unknown keys are errors that name the key and list the valid ones; values are
-coerced to the field's declared type and checked by each section's ``validate``.
+Every command has one options dataclass (training runs: one made of sections ``data``, ``model``, ``train`` ...).
+Each field is declared with :func:`option`, which keeps its help text in the field's metadata; the CLI generates one
+flag per field from it (``cli/common.py``). A config is built from defaults, then a YAML file (``yaml.safe_load``
+only; YAML never imports or calls code), then command-line overrides. Unknown keys are errors that name the key and
+list the valid ones; values are coerced to the field's declared type and checked by each section's ``validate``.
+
+Why our own coercer (``_coerce``) rather than pydantic: pydantic is not a dependency of the core package (only of
+the ``serve`` extra, through FastAPI), and its messages would have to be rewritten to name the key and the valid
+keys as these do.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -24,6 +29,31 @@ T = TypeVar("T")
 
 class ConfigError(MedistillError):
     """A config value, key or file is wrong; the message names it and says what was expected."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose help text (its ``--flag``'s help) is ``metadata["help"]``, read at run time::
+
+        image_size: int = option(128, "side of the square model input, in pixels")
+        views: list[str] = option(factory=list, help="keep only these views; [] = all")
+    """
+    meta = {"help": help}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_help(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted name -> help text (``option``'s ``metadata["help"]``) of every leaf field of a config dataclass."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        dotted = f"{prefix}{f.name}"
+        if _is_dataclass_type(tp):
+            out.update(field_help(tp, dotted + "."))
+        else:
+            out[dotted] = str(f.metadata.get("help", ""))
+    return out
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -267,7 +297,7 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The sections shared by train / distill / evaluate / quickstart. Each field has a comment; ``validate``
+# The sections shared by train / distill / evaluate / quickstart. Each field has its help text; ``validate``
 # checks ranges so a bad value fails before any work starts.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -279,23 +309,25 @@ DATASETS = ("phantom", "nih", "chexpert", "padchest", "medmnist", "folder")
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = "phantom"  # one of DATASETS
-    root: str | None = None  # dataset folder (or the .npz file for medmnist); phantom generates into it
-    image_size: int = 128  # side of the square model input, in pixels
-    limit: int | None = None  # cap on images per split (smoke runs); None = all
-    split_seed: int = 0  # seed of patient-wise / stratified splits when no official split exists
-    val_fraction: float = 0.1  # validation share when the source has no validation split
-    test_fraction: float = 0.2  # test share when the source has no test split
-    views: list[str] = dataclasses.field(default_factory=list)  # keep only these views (PA, AP, ...); [] = all
-    frontal_only: bool = False  # CheXpert: frontal images only
-    uncertainty: str = "ignore"  # CheXpert -1 labels: ignore (masked), ones, zeros, mixed (U-Ones/U-Zeros per label)
-    blank: str = "negative"  # CheXpert blank (unmentioned) labels: negative (0, mask 1) or ignore (mask 0)
-    labels: list[str] = dataclasses.field(default_factory=list)  # label subset/order; [] = the source's default
-    skip_unreadable: bool = False  # drop unreadable images (and report how many) instead of failing
-    cache: bool = True  # decode each image once into a uint8 memory-mapped cache at image_size
-    cache_dir: str | None = None  # where the cache lives; None = $MEDISTILL_CACHE/images, else ~/.cache/medistill/images
-    augment: str = "light"  # train-time augmentation: none, light, strong
-    num_workers: int = 0  # DataLoader worker processes
+    dataset: str = option("phantom", "one of DATASETS")
+    root: str | None = option(None, "dataset folder (or the .npz file for medmnist); phantom generates into it")
+    image_size: int = option(128, "side of the square model input, in pixels")
+    limit: int | None = option(None, "cap on images per split (smoke runs); None = all")
+    split_seed: int = option(0, "seed of patient-wise / stratified splits when no official split exists")
+    val_fraction: float = option(0.1, "validation share when the source has no validation split")
+    test_fraction: float = option(0.2, "test share when the source has no test split")
+    views: list[str] = option(factory=list, help="keep only these views (PA, AP, ...); [] = all")
+    frontal_only: bool = option(False, "CheXpert: frontal images only")
+    uncertainty: str = option(
+        "ignore", "CheXpert -1 labels: ignore (masked), ones, zeros, mixed (U-Ones/U-Zeros per label)")
+    blank: str = option("negative", "CheXpert blank (unmentioned) labels: negative (0, mask 1) or ignore (mask 0)")
+    labels: list[str] = option(factory=list, help="label subset/order; [] = the source's default")
+    skip_unreadable: bool = option(False, "drop unreadable images (and report how many) instead of failing")
+    cache: bool = option(True, "decode each image once into a uint8 memory-mapped cache at image_size")
+    cache_dir: str | None = option(
+        None, "where the cache lives; None = $MEDISTILL_CACHE/images, else ~/.cache/medistill/images")
+    augment: str = option("light", "train-time augmentation: none, light, strong")
+    num_workers: int = option(0, "DataLoader worker processes")
 
     def validate(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
@@ -311,11 +343,12 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    name: str = "eeea_net_c2"  # a medistill model (eeea_net_c2, kdfmv, tiny_cnn) or any timm model name
-    pretrained: bool = False  # load ImageNet weights (offline only where a package ships them)
-    weights: str | None = None  # a local .safetensors or torch state-dict file to start from
-    drop_rate: float = 0.2  # dropout before the classifier
-    in_chans: int = 1  # input channels: 1 for grayscale X-ray / MRI, 3 for colour (fundus) or RGB-pretrained models
+    name: str = option("eeea_net_c2", "a medistill model (eeea_net_c2, kdfmv, tiny_cnn) or any timm model name")
+    pretrained: bool = option(False, "load ImageNet weights (offline only where a package ships them)")
+    weights: str | None = option(None, "a local .safetensors or torch state-dict file to start from")
+    drop_rate: float = option(0.2, "dropout before the classifier")
+    in_chans: int = option(
+        1, "input channels: 1 for grayscale X-ray / MRI, 3 for colour (fundus) or RGB-pretrained models")
 
     def validate(self) -> None:
         check_choice("in_chans", self.in_chans, (1, 3))
@@ -326,29 +359,30 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 32  # images per optimisation step (per process under torchrun)
-    lr: float = 1e-3  # peak learning rate
-    optimizer: str = "adamw"  # adamw, adam, sgd
-    weight_decay: float = 1e-4  # decoupled weight decay (adamw) or L2 (sgd, adam)
-    momentum: float = 0.9  # sgd momentum
-    scheduler: str = "cosine"  # cosine, step, none
-    warmup_epochs: int = 0  # linear warm-up epochs before the schedule
-    loss: str = "auto"  # hard-label loss: auto (bce for multi-label, ce for single-label), bce, focal, ce
-    focal_gamma: float = 2.0  # focusing parameter of the focal loss
-    class_weights: bool = False  # weight CE / BCE by inverse class frequency (imbalanced sets)
-    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
-    channels_last: bool = False  # NHWC memory format
-    grad_accum: int = 1  # micro-batches accumulated per optimiser step
-    max_grad_norm: float | None = None  # clip gradients to this norm
-    early_stopping: int = 0  # stop after this many epochs without validation improvement; 0 = off
-    seed: int = 0  # seed of weights, data order and augmentation
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    threads: int | None = None  # torch CPU threads; None = torch's default
-    label_smoothing: float = 0.0  # hard targets y -> y (1 - e) + e / K (K = classes, or 2 per label)
-    mixup: float = 0.0  # mixup Beta(a, a) parameter (Zhang et al. 2018); 0 = off
-    cutmix: float = 0.0  # CutMix Beta(a, a) parameter (Yun et al. 2019); 0 = off; with mixup, one of the two per batch
-    mix_prob: float = 1.0  # share of batches that are mixed when mixup or cutmix is on
+    epochs: int = option(10, "passes over the training split")
+    batch_size: int = option(32, "images per optimisation step (per process under torchrun)")
+    lr: float = option(1e-3, "peak learning rate")
+    optimizer: str = option("adamw", "adamw, adam, sgd")
+    weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 (sgd, adam)")
+    momentum: float = option(0.9, "sgd momentum")
+    scheduler: str = option("cosine", "cosine, step, none")
+    warmup_epochs: int = option(0, "linear warm-up epochs before the schedule")
+    loss: str = option("auto", "hard-label loss: auto (bce for multi-label, ce for single-label), bce, focal, ce")
+    focal_gamma: float = option(2.0, "focusing parameter of the focal loss")
+    class_weights: bool = option(False, "weight CE / BCE by inverse class frequency (imbalanced sets)")
+    amp: bool = option(False, "mixed precision (CUDA only; ignored on CPU)")
+    channels_last: bool = option(False, "NHWC memory format")
+    grad_accum: int = option(1, "micro-batches accumulated per optimiser step")
+    max_grad_norm: float | None = option(None, "clip gradients to this norm")
+    early_stopping: int = option(0, "stop after this many epochs without validation improvement; 0 = off")
+    seed: int = option(0, "seed of weights, data order and augmentation")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    threads: int | None = option(None, "torch CPU threads; None = torch's default")
+    label_smoothing: float = option(0.0, "hard targets y -> y (1 - e) + e / K (K = classes, or 2 per label)")
+    mixup: float = option(0.0, "mixup Beta(a, a) parameter (Zhang et al. 2018); 0 = off")
+    cutmix: float = option(
+        0.0, "CutMix Beta(a, a) parameter (Yun et al. 2019); 0 = off; with mixup, one of the two per batch")
+    mix_prob: float = option(1.0, "share of batches that are mixed when mixup or cutmix is on")
 
     def validate(self) -> None:
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
@@ -369,18 +403,19 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class DistillConfig:
-    teacher: str | None = None  # teacher run directory or checkpoint file
-    teachers: list[str] = dataclasses.field(default_factory=list)  # several teachers: soft targets averaged
-    teacher_weights: list[float] = dataclasses.field(default_factory=list)  # weights of `teachers`; [] = equal
-    teacher_model: str | None = None  # architecture of a bare checkpoint (a run directory knows its own)
-    kd: str = "auto"  # soft loss: auto (softmax KL single-label, binary KL multi-label), kl, bce, mse
-    alpha: float = 0.5  # weight of the hard-label loss; (1 - alpha) * T^2 weights the soft loss
-    temperature: float = 4.0  # softening temperature T
-    feature: str = "none"  # feature distillation: none, fitnets (1x1 projector hint), attention (AT)
-    feature_weight: float = 1.0  # weight of the feature term
-    teacher_image_size: int | None = None  # teacher input size when it differs from the student's
-    cache_teacher: str = "auto"  # cache teacher logits once: auto (when augmentation allows), true, false
-    teacher_precision: str = "auto"  # teacher forward: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16
+    teacher: str | None = option(None, "teacher run directory or checkpoint file")
+    teachers: list[str] = option(factory=list, help="several teachers: soft targets averaged")
+    teacher_weights: list[float] = option(factory=list, help="weights of `teachers`; [] = equal")
+    teacher_model: str | None = option(None, "architecture of a bare checkpoint (a run directory knows its own)")
+    kd: str = option("auto", "soft loss: auto (softmax KL single-label, binary KL multi-label), kl, bce, mse")
+    alpha: float = option(0.5, "weight of the hard-label loss; (1 - alpha) * T^2 weights the soft loss")
+    temperature: float = option(4.0, "softening temperature T")
+    feature: str = option("none", "feature distillation: none, fitnets (1x1 projector hint), attention (AT)")
+    feature_weight: float = option(1.0, "weight of the feature term")
+    teacher_image_size: int | None = option(None, "teacher input size when it differs from the student's")
+    cache_teacher: str = option("auto", "cache teacher logits once: auto (when augmentation allows), true, false")
+    teacher_precision: str = option(
+        "auto", "teacher forward: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
@@ -399,7 +434,7 @@ class DistillConfig:
 class RunConfig:
     """Everything a training or distillation run needs; saved resolved as ``config.yaml`` in the run dir."""
 
-    out: str = "runs/run"  # run directory
+    out: str = option("runs/run", "run directory")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -1,53 +1,60 @@
 """The main job in one call: teacher -> KD student + no-KD student -> evaluate -> explain -> export -> benchmark
 -> report, on the built-in phantom chest X-rays by default (no download), or on a real dataset.
 
-Each step is an ordinary medistill command on ordinary run directories, so everything the quickstart makes can
-be inspected, re-run or continued by hand::
+Each step calls the library function behind a medistill command on ordinary run directories, so everything the
+quickstart makes can be inspected, re-run or continued by hand with that command; each later step logs into
+``<out>/<step>.log`` (medistill's log records and the step's result)::
 
-    <out>/teacher          medistill train  (teacher)
-    <out>/student          medistill distill (student, KD from the teacher)
-    <out>/student_nokd     medistill train  (the same student without KD)
-    <out>/student/explain  medistill explain (student vs teacher, with explanation metrics)
-    <out>/student/export   medistill export  (ONNX fp32, INT8, explain graph) + benchmark.json
-    <out>/report.html      medistill report
+    <out>/teacher          run_training        (medistill train: the teacher)
+    <out>/student          run_training        (medistill distill: the student, KD from the teacher)
+    <out>/student_nokd     run_training        (medistill train: the same student without KD)
+    <out>/student/explain  explain_run         (medistill explain: student vs teacher, with explanation metrics)
+    <out>/student/export   export_run          (medistill export: ONNX fp32, INT8, explain graph)
+                           + benchmark          (medistill benchmark -> benchmark.json)
+    <out>/report.html      build_report        (medistill report)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import runs
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, DistillConfig, check_choice, check_range
+from .config import (DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig, check_choice, check_range,
+                     option)
+from .errors import MedistillError
+from .utils.io import atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class QuickstartConfig:
-    out: str = "runs/quickstart"  # folder of the three runs, the explanations, the export and the report
-    dataset: str = "phantom"  # phantom (built in) or any dataset of `medistill data` with --root
-    root: str | None = None  # dataset folder; phantom default: data/phantom (generated on first use)
-    image_size: int = 96  # student input size (px)
-    teacher_image_size: int | None = None  # teacher input size; None = the student's
-    teacher: str = "resnet10t"  # teacher architecture (the papers use densenet121/161: far slower on a CPU)
-    student: str = "kdfmv"  # student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)
-    teacher_epochs: int = 5  # teacher training epochs
-    student_epochs: int = 5  # epochs of each student (with and without KD)
-    batch_size: int = 64  # training batch size
-    lr: float = 0.002  # peak learning rate (AdamW, cosine)
-    limit: int | None = 1000  # cap on images per split (keeps the default run near 5 minutes); None = all
-    alpha: float = 0.5  # KD: weight of the hard loss
-    temperature: float = 4.0  # KD temperature
-    in_chans: int = 1  # input channels (3 for colour data)
-    explain_images: int = 8  # test images explained (student vs teacher)
-    explain_method: str = "gradcam"  # explanation method of the gallery
-    int8: bool = True  # also export an INT8 model
-    seed: int = 0  # seed of every run
+    out: str = option("runs/quickstart", "folder of the three runs, the explanations, the export and the report")
+    dataset: str = option("phantom", "phantom (built in) or any dataset of `medistill data` with --root")
+    root: str | None = option(None, "dataset folder; phantom default: data/phantom (generated on first use)")
+    image_size: int = option(96, "student input size (px)")
+    teacher_image_size: int | None = option(None, "teacher input size; None = the student's")
+    teacher: str = option("resnet10t", "teacher architecture (the papers use densenet121/161: far slower on a CPU)")
+    student: str = option(
+        "kdfmv", "student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)")
+    teacher_epochs: int = option(5, "teacher training epochs")
+    student_epochs: int = option(5, "epochs of each student (with and without KD)")
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(0.002, "peak learning rate (AdamW, cosine)")
+    limit: int | None = option(1000, "cap on images per split (keeps the default run near 5 minutes); None = all")
+    alpha: float = option(0.5, "KD: weight of the hard loss")
+    temperature: float = option(4.0, "KD temperature")
+    in_chans: int = option(1, "input channels (3 for colour data)")
+    explain_images: int = option(8, "test images explained (student vs teacher)")
+    explain_method: str = option("gradcam", "explanation method of the gallery")
+    int8: bool = option(True, "also export an INT8 model")
+    seed: int = option(0, "seed of every run")
 
     def validate(self) -> None:
         check_range("image_size", self.image_size, 16, 1024)
@@ -82,7 +89,6 @@ def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:
 def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = None,
                    callbacks_for: Callable[[str], object] | None = None) -> dict[str, object]:
     """Run every step (skipping runs that already finished, resuming interrupted ones); returns a summary."""
-    from .cli import main as cli_main
     from .data import resolve_root
     from .evaluate.runner import evaluate_run
     from .train import run_training
@@ -94,8 +100,8 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
     cfgs = run_configs(q)
     root = resolve_root(cfgs["teacher"].data)  # generates the phantom on first use
     summary: dict[str, object] = {"out": str(out), "dataset": q.dataset, "root": str(root), "seconds": {}}
-    timings: dict[str, float] = summary["seconds"]  # type: ignore[assignment]
-    fresh: set[str] = set()  # runs trained (or resumed) by this call: their later steps must be redone
+    timings: dict[str, float] = option(summary["seconds"], "type: ignore[assignment]")
+    fresh: set[str] = option(set(), "runs trained (or resumed) by this call: their later steps must be redone")
     for name in ("teacher", "student", "student_nokd"):
         cfg = cfgs[name]
         cfg.data.root = str(root)
@@ -122,36 +128,82 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         summary[name] = {k: m.get(k) for k in ("macro_auc", "accuracy", "macro_f1", "params", "macs", "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
 
-    student = Path(cfgs["student"].out)
-    steps: list[tuple[str, list[str], Path | None]] = [
-        ("explain", ["explain", str(student), "--dataset", q.dataset, "--root", str(root), "--split", "test",
-                     "--limit", str(q.explain_images), "--method", q.explain_method,
-                     "--teacher", cfgs["teacher"].out, "--out", str(student / "explain")],
-         student / "explain" / "explain.json"),
-        ("export", ["export", str(student), "--format", "onnx", "--explain", "--out", str(student / "export")]
-         + (["--int8"] if q.int8 else []), student / "export" / "export.json"),
-        ("benchmark", ["benchmark", str(student / "export" / "model.onnx"), "--teacher", cfgs["teacher"].out,
-                       "--out", str(student / "export" / "benchmark.json")], student / "export" / "benchmark.json"),
-        ("report", ["report", cfgs["teacher"].out, str(student), cfgs["student_nokd"].out,
-                    "--out", str(out / "report.html")], None),
+    student, teacher = Path(cfgs["student"].out), cfgs["teacher"].out
+    steps: list[tuple[str, str, Callable[[], object], Path | None]] = [
+        ("explain", f"{q.explain_images} test images, {q.explain_method}, student vs teacher -> {student / 'explain'}",
+         lambda: _explain(q, root, student, teacher), student / "explain" / "explain.json"),
+        ("export", f"ONNX{' + INT8' if q.int8 else ''} + explain graph -> {student / 'export'}",
+         lambda: _export(q, student), student / "export" / "export.json"),
+        ("benchmark", f"latency of {student / 'export' / 'model.onnx'} vs the teacher",
+         lambda: _benchmark(student, teacher), student / "export" / "benchmark.json"),
+        ("report", f"{out / 'report.html'}",
+         lambda: _report(cfgs, out), None),
     ]
     retrained = bool(fresh & {"teacher", "student"})
-    for name, argv, done in steps:
+    for name, what, work, done in steps:
         t0 = time.perf_counter()
         if done is not None and done.is_file() and not retrained:
             say(f"{name}: already done ({done})")
             continue
-        say(f"{name}: medistill {' '.join(argv)}  (output: {out / (name + '.log')})")
-        with open(out / f"{name}.log", "w", encoding="utf-8") as log_file, contextlib.redirect_stdout(log_file):
-            code = cli_main(argv)
-        if code != 0:
-            from .errors import MedistillError
-
-            raise MedistillError(f"quickstart step {name!r} failed (exit {code}): medistill {' '.join(argv)}")
+        log_path = out / f"{name}.log"
+        say(f"{name}: {what}  (log: {log_path})")
+        with _step_log(log_path) as write:
+            try:
+                result = work()
+            except MedistillError as e:
+                raise MedistillError(f"quickstart step {name!r} failed: {e} (log: {log_path})") from None
+            write(f"{name} result:\n" + json.dumps(to_jsonable(result), indent=2))
         timings[name] = time.perf_counter() - t0
     summary["report"] = str(out / "report.html")
     summary["total_seconds"] = time.perf_counter() - t_start
-    from .utils.io import atomic_write_json
-
     atomic_write_json(out / "quickstart.json", summary)
     return summary
+
+
+@contextlib.contextmanager
+def _step_log(path: Path) -> Iterator[Callable[[str], None]]:
+    """medistill's log records (INFO and up) of the block into ``path``; yields a function adding a line."""
+    logger = logging.getLogger("medistill")
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = logger.level
+    logger.setLevel(min(old_level or logging.WARNING, logging.INFO))
+    logger.addHandler(handler)
+    try:
+        yield lambda text: handler.stream.write(text + "\n")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+
+
+def _explain(q: QuickstartConfig, root: Path, student: Path, teacher: str) -> dict[str, object]:
+    from .explain.options import ExplainOptions
+    from .explain.runner import explain_run
+
+    data = DataConfig(dataset=q.dataset, root=str(root), limit=q.explain_images)
+    summary = explain_run(student, student / "explain", data=data, split="test", teacher=teacher,
+                          options=ExplainOptions(method=q.explain_method))
+    return {k: v for k, v in summary.items() if k not in ("images", "per_label", "labels")}
+
+
+def _export(q: QuickstartConfig, student: Path) -> dict[str, object]:
+    from .export import export_run
+
+    return export_run(student, student / "export", fmt="onnx", int8=q.int8, explain=True)
+
+
+def _benchmark(student: Path, teacher: str) -> dict[str, object]:
+    from .benchmark import benchmark
+
+    result = benchmark(student / "export" / "model.onnx", teacher=teacher)
+    atomic_write_json(student / "export" / "benchmark.json", result)
+    return result
+
+
+def _report(cfgs: dict[str, RunConfig], out: Path) -> dict[str, object]:
+    from .report import build_report
+
+    path = build_report([cfgs["teacher"].out, cfgs["student"].out, cfgs["student_nokd"].out], out / "report.html")
+    return {"report": str(path), "bytes": path.stat().st_size}

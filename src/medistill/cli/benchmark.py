@@ -3,38 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+from ..config import option
+from .common import add_config_args, config_from_args
 
 HELP = ("latency of the student (PyTorch, ONNX Runtime fp32 / INT8, explain graph) vs the teacher, against the "
         "measured matmul peak")
 
 
+@dataclasses.dataclass
+class BenchmarkOptions:
+    """The options of ``medistill benchmark`` (flags, or keys of its ``--config`` YAML)."""
+
+    threads: int | None = option(None, "CPU threads for every runtime; None = all cores")
+    batch: str = option("1", "comma-separated batch sizes, e.g. 1,8")
+    teacher: str = option("densenet161", "teacher to time in PyTorch: a timm model name (random weights), a run "
+                                         "directory, or 'none'")
+    runs: int = option(50, "timed calls per measurement, at least")
+    warmup: int = option(10, "untimed calls first")
+    min_seconds: float = option(1.0, "time each measurement at least this long")
+    int8: bool = option(True, "also time INT8 (--no-int8: skip it)")
+    explain: bool = option(True, "also time the explain graph (--no-explain: skip it)")
+    out: str | None = option(None, "also write the results to this JSON file")
+    json: bool = option(False, "print the results as JSON")
+
+    def validate(self) -> None:
+        _batches(self.batch)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help=HELP, description=HELP + ". Latencies in milliseconds.")
     p.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run directory or an exported model.onnx")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every runtime (default: all cores)")
-    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--teacher", default="densenet161", help="teacher to time in PyTorch: a timm model name (random "
-                   "weights), a run directory, or 'none' (default densenet161)")
-    p.add_argument("--runs", type=int, default=50, help="timed calls per measurement, at least (default 50)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="time each measurement at least this long")
-    p.add_argument("--no-int8", action="store_true", help="skip INT8")
-    p.add_argument("--no-explain", action="store_true", help="skip the explain graph")
-    p.add_argument("--out", metavar="FILE.json", default=None, help="also write the results to this file")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_config_args(p, BenchmarkOptions)
     p.set_defaults(func=run)
 
 
 def _batches(text: str) -> list[int]:
-    from ..errors import MedistillError
+    from ..config import ConfigError
 
     try:
         out = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
         out = []
     if not out or any(b < 1 for b in out):
-        raise MedistillError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8")
+        raise ConfigError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8")
     return out
 
 
@@ -43,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import atomic_write_json
     from .common import print_json
 
-    res = benchmark(args.target, threads=args.threads, batches=_batches(args.batch), teacher=args.teacher,
-                    runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds, int8=not args.no_int8,
-                    explain=not args.no_explain, progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr))
-    if args.out:
-        atomic_write_json(args.out, res)
-    if args.json:
+    o = config_from_args(BenchmarkOptions, args)
+    res = benchmark(args.target, threads=o.threads, batches=_batches(o.batch), teacher=o.teacher, runs=o.runs,
+                    warmup=o.warmup, min_seconds=o.min_seconds, int8=o.int8, explain=o.explain,
+                    progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr))
+    if o.out:
+        atomic_write_json(o.out, res)
+    if o.json:
         print_json(res)
         return 0
     print(f"{res['model']}: {res['params']:,} params, {res['macs'] / 1e6:.0f}M MACs at {res['input']['size']} px; "
