@@ -342,3 +342,107 @@ def test_label_choice_thresholds_and_single_label(tmp_path):
     assert thresholds(tmp_path, {}, labels).tolist() == [0.5] * 4
     run.write_metrics({"thresholds": {"A": 0.3, "C": None, "D": 0.7}})  # as `medistill evaluate` writes them
     assert thresholds(tmp_path, {}, labels).tolist() == [0.3, 0.5, 0.5, 0.7]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run's own data, per-side inputs, and refusals shared with evaluate / export
+# ---------------------------------------------------------------------------------------------------------
+
+def test_run_split_is_the_runs_data_preprocessed_per_side(run_dirs):
+    """A split of the run's own data is runs.run_dataset's; each side gets the same records at its own input."""
+    from medistill.explain.inputs import load_run_split
+    from medistill.runs import RunDir, run_dataset
+
+    student, teacher = run_dirs
+    s_rec, t_rec = RunDir(student).info(), RunDir(teacher).info()
+    inputs = load_run_split(student, "test", SIZE, s_rec, limit=5)
+    ds = run_dataset(student, "test", limit=5)
+    assert inputs.names == [ds.meta(i)["image_id"] for i in range(len(ds))]
+    xs, xt = inputs.model_inputs(s_rec), inputs.model_inputs(t_rec)
+    assert xs.shape == (5, 1, SIZE, SIZE) and xt.shape == (5, 1, 128, 128)
+    torch.testing.assert_close(xs[3], ds[3]["image"])  # exactly what evaluate feeds the model
+    torch.testing.assert_close(xt[3], run_dataset(student, "test", limit=5, record={"input": t_rec["input"]})[3]["image"])
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_cli_explain_refuses_a_missing_or_invalid_config_like_evaluate(run_dirs, phantom_root, tmp_path, capsys):
+    """Issue 14 item 6: a missing config.yaml, an unknown key in it, and an unknown key in --config: exit 2 and
+    one line naming the file / key and what is valid (as evaluate and export answer)."""
+    import yaml
+
+    from medistill.cli import main
+
+    student, _ = run_dirs
+    image = str(sorted((phantom_root / "images").glob("*.png"))[0])
+    args = ["--images", image, "--teacher", str(student), "--feature-grid", "0", "--no-faithfulness"]
+
+    missing = _copy_run(student, tmp_path / "no_config")
+    (missing / "config.yaml").unlink()
+    capsys.readouterr()
+    assert main(["explain", str(missing), *args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no config.yaml" in err and str(missing) in err
+    assert main(["evaluate", str(missing), "--no-latency", "--bootstrap", "0"]) == 2  # the same answer
+    assert capsys.readouterr().err.strip().split(": error: ")[1] == err.split(": error: ")[1]
+
+    unknown = _copy_run(student, tmp_path / "unknown_key")
+    cfg = yaml.safe_load((unknown / "config.yaml").read_text())
+    cfg["data"]["colour"] = True
+    (unknown / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["explain", str(unknown), *args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(unknown / "config.yaml") in err and "'data.colour'" in err and "valid keys of data:" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+    options = tmp_path / "options.yaml"
+    options.write_text("options:\n  methd: gradcam\n")
+    assert main(["explain", str(student), *args, "--config", str(options), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(options) in err and "'options.methd'" in err and "method" in err
+
+
+def test_cli_explain_options_from_a_config_file_and_flags(run_dirs, phantom_root, tmp_path):
+    """Flags are generated from ExplainConfig: a YAML file sets them by name, a flag on the command line wins."""
+    from medistill.cli import main
+
+    student, _ = run_dirs
+    options = tmp_path / "options.yaml"
+    options.write_text("source:\n  split: val\n  limit: 2\noptions:\n  method: eigencam\n  faithfulness: false\n"
+                       "  feature_grid: 0\n  labels: [Nodule]\n")
+    out = tmp_path / "explain"
+    assert main(["explain", str(student), "--config", str(options), "--limit", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["method"] == "eigencam" and summary["num_images"] == 3 and summary["num_maps"] == 3
+    assert summary["source"]["split"] == "val" and "deletion_auc" not in summary
+    assert summary["feature_map_grids"] == []
+
+
+@pytest.mark.data
+def test_cli_explain_keeps_the_runs_views(shared_data, tmp_path):
+    """A run trained on the NIH PA views is explained on its own data: PA images only, the same ones with or
+    without --dataset/--root naming that data (the CLI used to rebuild the data without views)."""
+    from medistill.cli import main
+    from medistill.data.nih import LABELS
+    from medistill.runs import RunDir, run_dataset, save_model
+
+    root = shared_data / "nih-chestxray14-sample"
+    cfg = RunConfig(data=DataConfig(dataset="nih", root=str(root), image_size=32, views=["AP"]))
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=len(LABELS), in_chans=1, image_size=32)
+    run = RunDir.create(tmp_path / "nih_ap", cfg, kind="train")
+    save_model(run, model, labels=LABELS, task="multilabel")
+    common = ["--limit", "6", "--labels", "Effusion", "--no-faithfulness", "--feature-grid", "0", "--overlays", "0"]
+    names = []
+    for i, source in enumerate((["--split", "test"], ["--dataset", "nih", "--root", str(root), "--split", "test"])):
+        assert main(["explain", str(run.path), *source, *common, "--out", str(tmp_path / f"e{i}")]) == 0
+        names.append([e["name"] for e in json.loads((tmp_path / f"e{i}" / "explain.json").read_text())["images"]])
+    ds = run_dataset(run, "test", limit=6)
+    assert names[0] == names[1] == [ds.meta(i)["image_id"] for i in range(len(ds))]
+    assert {ds.meta(i)["view"].upper() for i in range(len(ds))} == {"AP"}  # 103 of the 621 sample images
