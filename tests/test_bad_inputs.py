@@ -35,7 +35,7 @@ from PIL import Image
 
 from medistill.config import ConfigError, RunConfig, build
 from medistill.data import DatasetError
-from medistill.data.base import ImageCache
+from medistill.data.cache import ImageCache
 from medistill.data.images import ImageReadError, ImageTooLargeError, decode_image, read_image
 from medistill.data.nih import LABELS as NIH_LABELS
 from medistill.data.nih import NIHChestXray14

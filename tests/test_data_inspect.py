@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medistill.cli import main
-from medistill.data.base import Table
+from medistill.data.table import Table
 from medistill.data.inspect import summarize_table
 
 

@@ -1,4 +1,5 @@
-"""The data layer: one dataset class per source, one sample structure for all (see ``base``).
+"""The data layer: one dataset class per source, one sample structure for all (``dataset``); tables and splits in
+``table``, the table-file helpers of the sources in ``sources``, the decoded-image cache in ``cache``.
 
 ``build_dataset(cfg, split, preprocess)`` is the one entry point the rest of medistill uses.
 """
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from .base import DatasetError, MedicalDataset, Preprocess, Table, collate
+from .dataset import MedicalDataset, Preprocess, collate
+from .table import DatasetError, Table
 from .images import ImageReadError, read_image
 
 __all__ = ["DatasetError", "ImageReadError", "MedicalDataset", "Preprocess", "Table", "build_dataset",

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .base import SPLIT_ALIASES, DatasetError, MedicalDataset, Table, group_split, resolve_labels
+from .dataset import MedicalDataset
+from .sources import resolve_labels
+from .table import SPLIT_ALIASES, DatasetError, Table, group_split
 from .images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)

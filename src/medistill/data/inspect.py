@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import DataConfig
 from . import dataset_class, resolve_root, source_options
-from .base import SPLITS, Table
+from .table import SPLITS, Table
 from .images import ImageReadError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import nih
-from .base import SPLITS, DatasetError, MedicalDataset, Table, group_split, resolve_labels
+from .dataset import MedicalDataset
+from .sources import resolve_labels
+from .table import SPLITS, DatasetError, Table, group_split
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from . import nih
-from .base import (DatasetError, MedicalDataset, Table, find_table, group_split, match_views, missing_files,
-                   read_csv, resolve_labels)
+from .dataset import MedicalDataset
+from .sources import find_table, match_views, missing_files, read_csv, resolve_labels
+from .table import DatasetError, Table, group_split
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,9 @@ import pandas as pd
 from PIL import Image
 
 from ..utils.io import atomic_write_text
-from .base import DatasetError, MedicalDataset, Table, read_csv, resize_masks, resolve_labels
+from .dataset import MedicalDataset, resize_masks
+from .sources import read_csv, resolve_labels
+from .table import DatasetError, Table
 
 log = logging.getLogger(__name__)
 
