@@ -35,7 +35,7 @@ from medistill.models.weights import load_checkpoint
 
 EPOCHS = 3
 KNOWN_FILES = {"config.yaml", "run.json", "log.txt", "history.csv", "metrics.json", "model.safetensors",
-               "last.safetensors", "state.pt"}
+               "last.safetensors", "state.pt", runs.LOCK_FILE}
 
 
 def _args(phantom_root: Path, out: Path) -> list[str]:

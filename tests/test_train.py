@@ -155,3 +155,29 @@ def test_torchrun_two_cpu_processes(phantom_root: Path, tmp_path: Path):
     assert r.returncode == 0, r.stderr[-2000:]
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and (out / "model.safetensors").is_file()
+
+
+def test_resume_before_the_first_checkpoint_starts_afresh(phantom_root: Path, tmp_path: Path):
+    """A run killed before its first epoch ended left config.yaml and run.json but no state.pt: --resume starts it
+    cleanly, and run.json does not claim a resume."""
+    out = tmp_path / "early"
+    runs.RunDir.create(out, _cfg(phantom_root, out), kind="train", seed=0)  # what the killed run left
+    assert not (out / runs.STATE_FILE).exists()
+    def stop_after_first(epoch: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_cfg(phantom_root, out), resume=True, callbacks=Callbacks(on_epoch_end=stop_after_first))
+    info = runs.RunDir(out).info()
+    assert "resumed" not in info and (out / runs.STATE_FILE).is_file()
+    run_training(_cfg(phantom_root, out), resume=True)  # a real resume is noted
+    assert len(runs.RunDir(out).info()["resumed"]) == 1 and runs.RunDir(out).info()["epochs_run"] == 2
+
+
+def test_resume_with_another_epoch_count_is_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(teacher_run, out)
+    with pytest.raises(ConfigError, match=r"started with epochs=2, now epochs=5"):
+        run_training(_cfg(phantom_root, out, **{"train.epochs": 5}), resume=True)

@@ -75,11 +75,13 @@ def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, d
         log.info("--resume: %s has no %s yet (stopped before the first epoch ended); starting the run afresh",
                  out, runs.STATE_FILE)
         resume = False
+    if resume:
+        _check_resume_config(runs.RunDir(out), cfg)
     seed_everything(cfg.train.seed)
     run = runs.RunDir(out)
     if main:
         run = runs.RunDir.create(out, cfg, kind="distill" if cfg.distill.teacher or cfg.distill.teachers else "train",
-                                 seed=cfg.train.seed)
+                                 seed=cfg.train.seed, resumed=resume)
     dist_utils.barrier()
     with run.logging_to_file() if main else nullcontext():
         s = setup(cfg, run, device=device, distributed=distributed, main=main, cb=cb)
@@ -100,6 +102,16 @@ def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, d
             _finish(cfg, s, st, run)
     dist_utils.barrier()
     return run
+
+
+def _check_resume_config(run: runs.RunDir, cfg: RunConfig) -> None:
+    """Refuse a resume whose epoch count differs from the run's: the learning-rate schedule (warm-up, cosine or
+    step decay) was laid out over the original number of epochs, so silently changing it corrupts the run."""
+    old = run.config().train.epochs
+    if old != cfg.train.epochs:
+        raise ConfigError(f"--resume: {run.path} was started with epochs={old}, now epochs={cfg.train.epochs}; its "
+                          f"learning-rate schedule was made for {old} epochs. Resume with --epochs {old}, or start a "
+                          f"new run (another --out, --weights {run.file(runs.LAST_WEIGHTS)}) to train longer")
 
 
 def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, distributed: bool,
