@@ -32,6 +32,7 @@ SIZE = 64
 LIMIT = 2 * 2**20  # max_upload_bytes of the test application
 NIH_IMAGE = "nih-chestxray14-sample/images/00016082_000.png"
 MRI_IMAGE = "brain-tumor-mri/Testing/glioma/Te-glTr_0000.jpg"
+BASE = "http://localhost"  # a Host the application answers (the loopback names by default)
 
 
 def export_tiny(folder: Path) -> Path:
@@ -78,7 +79,7 @@ def client(model_path):
 
     from medistill.serve import create_app
 
-    with TestClient(create_app(model_path, max_upload_bytes=LIMIT)) as c:
+    with TestClient(create_app(model_path, max_upload_bytes=LIMIT), base_url=BASE) as c:
         yield c
 
 
@@ -205,7 +206,7 @@ def test_model_metadata(client, model_path):
     assert m["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert 10_000 < m["parameters"] < 100_000  # tiny_cnn: ~34k weights
     assert m["limits"] == {"max_upload_bytes": LIMIT, "max_pixels": 25_000_000, "max_concurrency": 2,
-                           "accepted": ["dicom", "jpeg", "png"]}
+                           "read_timeout_s": 60.0, "accepted": ["dicom", "jpeg", "png"]}
 
 
 def test_healthz(client):
@@ -294,7 +295,7 @@ def test_bad_uploads_are_422(client, tmp_path, case):
 def test_a_decoded_but_unusable_image_is_422(client, monkeypatch):
     from medistill.data import images as im
 
-    monkeypatch.setattr(im, "decode_image", lambda data, **kw: np.zeros((0, 0), np.float32))
+    monkeypatch.setattr(im, "decode_reduced", lambda data, **kw: im.Decoded(np.zeros((0, 0), np.float32), 0, 0))
     r = post(client, phantom_png())
     assert r.status_code == 422 and r.json()["error"] == "unusable_image"
 
@@ -337,7 +338,7 @@ def test_model_without_maps(model_path, tmp_path):
     from medistill.serve import create_app
 
     plain = edited_model(model_path, tmp_path / "plain.onnx", maps=False)
-    with TestClient(create_app(plain)) as c:
+    with TestClient(create_app(plain), base_url=BASE) as c:
         assert c.get("/api/model").json()["maps"] is False
         check_prediction(post(c, phantom_png()).json(), maps=False)
 
@@ -348,7 +349,7 @@ def test_multiclass_model_calls_the_top_label_positive(model_path, tmp_path):
     from medistill.serve import create_app
 
     softmax = edited_model(model_path, tmp_path / "softmax.onnx", task="multiclass")
-    with TestClient(create_app(softmax)) as c:
+    with TestClient(create_app(softmax), base_url=BASE) as c:
         body = post(c, phantom_png()).json()
     check_prediction(body)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -405,7 +406,7 @@ def test_inference_concurrency_is_bounded(model_path, monkeypatch):
     png = phantom_png()
 
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
             return await asyncio.gather(*[c.post("/api/predict", files={"file": ("a.png", png)}) for _ in range(12)])
 
     try:
@@ -441,7 +442,7 @@ def test_temporary_folder_holds_spooled_uploads_and_is_removed(model_path, tmp_p
     assert serve_app.SPOOL_BYTES < len(big) < LIMIT
     app = serve_app.create_app(model_path, max_upload_bytes=LIMIT)
     served = app.state.served
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         spool = served.spool_dir
         assert spool.parent == system_tmp and spool.name.startswith("medistill-serve-")
         assert post(c, big).status_code == 200
@@ -466,7 +467,7 @@ sys.modules["torch"] = None  # import torch raises ImportError
 from fastapi.testclient import TestClient
 from medistill.serve import create_app
 import medistill.cli.serve
-with TestClient(create_app({str(model_path)!r})) as c:
+with TestClient(create_app({str(model_path)!r}), base_url="http://127.0.0.1") as c:
     r = c.post("/api/predict", files={{"file": ("x.png", open({str(image)!r}, "rb").read())}})
     m = c.get("/api/model")
 loaded = sorted(n for n in sys.modules if n.split(".")[0] in ("torch", "torchvision", "timm"))

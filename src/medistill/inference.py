@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -24,9 +25,12 @@ import numpy as np
 
 from .data import images as im
 from .errors import MedistillError
+from .task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
 
 log = logging.getLogger(__name__)
 
+#: shorter side kept when an image is reduced on load (at least; see ``Predictor.decode_side``)
+DECODE_MIN_SIDE = 512
 INPUT = "input"
 LOGITS = "logits"
 CAMS = "cams"
@@ -99,8 +103,8 @@ class ModelInfo:
                    thresholds={str(k): float(v) for k, v in as_json("thresholds", dict).items()},
                    model=own.get("model", "unknown"), version=own.get("version", "unknown"),
                    maps=own.get("maps", "0") == "1", extra={k: v for k, v in own.items() if k not in known})
-        if info.task not in ("multilabel", "multiclass"):
-            raise ModelFileError(f"{where}: {PREFIX}task is {info.task!r}, expected 'multilabel' or 'multiclass'")
+        if info.task not in TASKS:
+            raise ModelFileError(f"{where}: {PREFIX}task is {info.task!r}, expected one of {list(TASKS)}")
         if info.channels not in (1, 3):
             raise ModelFileError(f"{where}: {PREFIX}input_channels is {info.channels}, expected 1 or 3")
         if not info.labels:
@@ -118,6 +122,9 @@ def medistill_version() -> str:
 
 
 def _ort() -> Any:
+    # ONNX Runtime's telemetry writes a device id and a database under ~/.cache/Microsoft/DeveloperTools when it is
+    # imported; ORT_DISABLE_TELEMETRY=1 (read at import) stops it. A value set by the user is kept.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime
     except ImportError:  # pragma: no cover - onnxruntime is a core dependency
@@ -160,15 +167,6 @@ class Prediction:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
         return {"file": self.file, "probabilities": self.probabilities, "positives": self.positives}
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))).astype(np.float32)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 class Predictor:
@@ -231,16 +229,26 @@ class Predictor:
         out = self.session.run(names, {INPUT: x})
         return out[0], out[1] if len(out) > 1 else None
 
+    @property
+    def task(self) -> Any:
+        """The model's :class:`medistill.task.Task`."""
+        return get_task(self.info.task)
+
+    @property
+    def decode_side(self) -> int:
+        """Images are reduced on load to a shorter side of at least this many pixels (``images.decode_reduced``):
+        three times the model's input side (the resize to it then matches the full-size one within about one grey
+        level), and at least :data:`DECODE_MIN_SIDE` for previews and overlays."""
+        return max(3 * self.info.size, DECODE_MIN_SIDE)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(B, L) logits -> probabilities: one sigmoid per label (multi-label) or a softmax (multi-class)."""
-        return sigmoid(logits) if self.info.task == "multilabel" else softmax(logits)
+        return self.task.probabilities(logits)
 
     def positives(self, probs: np.ndarray) -> list[str]:
         """Labels called positive for one image's (L,) probabilities: by the stored thresholds (multi-label),
         the most probable label (multi-class)."""
-        if self.info.task == "multiclass":
-            return [self.labels[int(np.argmax(probs))]]
-        return [lab for lab, p in zip(self.labels, probs) if p >= self.info.thresholds.get(lab, 0.5)]
+        return self.task.positives(probs, self.labels, self.info.thresholds)
 
     # --- files --------------------------------------------------------------------------------------
     def predict(self, files: Iterable[str | Path], *, maps: bool = False, batch_size: int = 8,
@@ -251,7 +259,7 @@ class Predictor:
         for f in files:
             pred = Prediction(file=str(f))
             try:
-                img = im.read_image(f)
+                img = im.read_image(f, min_side=self.decode_side)
                 x = self.preprocess(img)
             except MedistillError as e:
                 pred.error = getattr(e, "reason", None) or str(e)

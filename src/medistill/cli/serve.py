@@ -23,27 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=int, default=2, metavar="N",
                    help="inferences run at once, sharing one ONNX Runtime session (default 2; others wait)")
     p.add_argument("--max-connections", type=int, default=64, metavar="N",
-                   help="connections and requests handled at once; more get HTTP 503 (default 64)")
+                   help="connections open at once; more get HTTP 503 (default 64)")
+    p.add_argument("--max-connections-per-client", type=int, default=16, metavar="N",
+                   help="connections open at once from one client address; more get HTTP 429 (default 16)")
+    p.add_argument("--read-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds for a request (headers and upload) to arrive whole; slower: HTTP 408 and the "
+                        "connection closed (default 60)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this Host name (repeatable; '*' for any). By default only the "
+                        "bound address is answered (with localhost for a loopback one): other names get HTTP 400, "
+                        "which stops DNS rebinding")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per inference (default: all cores)")
     p.set_defaults(func=run)
-
-
-def _bind(host: str, port: int):  # -> socket.socket
-    """A listening TCP socket on (host, port); port 0 picks a free port (the actual one is printed)."""
-    import socket
-
-    from ..errors import MedistillError
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as e:
-        raise MedistillError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,17 +43,24 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import MedistillError
     from ..serve import create_app, require
+    from ..serve.guards import allowed_hosts_for
 
-    for name in ("max_concurrency", "max_connections"):
+    for name in ("max_concurrency", "max_connections", "max_connections_per_client"):
         if getattr(args, name) < 1:
             raise MedistillError(f"--{name.replace('_', '-')}: got {getattr(args, name)}, expected at least 1")
     if not args.max_upload_mb > 0:
         raise MedistillError(f"--max-upload-mb: got {args.max_upload_mb}, expected a positive size")
+    if not args.read_timeout > 0:
+        raise MedistillError(f"--read-timeout: got {args.read_timeout}, expected a positive number of seconds")
     if not 0 <= args.port <= 65535:
         raise MedistillError(f"--port: got {args.port}, expected 0 to 65535")
-    uvicorn = require("uvicorn")
+    require("uvicorn")
+    from ..serve.server import bind, build_server
+
+    hosts = allowed_hosts_for(args.host, args.allow_host)
     app = create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     max_concurrency=args.max_concurrency, threads=args.threads)
+                     max_concurrency=args.max_concurrency, read_timeout=args.read_timeout, allowed_hosts=hosts,
+                     threads=args.threads)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -70,15 +68,16 @@ def run(args: argparse.Namespace) -> int:
     if not loopback:
         print(f"medistill serve: warning: listening on {args.host}, reachable from other machines; the server has "
               f"no authentication and no TLS", file=sys.stderr)
-    sock = _bind(args.host, args.port)
+    sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    level = logging.getLogger().getEffectiveLevel()
-    config = uvicorn.Config(app, log_config=None, log_level=level, access_log=level <= logging.INFO,
-                            limit_concurrency=args.max_connections, server_header=False)
-    print(f"medistill serve: {args.model} on http://{shown}:{port}/ (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    server = build_server(app, max_connections=args.max_connections,
+                          max_per_client=args.max_connections_per_client, read_timeout=args.read_timeout,
+                          log_level=logging.getLogger().getEffectiveLevel())
+    print(f"medistill serve: {args.model} on http://{shown}:{port}/ (Ctrl+C to stop; answers Host "
+          f"{', '.join(hosts)})", file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -10,7 +10,10 @@ Every failure is an ``ImageReadError`` naming the file and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -60,8 +63,9 @@ def sniff_kind(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read an image file as float32 in [0, 1]: (H, W) grayscale or (H, W, 3) colour."""
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+    """Read an image file as float32 in [0, 1]: (H, W) grayscale or (H, W, 3) colour; with ``min_side``, reduced
+    on load (see :func:`decode_reduced`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -70,8 +74,11 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except IsADirectoryError:
         raise ImageReadError(path, "is a folder, expected an image file") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageReadError(path, "is a symlink loop (too many levels of symbolic links), expected an image "
+                                       "file") from None
         raise ImageReadError(path, f"cannot be read ({e.strerror or e})") from None
-    return decode_image(data, name=str(path), max_pixels=max_pixels)
+    return decode_reduced(data, name=str(path), max_pixels=max_pixels, min_side=min_side).image
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -99,19 +106,56 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(path, f"cannot be read as an image ({e})") from None
 
 
-def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+@dataclasses.dataclass
+class Decoded:
+    """A decoded image and the size of the file's image (the array may be smaller: reduced on load)."""
+
+    image: np.ndarray  # (h, w) or (h, w, 3) float32 in [0, 1]
+    width: int  # of the image in the file
+    height: int
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS,
+                 min_side: int | None = None) -> np.ndarray:
     """Decode image bytes (see ``read_image``); the format is taken from the content, not the name."""
+    return decode_reduced(data, name=name, max_pixels=max_pixels, min_side=min_side).image
+
+
+def reduce_factor(width: int, height: int, min_side: int | None) -> int:
+    """The largest integer factor that keeps the shorter side of a ``width`` x ``height`` image at or above
+    ``min_side`` (1: no reduction)."""
+    if not min_side or min_side < 1:
+        return 1
+    return max(1, min(width, height) // int(min_side))
+
+
+def decode_reduced(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS,
+                   min_side: int | None = None) -> Decoded:
+    """Decode image bytes, reduced on load by the largest integer factor that keeps the shorter side at or above
+    ``min_side`` (None: full size, exactly as ``read_image``).
+
+    The reduction happens before any float conversion: JPEG is decoded at a smaller scale (``Image.draft``, DCT
+    scaling), other formats are box-averaged by ``Image.reduce`` on their 8 / 16-bit pixels, so the memory of a
+    decode is the file's 8-bit image (width x height x bands bytes) and a float copy of the reduced image only. A
+    model input then resized from it (``min_side`` = 3 x the model's side or more) differs from one resized from
+    the full image by about one grey level (1/255) at most. DICOM is windowed at full size, then reduced.
+    """
     if len(data) == 0:
         raise ImageReadError(name, "empty file (0 bytes), expected a PNG, JPEG or DICOM image")
     kind = sniff_kind(data)
     if kind == "dicom" or (kind is None and name.lower().endswith(DICOM_SUFFIXES)):
-        return _decode_dicom(data, name, max_pixels)
+        return _decode_dicom(data, name, max_pixels, min_side)
     if kind is None:
         raise ImageReadError(name, "not an image: expected PNG, JPEG, BMP, TIFF or DICOM content")
-    return _decode_pil(data, name, max_pixels)
+    return _decode_pil(data, name, max_pixels, min_side)
 
 
-def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+#: modes Image.reduce averages as they are; others are converted first (as pil_to_array would convert them)
+_REDUCIBLE = {"L": "L", "LA": "LA", "RGB": "RGB", "RGBA": "RGBA", "I": "I", "F": "F", "1": "L", "P": "RGBA",
+              "PA": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+
+
+def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,8 +164,20 @@ def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             if w * h > max_pixels:
                 raise ImageTooLargeError(name, f"image is {w}x{h} = {w * h} pixels, more than the limit of "
                                                f"{max_pixels} (a decompression bomb or not a medical image)")
+            if reduce_factor(w, h, min_side) == 1:
+                img.load()
+                return Decoded(pil_to_array(img), w, h)
+            if img.format == "JPEG":
+                img.draft(None, (int(min_side), int(min_side)))  # DCT scaling: 1/2, 1/4 or 1/8, still >= min_side
             img.load()
-            return pil_to_array(img)
+            source_mode = img.mode
+            img = img.convert(_REDUCIBLE.get(img.mode, "RGB")) if _REDUCIBLE.get(img.mode) != img.mode else img
+            k = reduce_factor(img.size[0], img.size[1], min_side)
+            if k > 1:
+                img = img.reduce(k)  # box average; RGBA/LA with premultiplied alpha
+            if source_mode.startswith("I;16"):  # 16-bit data keeps its full-depth scale (as pil_to_array)
+                return Decoded(np.asarray(img, dtype=np.float32) / 65535.0, w, h)
+            return Decoded(pil_to_array(img), w, h)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -178,7 +234,7 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2]))
 
 
-def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> Decoded:
     try:
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
@@ -208,6 +264,10 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageTooLargeError(name, f"DICOM image has {frames} frames of {cols}x{rows}, more than the limit of "
                                        f"{max_pixels} pixels in all")
     try:
+        center, window = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    except Exception:  # noqa: BLE001 - an unparsable VOI window is ignored: the image's own range is used
+        center = window = None
+    try:
         arr = ds.pixel_array.astype(np.float32)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for missing decoders / bad data
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -215,26 +275,47 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageReadError(name, f"DICOM pixel data cannot be decoded (transfer syntax {ts_name}): "
                                    f"{_reason(e)}") from None
     if frames > 1 and arr.ndim >= 3:  # multi-frame (F, H, W) or (F, H, W, 3): take the first frame
-        arr = arr[0]
-    arr = arr * slope + intercept
+        arr = np.ascontiguousarray(arr[0])
+    del ds  # and with it pydicom's decoded copy of the pixels
+    arr *= slope  # in place: one float32 image at full size, no further copies
+    arr += intercept
     if not np.isfinite(arr).all():
         raise ImageReadError(name, f"DICOM pixel values are not finite after rescaling (RescaleSlope {slope}, "
                                    f"RescaleIntercept {intercept}); expected finite numbers")
+    height, width = arr.shape[:2]
     if arr.ndim == 3:  # colour DICOM
         lo, hi = float(arr.min()), float(arr.max())
-        return ((arr[..., :3] - lo) / (hi - lo) if hi > lo else np.zeros_like(arr[..., :3])).astype(np.float32)
-    try:
-        center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    except Exception:  # noqa: BLE001 - an unparsable VOI window is ignored: the image's own range is used
-        center = width = None
-    if center is not None and width is not None and np.isfinite(center) and np.isfinite(width) and width > 1:
-        lo, hi = center - width / 2.0, center + width / 2.0
+        arr = np.ascontiguousarray(arr[..., :3])
+        if hi > lo:
+            arr -= lo
+            arr /= hi - lo
+        else:
+            arr[...] = 0
+        return Decoded(_reduce_float(arr, min_side), width, height)
+    if center is not None and window is not None and np.isfinite(center) and np.isfinite(window) and window > 1:
+        lo, hi = center - window / 2.0, center + window / 2.0
     else:
         lo, hi = float(arr.min()), float(arr.max())
-    out = np.clip((arr - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(arr)
+    if hi > lo:
+        arr -= lo
+        arr /= hi - lo
+        np.clip(arr, 0, 1, out=arr)
+    else:
+        arr[...] = 0
     if photometric == "MONOCHROME1":  # 0 is white: invert so that bone is bright, as in MONOCHROME2
-        out = 1.0 - out
-    return out.astype(np.float32)
+        np.subtract(1.0, arr, out=arr)
+    return Decoded(_reduce_float(arr, min_side), width, height)
+
+
+def _reduce_float(arr: np.ndarray, min_side: int | None) -> np.ndarray:
+    """A float32 (H, W) / (H, W, 3) image box-averaged by :func:`reduce_factor` (Image.reduce, per channel)."""
+    k = reduce_factor(arr.shape[1], arr.shape[0], min_side)
+    if k == 1:
+        return arr
+    if arr.ndim == 2:
+        return np.asarray(Image.fromarray(arr, mode="F").reduce(k), dtype=np.float32)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., c]), mode="F").reduce(k),
+                                dtype=np.float32) for c in range(arr.shape[2])], axis=-1)
 
 
 def _frames(ds: object) -> int:

@@ -1,0 +1,107 @@
+"""Response schemas of ``medistill serve`` (they document ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .upload import FIELD
+
+PREVIEW_SIDE = 512  # longest side of the preview PNG returned with a prediction
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="short code: upload_too_large, not_an_image, image_too_large, ...")
+    detail: str = Field(description="what was wrong, and what was expected")
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float
+    threshold: float = Field(description="the model's stored threshold for this label")
+    positive: bool
+
+
+class ImageInfo(BaseModel):
+    format: str = Field(description="png, jpeg or dicom, as read from the content")
+    width: int
+    height: int
+    channels: int = Field(description="1 (grayscale) or 3 (colour), as decoded")
+    preview: str | None = Field(None, description=f"data:image/png;base64 URI of the decoded image, longest side "
+                                                  f"at most {PREVIEW_SIDE} px (DICOM after windowing)")
+
+
+class Timings(BaseModel):
+    queued: float = Field(description="waiting for an inference slot")
+    decode: float = Field(description="decoding and preprocessing the image")
+    inference: float = Field(description="the ONNX Runtime run (logits and maps)")
+    total: float = Field(description="from the request's start to the response, upload included")
+
+
+class PredictResponse(BaseModel):
+    file: str = Field(description="the uploaded file's name (base name)")
+    model: str
+    task: str = Field(description="multilabel (one sigmoid per label) or multiclass (softmax)")
+    probabilities: dict[str, float] = Field(description="label -> probability, in the model's label order")
+    ranking: list[LabelScore] = Field(description="every label, most probable first")
+    positives: list[str] = Field(description="labels at or above their threshold (multiclass: the top label)")
+    thresholds: dict[str, float]
+    latency_ms: float = Field(description="model latency: the ONNX Runtime run, milliseconds")
+    timings_ms: Timings
+    image: ImageInfo
+    maps: dict[str, list[list[float]]] | None = Field(
+        None, description="label -> Grad-CAM map (h, w) in [0, 1] from the explain graph; null when the model has "
+                          "none (export with --explain)")
+
+
+class InputSpec(BaseModel):
+    size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_pixels: int
+    max_concurrency: int
+    read_timeout_s: float = Field(description="a request must have arrived whole within this many seconds (408)")
+    accepted: list[str]
+
+
+class ModelResponse(BaseModel):
+    name: str = Field(description="the model file's name")
+    model: str = Field(description="architecture")
+    task: str
+    labels: list[str]
+    thresholds: dict[str, float]
+    input: InputSpec
+    maps: bool = Field(description="the graph outputs Grad-CAM maps")
+    file_bytes: int
+    parameters: int | None = Field(None, description="weights in the graph (None when onnx is not installed)")
+    sha256: str
+    version: str = Field(description="medistill version that exported the model")
+    server_version: str
+    provenance: dict[str, str] = Field(description="other medistill.* metadata (run, data, ...)")
+    limits: Limits
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a Host header this server does not answer for (DNS rebinding guard)"},
+    408: {"model": ErrorBody, "description": "the request did not arrive whole within read_timeout_s"},
+    413: {"model": ErrorBody, "description": "upload larger than max_upload_bytes, or image over max_pixels"},
+    415: {"model": ErrorBody, "description": "not a multipart upload, or the file is not PNG, JPEG or DICOM"},
+    422: {"model": ErrorBody, "description": "no or empty file field, malformed body, or an undecodable image"},
+    429: {"model": ErrorBody, "description": "this client already has max_connections_per_client connections open"},
+    503: {"model": ErrorBody, "description": "the server already has max_connections connections open"},
+}
+_FILE_SCHEMA = {"type": "string", "format": "binary",
+                "description": "a PNG (8/16-bit), JPEG or DICOM image; the type is read from the content"}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: _FILE_SCHEMA}}}}}}
