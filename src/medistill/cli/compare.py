@@ -1,35 +1,41 @@
-"""``medistill compare RUN_DIR...``: teacher vs student vs student without KD, as a table."""
+"""``medistill compare RUN_DIR...``: teacher vs student vs student without KD, and whether KD paid."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "compare evaluated runs (teacher, student, student without KD)"
+HELP = "compare evaluated runs (teacher, student, student without KD) and say whether KD paid"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help=HELP, description=HELP + "; prints a Markdown table")
+    p = sub.add_parser("compare", help=HELP, description=HELP + "; prints a Markdown table and the KD gain (KD minus "
+                       "no-KD on the same test images, paired bootstrap 95%% CI)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="also write the table (.md) and rows (.json) with this path stem")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--out", help="also write the table (.md) and the JSON object (.json) with this path stem")
+    p.add_argument("--json", action="store_true", help='print one JSON object: {"runs": [...], "kd_gain": {...}}')
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples for the KD gain's CI")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..evaluate.runner import compare_runs, format_table
+    from ..evaluate.compare import compare_runs, describe_gain, format_table, kd_gain
     from ..utils.io import atomic_write_json, atomic_write_text
     from .common import print_json
 
     rows = compare_runs(args.run_dirs)
+    gain = kd_gain(rows, n_bootstrap=args.bootstrap)
     table = format_table(rows)
+    text = table + "\n\n" + (describe_gain(gain) if gain else
+                             "KD gain: n/a (give a KD student and the same student trained without KD)")
+    result = {"runs": rows, "kd_gain": gain}
     if args.out:
         stem = Path(args.out)
-        atomic_write_text(stem.with_suffix(".md"), table + "\n")
-        atomic_write_json(stem.with_suffix(".json"), rows)
+        atomic_write_text(stem.with_suffix(".md"), text + "\n")
+        atomic_write_json(stem.with_suffix(".json"), result)
     if args.json:
-        print_json(rows)
+        print_json(result)
     else:
-        print(table)
+        print(text)
     return 0

@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
         lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
         eff["latency_ms"] = lat["median"]
         eff["latency_ms_p90"] = lat["p90"]
-    atomic_write(run.file(f"predictions_{split}.npz"),
+    atomic_write(run.file(runs.predictions_file(split)),
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"]))
     info = run.info()
@@ -84,64 +84,3 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
         np.savez_compressed(f, **arrays)
-
-
-def role_of(run_dir: Path, others: list[Path]) -> str:
-    """teacher / student (KD) / student (no KD) / baseline, from the run records."""
-    info = runs.RunDir(run_dir).info()
-    if info.get("kind") == "distill":
-        return "student (KD)"
-    resolved = str(Path(run_dir).resolve())
-    for o in others:
-        oi = runs.RunDir(o).info()
-        if resolved in (oi.get("teachers") or []) or oi.get("teacher") == resolved:
-            return "teacher"
-    students = [runs.RunDir(o).info() for o in others if runs.RunDir(o).info().get("kind") == "distill"]
-    if any(s.get("model") == info.get("model") for s in students):
-        return "student (no KD)"
-    return "model"
-
-
-def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """One row per run: role, model, main metric with CI, params, MACs, size, latency."""
-    paths = [Path(p) for p in run_dirs]
-    rows = []
-    for p in paths:
-        m = runs.RunDir(p).metrics()
-        if "task" not in m:
-            from ..errors import MedistillError
-
-            raise MedistillError(f"{p}: no evaluation in metrics.json; run `medistill evaluate {p}` first")
-        task = get_task(m["task"])
-        key = task.main_metric
-        ci = m.get(task.main_metric_ci)
-        rows.append({"run": str(p), "role": role_of(p, [o for o in paths if o != p]), "model": m.get("model"),
-                     "metric": key, "value": m.get(key), "ci95": ci, "macro_f1": m.get("macro_f1"),
-                     "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
-                     "latency_ms": m.get("latency_ms"), "split": m.get("split"), "num_images": m.get("num_images")})
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of ``compare_runs`` rows."""
-    head = "| run | role | model | metric | value (95% CI) | macro F1 | params | MACs | size | CPU latency |"
-    out = [head, "|" + "---|" * 10]
-    for r in rows:
-        ci = r["ci95"]
-        val = "n/a" if r["value"] is None else f"{r['value']:.4f}"
-        if ci and ci[0] is not None:
-            val += f" ({ci[0]:.3f}-{ci[1]:.3f})"
-        f1 = "n/a" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}"
-        out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | {f1} | "
-                   f"{_si(r['params'])} | {_si(r['macs'])} | {_si(r['size_bytes'], 'B')} | "
-                   f"{'n/a' if r['latency_ms'] is None else format(r['latency_ms'], '.1f') + ' ms'} |")
-    return "\n".join(out)
-
-
-def _si(v: float | None, unit: str = "") -> str:
-    if v is None:
-        return "n/a"
-    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.2f}{suf}{unit}"
-    return f"{v:.0f}{unit}"

@@ -371,10 +371,10 @@ def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path
             export_dirs: Sequence[str | Path] = ()) -> ReportData:
     """Read the runs (ordered teacher, student (KD), student (no KD), others) and their explain / export folders.
 
-    Roles come from :func:`medistill.evaluate.runner.compare_runs` (evaluated runs) or
-    :func:`~medistill.evaluate.runner.role_of` (runs not evaluated yet).
+    Roles come from :func:`medistill.evaluate.compare.compare_runs` (evaluated runs) or
+    :func:`~medistill.evaluate.compare.role_of` (runs not evaluated yet).
     """
-    from ..evaluate.runner import compare_runs, role_of
+    from ..evaluate.compare import compare_runs, role_of
 
     if not run_dirs:
         raise MedistillError("no run directories given; expected at least one (e.g. runs/teacher runs/student)")

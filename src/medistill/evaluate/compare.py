@@ -1,0 +1,195 @@
+"""Compare evaluated runs (``medistill compare``): roles, one row per run, and whether distillation paid.
+
+:func:`kd_gain` answers the question a distillation tool exists for: the KD student's main metric minus the same
+student's without KD, on the same test images, with a paired bootstrap confidence interval (both models scored on
+each resample of the images, so the interval is about the difference, not two separate noises). With several
+seeds of each, the mean gain over seeds and its spread are given too, and the verdict uses both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import runs
+from ..errors import MedistillError
+from ..task import Task, get_task
+from .metrics import _percentile_ci, _resample_counts, _weighted_auc, compute_metrics
+
+KD, NOKD, TEACHER = "student (KD)", "student (no KD)", "teacher"
+
+
+class CompareError(MedistillError):
+    """Runs that cannot be compared (not evaluated, other test images); the message names the run and the fix."""
+
+
+def role_of(run_dir: Path, others: list[Path]) -> str:
+    """teacher / student (KD) / student (no KD) / model, from the run records."""
+    info = runs.RunDir(run_dir).info()
+    if info.get("kind") == "distill":
+        return KD
+    resolved = str(Path(run_dir).resolve())
+    for o in others:
+        oi = runs.RunDir(o).info()
+        if resolved in (oi.get("teachers") or []) or oi.get("teacher") == resolved:
+            return TEACHER
+    students = [runs.RunDir(o).info() for o in others if runs.RunDir(o).info().get("kind") == "distill"]
+    if any(s.get("model") == info.get("model") for s in students):
+        return NOKD
+    return "model"
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per run: role, model, the task's main metric with CI, macro AUC, macro F1, params, MACs, size,
+    latency."""
+    paths = [Path(p) for p in run_dirs]
+    rows = []
+    for p in paths:
+        m = runs.RunDir(p).metrics()
+        if "task" not in m:
+            raise CompareError(f"{p}: no evaluation in metrics.json; run `medistill evaluate {p}` first")
+        task = get_task(m["task"])
+        rows.append({"run": str(p), "role": role_of(p, [o for o in paths if o != p]), "model": m.get("model"),
+                     "metric": task.main_metric, "value": m.get(task.main_metric), "ci95": m.get(task.main_metric_ci),
+                     "macro_auc": m.get("macro_auc"), "macro_f1": m.get("macro_f1"),
+                     "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
+                     "latency_ms": m.get("latency_ms"), "split": m.get("split"), "num_images": m.get("num_images"),
+                     "seed": runs.RunDir(p).info().get("seed")})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# did KD pay?
+# ---------------------------------------------------------------------------------------------------------
+
+def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
+                          mask: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Main metric of ``a`` minus that of ``b`` on the same images ``(N, L)``: the point value and a 95 %
+    percentile CI from ``n_bootstrap`` paired resamples of the images (each resample scores both models).
+
+    Multi-label: macro AUC (labels with both classes in the resample; the mask respected per label).
+    Single-label: accuracy over kept rows.
+    """
+    t = get_task(task)
+    value = (compute_metrics(t, probs_a, targets, mask, None, n_bootstrap=0)[t.main_metric]
+             - compute_metrics(t, probs_b, targets, mask, None, n_bootstrap=0)[t.main_metric])
+    valid = mask > 0
+    diffs = []
+    if t.multilabel:
+        n, L = probs_a.shape
+        for counts in _resample_counts(n, n_bootstrap, seed):
+            per = np.full((2, counts.shape[1], L), np.nan)
+            for k in range(L):
+                rows = np.flatnonzero(valid[:, k])
+                if rows.size:
+                    per[0, :, k] = _weighted_auc(probs_a[:, k], targets[:, k] > 0.5, counts, rows)
+                    per[1, :, k] = _weighted_auc(probs_b[:, k], targets[:, k] > 0.5, counts, rows)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                diffs.append(np.nanmean(per[0], axis=1) - np.nanmean(per[1], axis=1))
+    else:
+        keep = valid.all(axis=1)
+        true = targets[keep].argmax(1)
+        d = (probs_a[keep].argmax(1) == true).astype(np.float64) - (probs_b[keep].argmax(1) == true)  # (n,)
+        n = len(d)
+        if n:
+            diffs = [d @ counts / n for counts in _resample_counts(n, n_bootstrap, seed)]
+    lo, hi = _percentile_ci(np.concatenate(diffs)) if diffs else (float("nan"), float("nan"))
+    return {"value": float(value), "ci_low": lo, "ci_high": hi}
+
+
+def _predictions(run: Path, split: str) -> dict[str, np.ndarray]:
+    path = runs.RunDir(run).file(runs.predictions_file(split))
+    if not path.is_file():
+        raise CompareError(f"{run}: no {path.name}; run `medistill evaluate {run} --split {split}` first")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """KD minus no-KD for the student model that has both kinds of run among ``rows`` (:func:`compare_runs`).
+
+    ``value`` / ``ci_low`` / ``ci_high``: the first KD run against the first no-KD run (paired bootstrap on their
+    common test split). With several runs of each (seeds): ``seeds`` holds each side's values and the mean gain
+    with the seeds' standard deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
+    includes 0, or with seeds the mean gain is within the seeds' spread). None when there is no such pair.
+    """
+    kd = [r for r in rows if r["role"] == KD]
+    nokd = [r for r in rows if r["role"] == NOKD and any(k["model"] == r["model"] for k in kd)]
+    if not nokd:
+        return None
+    kd = [k for k in kd if k["model"] == nokd[0]["model"]]
+    a, b = kd[0], nokd[0]
+    split = a.get("split") or "test"
+    if b.get("split") != split:
+        raise CompareError(f"{a['run']} was evaluated on {split}, {b['run']} on {b.get('split')}: evaluate both on one "
+                           f"split")
+    pa, pb = _predictions(Path(a["run"]), split), _predictions(Path(b["run"]), split)
+    if pa["targets"].shape != pb["targets"].shape or not np.array_equal(pa["targets"], pb["targets"]):
+        raise CompareError(f"{a['run']} and {b['run']} were evaluated on different {split} images (their targets "
+                           f"differ): KD and no-KD must be scored on the same data")
+    task = get_task(runs.RunDir(a["run"]).metrics()["task"])
+    out: dict[str, Any] = {"metric": task.main_metric, "split": split, "model": a["model"], "kd_run": a["run"],
+                           "nokd_run": b["run"], "method": f"paired percentile bootstrap over {split} images, "
+                                                           f"{n_bootstrap} resamples, seed {seed}",
+                           **paired_bootstrap_gain(task, pa["probs"], pb["probs"], pa["targets"], pa["mask"],
+                                                   n_bootstrap=n_bootstrap, seed=seed)}
+    verdict_ci = (out["ci_low"] > 0, out["ci_high"] < 0)
+    if len(kd) > 1 or len(nokd) > 1:
+        kv = np.array([float(r["value"]) for r in kd], dtype=float)
+        nv = np.array([float(r["value"]) for r in nokd], dtype=float)
+        spread = max(kv.std(ddof=1) if len(kv) > 1 else 0.0, nv.std(ddof=1) if len(nv) > 1 else 0.0)
+        mean_gain = float(kv.mean() - nv.mean())
+        out["seeds"] = {"kd": kv.tolist(), "nokd": nv.tolist(), "mean_gain": mean_gain,
+                        "kd_std": float(kv.std(ddof=1)) if len(kv) > 1 else None,
+                        "nokd_std": float(nv.std(ddof=1)) if len(nv) > 1 else None}
+        verdict_ci = (verdict_ci[0] and mean_gain > spread, verdict_ci[1] and mean_gain < -spread)
+    out["verdict"] = "KD helped" if verdict_ci[0] else "KD hurt" if verdict_ci[1] else "no clear difference"
+    return out
+
+
+def describe_gain(g: dict[str, Any]) -> str:
+    """One honest sentence about :func:`kd_gain`'s result."""
+    s = (f"KD minus no-KD ({g['model']}, {g['metric']} on {g['split']}): {g['value']:+.4f} "
+         f"(95% CI {g['ci_low']:+.4f} to {g['ci_high']:+.4f})")
+    if "seeds" in g:
+        sd = g["seeds"]
+        s += f"; over seeds {len(sd['kd'])} KD / {len(sd['nokd'])} no-KD: mean {sd['mean_gain']:+.4f}"
+    return s + f": {g['verdict']}."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------------------------------------
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`compare_runs` rows."""
+    head = ("| run | role | model | metric | value (95% CI) | macro AUC | macro F1 | params | MACs | size | "
+            "CPU latency |")
+    out = [head, "|" + "---|" * 11]
+    for r in rows:
+        ci = r["ci95"]
+        val = _num(r["value"])
+        if ci and ci[0] is not None:
+            val += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+        out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | "
+                   f"{_num(r.get('macro_auc'))} | {_num(r['macro_f1'])} | {_si(r['params'])} | {_si(r['macs'])} | "
+                   f"{_si(r['size_bytes'], 'B')} | "
+                   f"{'n/a' if r['latency_ms'] is None else format(r['latency_ms'], '.1f') + ' ms'} |")
+    return "\n".join(out)
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def _si(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{suf}{unit}"
+    return f"{v:.0f}{unit}"

@@ -1,0 +1,97 @@
+"""compare: roles, the KD gain with a paired bootstrap CI, and the --json contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medistill.cli import main
+from medistill.evaluate.compare import CompareError, kd_gain, paired_bootstrap_gain
+from medistill.evaluate.runner import evaluate_run
+from medistill.train import run_training
+
+from test_train import _cfg
+
+
+def _two_models(n: int = 400, skill_a: float = 2.0, skill_b: float = 0.5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.4).astype(float)
+    pa = 1 / (1 + np.exp(-(skill_a * (2 * y - 1) + rng.normal(size=y.shape))))
+    pb = 1 / (1 + np.exp(-(skill_b * (2 * y - 1) + rng.normal(size=y.shape))))
+    return pa, pb, y, np.ones_like(y)
+
+
+def test_paired_gain_multilabel_matches_sklearn_and_its_ci_excludes_zero_for_a_better_model():
+    pa, pb, y, m = _two_models()
+    g = paired_bootstrap_gain("multilabel", pa, pb, y, m, n_bootstrap=300)
+    want = np.mean([roc_auc_score(y[:, k], pa[:, k]) for k in range(3)]) - \
+        np.mean([roc_auc_score(y[:, k], pb[:, k]) for k in range(3)])
+    assert g["value"] == pytest.approx(want, abs=1e-9)
+    assert 0 < g["ci_low"] < g["value"] < g["ci_high"]
+
+
+def test_paired_gain_of_a_model_against_itself_is_exactly_zero():
+    pa, _, y, m = _two_models()
+    g = paired_bootstrap_gain("multilabel", pa, pa, y, m, n_bootstrap=100)
+    assert g == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+
+
+def test_paired_gain_multiclass_is_the_accuracy_difference():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 4, 300)
+    y = np.eye(4)[true]
+    pa = np.eye(4)[np.where(rng.random(300) < 0.9, true, (true + 1) % 4)] * 0.7 + 0.075
+    pb = np.eye(4)[np.where(rng.random(300) < 0.6, true, (true + 1) % 4)] * 0.7 + 0.075
+    g = paired_bootstrap_gain("multiclass", pa, pb, y, np.ones_like(y), n_bootstrap=300)
+    want = (pa.argmax(1) == true).mean() - (pb.argmax(1) == true).mean()
+    assert g["value"] == pytest.approx(want) and g["ci_low"] > 0.15
+
+
+@pytest.fixture(scope="module")
+def three_runs(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    base = tmp_path_factory.mktemp("cmp")
+    teacher, kd, nokd = base / "teacher", base / "kd", base / "nokd"
+    run_training(_cfg(phantom_root, teacher, **{"train.epochs": 2}))
+    run_training(_cfg(phantom_root, kd, **{"distill.teacher": str(teacher), "model.name": "kdfmv"}))
+    run_training(_cfg(phantom_root, nokd, **{"model.name": "kdfmv"}))
+    for r in (teacher, kd, nokd):
+        evaluate_run(r, "test", latency=False, n_bootstrap=20)
+    return [teacher, kd, nokd]
+
+
+def test_compare_json_contract(three_runs: list[Path], capsys: pytest.CaptureFixture):
+    assert main(["compare", *map(str, three_runs), "--json", "--bootstrap", "100"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["role"] for r in out["runs"]] == ["teacher", "student (KD)", "student (no KD)"]
+    g = out["kd_gain"]
+    assert g["metric"] == "macro_auc" and g["ci_low"] <= g["value"] <= g["ci_high"]
+    kd, nokd = out["runs"][1]["value"], out["runs"][2]["value"]
+    assert g["value"] == pytest.approx(kd - nokd, abs=1e-9)
+    assert g["verdict"] in ("KD helped", "KD hurt", "no clear difference")
+
+
+def test_compare_text_says_whether_kd_paid(three_runs: list[Path], capsys: pytest.CaptureFixture):
+    assert main(["compare", *map(str, three_runs), "--bootstrap", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "| macro AUC |" in text and "KD minus no-KD (kdfmv, macro_auc on test)" in text
+
+
+def test_kd_gain_refuses_runs_scored_on_other_images(three_runs: list[Path], tmp_path: Path):
+    import shutil
+
+    from medistill import runs
+    from medistill.evaluate.compare import compare_runs
+
+    other = tmp_path / "nokd"
+    shutil.copytree(three_runs[2], other)
+    f = other / runs.predictions_file("test")
+    with np.load(f) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["targets"] = 1 - arrays["targets"]
+    np.savez_compressed(f, **arrays)
+    with pytest.raises(CompareError, match="different test images"):
+        kd_gain(compare_runs([three_runs[0], three_runs[1], other]), n_bootstrap=10)
