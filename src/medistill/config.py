@@ -416,6 +416,10 @@ class DistillConfig:
     cache_teacher: str = option("auto", "cache teacher logits once: auto (when augmentation allows), true, false")
     teacher_precision: str = option(
         "auto", "teacher forward: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16")
+    teacher_views: int = option(0, "cached consistent KD (FKD): the teacher's outputs on this many augmented views "
+                                   "per image are computed once and replayed, one view per image each epoch; 0 = off")
+    teacher_views_dir: str | None = option(None, "where the view cache lives (share it between student seeds); "
+                                                 "None = the run directory")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
@@ -425,6 +429,7 @@ class DistillConfig:
         check_range("teacher_image_size", self.teacher_image_size, 8, 2048)
         check_choice("cache_teacher", self.cache_teacher, ("auto", "true", "false"))
         check_choice("teacher_precision", self.teacher_precision, ("auto", "fp32", "bf16"))
+        check_range("teacher_views", self.teacher_views, 0, 1000)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "
                               f"{len(self.teachers)} teachers, expected one per teacher")
