@@ -37,6 +37,9 @@ def test_quickstart_end_to_end(phantom_root: Path, tmp_path: Path, monkeypatch):
     html = (out / "report.html").read_text()
     assert summary["report"] == str(out / "report.html") and "<table" in html and "data:image/png;base64" in html
     assert any(s.startswith("report:") for s in steps)
+    for step in ("explain", "export", "benchmark", "report"):  # each later step keeps its log and its result
+        assert f"{step} result:" in (out / f"{step}.log").read_text()
+    assert '"max_abs_diff"' in (out / "export.log").read_text()
     # a second run reuses the finished runs instead of training again
     again = run_quickstart(q, step=steps.append)
     assert any("already trained" in s for s in steps) and again["teacher"] == summary["teacher"]

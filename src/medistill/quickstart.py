@@ -100,8 +100,8 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
     cfgs = run_configs(q)
     root = resolve_root(cfgs["teacher"].data)  # generates the phantom on first use
     summary: dict[str, object] = {"out": str(out), "dataset": q.dataset, "root": str(root), "seconds": {}}
-    timings: dict[str, float] = option(summary["seconds"], "type: ignore[assignment]")
-    fresh: set[str] = option(set(), "runs trained (or resumed) by this call: their later steps must be redone")
+    timings: dict[str, float] = summary["seconds"]  # type: ignore[assignment]
+    fresh: set[str] = set()  # runs trained (or resumed) by this call: their later steps must be redone
     for name in ("teacher", "student", "student_nokd"):
         cfg = cfgs[name]
         cfg.data.root = str(root)
