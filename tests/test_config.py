@@ -115,3 +115,16 @@ def test_benchmark_options_file_names_valid_keys(tmp_path, capsys):
     f.write_text("batch: '0'\n")
     assert main(["benchmark", str(tmp_path / "model.onnx"), "--config", str(f)]) == 2
     assert "--batch '0'" in capsys.readouterr().err
+
+
+def test_every_generated_flag_has_help():
+    from medistill.cli import _leaf_parsers
+
+    missing = []
+    for leaf in _leaf_parsers(build_parser()):
+        for action in leaf._actions:
+            if action.dest.startswith("cfg__") and not action.option_strings[0].startswith("--no-"):
+                text = (action.help or "").rsplit(" (", 1)[0].strip()
+                if not text:
+                    missing.append(f"{leaf.prog} {action.option_strings[0]}")
+    assert not missing, "flags without help (declare the field with config.option(default, help)): " + ", ".join(missing)
