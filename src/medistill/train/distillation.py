@@ -79,6 +79,7 @@ class Batch:
     mask: torch.Tensor  # (B, L) 1 = valid
     index: torch.Tensor  # (B,) dataset indices (for cached teacher outputs)
     mixed: bool = False  # mixup / CutMix changed x: cached teacher outputs no longer apply
+    view: torch.Tensor | None = None  # (B,) view numbers of a view-cached run (cached consistent KD)
 
 
 class SupervisedObjective(nn.Module):
@@ -104,8 +105,9 @@ class SupervisedObjective(nn.Module):
 class DistillationObjective(SupervisedObjective):
     """:class:`~medistill.losses.kd.KDLoss` against one or several teachers: ``{"loss", "hard", "soft"[, "feature"]}``.
 
-    ``cached``: teacher logits ``(N, L)`` of every training image (offline KD), or None to run the teachers on
-    each batch (online, consistent KD). The teachers are not submodules: their weights are neither trained nor
+    ``cached``: teacher logits ``(N, L)`` of every training image (offline KD), ``(N, V, L)`` on ``V`` replayed
+    views of each (cached consistent KD, :mod:`.views`), or None to run the teachers on each batch (online,
+    consistent KD). The teachers are not submodules: their weights are neither trained nor
     saved with the student's resume state.
     """
 
@@ -160,7 +162,9 @@ class DistillationObjective(SupervisedObjective):
         else:
             s_feat, logits = None, model(x)
         if self.cached is not None and not batch.mixed and not self.needs_features:
-            t_logits, t_feat = self.cached[batch.index.cpu()].to(batch.x.device), None
+            idx = batch.index.cpu()
+            rows = self.cached[idx] if self.cached.dim() == 2 else self.cached[idx, batch.view.cpu()]
+            t_logits, t_feat = rows.to(batch.x.device), None
         else:
             t_logits, t_feat = self.teacher_outputs(batch.x, need_features=self.needs_features)
         return self.kd(logits.float(), t_logits, batch.target, batch.mask,

@@ -33,6 +33,7 @@ from .distillation import Batch, SupervisedObjective
 from .mixing import Mixer, smooth_targets
 from .optim import build_optimizer, build_scheduler
 from .setup import Setup, setup
+from .views import ViewDataset
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, dis
                else RandomSampler(s.train_ds, generator=g))
     if distributed:
         sampler.set_epoch(epoch)
+    if isinstance(s.train_ds, ViewDataset):
+        s.train_ds.set_epoch(t.seed, epoch)
     loader = DataLoader(s.train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=s.collate, drop_last=False, generator=g)
     if cb.on_epoch_start:
@@ -136,7 +139,8 @@ def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, dis
     for b, raw in enumerate(loader):
         x, y, m, lam = mixer(raw["image"].to(device, non_blocking=True), raw["target"].to(device),
                              raw["mask"].to(device))
-        batch = Batch(x, smooth_targets(y, t.label_smoothing, s.task), m, raw["index"], mixed=lam != 1.0)
+        batch = Batch(x, smooth_targets(y, t.label_smoothing, s.task), m, raw["index"], mixed=lam != 1.0,
+                      view=raw.get("view"))
         with torch.autocast(device.type, enabled=s.use_amp):
             terms = s.objective(s.model, batch)
         loss = terms["loss"]

@@ -28,6 +28,8 @@ from .distillation import (DistillationObjective, SupervisedObjective, cache_tea
                            resolve_precision)
 from .optim import build_optimizer, build_scheduler
 from .teacher import Teacher, TeacherCache, adapt_input, load_teacher
+from .views import ViewCache, ViewDataset, collate_views
+from .views import cache_key as views_cache_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Setup:
     use_amp: bool
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules besides the student
     teacher_sources: list[str] = field(default_factory=list)
-    distill_mode: str = "none"  # none, online, offline
+    distill_mode: str = "none"  # none, online, offline, views
     collate: Callable = collate
 
 
@@ -96,7 +98,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
                                           channels_last=t.channels_last)
-        mode = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
+        mode, train_ds = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
     else:
         objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
                                                         focal_gamma=t.focal_gamma).to(device),
@@ -111,7 +113,8 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     val_loader = DataLoader(val_ds, batch_size=t.batch_size * 2, shuffle=False, num_workers=cfg.data.num_workers,
                             collate_fn=collate)
     return Setup(task, labels, model, objective, train_ds, val_loader, opt, build_scheduler(cfg, opt, steps_per_epoch),
-                 torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, mode)
+                 torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, mode,
+                 collate_views if isinstance(train_ds, ViewDataset) else collate)
 
 
 def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig, load_in: InputConfig,
@@ -134,19 +137,38 @@ def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: Inpu
 
 
 def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
-                  device: torch.device, main: bool, cb: Any) -> str:
-    """Cache the teachers' logits when every view of an image is the same; returns "offline" or "online"."""
-    t = cfg.train
+                  device: torch.device, main: bool, cb: Any) -> tuple[str, Any]:
+    """Decide how the teachers' outputs reach the loss; returns ``(mode, training dataset)``:
+
+    - ``offline``: every view of an image is the same (no augmentation, no mixing, no feature term): the logits
+      of each image are computed once (``teacher_logits.npy``);
+    - ``views``: ``distill.teacher_views`` > 0 with augmentation: the logits on V replayed views per image are
+      computed once (FKD, :mod:`.views`) and the dataset replays one of those views per image each epoch;
+    - ``online``: the teachers run on each batch, on the view the student sees.
+    """
+    t, d = cfg.train, cfg.distill
+    mixing = t.mixup > 0 or t.cutmix > 0
+    if d.teacher_views > 0:
+        for bad, why in ((mixing, "mixup / CutMix make new images every step"),
+                         (d.feature != "none", "the feature term needs the teacher's feature maps every step"),
+                         (d.cache_teacher == "false", "cache_teacher is false")):
+            if bad:
+                raise ConfigError(f"teacher_views {d.teacher_views}: the teacher's outputs cannot be cached, {why}; "
+                                  f"set --teacher-views 0 for online KD")
+        if cfg.data.augment == "none":
+            log.info("teacher_views %d with augmentation 'none': every view is the same, caching one", d.teacher_views)
+        else:
+            return "views", _cache_views(cfg, objective, run, train_ds, device, main, cb)
     reason = None
     if cfg.data.augment != "none":
         reason = f"augmentation '{cfg.data.augment}' changes each view, so the teacher must see it"
-    elif t.mixup > 0 or t.cutmix > 0:
+    elif mixing:
         reason = "mixup / CutMix make new images, so the teacher must see them"
-    elif cfg.distill.feature != "none":
+    elif d.feature != "none":
         reason = "the feature term needs the teacher's feature maps every step"
-    if cfg.distill.cache_teacher == "false":
+    if d.cache_teacher == "false":
         reason = "cache_teacher is false"
-    elif cfg.distill.cache_teacher == "true" and reason:
+    elif d.cache_teacher == "true" and reason:
         raise ConfigError(f"cache_teacher true: cannot cache teacher outputs, {reason}")
     if reason is None:
         cache = TeacherCache(run.file(runs.TEACHER_LOGITS))
@@ -165,4 +187,33 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
     if cb.on_message:
         cb.on_message("teacher outputs cached once (offline KD)" if reason is None
                       else f"teacher runs every step: {reason}")
-    return "offline" if reason is None else "online"
+    return ("offline" if reason is None else "online"), train_ds
+
+
+def _cache_views(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
+                 device: torch.device, main: bool, cb: Any) -> Any:
+    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` and fill ``objective.cached`` with ``(N, V, L)``."""
+    import torchvision
+
+    d = cfg.distill
+    ds = ViewDataset(train_ds, d.teacher_views, seed=cfg.data.split_seed)
+    key = views_cache_key({
+        "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
+        "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
+        "augment": cfg.data.augment, "views": d.teacher_views, "seed": cfg.data.split_seed,
+        "images": [str(p) for p in train_ds.data.records["path"]], "torchvision": torchvision.__version__})
+    folder = Path(d.teacher_views_dir) if d.teacher_views_dir else run.path
+    cache = ViewCache(folder / f"teacher_views-{key}.npy")
+    on_view = (lambda v, n: cb.on_message(f"teacher outputs cached on view {v}/{n}")) if cb.on_message else None
+    if not main:
+        dist_utils.barrier()
+    # two runs sharing teacher_views_dir may compute the same view at once: each write is atomic and equal
+    objective.cached = cache.load_or_compute(key, ds, train_ds.num_labels, cfg.train.batch_size * 2,
+                                             lambda x: objective.teacher_outputs(x)[0], device, on_view)
+    if main:
+        dist_utils.barrier()
+    log.info("cached consistent KD: the teacher's outputs on %d views per image (%s); each epoch replays one view "
+             "per image", d.teacher_views, cache.path)
+    if cb.on_message:
+        cb.on_message(f"teacher outputs cached on {d.teacher_views} augmented views per image (FKD)")
+    return ds

@@ -1,0 +1,130 @@
+"""Cached consistent KD (Shen & Xing, "A Fast Knowledge Distillation Framework for Visual Recognition", FKD,
+ECCV 2022): the teacher's outputs on ``V`` random augmented views of every training image are computed once and
+stored with what makes each view (its seed); each epoch the student sees one of those views per image, replayed
+exactly, and reads the teacher's logits for it, so KD stays consistent (the teacher saw the very same view) while
+an epoch costs what a plain student epoch costs.
+
+A view is identified by ``(image index, view number)``: its augmentation runs under a torch RNG seeded from those
+two numbers and the cache seed, so replaying it needs no stored crop boxes. The cache (``teacher_views.npy``:
+``(N, V, L)`` float16, plus a ``.json`` with its key and the views done) is keyed by the teachers, their
+precision, the image list, the load size, the augmentation and ``V``; a stale cache is recomputed, a partial one
+(killed while caching) continues from the first view not done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import collate
+from ..utils.io import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+VIEW_SEED_STRIDE = 1_000_003
+
+
+def view_seed(seed: int, index: int, view: int) -> int:
+    """The torch seed of view ``view`` of image ``index`` (fits in 63 bits)."""
+    return (seed * VIEW_SEED_STRIDE + index) * 1009 + view
+
+
+class ViewDataset(Dataset):
+    """A training dataset whose item ``i`` is view ``view_of(i)`` of image ``i``, replayed from its seed.
+
+    ``view_of`` is set per epoch (:meth:`set_epoch`) or fixed (:meth:`fix_view`, to cache one view of every image).
+    Items carry ``"view"`` besides the base dataset's keys.
+    """
+
+    def __init__(self, base: Any, views: int, seed: int):
+        self.base, self.views, self.seed = base, int(views), int(seed)
+        self._choice: np.ndarray | None = None
+        self._fixed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name: str) -> Any:  # targets, masks, labels, data ... of the base dataset
+        if name in ("base", "views", "seed", "_choice", "_fixed"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def set_epoch(self, train_seed: int, epoch: int) -> None:
+        """Choose each image's view for this epoch (deterministic in ``(train_seed, epoch)``, so resume is exact)."""
+        rng = np.random.default_rng([self.seed, train_seed, epoch])
+        self._choice = rng.integers(0, self.views, size=len(self.base))
+        self._fixed = None
+
+    def fix_view(self, view: int) -> None:
+        self._fixed, self._choice = int(view), None
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        v = self._fixed if self._fixed is not None else int(self._choice[i]) if self._choice is not None else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, i, v))
+            item = self.base[i]
+        item["view"] = v
+        return item
+
+
+def collate_views(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    out = collate(batch)
+    out["view"] = torch.tensor([b["view"] for b in batch])
+    return out
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ViewCache:
+    """The teachers' logits on every view of every image: ``(N, V, L)`` float16 in ``<stem>.npy`` + ``<stem>.json``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta_path = self.path.with_suffix(".json")
+
+    def _meta(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def load_or_compute(self, key: str, ds: ViewDataset, num_labels: int, batch_size: int,
+                        teacher_logits: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                        on_view: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """``(N, V, L)`` float32 tensor of the teachers' logits; computes the views not cached yet, one whole view
+        at a time, writing the file after each (a killed run continues from there)."""
+        meta = self._meta()
+        n, V = len(ds), ds.views
+        if meta.get("key") == key and self.path.is_file():
+            arr = np.load(self.path)
+            done = int(meta.get("views_done", 0))
+        else:
+            arr, done = np.zeros((n, V, num_labels), np.float16), 0
+        if done >= V:
+            log.info("reusing the teacher's cached outputs on %d views per image (%s)", V, self.path)
+        for v in range(done, V):
+            ds.fix_view(v)
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_views)
+            for batch in loader:
+                arr[batch["index"].numpy(), v] = teacher_logits(batch["image"].to(device)).cpu().numpy()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda p: _save(p, arr))
+            atomic_write_json(self.meta_path, {"key": key, "views": V, "views_done": v + 1, "shape": list(arr.shape)})
+            log.info("cached the teacher's outputs on view %d/%d of %d images", v + 1, V, n)
+            if on_view:
+                on_view(v + 1, V)
+        return torch.from_numpy(arr.astype(np.float32))
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)

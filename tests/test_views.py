@@ -1,0 +1,99 @@
+"""Cached consistent KD (FKD): the teacher's outputs on V replayed augmented views per image."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medistill import runs
+from medistill.config import ConfigError
+from medistill.data import Preprocess, build_dataset
+from medistill.models import input_config
+from medistill.train import run_training
+from medistill.train.views import ViewCache, ViewDataset
+
+from test_train import _cfg, teacher_run  # noqa: F401  (the module fixture)
+
+
+def _views_run(phantom_root: Path, teacher: Path, out: Path, **over: object) -> Path:
+    run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher), "data.augment": "light",
+                                            "distill.teacher_views": 2, "distill.teacher_precision": "fp32",
+                                            **over}))
+    return out
+
+
+def _train_views(out: Path) -> ViewDataset:
+    cfg = runs.RunDir(out).config()
+    inp = runs.RunDir(out).info()["input"]
+    ds = build_dataset(cfg.data, "train", Preprocess(inp["size"], 1, tuple(inp["mean"]), tuple(inp["std"]), "light"))
+    return ViewDataset(ds, 2, seed=cfg.data.split_seed)
+
+
+def test_views_are_replayed_exactly_and_cached_with_the_teachers_logits(teacher_run: Path, phantom_root: Path,
+                                                                        tmp_path: Path):
+    out = _views_run(phantom_root, teacher_run, tmp_path / "fkd")
+    assert runs.RunDir(out).info()["distill_mode"] == "views"
+    [cache_file] = list(out.glob("teacher_views-*.npy"))
+    cached = np.load(cache_file)
+    assert cached.shape == (96, 2, 6) and cached.dtype == np.float16
+    assert json.loads(cache_file.with_suffix(".json").read_text())["views_done"] == 2
+    ds = _train_views(out)
+    ds.fix_view(1)
+    a, b = ds[5]["image"], ds[5]["image"]
+    torch.testing.assert_close(a, b)  # the same view twice
+    ds.fix_view(0)
+    assert not torch.equal(ds[5]["image"], a)  # another view of the same image
+    teacher, _ = runs.load_model(teacher_run)
+    with torch.no_grad():
+        direct = teacher(a[None]).numpy()[0]
+    np.testing.assert_allclose(cached[5, 1], direct, atol=2e-3)  # the logits of exactly that view (fp16)
+    row = next(csv.DictReader(open(out / "history.csv")))
+    assert float(row["train_soft"]) > 0
+
+
+def test_each_epoch_picks_one_view_per_image_reproducibly():
+    ds = ViewDataset(list(range(50)), 4, seed=0)
+    ds.set_epoch(0, 0)
+    first = ds._choice.copy()
+    ds.set_epoch(0, 1)
+    assert not np.array_equal(first, ds._choice) and set(first) == {0, 1, 2, 3}
+    ds.set_epoch(0, 0)
+    np.testing.assert_array_equal(first, ds._choice)
+
+
+def test_a_partial_cache_continues_and_a_stale_one_is_not_used(tmp_path: Path):
+    calls = []
+
+    def teacher(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 2) + len(calls)
+
+    class Tiny:
+        def __len__(self) -> int:
+            return 6
+
+        def __getitem__(self, i: int) -> dict:
+            return {"image": torch.rand(1, 4, 4), "target": torch.zeros(2), "mask": torch.ones(2), "index": i,
+                    "meta": {}}
+
+    cache = ViewCache(tmp_path / "v.npy")
+    full = cache.load_or_compute("k1", ViewDataset(Tiny(), 3, 0), 2, 4, teacher, torch.device("cpu"))
+    assert full.shape == (6, 3, 2) and len(calls) == 6  # 2 batches per view
+    meta = json.loads((tmp_path / "v.json").read_text())
+    meta["views_done"] = 2  # killed while caching view 3
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    again = cache.load_or_compute("k1", ViewDataset(Tiny(), 3, 0), 2, 4, teacher, torch.device("cpu"))
+    assert len(calls) == 8  # only view 3 recomputed
+    torch.testing.assert_close(again[:, :2], full[:, :2])
+    cache.load_or_compute("k2", ViewDataset(Tiny(), 3, 0), 2, 4, teacher, torch.device("cpu"))
+    assert len(calls) == 14  # another key: everything recomputed
+
+
+def test_views_with_mixup_are_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="teacher_views 2: .*mixup"):
+        _views_run(phantom_root, teacher_run, tmp_path / "x", **{"train.mixup": 0.2})
