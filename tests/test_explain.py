@@ -361,7 +361,8 @@ def test_run_split_is_the_runs_data_preprocessed_per_side(run_dirs):
     xs, xt = inputs.model_inputs(s_rec), inputs.model_inputs(t_rec)
     assert xs.shape == (5, 1, SIZE, SIZE) and xt.shape == (5, 1, 128, 128)
     torch.testing.assert_close(xs[3], ds[3]["image"])  # exactly what evaluate feeds the model
-    torch.testing.assert_close(xt[3], run_dataset(student, "test", limit=5, record={"input": t_rec["input"]})[3]["image"])
+    teacher_view = run_dataset(student, "test", limit=5, record={"input": t_rec["input"]})
+    torch.testing.assert_close(xt[3], teacher_view[3]["image"])
 
 
 def _copy_run(src: Path, dst: Path) -> Path:

@@ -361,7 +361,7 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
 
 def test_explicit_explain_and_export_folders(tmp_path):
     from medistill.report import collect
-    from medistill.report.html import _pair
+    from medistill.report.gallery import pair_overlays as _pair
 
     run = make_run(tmp_path, "student", kind="distill", model="tiny_cnn", teacher=tmp_path / "gone")
     ex = tmp_path / "elsewhere" / "xai"
@@ -428,7 +428,8 @@ def test_reliability_matches_sklearn_and_colours_are_distinct():
 
 
 def test_number_formatting():
-    from medistill.report.html import _short_names, fmt, si, size_bytes, with_ci
+    from medistill.report.exports import short_names as _short_names
+    from medistill.report.format import fmt, si, size_bytes, with_ci
 
     assert fmt(0.81234567) == "0.8123" and fmt(3.2e-6) == "3.20e-06" and fmt(1234567) == "1,234,567"
     assert fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(True) == "yes" and fmt(0.0) == "0"

@@ -82,4 +82,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ALIASES", "EXPLAIN_FILE", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps", "explaining"]
+__all__ = ["ALIASES", "EXPLAIN_FILE", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps",
+           "explaining"]

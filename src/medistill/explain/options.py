@@ -14,10 +14,16 @@ from . import ExplainError, canonical_method
 
 @dataclasses.dataclass
 class ExplainOptions:
-    """How to explain (the CLI's flags)."""
+    """How to explain (the CLI's flags).
 
-    method: str = "gradcam"  # gradcam, gradcam++, hirescam, eigencam, layercam, integrated_gradients (ig), gradientshap (shap), fmv
-    labels: list[str] | None = None  # label names to explain on every image; None = the predicted positive ones, else the top_k (single-label: the predicted class)
+    Methods: gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); integrated_gradients (ig),
+    gradientshap (shap) (captum); fmv (KD-FMV average feature map of the last stage). Labels: ``labels`` when
+    given; else, multi-label, those predicted positive (the run's thresholds, or 0.5), else the ``top_k`` most
+    probable; single-label, the predicted class.
+    """
+
+    method: str = "gradcam"  # gradcam(++), hirescam, eigencam, layercam, integrated_gradients, gradientshap, fmv
+    labels: list[str] | None = None  # labels to explain on every image; None = the predicted ones (see top_k)
     top_k: int = 3  # multi-label with no positive prediction: explain the top_k labels
     batch_size: int = 16  # (image, label) pairs per explainer call
     size: int | None = None  # side of the maps, overlays and truth; None = the student's input size
@@ -50,8 +56,8 @@ class ExplainOptions:
 class ExplainSource:
     """What to explain: image files, or a split of the run's own data (the default) or of another dataset."""
 
-    images: list[str] = dataclasses.field(default_factory=list)  # image files (PNG, JPEG, DICOM ...) instead of a dataset split
-    dataset: str | None = None  # another dataset (phantom, nih, chexpert, padchest, medmnist, folder); None = the run's own data
+    images: list[str] = dataclasses.field(default_factory=list)  # image files (PNG, JPEG, DICOM ...), not a split
+    dataset: str | None = None  # another dataset (phantom, nih, chexpert ...); None = the run's own data
     root: str | None = None  # dataset folder; None = the run's own (with the run's dataset: its data, moved)
     split: str | None = None  # split to explain: train, val, test (None = test)
     limit: int = 16  # images of the split to explain (a seeded subset)

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..task import Task, get_task
+
 log = logging.getLogger(__name__)
 
 #: Colour of each run role, so a role reads the same in every figure.
@@ -228,7 +230,7 @@ def confusion_matrix(cm: np.ndarray, labels: Sequence[str], title: str):
 # calibration
 # ---------------------------------------------------------------------------------------------------------
 
-def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, task: str,
+def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, task: str | Task,
                 n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean predicted probability, observed frequency, count) per non-empty equal-width bin.
 
@@ -237,7 +239,7 @@ def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None,
     """
     probs = np.asarray(probs, dtype=float)  # (N, L)
     y = one_hot(targets, probs.shape[1])  # (N, L)
-    if task == "multilabel":
+    if get_task(task).multilabel:
         keep = (np.asarray(mask) > 0) if mask is not None else np.ones_like(probs, bool)
         conf, hit = probs[keep], y[keep]
     else:
@@ -255,8 +257,8 @@ def reliability(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None,
     return mean_p[ok] / count[ok], freq[ok] / count[ok], count[ok]
 
 
-def calibration(preds: Sequence[dict[str, np.ndarray]], names: Sequence[str], colour_list: Sequence[str], task: str,
-                eces: Sequence[float | None] | None = None, n_bins: int = 10):
+def calibration(preds: Sequence[dict[str, np.ndarray]], names: Sequence[str], colour_list: Sequence[str],
+                task: str | Task, eces: Sequence[float | None] | None = None, n_bins: int = 10):
     """Reliability diagram (observed frequency against mean predicted probability) and the confidence histogram."""
     fig = _figure(9, 3.8)
     ax, ax_hist = fig.subplots(1, 2, width_ratios=[1.2, 1])
@@ -273,7 +275,7 @@ def calibration(preds: Sequence[dict[str, np.ndarray]], names: Sequence[str], co
         idx = np.clip(np.digitize(mp, edges[1:-1]), 0, n_bins - 1)
         full[idx] = cnt
         ax_hist.step(centres, full, where="mid", color=c, label=name)
-    what = "per-label probability" if task == "multilabel" else "top-class confidence"
+    what = "per-label probability" if get_task(task).multilabel else "top-class confidence"
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"mean predicted {what}", ylabel="observed frequency",
            title="Reliability diagram")
     ax.grid(alpha=0.3)
