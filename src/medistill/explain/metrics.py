@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..task import Task, TaskError, get_task
+from ..task import MULTILABEL, Task, TaskError, get_task
 from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _label_prob(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> torch
 
 
 def deletion_insertion(model: nn.Module, images: torch.Tensor, labels: Sequence[int], maps: np.ndarray, *,
-                       steps: int = 16, task: str | Task = "multilabel", batch_size: int = 64,
+                       steps: int = 16, task: str | Task = MULTILABEL, batch_size: int = 64,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion AUCs (each (N,) in [0, 1]) of ``maps`` (N, h, w) for ``images`` (N, C, H, W).
 

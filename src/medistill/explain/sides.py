@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..runs import RUN_FILE
-from ..task import Task, get_task
+from ..task import MULTILABEL, Task, get_task
 from . import ExplainError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Explained:
 
     @property
     def task(self) -> Task:
-        return get_task(self.record.get("task"), default="multilabel")
+        return get_task(self.record.get("task"), default=MULTILABEL.name)
 
     @property
     def input(self):
