@@ -24,11 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MedistillError
-
-
-class ExplainError(MedistillError):
-    """An explanation request does not fit the model or the images; the message names the value."""
+from .errors import ExplainError
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ExplainError
+from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 

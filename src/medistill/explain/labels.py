@@ -15,7 +15,7 @@ import torch
 
 from ..task import Task, get_task
 from ..utils.runtime import eval_mode
-from . import ExplainError
+from .errors import ExplainError
 from .sides import Explained
 
 

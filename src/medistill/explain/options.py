@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import ExplainError, canonical_method
+from . import canonical_method
+from .errors import ExplainError
 
 
 @dataclasses.dataclass

@@ -35,7 +35,8 @@ import torch
 
 from ..config import DataConfig
 from ..utils.io import atomic_write_json
-from . import EXPLAIN_FILE, LABEL_AGNOSTIC, ExplainError
+from . import EXPLAIN_FILE, LABEL_AGNOSTIC
+from .errors import ExplainError
 from .figures import draw_overlay, safe_name, write_feature_grids
 from .inputs import Inputs, background, load_images, load_run_split, load_split, model_inputs, other_split, run_split
 from .labels import choose_labels, predict, thresholds

@@ -12,7 +12,7 @@ import torch
 
 from ..runs import RUN_FILE
 from ..task import MULTILABEL, Task, get_task
-from . import ExplainError
+from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,9 @@
+"""The explanation package's error (torch-free, so that options and the CLI can raise it without torch)."""
+
+from __future__ import annotations
+
+from ..errors import MedistillError
+
+
+class ExplainError(MedistillError):
+    """An explanation request does not fit the model or the images; the message names the value."""
