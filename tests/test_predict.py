@@ -252,3 +252,36 @@ def test_multiclass_models_predict_the_most_probable_label(models, inputs, tmp_p
     (p,) = list(Predictor(mc).predict([inputs["gray"]]))
     assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert p.positives == [max(p.probabilities, key=p.probabilities.get)]
+
+
+def test_symlink_loops_in_a_folder_are_reported(models, inputs, capsys, caplog, tmp_path):
+    """A symlink loop named like an image is reported as a failed input (exit 1) and a folder symlink that loops
+    back is named in a warning, instead of both being skipped unseen."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "ok.png").write_bytes(inputs["gray"].read_bytes())
+    (tmp_path / "sub" / "loop.png").symlink_to("loop.png")
+    (tmp_path / "sub" / "up").symlink_to("..")
+    with caplog.at_level("WARNING", logger="medistill"):
+        rc = main(["predict", str(models["plain"]), str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "ok.png: positives" in out
+    assert f"{tmp_path / 'sub' / 'loop.png'}: error: is a symlink loop" in err
+    assert any(str(tmp_path / "sub" / "up") in r.getMessage() and "symlink loop" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_onnx_runtime_writes_nothing_under_home(models, tmp_path):
+    """ONNX Runtime's telemetry writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,onnxruntime.db} when
+    it is imported; medistill turns it off (ORT_DISABLE_TELEMETRY=1) before importing it."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    code = f"from medistill.inference import Predictor; Predictor({str(models['plain'])!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [str(p.relative_to(home)) for p in home.rglob("*")] == []

@@ -479,3 +479,86 @@ print(json.dumps({{"status": r.status_code, "maps": r.json().get("maps") is not 
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out == {"status": 200, "maps": True, "model": 200, "loaded": ["torch"]}  # "torch" is the None blocker
+
+
+# --- Host check, log escaping, memory per upload ------------------------------------------------------------------
+def test_host_header_is_checked(model_path):
+    """Only the bound host names are answered (DNS rebinding): another site's name gets 400 JSON with the security
+    headers; --allow-host adds names; a wildcard bind answers IP addresses but not names."""
+    from fastapi.testclient import TestClient
+
+    from medistill.cli import build_parser
+    from medistill.serve import create_app
+    from medistill.serve.guards import allowed_hosts_for
+
+    with TestClient(create_app(model_path)) as c:  # default: the loopback names
+        for host in ("localhost", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST."):
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        r = c.get("/healthz", headers={"host": "attacker.example:8000"})
+        assert r.status_code == 400 and r.json()["error"] == "host_not_allowed"
+        assert "attacker.example" in r.json()["detail"] and "--allow-host" in r.json()["detail"]
+        assert r.headers["x-content-type-options"] == "nosniff" and "default-src" in r.headers["content-security-policy"]
+        assert c.post("/api/predict", files={"file": ("a.png", phantom_png())},
+                      headers={"host": "rebound.example"}).status_code == 400
+    assert set(allowed_hosts_for("127.0.0.1")) == {"127.0.0.1", "localhost", "[::1]"}
+    assert allowed_hosts_for("127.0.0.1", ["xray.lan"])[-1] == "xray.lan"
+    with TestClient(create_app(model_path, allowed_hosts=allowed_hosts_for("0.0.0.0", ["xray.lan"]))) as c:
+        assert [c.get("/healthz", headers={"host": h}).status_code for h in
+                ("192.168.1.20:8000", "[fe80::1]", "xray.lan", "localhost", "evil.example")] == [200] * 4 + [400]
+    args = build_parser().parse_args(["serve", "m.onnx", "--allow-host", "a.lan", "--allow-host", "b.lan"])
+    assert args.allow_host == ["a.lan", "b.lan"]
+
+
+def test_upload_names_are_escaped_in_the_log(client, caplog):
+    """NUL, terminal escape codes, line separators and bidi overrides in a file name never reach the log as they
+    are (a CR or LF cannot be in it: the multipart header would be malformed, 422)."""
+    name = "x\x1b[31mred\x1b[0m\x00\u2028FAKE LOG LINE\u202egnp.png"
+    body = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="' + name.encode("utf-8") +
+            b'"\r\n\r\n' + phantom_png() + b"\r\n--xyz--\r\n")
+    with caplog.at_level("INFO", logger="medistill"):
+        ok = client.post("/api/predict", content=body, headers={"content-type": "multipart/form-data; boundary=xyz"})
+        bad = client.post("/api/predict", content=body.replace(phantom_png(), b"text"),
+                          headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert ok.status_code == 200 and bad.status_code == 415
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\\x1b[31mred" in logged and "\\x00" in logged and "\\u202e" in logged
+    for raw in ("\x1b", "\x00", "\u2028", "\u202e"):
+        assert raw not in logged
+    assert ok.json()["file"] == bad.json()["detail"].split(":")[0] == "x\\x1b[31mred\\x1b[0m\\x00\\u2028FAKE LOG " \
+                                                                       "LINE\\u202egnp.png"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc (Linux)")
+def test_memory_per_upload_is_bounded(model_path, tmp_path):
+    """A 97 KB 5000 x 5000 RGBA PNG of zeros (within the pixel limit) is reduced on load: the request's peak memory
+    (growth of VmHWM, the peak resident memory of a fresh process: ru_maxrss would carry this process's peak over
+    the fork) stays under 2 x its 8-bit image (200 MB); it was 1.2 GB when the image
+    was converted to float at full size."""
+    from PIL import Image
+
+    png = tmp_path / "zeros.png"
+    Image.new("RGBA", (5000, 5000)).save(png, optimize=True)
+    code = f"""
+import json, time
+from pathlib import Path
+from medistill.serve.app import Upload, create_app
+served = create_app({str(model_path)!r}).state.served
+data = Path({str(png)!r}).read_bytes()
+class Part:  # a python-multipart Field: the upload in memory
+    value, file_name, field_name = data, b"zeros.png", b"file"
+def hwm_kib():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
+before = hwm_kib()
+now = time.perf_counter()
+out = served.predict(Upload(Part()), "png", preview=True, started=now, queued_at=now)
+growth = (hwm_kib() - before) / 1024
+print(json.dumps({{"growth_mib": growth, "image": out["image"]["width"], "preview": out["image"]["preview"][:22]}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"5000x5000 RGBA PNG ({png.stat().st_size} bytes): peak memory growth {out['growth_mib']:.0f} MiB")
+    assert out["image"] == 5000 and out["preview"] == "data:image/png;base64,"
+    assert out["growth_mib"] < 2 * 5000 * 5000 * 4 / 2**20 + 30  # two 8-bit RGBA images (PIL's reduce premultiplies
+    # alpha in a copy) and small float copies; see the README

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
-import os
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MedistillError
+
+log = logging.getLogger(__name__)
 
 #: Largest image accepted, in pixels (a 20000x20000 image is refused before decoding). 16384^2 would be 1 GiB
 #: of float32; chest X-rays are at most about 4300x4300.
@@ -395,13 +397,50 @@ def _fit(v: Sequence[float], channels: int) -> list[float]:
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into image/DICOM paths; files are kept as given."""
+    """Expand files and folders (recursively, sorted) into image/DICOM paths; files are kept as given.
+
+    Inside a folder, a symlink with an image name whose target cannot be reached (a symlink loop, or a target that
+    is missing) is listed all the same, so that the caller reports it like any unreadable file instead of
+    skipping it unseen; a symlink to a folder is not followed, with a warning (one that loops back above itself
+    says so).
+    """
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file()
-                              and q.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES))
+            found = []
+            for q in p.rglob("*"):
+                image_name = q.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
+                if q.is_symlink() and not q.is_file() and not q.is_dir():
+                    if image_name:
+                        found.append(q)  # a loop or a dangling link: reading it gives the reason
+                    else:
+                        log.warning("%s: %s, skipped", q, _broken_link_reason(q))
+                elif q.is_symlink() and q.is_dir():
+                    loops = _loops_back(q)
+                    log.warning("%s: a symlink to a folder, not followed%s", q,
+                                " (a symlink loop: it points to a folder above it)" if loops else "")
+                elif image_name and q.is_file():
+                    found.append(q)
+            out.extend(sorted(found))
         else:
             out.append(p)
     return out
+
+
+def _broken_link_reason(q: Path) -> str:
+    try:
+        q.resolve(strict=True)
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP:
+            return "a symlink loop"
+    return "a symlink to a missing file"
+
+
+def _loops_back(q: Path) -> bool:
+    """Whether the folder symlink ``q`` points to the folder holding it or one above it."""
+    try:
+        target = q.resolve(strict=True)
+        return target == q.parent.resolve() or target in q.parent.resolve().parents
+    except (RuntimeError, OSError):
+        return True
