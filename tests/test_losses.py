@@ -331,3 +331,65 @@ def test_weights_follow_the_logits_dtype():
     z = ML["student"]  # float64 logits with a float32 weight buffer
     close(build_hard_loss("multilabel", class_weights=ML["pos_weight"].float())(z, ML["target"], ML["mask"]),
           EXP["bce_pos_weight"], tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# explanation-aware KD (e2KD, CAT-KD) and the Grad-CAM maps they use
+# ------------------------------------------------------------------------------------------------------------
+
+MAPS = {k: t64(v) for k, v in GOLDEN["maps"].items()}
+
+
+def test_golden_e2kd():
+    from medistill.losses import E2KDLoss
+
+    close(E2KDLoss()(MAPS["student"], MAPS["teacher"], MAPS["mask"]), EXP["e2kd_multilabel"])
+    close(E2KDLoss(single_label=True)(MAPS["student"], MAPS["teacher"], MAPS["mask"], MAPS["teacher_logits"]),
+          EXP["e2kd_single_label"])
+
+
+@pytest.mark.parametrize("pool, name", [(2, "cat_pool2"), (1, "cat_pool1")])
+def test_golden_cat(pool, name):
+    from medistill.losses import CATLoss
+
+    close(CATLoss(pool)(MAPS["student"], MAPS["teacher"], MAPS["mask"]), EXP[name])
+
+
+def test_golden_gradcam_of_a_gap_linear_head_is_cam():
+    from medistill.losses import gradcam_maps
+
+    feat = MAPS["features"].clone().requires_grad_(True)
+    head = torch.nn.Linear(5, 3).double()
+    with torch.no_grad():
+        head.weight.copy_(MAPS["head_weight"])
+    logits = head(feat.mean(dim=(2, 3)))
+    maps = gradcam_maps(feat, logits)
+    np.testing.assert_allclose(maps.detach().numpy(), EXP["gradcam_gap_linear"], rtol=1e-9, atol=1e-12)
+
+
+def test_e2kd_is_zero_when_the_student_looks_where_the_teacher_looks_and_gradients_reach_the_student():
+    from medistill.losses import E2KDLoss, gradcam_maps
+
+    feat = torch.randn(2, 4, 6, 6, requires_grad=True)
+    head = torch.nn.Linear(4, 3)
+    logits = head(feat.mean(dim=(2, 3)))
+    s_maps = gradcam_maps(feat, logits, create_graph=True)
+    assert float(E2KDLoss()(s_maps, s_maps.detach() * 2.5)) == pytest.approx(0.0, abs=1e-6)  # scale-free
+    loss = E2KDLoss()(s_maps, torch.rand(2, 3, 3, 3))
+    loss.backward()
+    assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) > 0  # through the explanation
+
+
+def test_kdloss_adds_the_explanation_term():
+    from medistill.losses import CATLoss
+
+    kd = KDLoss.build("multilabel", alpha=PAR["alpha"], temperature=PAR["T_multilabel"], explanation=CATLoss(2),
+                      explanation_weight=3.0).double()
+    s_maps, t_maps = MAPS["student"], MAPS["teacher"]
+    b = s_maps.shape[0]
+    out = kd(ML["student"][:b, :3], ML["teacher"][:b, :3], ML["target"][:b, :3], MAPS["mask"], student_maps=s_maps,
+             teacher_maps=t_maps)
+    close(out["explain"], EXP["cat_pool2"])
+    close(out["loss"], float(out["hard"] * PAR["alpha"] + (1 - PAR["alpha"]) * out["soft"] + 3.0 * out["explain"]))
+    with pytest.raises(Exception, match="student_maps and teacher_maps"):
+        kd(ML["student"], ML["teacher"], ML["target"], ML["mask"])

@@ -93,6 +93,31 @@ def attention(s, t, p, keep):
     return float((d * keep).sum() / keep.sum())
 
 
+def block_mean(x, k):  # (..., k h, k w) -> (..., h, w): adaptive average pooling by a whole factor k
+    h, w = x.shape[-2] // k, x.shape[-1] // k
+    return x.reshape(*x.shape[:-2], h, k, w, k).mean(axis=(-3, -1))
+
+
+def e2kd(s, t, m):  # 1 - cos(bilinear(ReLU(s)) to t's size, ReLU(t)), masked mean over (image, label)
+    s, t = block_mean2(np.maximum(s, 0)).reshape(*s.shape[:2], -1), np.maximum(t, 0).reshape(*t.shape[:2], -1)
+    keep = m * (t.sum(2) > 0)
+    den = np.linalg.norm(s, axis=2) * np.linalg.norm(t, axis=2)
+    cos = np.where(keep > 0, (s * t).sum(2) / np.where(den > 0, den, 1.0), 0.0)
+    return masked_mean(1 - cos, keep)
+
+
+def cat(s, t, m, pool=2):  # pooled to pool x pool, each map L2-normalised, mean squared difference
+    s = block_mean(s, s.shape[-1] // pool).reshape(*s.shape[:2], -1)
+    t = block_mean(t, t.shape[-1] // pool).reshape(*t.shape[:2], -1)
+    s, t = s / np.linalg.norm(s, axis=2, keepdims=True), t / np.linalg.norm(t, axis=2, keepdims=True)
+    return masked_mean(((s - t) ** 2).mean(2), m)
+
+
+def gap_linear_gradcam(feat, weight):  # Grad-CAM of a GAP + linear head: sum_k W_lk / (h w) A_k
+    h, w = feat.shape[-2:]
+    return np.einsum("lc,bchw->blhw", weight, feat) / (h * w)
+
+
 def main() -> None:
     rng = np.random.default_rng(20240601)
     B, L, C = 6, 5, 4
@@ -110,6 +135,11 @@ def main() -> None:
     tw = [0.5, 0.3, 0.2]
     feat = {"student": rng.normal(0, 1, (4, 3, 8, 8)), "teacher": rng.normal(0, 1, (4, 5, 4, 4)),
             "weight": rng.normal(0, 0.5, (5, 3)), "keep": np.array([1, 0, 1, 1], float)}
+    maps = {"student": rng.normal(0, 1, (4, 3, 8, 8)), "teacher": rng.normal(0.3, 1, (4, 3, 4, 4)),
+            "mask": np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1]], float),
+            "teacher_logits": rng.normal(0, 2, (4, 3)), "features": rng.normal(0, 1, (2, 5, 3, 3)),
+            "head_weight": rng.normal(0, 1, (3, 5))}
+    maps["teacher"][1, 2] = -1.0  # all negative: nothing to match after the ReLU, left out of e2KD
     alpha, T_ml, T_mc = 0.3, 2.0, 4.0
 
     expected = {
@@ -131,6 +161,12 @@ def main() -> None:
         "fitnets": fitnets(feat["student"], feat["teacher"], feat["weight"], feat["keep"]),
         "attention_p2": attention(feat["student"], feat["teacher"], 2.0, feat["keep"]),
         "attention_p1": attention(feat["student"], feat["teacher"], 1.0, feat["keep"]),
+        "e2kd_multilabel": e2kd(maps["student"], maps["teacher"], maps["mask"]),
+        "e2kd_single_label": e2kd(maps["student"], maps["teacher"],
+                                  maps["mask"] * np.eye(3)[maps["teacher_logits"].argmax(1)]),
+        "cat_pool2": cat(maps["student"], maps["teacher"], maps["mask"]),
+        "cat_pool1": cat(maps["student"], maps["teacher"], maps["mask"], pool=1),
+        "gradcam_gap_linear": gap_linear_gradcam(maps["features"], maps["head_weight"]).tolist(),
     }
     data = {
         "about": "inputs and expected values for tests/test_losses.py; written by tests/golden/make_golden.py "
@@ -142,6 +178,7 @@ def main() -> None:
         "teachers_multilabel": [t.tolist() for t in teachers_ml],
         "teachers_multiclass": [t.tolist() for t in teachers_mc],
         "features": {k: v.tolist() for k, v in feat.items()},
+        "maps": {k: v.tolist() for k, v in maps.items()},
         "expected": expected,
     }
     OUT.write_text(json.dumps(data, indent=1) + "\n")

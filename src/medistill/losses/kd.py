@@ -131,7 +131,8 @@ def build_kd_loss(task: str, kind: str = "auto", *, temperature: float) -> nn.Mo
 
 
 class KDLoss(nn.Module):
-    """The KD-FMV objective (paper B): ``alpha * hard + (1 - alpha) * soft [+ feature_weight * feature]``.
+    """The KD-FMV objective (paper B): ``alpha * hard + (1 - alpha) * soft [+ feature_weight * feature]
+    [+ explanation_weight * explain]`` (the explanation terms: :mod:`medistill.losses.explanation`).
 
     ``soft`` already holds its ``T^2`` (Hinton et al. 2015), so with CE and softmax KL this is exactly
     ``alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))``. ``forward`` returns a dict of named
@@ -144,33 +145,40 @@ class KDLoss(nn.Module):
     """
 
     def __init__(self, hard: nn.Module, soft: nn.Module, alpha: float, *, feature: nn.Module | None = None,
-                 feature_weight: float = 1.0):
+                 feature_weight: float = 1.0, explanation: nn.Module | None = None, explanation_weight: float = 1.0):
         super().__init__()
         if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
             raise LossError(f"alpha: got {alpha!r}, expected a value in [0, 1]")
-        if not (math.isfinite(feature_weight) and feature_weight >= 0):
-            raise LossError(f"feature_weight: got {feature_weight!r}, expected a finite number >= 0")
+        for name, w in (("feature_weight", feature_weight), ("explanation_weight", explanation_weight)):
+            if not (math.isfinite(w) and w >= 0):
+                raise LossError(f"{name}: got {w!r}, expected a finite number >= 0")
         self.hard = hard
         self.soft = soft
         self.feature = feature
+        self.explanation = explanation
         self.alpha = float(alpha)
         self.feature_weight = float(feature_weight)
+        self.explanation_weight = float(explanation_weight)
 
     @classmethod
     def build(cls, task: str, *, alpha: float, temperature: float, kd: str = "auto", hard: str = "auto",
               class_weights: torch.Tensor | None = None, focal_gamma: float = 2.0, feature: nn.Module | None = None,
-              feature_weight: float = 1.0) -> "KDLoss":
+              feature_weight: float = 1.0, explanation: nn.Module | None = None,
+              explanation_weight: float = 1.0) -> "KDLoss":
         """From names: ``build_hard_loss(task, hard, ...)`` and ``build_kd_loss(task, kd, temperature=...)``."""
         return cls(build_hard_loss(task, hard, class_weights=class_weights, focal_gamma=focal_gamma),
                    build_kd_loss(task, kd, temperature=temperature), alpha, feature=feature,
-                   feature_weight=feature_weight)
+                   feature_weight=feature_weight, explanation=explanation, explanation_weight=explanation_weight)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 mask: torch.Tensor | None = None, *, student_features: torch.Tensor | None = None,
-                teacher_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Logits, target, mask ``(B, L)``; features ``(B, C, h, w)`` when a feature loss is set -> named scalars.
+                teacher_features: torch.Tensor | None = None, student_maps: torch.Tensor | None = None,
+                teacher_maps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits, target, mask ``(B, L)``; features ``(B, C, h, w)`` when a feature loss is set; per-label
+        explanation maps ``(B, L, h, w)`` when an explanation loss is set -> named scalars.
 
-        Feature losses get the per-sample mask ``(B,)``: a sample counts when any of its labels is valid.
+        Feature losses get the per-sample mask ``(B,)``: a sample counts when any of its labels is valid;
+        explanation losses the ``(B, L)`` mask and the teacher's logits.
         """
         hard = self.hard(student_logits, target, mask)
         soft = self.soft(student_logits, teacher_logits, mask)
@@ -183,6 +191,13 @@ class KDLoss(nn.Module):
             feat = self.feature(student_features, teacher_features, m.amax(dim=1))
             out["feature"] = feat
             total = total + self.feature_weight * feat
+        if self.explanation is not None:
+            if student_maps is None or teacher_maps is None:
+                raise LossError("KDLoss has an explanation loss: pass student_maps and teacher_maps (B, L, h, w)")
+            ex = self.explanation(student_maps, teacher_maps, resolve_mask(mask, as_compute(student_logits)),
+                                  teacher_logits=teacher_logits)
+            out["explain"] = ex
+            total = total + self.explanation_weight * ex
         out["loss"] = total
         return out
 

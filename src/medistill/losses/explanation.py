@@ -1,0 +1,104 @@
+"""Explanation-aware distillation: make the student look where the teacher looks.
+
+Both losses work on class activation maps at each model's CAM layer, per label, so they serve multi-label data
+(one map per label, the mask of uncertain labels respected) and single-label data alike:
+
+- :func:`gradcam_maps`: Grad-CAM (Selvaraju et al. 2017) maps ``(B, L, h, w)`` from a feature map and the logits:
+  ``w_lk = mean_hw d z_l / d A_k``, ``M_l = sum_k w_lk A_k``. For a network whose head is global average pooling
+  and a linear layer this is exactly CAM (Zhou et al. 2016) divided by ``h w``; the gradient only runs through
+  the head, so it is cheap, and with ``create_graph=True`` the student's maps stay differentiable (e2KD
+  back-propagates through its explanation).
+- :class:`E2KDLoss`: Parchami-Araghi et al., "Good Teachers Explain: Explanation-Enhanced Knowledge
+  Distillation", ECCV 2024: ``1 - cos(ReLU(M_s), ReLU(M_t))`` of the student's and the teacher's Grad-CAM, maps
+  resized to the teacher's map size; averaged over the explained (image, label) pairs: for single-label data the
+  teacher's predicted class (as in the paper), for multi-label data every valid label.
+- :class:`CATLoss`: Guo et al., "Class Attention Transfer Based Knowledge Distillation" (CAT-KD), CVPR 2023:
+  every class's activation map average-pooled to ``pool x pool``, each flattened map L2-normalised, then the mean
+  squared difference between student and teacher; averaged over valid (image, label) pairs.
+
+Shapes: maps ``(B, L, h, w)`` (student and teacher sizes may differ), mask ``(B, L)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .hard import LossError, masked_mean
+
+EPS = 1e-8
+
+
+def gradcam_maps(features: torch.Tensor, logits: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+    """Grad-CAM of every label: features ``(B, C, h, w)`` (part of the graph that made) logits ``(B, L)`` ->
+    maps ``(B, L, h, w)`` (before ReLU). One backward pass per label through the part of the network between
+    the CAM layer and the logits."""
+    if features.dim() != 4 or logits.dim() != 2 or features.shape[0] != logits.shape[0]:
+        raise LossError(f"gradcam_maps: features {tuple(features.shape)} and logits {tuple(logits.shape)}, expected "
+                        f"(B, C, h, w) and (B, L)")
+    maps = []
+    for k in range(logits.shape[1]):
+        (g,) = torch.autograd.grad(logits[:, k].sum(), features, create_graph=create_graph, retain_graph=True)
+        w = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        maps.append((w * features).sum(dim=1))  # (B, h, w)
+    return torch.stack(maps, dim=1)  # (B, L, h, w)
+
+
+def _check(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if s.dim() != 4 or t.dim() != 4 or s.shape[:2] != t.shape[:2]:
+        raise LossError(f"explanation maps: student {tuple(s.shape)}, teacher {tuple(t.shape)}, expected (B, L, h, w) "
+                        f"with the same B and L")
+    if mask is None:
+        return torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)
+    if mask.shape != s.shape[:2]:
+        raise LossError(f"mask: shape {tuple(mask.shape)}, expected (B, L) = {tuple(s.shape[:2])}")
+    return (mask > 0).to(s.dtype)
+
+
+class E2KDLoss(nn.Module):
+    """e2KD's explanation term: ``1 - cosine(ReLU(M_s), ReLU(M_t))`` per explained (image, label), masked mean.
+
+    ``forward(student_maps, teacher_maps, mask, teacher_logits=None)``: with ``single_label=True`` only the
+    teacher's predicted class of each image is explained (``teacher_logits`` ``(B, L)`` required); pairs whose
+    teacher map is all zero (nothing to match) are left out.
+    """
+
+    def __init__(self, single_label: bool = False):
+        super().__init__()
+        self.single_label = single_label
+
+    def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor, mask: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        m = _check(student_maps, teacher_maps, mask)
+        if self.single_label:
+            if teacher_logits is None:
+                raise LossError("E2KDLoss(single_label=True) needs teacher_logits (B, L) to pick the explained class")
+            m = m * F.one_hot(teacher_logits.argmax(dim=1), m.shape[1]).to(m.dtype)
+        s = F.relu(student_maps.float())
+        t = F.relu(teacher_maps.detach().float())
+        if s.shape[-2:] != t.shape[-2:]:
+            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        s, t = s.flatten(2), t.flatten(2)  # (B, L, hw)
+        m = m * (t.sum(dim=2) > 0).to(m.dtype)
+        cos = (s * t).sum(2) / (s.norm(dim=2) * t.norm(dim=2)).clamp_min(EPS)  # (B, L)
+        return masked_mean(1.0 - cos, m)
+
+
+class CATLoss(nn.Module):
+    """CAT-KD's class attention transfer: pooled, L2-normalised class activation maps, mean squared difference."""
+
+    def __init__(self, pool: int = 2):
+        super().__init__()
+        if pool < 1:
+            raise LossError(f"CAT pool size: got {pool}, expected >= 1")
+        self.pool = int(pool)
+
+    def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor, mask: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``teacher_logits`` is accepted for a common signature with :class:`E2KDLoss` and unused."""
+        m = _check(student_maps, teacher_maps, mask)
+        s = F.adaptive_avg_pool2d(student_maps.float(), self.pool).flatten(2)  # (B, L, p*p)
+        t = F.adaptive_avg_pool2d(teacher_maps.detach().float(), self.pool).flatten(2)
+        s, t = F.normalize(s, dim=2, eps=EPS), F.normalize(t, dim=2, eps=EPS)
+        return masked_mean(((s - t) ** 2).mean(dim=2), m)
