@@ -420,6 +420,10 @@ class DistillConfig:
                                    "per image are computed once and replayed, one view per image each epoch; 0 = off")
     teacher_views_dir: str | None = option(None, "where the view cache lives (share it between student seeds); "
                                                  "None = the run directory")
+    explain_loss: str = option("none", "explanation-aware KD on per-label Grad-CAM maps: none, e2kd (map similarity, "
+                                       "Parchami-Araghi et al. 2024), cat (class attention transfer, Guo et al. 2023)")
+    explain_weight: float = option(1.0, "weight of the explanation term")
+    cat_pool: int = option(2, "CAT-KD: side of the pooled class activation maps")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
@@ -430,6 +434,9 @@ class DistillConfig:
         check_choice("cache_teacher", self.cache_teacher, ("auto", "true", "false"))
         check_choice("teacher_precision", self.teacher_precision, ("auto", "fp32", "bf16"))
         check_range("teacher_views", self.teacher_views, 0, 1000)
+        check_choice("explain_loss", self.explain_loss, ("none", "e2kd", "cat"))
+        check_range("explain_weight", self.explain_weight, 0.0, 1e6)
+        check_range("cat_pool", self.cat_pool, 1, 64)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "
                               f"{len(self.teachers)} teachers, expected one per teacher")
