@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.runner import evaluate_run
+    from ..task import get_task
     from .common import print_json
 
     m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(m)
         return 0
-    if m["task"] == "multilabel":
+    if get_task(m["task"]).multilabel:
         print(f"{args.run_dir} ({args.split}, {m['num_images']} images): macro AUC {m['macro_auc']:.4f}")
         for lab, auc in m["per_label_auc"].items():
             print(f"  {lab:24s} AUC {'n/a' if auc is None or auc != auc else f'{auc:.4f}'}")
