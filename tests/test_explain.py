@@ -447,3 +447,19 @@ def test_cli_explain_keeps_the_runs_views(shared_data, tmp_path):
     ds = run_dataset(run, "test", limit=6)
     assert names[0] == names[1] == [ds.meta(i)["image_id"] for i in range(len(ds))]
     assert {ds.meta(i)["view"].upper() for i in range(len(ds))} == {"AP"}  # 103 of the 621 sample images
+
+
+def test_same_data_decides_when_a_dataconfig_names_the_runs_own_data(tmp_path, monkeypatch):
+    """explain_run(data=...) with the run's own source, root and selection (quickstart's call) explains the run's
+    data through run_dataset; another root, views or uncertainty policy is other data."""
+    from medistill.explain.inputs import same_data
+
+    run = DataConfig(dataset="chexpert", root=str(tmp_path / "cx"), image_size=64, limit=100, views=["PA"],
+                     frontal_only=True, uncertainty="ones")
+    monkeypatch.chdir(tmp_path)
+    assert same_data(DataConfig(dataset="chexpert", root="cx", limit=4, views=["PA"], frontal_only=True,
+                                uncertainty="ones", cache=False, augment="none"), run)  # size, limit, cache aside
+    assert not same_data(DataConfig(dataset="chexpert", root="cx", views=["PA"], frontal_only=True), run)
+    assert not same_data(DataConfig(dataset="chexpert", root="other", views=["PA"], frontal_only=True,
+                                    uncertainty="ones"), run)
+    assert not same_data(DataConfig(dataset="nih", root="cx", views=["PA"]), run)

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 
 def data_to_explain(run_dir: str | Path, cfg: ExplainConfig) -> Any:
-    """The DataConfig of another dataset to explain, or None for the run's own data (or for image files).
+    """The DataConfig to explain a split of (None for image files).
 
     No ``dataset``, or the run's own dataset: the run's data (its views, labels, uncertainty policy ...), at
     ``root`` when that names another folder (the same data, moved); another dataset: its defaults.
@@ -46,10 +46,8 @@ def data_to_explain(run_dir: str | Path, cfg: ExplainConfig) -> Any:
     if s.images:
         return None
     own = RunDir(run_dir if Path(run_dir).is_dir() else Path(run_dir).parent).config().data
-    if s.dataset is None or s.dataset == own.dataset:
-        if s.root is None or (own.root is not None and Path(s.root).resolve() == Path(own.root).resolve()):
-            return None
-        return dataclasses.replace(own, root=s.root, limit=s.limit)
+    if s.dataset is None or s.dataset == own.dataset:  # at its own root, explain_run rebuilds it with run_dataset
+        return dataclasses.replace(own, root=s.root or own.root, limit=s.limit)
     try:
         return from_dict(DataConfig, {"dataset": s.dataset, "root": s.root, "limit": s.limit})
     except ConfigError as e:

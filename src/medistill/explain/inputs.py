@@ -87,6 +87,20 @@ def load_images(paths: Sequence[str | Path]) -> Inputs:
                   {"images": [str(p) for p in paths]})
 
 
+#: the data fields that decide which images and labels a split holds (input size, limit, cache and augmentation aside)
+SELECTION_FIELDS = ("dataset", "split_seed", "val_fraction", "test_fraction", "views", "frontal_only", "uncertainty",
+                    "blank", "labels")
+
+
+def same_data(data: DataConfig, run_data: DataConfig) -> bool:
+    """Whether ``data`` names the run's own data (``run_data``): the same source, root and selection of images and
+    labels; then the run's data is explained, rebuilt by :func:`medistill.runs.run_dataset`."""
+    if any(getattr(data, f) != getattr(run_data, f) for f in SELECTION_FIELDS):
+        return False
+    return (Path(data.root).resolve() if data.root else None) == (Path(run_data.root).resolve() if run_data.root
+                                                                  else None)
+
+
 def run_split(run: str | Path, split: str, limit: int | None, student: dict[str, Any]) -> DatasetFor:
     """The run's own data, split ``split`` (``limit`` images, None = as the run had it), per model record.
 

@@ -1,45 +1,46 @@
 """What to explain and how: the options of :func:`medistill.explain.runner.explain_run` and of ``medistill explain``.
 
-Plain dataclasses, torch-free: the command line generates one flag per field from them (``cli/common.py``) and
-reads the same names from a ``--config`` YAML file, so flags, YAML keys and the library's arguments never
-disagree. Unknown keys are refused naming the valid ones.
+Plain dataclasses, torch-free, each field declared with :func:`medistill.config.option` (its help text): the
+command line generates one flag per field from them (``cli/common.py``) and reads the same names from a
+``--config`` YAML file, so flags, YAML keys and the library's arguments never disagree. Unknown keys are refused
+naming the valid ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from ..config import option
 from . import canonical_method
 from .errors import ExplainError
 
 
 @dataclasses.dataclass
 class ExplainOptions:
-    """How to explain (the CLI's flags).
+    """How to explain (the CLI's flags). Labels: ``labels`` when given; else, multi-label, those predicted
+    positive (the run's thresholds, or 0.5), else the ``top_k`` most probable; single-label, the predicted class."""
 
-    Methods: gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); integrated_gradients (ig),
-    gradientshap (shap) (captum); fmv (KD-FMV average feature map of the last stage). Labels: ``labels`` when
-    given; else, multi-label, those predicted positive (the run's thresholds, or 0.5), else the ``top_k`` most
-    probable; single-label, the predicted class.
-    """
-
-    method: str = "gradcam"  # gradcam(++), hirescam, eigencam, layercam, integrated_gradients, gradientshap, fmv
-    labels: list[str] | None = None  # labels to explain on every image; None = the predicted ones (see top_k)
-    top_k: int = 3  # multi-label with no positive prediction: explain the top_k labels
-    batch_size: int = 16  # (image, label) pairs per explainer call
-    size: int | None = None  # side of the maps, overlays and truth; None = the student's input size
-    layer: str | None = None  # the student's CAM layer by module name; None = models.cam_layer (teacher: always)
-    faithfulness: bool = True  # deletion / insertion AUCs (2 x (steps + 1) forward passes per map)
-    steps: int = 16  # deletion / insertion steps
-    background: int = 16  # GradientShap: training images drawn as the background
-    n_samples: int = 16  # GradientShap: random points per image
-    n_steps: int = 32  # Integrated Gradients: path steps
-    sanity: bool = False  # also explain a weight-shuffled copy of the student (Adebayo et al. 2018)
-    with_truth: bool = False  # dataset split: only the images that have ground truth (phantom masks, NIH boxes)
-    overlays: int = 64  # write overlay PNGs for at most this many images
-    feature_grid: int = 4  # images (rows) in the feature-map grids; 0 = no grids
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    seed: int = 0  # GradientShap draws, tie-breaking in deletion / insertion, the randomised copy
+    method: str = option("gradcam", "gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); "
+                                    "integrated_gradients (ig), gradientshap (shap) (captum); fmv (KD-FMV average "
+                                    "feature map of the last stage)")
+    labels: list[str] | None = option(None, "labels to explain on every image; None = the predicted positive ones, "
+                                            "else the top_k (single-label: the predicted class)")
+    top_k: int = option(3, "multi-label with no positive prediction: explain the top_k labels")
+    batch_size: int = option(16, "(image, label) pairs per explainer call")
+    size: int | None = option(None, "side of the maps, overlays and truth; None = the student's input size")
+    layer: str | None = option(None, "the student's CAM layer by module name; None = the model's CAM layer "
+                                     "(the teacher's: always its own)")
+    faithfulness: bool = option(True, "deletion / insertion AUCs (2 x (steps + 1) forward passes per map)")
+    steps: int = option(16, "deletion / insertion steps")
+    background: int = option(16, "GradientShap: training images drawn as the background")
+    n_samples: int = option(16, "GradientShap: random points per image")
+    n_steps: int = option(32, "Integrated Gradients: path steps")
+    sanity: bool = option(False, "also explain a weight-shuffled copy of the student (Adebayo et al. 2018)")
+    with_truth: bool = option(False, "dataset split: only the images that have ground truth (phantom masks, NIH boxes)")
+    overlays: int = option(64, "write overlay PNGs for at most this many images")
+    feature_grid: int = option(4, "images (rows) in the feature-map grids; 0 = no grids")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    seed: int = option(0, "GradientShap draws, tie-breaking in deletion / insertion, the randomised copy")
 
     def validate(self) -> None:
         self.method = canonical_method(self.method)
@@ -57,12 +58,13 @@ class ExplainOptions:
 class ExplainSource:
     """What to explain: image files, or a split of the run's own data (the default) or of another dataset."""
 
-    images: list[str] = dataclasses.field(default_factory=list)  # image files (PNG, JPEG, DICOM ...), not a split
-    dataset: str | None = None  # another dataset (phantom, nih, chexpert ...); None = the run's own data
-    root: str | None = None  # dataset folder; None = the run's own (with the run's dataset: its data, moved)
-    split: str | None = None  # split to explain: train, val, test (None = test)
-    limit: int = 16  # images of the split to explain (a seeded subset)
-    teacher: str | None = None  # teacher run directory; None = the one the run records (skipped if gone)
+    images: list[str] = option(factory=list, help="image files (PNG, JPEG, DICOM ...) instead of a dataset split")
+    dataset: str | None = option(None, "another dataset (phantom, nih, chexpert, padchest, medmnist, folder); "
+                                       "None = the run's own data, rebuilt as it was trained on")
+    root: str | None = option(None, "dataset folder; None = the run's own (with the run's dataset: its data, moved)")
+    split: str | None = option(None, "split to explain: train, val, test (None = test)")
+    limit: int = option(16, "images of the split to explain (a seeded subset)")
+    teacher: str | None = option(None, "teacher run directory; None = the one the run records (skipped if gone)")
 
     def validate(self) -> None:
         if self.limit < 1:
@@ -78,8 +80,8 @@ class ExplainSource:
 class ExplainConfig:
     """``medistill explain``: what to explain (``source``) and how (``options``); every field is a flag."""
 
-    source: ExplainSource = dataclasses.field(default_factory=ExplainSource)
-    options: ExplainOptions = dataclasses.field(default_factory=ExplainOptions)
+    source: ExplainSource = option(factory=ExplainSource, help="what to explain")
+    options: ExplainOptions = option(factory=ExplainOptions, help="how to explain")
 
     def validate(self) -> None:
         s = self.source

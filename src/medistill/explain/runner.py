@@ -38,7 +38,8 @@ from ..utils.io import atomic_write_json
 from . import EXPLAIN_FILE, LABEL_AGNOSTIC
 from .errors import ExplainError
 from .figures import draw_overlay, safe_name, write_feature_grids
-from .inputs import Inputs, background, load_images, load_run_split, load_split, model_inputs, other_split, run_split
+from .inputs import (Inputs, background, load_images, load_run_split, load_split, model_inputs, other_split,
+                     run_split, same_data)
 from .labels import choose_labels, predict, thresholds
 from .options import ExplainOptions
 from .scoring import Pair, Progress, compute_maps, sanity_scores, score_pairs, summarise
@@ -53,8 +54,9 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
                 data: DataConfig | None = None, split: str = "test", limit: int | None = None,
                 teacher: str | Path | None = None, options: ExplainOptions | None = None,
                 progress: Progress | None = None) -> dict[str, Any]:
-    """Explain the model of run directory ``run`` on ``images``, a split of another dataset ``data``, or (neither)
-    a split of the run's own data (:func:`medistill.runs.run_dataset`); write into ``out``.
+    """Explain the model of run directory ``run`` on ``images``, a split of another dataset ``data``, or a split
+    of the run's own data (:func:`medistill.runs.run_dataset`; neither given, or ``data`` naming the run's own:
+    :func:`.inputs.same_data`); write into ``out``.
 
     ``limit``: images of the split (a seeded subset); None = ``data.limit``, or for the run's own data the run's
     own limit. The run's ``config.yaml`` must be readable (as ``evaluate`` and ``export`` require).
@@ -69,8 +71,10 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
         raise ExplainError("inputs: expected either image files or a dataset split, not both")
     run_dir, out = Path(run), Path(out)
     folder = run_dir if run_dir.is_dir() else run_dir.parent
-    RunDir(folder).config()  # a missing config.yaml or an unknown key in it: refused here, naming the file
-    if data is not None and limit is not None:
+    own = RunDir(folder).config().data  # a missing config.yaml or an unknown key in it: refused here, naming it
+    if data is not None and same_data(data, own):  # the run's own data: rebuilt exactly as it was trained on
+        data, limit = None, limit if limit is not None else data.limit
+    elif data is not None and limit is not None:
         data = dataclasses.replace(data, limit=limit)
     device = resolve_device(options.device)
     student = load_side("student", run_dir, device)
