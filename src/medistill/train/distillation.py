@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -57,11 +56,22 @@ def teacher_autocast(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(feature map at the model's CAM layer ``(B, C, h, w)``, logits ``(B, L)``) in one forward pass."""
+def features_and_logits(model: nn.Module, x: torch.Tensor, *, detach: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature map at the model's CAM layer ``(B, C, h, w)``, logits ``(B, L)``) in one forward pass.
+
+    ``detach=True`` cuts the graph at the CAM layer and makes its output a leaf that requires grad, so gradients
+    of the logits reach it (Grad-CAM of a frozen teacher) without running through the rest of the network."""
     layer, reshape = cam_layer(unwrap(model))
     store: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, o: store.append(o))
+
+    def hook(_m: nn.Module, _i: Any, o: torch.Tensor) -> torch.Tensor | None:
+        if detach:
+            o = o.detach().requires_grad_(True)
+        store.append(o)
+        return o if detach else None
+
+    handle = layer.register_forward_hook(hook)
     try:
         logits = model(x)
     finally:
@@ -103,17 +113,19 @@ class SupervisedObjective(nn.Module):
 
 
 class DistillationObjective(SupervisedObjective):
-    """:class:`~medistill.losses.kd.KDLoss` against one or several teachers: ``{"loss", "hard", "soft"[, "feature"]}``.
+    """:class:`~medistill.losses.kd.KDLoss` against one or several teachers:
+    ``{"loss", "hard", "soft"[, "feature"][, "explain"]}``.
 
-    ``cached``: teacher logits ``(N, L)`` of every training image (offline KD), ``(N, V, L)`` on ``V`` replayed
-    views of each (cached consistent KD, :mod:`.views`), or None to run the teachers on each batch (online,
-    consistent KD). The teachers are not submodules: their weights are neither trained nor
-    saved with the student's resume state.
+    ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
+    per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
+    :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). The teachers are not
+    submodules: their weights are neither trained nor saved with the student's resume state.
     """
 
     def __init__(self, kd: nn.Module, teachers: list[Teacher], load_in: InputConfig, task: Task,
                  student_input: Callable[[torch.Tensor], torch.Tensor], *, temperature: float,
-                 precision: str = "fp32", cached: torch.Tensor | None = None, channels_last: bool = False):
+                 precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
+                 channels_last: bool = False):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
         self._teachers = list(teachers)
@@ -131,54 +143,66 @@ class DistillationObjective(SupervisedObjective):
     def needs_features(self) -> bool:
         return self.kd.feature is not None
 
-    def teacher_outputs(self, x_load: torch.Tensor, *, need_features: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The teachers' logits ``(B, L)`` (several combined at temperature T) and, when asked, the first
-        teacher's CAM-layer features, for a loaded batch. Runs under ``inference_mode`` and the teacher precision;
-        the results are cloned out of inference mode so the student's loss can save them for backward."""
-        from ..losses import combine_teacher_logits
+    @property
+    def needs_maps(self) -> bool:
+        return self.kd.explanation is not None
 
-        logits, feat = [], None
-        with torch.inference_mode(), teacher_autocast(x_load.device, self.precision):
+    def teacher_outputs(self, x_load: torch.Tensor, *, need_features: bool = False, need_maps: bool = False
+                        ) -> dict[str, torch.Tensor]:
+        """The teachers' outputs on a loaded batch: ``"logits"`` ``(B, L)`` (several teachers combined at
+        temperature T), and when asked the first teacher's CAM-layer ``"features"`` ``(B, C, h, w)`` and per-label
+        Grad-CAM ``"maps"`` ``(B, L, h, w)``. Runs in the teacher precision, under ``inference_mode`` unless maps
+        are needed (their gradients run through the teacher's head only); results are plain tensors the student's
+        loss can save for backward."""
+        from ..losses import combine_teacher_logits, gradcam_maps
+
+        out: dict[str, torch.Tensor] = {}
+        logits = []
+        grad_ctx = torch.enable_grad() if need_maps else torch.inference_mode()
+        with grad_ctx, teacher_autocast(x_load.device, self.precision):
             for i, tch in enumerate(self._teachers):
                 xt = adapt_input(x_load, self.load_in, tch.input)
-                if need_features and i == 0:
-                    feat, lg = features_and_logits(tch.model, xt)
-                    feat = feat.float()
+                if (need_features or need_maps) and i == 0:
+                    feat, lg = features_and_logits(tch.model, xt, detach=need_maps)
+                    if need_maps:
+                        out["maps"] = gradcam_maps(feat, lg).detach().float()
+                    if need_features:
+                        out["features"] = feat.detach().float().clone()
                 else:
                     lg = tch.model(xt)
-                logits.append(lg.float())
+                logits.append(lg.detach().float())
         if len(logits) > 1:
-            out = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task.name,
-                                         temperature=self.temperature)
+            out["logits"] = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task.name,
+                                                   temperature=self.temperature)
         else:
-            out = logits[0]
-        return out.clone(), None if feat is None else feat.clone()
+            out["logits"] = logits[0].clone()
+        return out
+
+    def _cached_rows(self, batch: Batch) -> dict[str, torch.Tensor]:
+        idx = batch.index.cpu()
+        rows = {}
+        for name, arr in self.cached.items():
+            views = arr.dim() == (3 if name == "logits" else 5)
+            rows[name] = (arr[idx, batch.view.cpu()] if views else arr[idx]).to(batch.x.device)
+        return rows
 
     def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        from ..losses import gradcam_maps
+
         x = self.student_view(batch.x)
-        if self.needs_features:
+        if self.needs_features or self.needs_maps:
             s_feat, logits = features_and_logits(model, x)
         else:
             s_feat, logits = None, model(x)
         if self.cached is not None and not batch.mixed and not self.needs_features:
-            idx = batch.index.cpu()
-            rows = self.cached[idx] if self.cached.dim() == 2 else self.cached[idx, batch.view.cpu()]
-            t_logits, t_feat = rows.to(batch.x.device), None
+            t = self._cached_rows(batch)
         else:
-            t_logits, t_feat = self.teacher_outputs(batch.x, need_features=self.needs_features)
-        return self.kd(logits.float(), t_logits, batch.target, batch.mask,
-                       student_features=None if s_feat is None else s_feat.float(), teacher_features=t_feat)
+            t = self.teacher_outputs(batch.x, need_features=self.needs_features, need_maps=self.needs_maps)
+        s_maps = gradcam_maps(s_feat, logits, create_graph=True) if self.needs_maps else None
+        return self.kd(logits.float(), t["logits"], batch.target, batch.mask,
+                       student_features=s_feat.float() if self.needs_features else None,
+                       teacher_features=t.get("features"), student_maps=s_maps, teacher_maps=t.get("maps"))
 
     def trainable(self) -> dict[str, nn.Module]:
         """Modules with parameters the optimiser trains besides the student (a FitNets projector), by name."""
         return {"objective": self.kd} if any(True for _ in self.kd.parameters()) else {}
-
-
-def cache_teacher_logits(objective: DistillationObjective, loader: Any, device: torch.device) -> np.ndarray:
-    """The teachers' logits ``(N, L)`` for every image of ``loader`` (in dataset order, no augmentation)."""
-    out = []
-    for batch in loader:
-        lg, _ = objective.teacher_outputs(batch["image"].to(device))
-        out.append(lg.cpu().numpy())
-    return np.concatenate(out)

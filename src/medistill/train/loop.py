@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .. import runs
@@ -31,7 +30,6 @@ from . import distributed as dist_utils
 from .checkpoint import TrainingError, TrainState, load_state, save_state, unwrap, write_history
 from .distillation import Batch, SupervisedObjective
 from .mixing import Mixer, smooth_targets
-from .optim import build_optimizer, build_scheduler
 from .setup import Setup, setup
 from .views import ViewDataset
 

@@ -24,10 +24,9 @@ from ..data import Preprocess, build_dataset, collate, image_cache_dir
 from ..models import InputConfig, create_model, input_config, load_weights
 from ..task import Task, get_task
 from . import distributed as dist_utils
-from .distillation import (DistillationObjective, SupervisedObjective, cache_teacher_logits, features_and_logits,
-                           resolve_precision)
+from .distillation import DistillationObjective, SupervisedObjective, features_and_logits, resolve_precision
 from .optim import build_optimizer, build_scheduler
-from .teacher import Teacher, TeacherCache, adapt_input, load_teacher
+from .teacher import Teacher, adapt_input, load_teacher
 from .views import ViewCache, ViewDataset, collate_views
 from .views import cache_key as views_cache_key
 
@@ -94,7 +93,8 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
         kd = KDLoss.build(task.name, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
-                          feature_weight=cfg.distill.feature_weight).to(device)
+                          feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
+                          explanation_weight=cfg.distill.explain_weight).to(device)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
                                           channels_last=t.channels_last)
@@ -136,13 +136,24 @@ def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: Inpu
     return FitNetsHint(fs.shape[1], ft.shape[1])
 
 
+def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
+    """e2KD (the teacher's predicted class for single-label data, every valid label for multi-label) or CAT-KD."""
+    from ..losses import CATLoss, E2KDLoss
+
+    if cfg.distill.explain_loss == "e2kd":
+        return E2KDLoss(single_label=not task.multilabel)
+    if cfg.distill.explain_loss == "cat":
+        return CATLoss(cfg.distill.cat_pool)
+    return None
+
+
 def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
                   device: torch.device, main: bool, cb: Any) -> tuple[str, Any]:
     """Decide how the teachers' outputs reach the loss; returns ``(mode, training dataset)``:
 
-    - ``offline``: every view of an image is the same (no augmentation, no mixing, no feature term): the logits
-      of each image are computed once (``teacher_logits.npy``);
-    - ``views``: ``distill.teacher_views`` > 0 with augmentation: the logits on V replayed views per image are
+    - ``offline``: every view of an image is the same (no augmentation, no mixing, no feature term): the outputs
+      of each image are computed once (``teacher_logits.npy``, one view);
+    - ``views``: ``distill.teacher_views`` > 0 with augmentation: the outputs on V replayed views per image are
       computed once (FKD, :mod:`.views`) and the dataset replays one of those views per image each epoch;
     - ``online``: the teachers run on each batch, on the view the student sees.
     """
@@ -155,10 +166,12 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
             if bad:
                 raise ConfigError(f"teacher_views {d.teacher_views}: the teacher's outputs cannot be cached, {why}; "
                                   f"set --teacher-views 0 for online KD")
-        if cfg.data.augment == "none":
-            log.info("teacher_views %d with augmentation 'none': every view is the same, caching one", d.teacher_views)
-        else:
-            return "views", _cache_views(cfg, objective, run, train_ds, device, main, cb)
+        if cfg.data.augment != "none":
+            ds = _cache(cfg, objective, run, train_ds, device, main, cb, d.teacher_views)
+            log.info("cached consistent KD: the teacher's outputs on %d views per image; each epoch replays one "
+                     "view per image", d.teacher_views)
+            return "views", ds
+        log.info("teacher_views %d with augmentation 'none': every view is the same, caching one", d.teacher_views)
     reason = None
     if cfg.data.augment != "none":
         reason = f"augmentation '{cfg.data.augment}' changes each view, so the teacher must see it"
@@ -171,49 +184,42 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
     elif d.cache_teacher == "true" and reason:
         raise ConfigError(f"cache_teacher true: cannot cache teacher outputs, {reason}")
     if reason is None:
-        cache = TeacherCache(run.file(runs.TEACHER_LOGITS))
-        key = TeacherCache.key(objective.teachers, [str(p) for p in train_ds.data.records["path"]],
-                               f"{objective.load_in.size}|{resolve_precision(device, objective.precision)}")
-        loader = DataLoader(train_ds, batch_size=t.batch_size * 2, shuffle=False, num_workers=cfg.data.num_workers,
-                            collate_fn=collate)
-        if not main:
-            dist_utils.barrier()
-        objective.cached = cache.load_or_compute(key, lambda: cache_teacher_logits(objective, loader, device))
-        if main:
-            dist_utils.barrier()
-        log.info("offline distillation: teacher logits cached (%s)", run.file(runs.TEACHER_LOGITS))
-    else:
-        log.info("online distillation: the teacher runs every step (%s)", reason)
+        ds = _cache(cfg, objective, run, train_ds, device, main, cb, 1)
+        log.info("offline distillation: teacher outputs cached once (%s)", run.file(runs.TEACHER_LOGITS))
+        return "offline", ds
+    log.info("online distillation: the teacher runs every step (%s)", reason)
     if cb.on_message:
-        cb.on_message("teacher outputs cached once (offline KD)" if reason is None
-                      else f"teacher runs every step: {reason}")
-    return ("offline" if reason is None else "online"), train_ds
+        cb.on_message(f"teacher runs every step: {reason}")
+    return "online", train_ds
 
 
-def _cache_views(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
-                 device: torch.device, main: bool, cb: Any) -> Any:
-    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` and fill ``objective.cached`` with ``(N, V, L)``."""
+def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any, device: torch.device,
+           main: bool, cb: Any, views: int) -> Any:
+    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of ``views`` views and fill ``objective.cached``."""
     import torchvision
 
     d = cfg.distill
-    ds = ViewDataset(train_ds, d.teacher_views, seed=cfg.data.split_seed)
+    ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed)
     key = views_cache_key({
         "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
-        "augment": cfg.data.augment, "views": d.teacher_views, "seed": cfg.data.split_seed,
+        "augment": cfg.data.augment, "views": views, "seed": cfg.data.split_seed, "maps": objective.needs_maps,
         "images": [str(p) for p in train_ds.data.records["path"]], "torchvision": torchvision.__version__})
-    folder = Path(d.teacher_views_dir) if d.teacher_views_dir else run.path
-    cache = ViewCache(folder / f"teacher_views-{key}.npy")
+    if views == 1:
+        path = run.file(runs.TEACHER_LOGITS)
+    else:
+        path = (Path(d.teacher_views_dir) if d.teacher_views_dir else run.path) / f"teacher_views-{key}.npy"
+    cache = ViewCache(path)
     on_view = (lambda v, n: cb.on_message(f"teacher outputs cached on view {v}/{n}")) if cb.on_message else None
     if not main:
         dist_utils.barrier()
     # two runs sharing teacher_views_dir may compute the same view at once: each write is atomic and equal
-    objective.cached = cache.load_or_compute(key, ds, train_ds.num_labels, cfg.train.batch_size * 2,
-                                             lambda x: objective.teacher_outputs(x)[0], device, on_view)
+    objective.cached = cache.load_or_compute(key, ds, cfg.train.batch_size * 2,
+                                             lambda x: objective.teacher_outputs(x, need_maps=objective.needs_maps),
+                                             device, on_view)
     if main:
         dist_utils.barrier()
-    log.info("cached consistent KD: the teacher's outputs on %d views per image (%s); each epoch replays one view "
-             "per image", d.teacher_views, cache.path)
     if cb.on_message:
-        cb.on_message(f"teacher outputs cached on {d.teacher_views} augmented views per image (FKD)")
+        cb.on_message("teacher outputs cached once (offline KD)" if views == 1 else
+                      f"teacher outputs cached on {views} augmented views per image (FKD)")
     return ds

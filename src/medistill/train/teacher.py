@@ -4,21 +4,16 @@ Cross-resolution distillation (as in resolution-aware KD): the teacher may see t
 (e.g. 224 px) while the student sees it smaller (e.g. 128 px). The loader produces the larger of the two sizes;
 each model gets the batch resized (antialiased bilinear) and re-normalised with its own mean / std.
 
-Offline distillation: when nothing random happens to a training image (no augmentation) and no feature term is
-used, the teacher's logits are computed once before training and cached on disk (``teacher_logits.npy`` in the
-run directory), so epochs do not run the teacher at all. With augmentation the teacher must see the same
-augmented view as the student, so it runs online; the run log says which mode was used and why.
+Caching the teachers' outputs (offline KD, cached consistent KD) is :mod:`.views`; the policy is in :mod:`.setup`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,43 +83,3 @@ def adapt_input(x: torch.Tensor, src: InputConfig, dst: InputConfig) -> torch.Te
         x = F.interpolate(x, size=(dst.size, dst.size), mode="bilinear", align_corners=False,
                           antialias=dst.size < x.shape[-1])
     return x
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-        np.save(f, arr)
-
-
-class TeacherCache:
-    """Teacher logits of every training image, computed once (offline distillation).
-
-    Stored as float32 ``(N, L)`` in ``teacher_logits.npy`` with a key over the teachers, the image list and sizes,
-    so a resumed run reuses it and a changed setup recomputes it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.logits: torch.Tensor | None = None
-
-    @staticmethod
-    def key(teachers: list[Teacher], image_paths: list[str], size: int | str) -> str:
-        h = hashlib.sha1()
-        for t in teachers:
-            h.update(f"{t.source}|{t.weight}|{t.input.size}".encode())
-        h.update(f"{size}".encode())
-        h.update("\n".join(image_paths).encode())
-        return h.hexdigest()[:16]
-
-    def load_or_compute(self, key: str, compute: Callable[[], np.ndarray]) -> torch.Tensor:
-        from ..utils.io import atomic_write
-
-        key_path = self.path.with_suffix(".key")
-        if self.path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
-            arr = np.load(self.path)
-            log.info("reusing cached teacher logits %s", self.path)
-        else:
-            arr = compute().astype(np.float32)
-            atomic_write(self.path, lambda p: _save_npy(p, arr))
-            atomic_write(key_path, lambda p: p.write_text(key))
-        self.logits = torch.from_numpy(arr)
-        return self.logits

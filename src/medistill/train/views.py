@@ -5,10 +5,11 @@ exactly, and reads the teacher's logits for it, so KD stays consistent (the teac
 an epoch costs what a plain student epoch costs.
 
 A view is identified by ``(image index, view number)``: its augmentation runs under a torch RNG seeded from those
-two numbers and the cache seed, so replaying it needs no stored crop boxes. The cache (``teacher_views.npy``:
-``(N, V, L)`` float16, plus a ``.json`` with its key and the views done) is keyed by the teachers, their
-precision, the image list, the load size, the augmentation and ``V``; a stale cache is recomputed, a partial one
-(killed while caching) continues from the first view not done.
+two numbers and the cache seed, so replaying it needs no stored crop boxes. The cache (:class:`ViewCache`: the
+logits ``(N, V, L)``, for explanation losses the teacher's Grad-CAM maps too, and a ``.json`` with its key and the
+views done) is keyed by the teachers, their precision, the image list, the load size, the augmentation and ``V``;
+a stale cache is recomputed, a partial one (killed while caching) continues from the first view not done.
+Offline KD (no augmentation: every view is the same) is the same cache with ``V = 1``.
 """
 
 from __future__ import annotations
@@ -85,11 +86,17 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 class ViewCache:
-    """The teachers' logits on every view of every image: ``(N, V, L)`` float16 in ``<stem>.npy`` + ``<stem>.json``."""
+    """The teachers' outputs on every view of every image, by name: ``"logits"`` ``(N, V, L)`` float32 in
+    ``<stem>.npy`` and, for explanation losses, ``"maps"`` ``(N, V, L, h, w)`` float16 in ``<stem>-maps.npy``;
+    ``<stem>.json`` holds the key and how many views are done. Offline KD is the case ``V = 1`` without
+    augmentation."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.meta_path = self.path.with_suffix(".json")
+
+    def file(self, name: str) -> Path:
+        return self.path if name == "logits" else self.path.with_name(f"{self.path.stem}-{name}.npy")
 
     def _meta(self) -> dict[str, Any]:
         try:
@@ -97,32 +104,41 @@ class ViewCache:
         except (OSError, ValueError):
             return {}
 
-    def load_or_compute(self, key: str, ds: ViewDataset, num_labels: int, batch_size: int,
-                        teacher_logits: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                        on_view: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """``(N, V, L)`` float32 tensor of the teachers' logits; computes the views not cached yet, one whole view
-        at a time, writing the file after each (a killed run continues from there)."""
+    def load_or_compute(self, key: str, ds: ViewDataset, batch_size: int,
+                        teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device,
+                        on_view: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+        """The cached outputs as float32 tensors ``(N, V, ...)``; computes the views not cached yet, one whole view
+        at a time, writing the files after each (a killed run continues from there). ``teacher`` maps a loaded
+        batch to named outputs ``(B, ...)``."""
         meta = self._meta()
         n, V = len(ds), ds.views
-        if meta.get("key") == key and self.path.is_file():
-            arr = np.load(self.path)
+        names = meta.get("names", [])
+        arrays: dict[str, np.ndarray] = {}
+        done = 0
+        if meta.get("key") == key and all(self.file(k).is_file() for k in names):
+            arrays = {k: np.load(self.file(k)) for k in names}
             done = int(meta.get("views_done", 0))
-        else:
-            arr, done = np.zeros((n, V, num_labels), np.float16), 0
         if done >= V:
-            log.info("reusing the teacher's cached outputs on %d views per image (%s)", V, self.path)
+            log.info("reusing the teacher's cached outputs on %d view(s) per image (%s)", V, self.path)
         for v in range(done, V):
             ds.fix_view(v)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_views)
             for batch in loader:
-                arr[batch["index"].numpy(), v] = teacher_logits(batch["image"].to(device)).cpu().numpy()
+                idx = batch["index"].numpy()
+                for name, out in teacher(batch["image"].to(device)).items():
+                    if name not in arrays:
+                        dtype = np.float32 if name == "logits" else np.float16
+                        arrays[name] = np.zeros((n, V, *out.shape[1:]), dtype)
+                    arrays[name][idx, v] = out.detach().cpu().numpy()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, lambda p: _save(p, arr))
-            atomic_write_json(self.meta_path, {"key": key, "views": V, "views_done": v + 1, "shape": list(arr.shape)})
+            for name, arr in arrays.items():
+                atomic_write(self.file(name), lambda p, a=arr: _save(p, a))
+            atomic_write_json(self.meta_path, {"key": key, "views": V, "views_done": v + 1, "names": sorted(arrays),
+                                               "shapes": {k: list(a.shape) for k, a in arrays.items()}})
             log.info("cached the teacher's outputs on view %d/%d of %d images", v + 1, V, n)
             if on_view:
                 on_view(v + 1, V)
-        return torch.from_numpy(arr.astype(np.float32))
+        return {k: torch.from_numpy(a.astype(np.float32)) for k, a in arrays.items()}
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
