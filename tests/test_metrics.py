@@ -11,8 +11,8 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, c
                              recall_score, roc_auc_score)
 
 from medistill.errors import MedistillError
-from medistill.evaluate.metrics import (MetricAccumulator, MetricError, MetricWarning, _resample_counts,
-                                        _weighted_auc, bootstrap_macro_auc, choose_thresholds, compute_metrics,
+from medistill.evaluate.bootstrap import bootstrap_macro_auc, resample_counts, weighted_auc
+from medistill.evaluate.metrics import (MetricAccumulator, MetricError, MetricWarning, choose_thresholds, compute_metrics,
                                         expected_calibration_error, multiclass_metrics, multilabel_metrics)
 
 LABELS = ["Atelectasis", "Effusion", "Nodule", "Hernia"]
@@ -116,8 +116,8 @@ def test_weighted_auc_equals_sklearn_on_resampled_rows():
     rng = np.random.default_rng(3)
     scores = np.round(rng.random(30), 1)  # many ties
     pos = rng.random(30) < 0.4
-    counts = next(_resample_counts(30, 25, seed=4))
-    got = _weighted_auc(scores, pos, counts)
+    counts = next(resample_counts(30, 25, seed=4))
+    got = weighted_auc(scores, pos, counts)
     for b in range(25):
         rows = np.repeat(np.arange(30), counts[:, b])
         yb = pos[rows]
@@ -129,7 +129,7 @@ def test_bootstrap_ci_is_seeded_and_matches_naive(ml):
     probs, y, m = ml
     valid = m > 0
     boots = bootstrap_macro_auc(probs, y, valid, n_bootstrap=20, seed=7)
-    counts = next(_resample_counts(len(probs), 20, seed=7))
+    counts = next(resample_counts(len(probs), 20, seed=7))
     for b in range(20):
         rows = np.repeat(np.arange(len(probs)), counts[:, b])
         aucs = []

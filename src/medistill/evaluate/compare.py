@@ -17,7 +17,8 @@ import numpy as np
 from .. import runs
 from ..errors import MedistillError
 from ..task import Task, get_task
-from .metrics import _percentile_ci, _resample_counts, _weighted_auc, compute_metrics
+from .bootstrap import percentile_ci, resample_counts, weighted_auc
+from .metrics import compute_metrics
 
 KD, NOKD, TEACHER = "student (KD)", "student (no KD)", "teacher"
 
@@ -80,13 +81,13 @@ def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.nda
     diffs = []
     if t.multilabel:
         n, L = probs_a.shape
-        for counts in _resample_counts(n, n_bootstrap, seed):
+        for counts in resample_counts(n, n_bootstrap, seed):
             per = np.full((2, counts.shape[1], L), np.nan)
             for k in range(L):
                 rows = np.flatnonzero(valid[:, k])
                 if rows.size:
-                    per[0, :, k] = _weighted_auc(probs_a[:, k], targets[:, k] > 0.5, counts, rows)
-                    per[1, :, k] = _weighted_auc(probs_b[:, k], targets[:, k] > 0.5, counts, rows)
+                    per[0, :, k] = weighted_auc(probs_a[:, k], targets[:, k] > 0.5, counts, rows)
+                    per[1, :, k] = weighted_auc(probs_b[:, k], targets[:, k] > 0.5, counts, rows)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 diffs.append(np.nanmean(per[0], axis=1) - np.nanmean(per[1], axis=1))
@@ -96,8 +97,8 @@ def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.nda
         d = (probs_a[keep].argmax(1) == true).astype(np.float64) - (probs_b[keep].argmax(1) == true)  # (n,)
         n = len(d)
         if n:
-            diffs = [d @ counts / n for counts in _resample_counts(n, n_bootstrap, seed)]
-    lo, hi = _percentile_ci(np.concatenate(diffs)) if diffs else (float("nan"), float("nan"))
+            diffs = [d @ counts / n for counts in resample_counts(n, n_bootstrap, seed)]
+    lo, hi = percentile_ci(np.concatenate(diffs)) if diffs else (float("nan"), float("nan"))
     return {"value": float(value), "ci_low": lo, "ci_high": hi}
 
 

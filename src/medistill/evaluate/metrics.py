@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import MedistillError
 from ..task import Task, TaskError, get_task
+from .bootstrap import bootstrap_macro_auc, percentile_ci, resample_counts
 
 log = logging.getLogger(__name__)
 
@@ -100,86 +101,8 @@ def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray, n_bi
         return float("nan")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     b = np.searchsorted(edges[1:-1], c)  # (n,) bin of each entry
-    count = np.bincount(b, minlength=n_bins)
     gap = np.abs(np.bincount(b, weights=o, minlength=n_bins) - np.bincount(b, weights=c, minlength=n_bins))
     return float(gap.sum() / c.size)  # = sum_b count_b / n * |acc_b - conf_b|, empty bins add 0
-
-
-# ------------------------------------------------------------------------------------------------------------
-# bootstrap
-# ------------------------------------------------------------------------------------------------------------
-
-def _resample_counts(n: int, n_bootstrap: int, seed: int, chunk: int | None = None):
-    """Yield ``(n, b)`` integer arrays: column ``j`` counts how often each of the ``n`` rows is drawn in resample j.
-
-    Resamples draw ``n`` rows uniformly with replacement (``rng.integers``), ``b`` resamples per chunk.
-    """
-    rng = np.random.default_rng(seed)
-    chunk = chunk or max(1, min(n_bootstrap, 4_000_000 // max(n, 1)))
-    done = 0
-    while done < n_bootstrap:
-        b = min(chunk, n_bootstrap - done)
-        idx = rng.integers(0, n, size=(b, n))  # (b, n) rows drawn by each resample
-        flat = (idx * b + np.arange(b)[:, None]).ravel()
-        yield np.bincount(flat, minlength=n * b).reshape(n, b)
-        done += b
-
-
-def _weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray,
-                  rows: np.ndarray | None = None) -> np.ndarray:
-    """ROC-AUC of each resample -> ``(b,)`` (NaN if undefined); column j of ``counts`` ``(n, b)`` weights the entries.
-
-    ``rows``: use only these entries of ``scores`` / ``positive`` ``(n,)`` and rows of ``counts`` (the valid ones).
-
-    Equal to ``roc_auc_score`` on the rows repeated ``counts`` times: the Mann-Whitney U statistic
-    ``U = sum_{i pos} c_i (negatives below s_i + 1/2 negatives tied with s_i)`` over ``W_pos * W_neg``, for all
-    resamples at once (one sort of the negatives, a cumulative sum, two look-ups per positive), in exact integer
-    arithmetic. Written here because scikit-learn has no weighted, vectorised form, and calling it for every
-    resample and label is far slower.
-    """
-    rows = np.arange(len(scores)) if rows is None else np.asarray(rows)
-    pos = positive[rows].astype(bool)
-    pos_rows, neg_rows = rows[pos], rows[~pos]
-    neg_rows = neg_rows[np.argsort(scores[neg_rows], kind="mergesort")]
-    neg_scores = scores[neg_rows]  # ascending
-    cum = np.zeros((len(neg_rows) + 1, counts.shape[1]), dtype=np.int64)  # (n_neg + 1, b)
-    np.cumsum(counts[neg_rows], axis=0, out=cum[1:])  # negatives' weight up to each rank
-    lo = np.searchsorted(neg_scores, scores[pos_rows], side="left")  # negatives strictly below each positive
-    hi = np.searchsorted(neg_scores, scores[pos_rows], side="right")  # ... below or tied
-    c_pos = counts[pos_rows]  # (n_pos, b)
-    u2 = (c_pos * (cum[lo] + cum[hi])).sum(axis=0)  # 2 U per resample
-    den = c_pos.sum(axis=0) * cum[-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, u2 / (2.0 * np.where(den > 0, den, 1)), np.nan)
-
-
-def _percentile_ci(values: np.ndarray) -> list[float]:
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-def bootstrap_macro_auc(probs: np.ndarray, targets: np.ndarray, valid: np.ndarray, n_bootstrap: int = 1000,
-                        seed: int = 0) -> np.ndarray:
-    """Macro AUC of ``n_bootstrap`` resamples of the images (rows) -> ``(n_bootstrap,)``.
-
-    Each resample draws N rows with replacement; each label uses its valid entries among them, and the macro
-    average takes the labels with both classes in that resample (NaN if none).
-    """
-    n, L = probs.shape
-    out = []
-    for counts in _resample_counts(n, n_bootstrap, seed):
-        per = np.full((counts.shape[1], L), np.nan)
-        for k in range(L):
-            rows = np.flatnonzero(valid[:, k])
-            if rows.size:
-                per[:, k] = _weighted_auc(probs[:, k], targets[:, k] > 0.5, counts, rows)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no defined label: NaN
-            out.append(np.nanmean(per, axis=1))
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -278,7 +201,7 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     macro = float(auc[both].mean()) if both.any() else float("nan")
     ci = None
     if n_bootstrap > 0:
-        ci = _percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed)) if both.any() else [float("nan")] * 2
+        ci = percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed)) if both.any() else [float("nan")] * 2
 
     def named(a: np.ndarray) -> dict[str, float]:
         return {lab: float(a[k]) for k, lab in enumerate(labels)}
@@ -355,7 +278,7 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     _warn_one_class(missing, "classes")
     ci = None
     if n_bootstrap > 0:
-        ci = (_percentile_ci(np.concatenate([correct @ cnt / nv for cnt in _resample_counts(nv, n_bootstrap, seed)]))
+        ci = (percentile_ci(np.concatenate([correct @ cnt / nv for cnt in resample_counts(nv, n_bootstrap, seed)]))
               if nv else [float("nan")] * 2)
     return {
         "task": "multiclass",
