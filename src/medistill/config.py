@@ -383,12 +383,15 @@ class TrainConfig:
     cutmix: float = option(
         0.0, "CutMix Beta(a, a) parameter (Yun et al. 2019); 0 = off; with mixup, one of the two per batch")
     mix_prob: float = option(1.0, "share of batches that are mixed when mixup or cutmix is on")
+    ema_decay: float = option(0.0, "exponential moving average of the weights (e.g. 0.999, with warm-up): validation "
+                                   "and the saved weights are the average's; 0 = off")
 
     def validate(self) -> None:
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_range("mixup", self.mixup, 0.0, 10.0)
         check_range("cutmix", self.cutmix, 0.0, 10.0)
         check_range("mix_prob", self.mix_prob, 0.0, 1.0)
+        check_range("ema_decay", self.ema_decay, 0.0, 0.99999)
         check_range("epochs", self.epochs, 1, 100000)
         check_range("batch_size", self.batch_size, 1, 65536)
         check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
