@@ -438,14 +438,15 @@ def test_signed_ct_tiff_is_scaled_by_its_range(corpus: Corpus):
 
 def test_monochrome1_is_inverted(corpus: Corpus):
     img = read_image(corpus["monochrome1.dcm"])
-    np.testing.assert_allclose(img, 1.0 - corpus.expected["monochrome1.dcm"] / 1100.0, atol=1e-6)
-    assert img[0, 0] == 1.0 and img[-1, -1] == 0.0  # stored 0 is white in MONOCHROME1
+    # no VOI window: the range its BitsStored (16) allows, never the image's own min-max (issue 15, item 1)
+    np.testing.assert_allclose(img, 1.0 - corpus.expected["monochrome1.dcm"] / 65535.0, atol=1e-6)
+    assert img[0, 0] == 1.0 and img[-1, -1] < img[0, 0]  # stored 0 is white in MONOCHROME1
 
 
 def test_multiframe_dicom_gives_its_first_frame(corpus: Corpus):
     img = read_image(corpus["multiframe.dcm"])
     assert img.shape == (3, 4)
-    np.testing.assert_allclose(img, corpus.expected["multiframe.dcm"][0] / 1100.0, atol=1e-6)
+    np.testing.assert_allclose(img, corpus.expected["multiframe.dcm"][0] / 65535.0, atol=1e-6)
 
 
 # --- tables ------------------------------------------------------------------------------------------------
@@ -714,9 +715,7 @@ def test_random_valid_dicoms_decode_to_unit_float(tmp_path_factory, h: int, w: i
     out = read_image(path)
     _check_decoded(out)
     assert out.shape == (h, w)
-    first = px[0].astype(np.float64)
-    lo, hi = first.min(), first.max()
-    ref = (first - lo) / (hi - lo) if hi > lo else np.zeros_like(first)
+    ref = px[0].astype(np.float64) / 65535.0  # BitsStored 16, no VOI window: the bit-depth range (issue 15)
     np.testing.assert_allclose(out, 1 - ref if photometric == "MONOCHROME1" else ref, atol=1e-6)
 
 

@@ -15,10 +15,45 @@ from imaging import write_dicom, png_header_only
 
 # --- DICOM -------------------------------------------------------------------------------------------------
 
-def test_dicom_monochrome2_is_scaled_to_its_range(tmp_path):
-    px = (np.arange(12).reshape(3, 4) * 100).astype(np.uint16)  # 0 .. 1100
+def test_dicom_monochrome2_is_scaled_to_its_bit_depth(tmp_path):
+    px = (np.arange(12).reshape(3, 4) * 100).astype(np.uint16)  # 0 .. 1100, BitsStored 16, no VOI window
     img = read_image(write_dicom(tmp_path / "a.dcm", px))
     assert img.shape == (3, 4) and img.dtype == np.float32
+    np.testing.assert_allclose(img, px / 65535.0, atol=1e-6)  # the range 16 bits allow, not the image's min-max
+
+
+def _bits(n: int):
+    def set_bits(ds):
+        ds.BitsStored, ds.HighBit = n, n - 1
+    return set_bits
+
+
+def test_same_pixels_as_dicom_and_png_give_the_same_image(tmp_path):
+    # issue 15, item 1: an 8-bit chest X-ray (pixels 1 .. 243) as PNG and as DICOM (BitsStored 8, no window) must
+    # be the same model input; the old rule stretched the DICOM to its own min-max (off by up to 0.047)
+    px = np.random.default_rng(0).integers(1, 244, (16, 16)).astype(np.uint8)
+    px[0, :2] = (1, 243)
+    Image.fromarray(px).save(tmp_path / "x.png")
+    dcm = write_dicom(tmp_path / "x.dcm", px.astype(np.uint16), extra=_bits(8))
+    png = read_image(tmp_path / "x.png")
+    np.testing.assert_array_equal(read_image(dcm), png)
+    np.testing.assert_allclose(png, px / 255.0, atol=1e-7)
+    m1 = read_image(write_dicom(tmp_path / "m1.dcm", 255 - px.astype(np.uint16), photometric="MONOCHROME1",
+                                extra=_bits(8)))
+    np.testing.assert_allclose(m1, png, atol=1e-6)  # MONOCHROME1 and MONOCHROME2 still agree
+
+
+def test_dicom_bit_depth_range_goes_through_rescale_and_sign(tmp_path):
+    px = np.array([[0, 2048, 4095]], dtype=np.uint16)  # 12 bits stored, rescaled to -1024 .. 3071 (CT-like)
+    img = read_image(write_dicom(tmp_path / "ct.dcm", px, slope=1, intercept=-1024, extra=_bits(12)))
+    np.testing.assert_allclose(img[0], px[0] / 4095.0, atol=1e-6)
+
+
+def test_legacy_rule_is_the_old_min_max(tmp_path):
+    from medistill.data.images import LEGACY_INTENSITY_RULE
+
+    px = (np.arange(12).reshape(3, 4) * 100).astype(np.uint16)
+    img = read_image(write_dicom(tmp_path / "a.dcm", px), intensity=LEGACY_INTENSITY_RULE)
     np.testing.assert_allclose(img, px / 1100.0, atol=1e-6)
 
 
@@ -27,7 +62,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
     m1 = read_image(write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1"))
     m2 = read_image(write_dicom(tmp_path / "m2.dcm", px, photometric="MONOCHROME2"))
     np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
-    assert m1[0, 0] == pytest.approx(1.0) and m1[-1, -1] == pytest.approx(0.0)  # 0 is white in MONOCHROME1
+    assert m1[0, 0] == pytest.approx(1.0) and m1[-1, -1] < m1[0, 0]  # 0 is white in MONOCHROME1
 
 
 def test_dicom_rescale_then_window(tmp_path):

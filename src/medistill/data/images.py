@@ -6,6 +6,20 @@ device path preprocesses exactly like training did.
 ``read_image`` returns a float32 array in [0, 1], shaped (H, W) for grayscale or (H, W, 3) for colour, from
 8- or 16-bit PNG, JPEG, BMP/TIFF and DICOM (rescale slope/intercept, VOI window, MONOCHROME1 inverted).
 Every failure is an ``ImageReadError`` naming the file and what was expected.
+
+The intensity rule (:data:`INTENSITY_RULE`, stored with every trained run and exported model): a pixel becomes
+``(value - lo) / (hi - lo)``, clipped to [0, 1], where ``[lo, hi]`` is
+
+- the file's VOI window (``WindowCenter`` / ``WindowWidth``, after ``RescaleSlope`` / ``RescaleIntercept``) when a
+  grayscale DICOM has one;
+- else the range its bit depth allows: ``[0, 2^BitsStored - 1]`` (signed: ``[-2^(b-1), 2^(b-1) - 1]``) for DICOM
+  (through the rescale), ``[0, 255]`` for 8-bit and ``[0, 65535]`` for 16-bit PNG / JPEG / TIFF.
+
+So the same pixels give the same input whatever the format: an 8-bit image written as a DICOM with
+``BitsStored`` 8 is divided by 255, exactly like the PNG; no image is stretched to its own minimum and maximum.
+(Float images and signed 32-bit TIFFs, which have no bit-depth range, keep their own min-max.) Models exported
+before this rule existed decoded DICOMs without a window by their min-max (:data:`LEGACY_INTENSITY_RULE`); a
+model that says so in its metadata is still fed that way.
 """
 
 from __future__ import annotations
@@ -30,6 +44,11 @@ log = logging.getLogger(__name__)
 #: of float32; chest X-rays are at most about 4300x4300.
 MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: the intensity rule of this module (see the module docstring); stored in run records and ONNX metadata
+INTENSITY_RULE = "voi-window-else-bit-depth"
+#: the rule before it: a DICOM without a VOI window stretched to its own min-max (models exported before)
+LEGACY_INTENSITY_RULE = "voi-window-else-minmax"
+INTENSITY_RULES = (INTENSITY_RULE, LEGACY_INTENSITY_RULE)
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -65,9 +84,10 @@ def sniff_kind(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, min_side: int | None = None,
+               intensity: str = INTENSITY_RULE) -> np.ndarray:
     """Read an image file as float32 in [0, 1]: (H, W) grayscale or (H, W, 3) colour; with ``min_side``, reduced
-    on load (see :func:`decode_reduced`)."""
+    on load (see :func:`decode_reduced`); ``intensity`` is the rule (see the module docstring)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -80,7 +100,7 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS, min_side: int 
             raise ImageReadError(path, "is a symlink loop (too many levels of symbolic links), expected an image "
                                        "file") from None
         raise ImageReadError(path, f"cannot be read ({e.strerror or e})") from None
-    return decode_reduced(data, name=str(path), max_pixels=max_pixels, min_side=min_side).image
+    return decode_reduced(data, name=str(path), max_pixels=max_pixels, min_side=min_side, intensity=intensity).image
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -118,9 +138,9 @@ class Decoded:
 
 
 def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS,
-                 min_side: int | None = None) -> np.ndarray:
+                 min_side: int | None = None, intensity: str = INTENSITY_RULE) -> np.ndarray:
     """Decode image bytes (see ``read_image``); the format is taken from the content, not the name."""
-    return decode_reduced(data, name=name, max_pixels=max_pixels, min_side=min_side).image
+    return decode_reduced(data, name=name, max_pixels=max_pixels, min_side=min_side, intensity=intensity).image
 
 
 def reduce_factor(width: int, height: int, min_side: int | None) -> int:
@@ -132,7 +152,7 @@ def reduce_factor(width: int, height: int, min_side: int | None) -> int:
 
 
 def decode_reduced(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_PIXELS,
-                   min_side: int | None = None) -> Decoded:
+                   min_side: int | None = None, intensity: str = INTENSITY_RULE) -> Decoded:
     """Decode image bytes, reduced on load by the largest integer factor that keeps the shorter side at or above
     ``min_side`` (None: full size, exactly as ``read_image``).
 
@@ -141,12 +161,15 @@ def decode_reduced(data: bytes, *, name: str = "<bytes>", max_pixels: int = MAX_
     decode is the file's 8-bit image (width x height x bands bytes) and a float copy of the reduced image only. A
     model input then resized from it (``min_side`` = 3 x the model's side or more) differs from one resized from
     the full image by about one grey level (1/255) at most. DICOM is windowed at full size, then reduced.
+    ``intensity`` names the intensity rule (:data:`INTENSITY_RULES`; see the module docstring).
     """
+    if intensity not in INTENSITY_RULES:
+        raise ValueError(f"intensity rule {intensity!r}: expected one of {list(INTENSITY_RULES)}")
     if len(data) == 0:
         raise ImageReadError(name, "empty file (0 bytes), expected a PNG, JPEG or DICOM image")
     kind = sniff_kind(data)
     if kind == "dicom" or (kind is None and name.lower().endswith(DICOM_SUFFIXES)):
-        return _decode_dicom(data, name, max_pixels, min_side)
+        return _decode_dicom(data, name, max_pixels, min_side, intensity)
     if kind is None:
         raise ImageReadError(name, "not an image: expected PNG, JPEG, BMP, TIFF or DICOM content")
     return _decode_pil(data, name, max_pixels, min_side)
@@ -236,7 +259,8 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2]))
 
 
-def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> Decoded:
+def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None = None,
+                  intensity: str = INTENSITY_RULE) -> Decoded:
     try:
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
@@ -256,6 +280,8 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0)
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     except Exception as e:  # noqa: BLE001 - a non-numeric value in a numeric element, or an unparsable element
         raise ImageReadError(name, f"DICOM header has an invalid Rows, Columns, RescaleSlope or RescaleIntercept "
                                    f"({_reason(e)}); expected numbers") from None
@@ -285,18 +311,22 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
         raise ImageReadError(name, f"DICOM pixel values are not finite after rescaling (RescaleSlope {slope}, "
                                    f"RescaleIntercept {intercept}); expected finite numbers")
     height, width = arr.shape[:2]
-    if arr.ndim == 3:  # colour DICOM
-        lo, hi = float(arr.min()), float(arr.max())
+    stored = _stored_range(bits, signed, slope, intercept) if intensity == INTENSITY_RULE else None
+    if arr.ndim == 3:  # colour DICOM: no VOI window applies
+        lo, hi = stored or (float(arr.min()), float(arr.max()))
         arr = np.ascontiguousarray(arr[..., :3])
         if hi > lo:
             arr -= lo
             arr /= hi - lo
+            np.clip(arr, 0, 1, out=arr)
         else:
             arr[...] = 0
         return Decoded(_reduce_float(arr, min_side), width, height)
     if center is not None and window is not None and np.isfinite(center) and np.isfinite(window) and window > 1:
         lo, hi = center - window / 2.0, center + window / 2.0
-    else:
+    elif stored is not None:
+        lo, hi = stored
+    else:  # the legacy rule, or a file that says nothing of its bit depth: its own range
         lo, hi = float(arr.min()), float(arr.max())
     if hi > lo:
         arr -= lo
@@ -307,6 +337,15 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
     if photometric == "MONOCHROME1":  # 0 is white: invert so that bone is bright, as in MONOCHROME2
         np.subtract(1.0, arr, out=arr)
     return Decoded(_reduce_float(arr, min_side), width, height)
+
+
+def _stored_range(bits: int, signed: bool, slope: float, intercept: float) -> tuple[float, float] | None:
+    """``[lo, hi]`` of the values a DICOM's bit depth allows, through its rescale; None when ``bits`` is unknown."""
+    if not 1 <= bits <= 32:
+        return None
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
+    a, b = lo * slope + intercept, hi * slope + intercept
+    return (min(a, b), max(a, b))
 
 
 def _reduce_float(arr: np.ndarray, min_side: int | None) -> np.ndarray:
