@@ -181,3 +181,28 @@ def test_resume_with_another_epoch_count_is_refused(teacher_run: Path, phantom_r
     shutil.copytree(teacher_run, out)
     with pytest.raises(ConfigError, match=r"started with epochs=2, now epochs=5"):
         run_training(_cfg(phantom_root, out, **{"train.epochs": 5}), resume=True)
+
+
+def test_ema_weights_are_validated_saved_and_resumed(phantom_root: Path, tmp_path: Path):
+    """train.ema_decay: the saved weights are the moving average (not the last step's), and a run interrupted after
+    epoch 1 resumes to the same average as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    over = {"train.ema_decay": 0.9, "train.epochs": 2}
+    straight = tmp_path / "straight"
+    run_training(_cfg(phantom_root, straight, **over))
+    state = torch.load(straight / "state.pt", weights_only=True)
+    last = load_file(straight / "last.safetensors")
+    raw = state["model"]
+    assert any(not torch.equal(last[k], raw[k]) for k in raw if raw[k].is_floating_point())  # the EMA, not raw
+    assert set(state["extra"]) == {"ema"}
+
+    def stop(epoch: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    split = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_cfg(phantom_root, split, **over), callbacks=Callbacks(on_epoch_end=stop))
+    run_training(_cfg(phantom_root, split, **over), resume=True)
+    a, b = load_file(straight / "last.safetensors"), load_file(split / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -49,9 +49,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def save_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, st: TrainState,
-               extra: dict[str, nn.Module], labels: list[str], task: str) -> None:
-    """``last.safetensors`` (for people and tools) and ``state.pt`` (for resume), each written atomically."""
-    runs.save_model(run, unwrap(model), labels=labels, task=task, which="last")
+               extra: dict[str, nn.Module], labels: list[str], task: str, *, weights: nn.Module | None = None) -> None:
+    """``last.safetensors`` (for people and tools: ``weights``, e.g. the EMA model, else ``model``) and
+    ``state.pt`` (for resume: the trained weights themselves), each written atomically."""
+    runs.save_model(run, weights if weights is not None else unwrap(model), labels=labels, task=task, which="last")
     state = {"epoch": st.epoch, "best": st.best, "best_epoch": st.best_epoch, "stale": st.stale,
              "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),

@@ -155,6 +155,8 @@ def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, dis
             s.scaler.update()
             s.opt.zero_grad(set_to_none=True)
             s.sched.step()
+            if s.ema is not None:
+                s.ema.update(unwrap(s.model), step=s.sched.last_epoch)
         k = x.shape[0]
         n_seen += k
         for name, v in terms.items():
@@ -172,7 +174,7 @@ def _end_epoch(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir, row: 
     """Validate, record, checkpoint (rank 0); returns whether early stopping says stop."""
     t = cfg.train
     objective: SupervisedObjective = s.objective
-    acc = predict(unwrap(s.model), s.val_loader, device, task=s.task, labels=s.labels,
+    acc = predict(s.eval_model, s.val_loader, device, task=s.task, labels=s.labels,
                   transform=objective.student_input, channels_last=t.channels_last)
     a = acc.arrays()
     with torch.no_grad():
@@ -187,11 +189,11 @@ def _end_epoch(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir, row: 
     improved = not math.isnan(value) and value > st.best
     if improved or st.best_epoch < 0:
         st.best, st.best_epoch, st.stale = (value if not math.isnan(value) else st.best), epoch + 1, 0
-        runs.save_model(run, unwrap(s.model), labels=s.labels, task=s.task.name, which="best")
+        runs.save_model(run, s.eval_model, labels=s.labels, task=s.task.name, which="best")
     else:
         st.stale += 1
     write_history(run, st.history)
-    save_state(run, s.model, s.opt, s.sched, st, s.extra, s.labels, s.task.name)
+    save_state(run, s.model, s.opt, s.sched, st, s.extra, s.labels, s.task.name, weights=s.eval_model)
     log.info("epoch %d/%d: %s", epoch + 1, t.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     if cb.on_epoch_end:
         cb.on_epoch_end(epoch, row)

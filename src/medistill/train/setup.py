@@ -24,6 +24,7 @@ from ..data import Preprocess, build_dataset, collate, image_cache_dir
 from ..models import InputConfig, create_model, input_config, load_weights
 from ..task import Task, get_task
 from . import distributed as dist_utils
+from .checkpoint import unwrap
 from .distillation import DistillationObjective, SupervisedObjective, features_and_logits, resolve_precision
 from .optim import build_optimizer, build_scheduler
 from .teacher import Teacher, adapt_input, load_teacher
@@ -50,21 +51,28 @@ class Setup:
     teacher_sources: list[str] = field(default_factory=list)
     distill_mode: str = "none"  # none, online, offline, views
     collate: Callable = collate
+    ema: Any = None  # timm ModelEmaV3 of the student when train.ema_decay > 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation sees and the weight files hold: the weights' moving average when EMA is on."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
 def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed: bool, main: bool,
           cb: Any) -> Setup:
     t = cfg.train
     teacher_sources = ([cfg.distill.teacher] if cfg.distill.teacher else []) + list(cfg.distill.teachers)
-    probe = build_dataset(cfg.data, "train", Preprocess(size=8, channels=cfg.model.in_chans), cache_dir=None)
+    probe = build_dataset(cfg.data, "train", Preprocess(size=8), cache_dir=None)
     labels, task = list(probe.labels), get_task(probe.task)
-    model = create_model(cfg.model.name, num_classes=len(labels), in_chans=cfg.model.in_chans,
+    in_chans = _in_chans(cfg, teacher_sources, probe, run)
+    model = create_model(cfg.model.name, num_classes=len(labels), in_chans=in_chans,
                          pretrained=cfg.model.pretrained, image_size=cfg.data.image_size,
                          drop_rate=cfg.model.drop_rate)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights, strict=False)
     s_in = input_config(model)
-    teachers = [load_teacher(src, labels=labels, channels=cfg.model.in_chans, model_name=cfg.distill.teacher_model,
+    teachers = [load_teacher(src, labels=labels, channels=in_chans, model_name=cfg.distill.teacher_model,
                              image_size=cfg.distill.teacher_image_size, device=device) for src in teacher_sources]
     for tch, w in zip(teachers, list(cfg.distill.teacher_weights) or [1.0] * len(teachers)):
         tch.weight = w
@@ -103,10 +111,19 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
         objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
                                                         focal_gamma=t.focal_gamma).to(device),
                                         student_input, channels_last=t.channels_last)
-    extra = objective.trainable() if isinstance(objective, DistillationObjective) else {}
+    trainable = objective.trainable() if isinstance(objective, DistillationObjective) else {}
+    extra = dict(trainable)  # modules whose state resume restores besides the student
+    ema = None
+    if t.ema_decay > 0:
+        from timm.utils.model_ema import ModelEmaV3
+
+        # warm-up: the average starts from the current weights instead of being dominated by the initial ones
+        ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True)
+        ema.module.requires_grad_(False)
+        extra["ema"] = ema
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
+    params = [p for p in model.parameters() if p.requires_grad] + [p for m in trainable.values() for p in m.parameters()]
     opt = build_optimizer(cfg, params)
     steps_per_epoch = max(math.ceil(len(train_ds) / (t.batch_size * dist_utils.world_size()) / t.grad_accum), 1)
     use_amp = t.amp and device.type == "cuda"
@@ -114,7 +131,30 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
                             collate_fn=collate)
     return Setup(task, labels, model, objective, train_ds, val_loader, opt, build_scheduler(cfg, opt, steps_per_epoch),
                  torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, mode,
-                 collate_views if isinstance(train_ds, ViewDataset) else collate)
+                 collate_views if isinstance(train_ds, ViewDataset) else collate, ema)
+
+
+def _in_chans(cfg: RunConfig, teacher_sources: list[str], probe: Any, run: runs.RunDir) -> int:
+    """The student's input channels: ``model.in_chans`` when given; for ``auto``, the first teacher run's (teacher
+    and student must agree), else detected from a sample of the training images. Logged, and stored in the run
+    record with the intensity rule the images are decoded by."""
+    from ..data.images import INTENSITY_RULE
+    from ..data.inspect import detect_channels
+
+    if cfg.model.in_chans != "auto":
+        chans, why = int(cfg.model.in_chans), "given (model.in_chans)"
+    else:
+        teacher_input = [runs.RunDir(p if Path(p).is_dir() else Path(p).parent).info().get("input") or {}
+                         for p in teacher_sources]
+        known = [int(i["channels"]) for i in teacher_input if i.get("channels")]
+        if known:
+            chans, why = known[0], f"the teacher's ({teacher_sources[0]})"
+        else:
+            chans, why = detect_channels(probe, seed=cfg.data.split_seed)
+            why = f"detected: {why}"
+    log.info("input channels: %d (%s)", chans, why)
+    run.update_info(input_channels={"channels": chans, "source": why}, intensity=INTENSITY_RULE)
+    return chans
 
 
 def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig, load_in: InputConfig,
