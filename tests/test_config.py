@@ -128,3 +128,25 @@ def test_every_generated_flag_has_help():
                 if not text:
                     missing.append(f"{leaf.prog} {action.option_strings[0]}")
     assert not missing, "flags without help (declare the field with config.option(default, help)): " + ", ".join(missing)
+
+
+def test_recipes_sit_under_the_file_and_the_flags(tmp_path):
+    from medistill.config import RunConfig, build, recipe_names
+
+    assert {"finetune", "scratch", "distill"} <= set(recipe_names())
+    cfg = build(RunConfig, overrides={"recipe": "finetune"})
+    assert cfg.model.pretrained and cfg.train.label_smoothing == 0.1 and cfg.train.ema_decay > 0
+    assert cfg.train.warmup_epochs == 1 and cfg.data.augment == "light"
+    cfg = build(RunConfig, overrides={"recipe": "finetune", "train.lr": "0.0003"})  # a flag wins
+    assert cfg.train.lr == 0.0003 and cfg.model.pretrained
+    f = tmp_path / "c.yaml"
+    f.write_text("recipe: distill\ntrain:\n  epochs: 7\n")
+    cfg = build(RunConfig, file=f)  # a file wins over its recipe
+    assert cfg.train.epochs == 7 and cfg.distill.teacher_views == 4 and cfg.recipe == "distill"
+
+
+def test_unknown_recipe_names_the_valid_ones():
+    from medistill.config import ConfigError, RunConfig, build
+
+    with pytest.raises(ConfigError, match=r"recipe: got 'fast', expected one of \['distill', 'finetune', 'scratch'\]"):
+        build(RunConfig, overrides={"recipe": "fast"})

@@ -230,6 +230,21 @@ def _deep_set(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A built-in recipe (``medistill/recipes/<name>.yaml``): plain config values, read with ``yaml.safe_load``."""
+    path = RECIPES / f"{name}.yaml"
+    if name not in recipe_names():
+        raise ConfigError(f"recipe: got {name!r}, expected one of {recipe_names()}")
+    return load_yaml(path)
+
+
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge (update wins)."""
     out = dict(base)
@@ -247,6 +262,9 @@ def build(cls: type[T], *, file: str | Path | None = None, overrides: dict[str, 
     data: dict[str, Any] = dict(base or {})
     if file is not None:
         data = merge(data, load_yaml(file))
+    recipe = (overrides or {}).get("recipe", data.get("recipe"))
+    if recipe and any(f.name == "recipe" for f in dataclasses.fields(cls)):
+        data = merge(load_recipe(str(recipe)), data)
     from_file, data = data, copy.deepcopy(data)  # overrides are set into the copy
     fields = leaf_fields(cls)
     for key, value in (overrides or {}).items():
@@ -347,11 +365,13 @@ class ModelConfig:
     pretrained: bool = option(False, "load ImageNet weights (offline only where a package ships them)")
     weights: str | None = option(None, "a local .safetensors or torch state-dict file to start from")
     drop_rate: float = option(0.2, "dropout before the classifier")
-    in_chans: int = option(
-        1, "input channels: 1 for grayscale X-ray / MRI, 3 for colour (fundus) or RGB-pretrained models")
+    in_chans: int | str = option(
+        "auto", "input channels: auto (follow the data: 3 when a sample of the training images is colour, else 1; "
+                "a distilled student takes its teacher's), 1 for grayscale X-ray / MRI, 3 for colour (fundus, skin)")
 
     def validate(self) -> None:
-        check_choice("in_chans", self.in_chans, (1, 3))
+        if self.in_chans not in ("auto", 1, 3):
+            raise ConfigError(f"in_chans: got {self.in_chans!r}, expected one of [1, 3] or 'auto'")
         if not self.name:
             raise ConfigError("name: expected a model name, got an empty string")
         check_range("drop_rate", self.drop_rate, 0.0, 0.99)
@@ -450,6 +470,8 @@ class RunConfig:
     """Everything a training or distillation run needs; saved resolved as ``config.yaml`` in the run dir."""
 
     out: str = option("runs/run", "run directory")
+    recipe: str | None = option(None, "a named recipe under the YAML file and the flags (they override it): "
+                                      "finetune (pretrained), scratch, distill (patient, consistent, cached KD)")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
