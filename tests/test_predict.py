@@ -91,7 +91,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["huge"] = png_header_only(d / "huge.png", 20000, 20000)
     px = (g * 4000).astype(np.uint16)
     f["mono1"] = write_dicom(d / "mono1.dcm", px, photometric="MONOCHROME1")
-    f["mono2_inverse"] = write_dicom(d / "mono2.dcm", (4000 - px.astype(np.int32)).astype(np.uint16))
+    # the MONOCHROME2 twin of a MONOCHROME1 image is (2^BitsStored - 1) - p (BitsStored 16; issue 15, item 1)
+    f["mono2_inverse"] = write_dicom(d / "mono2.dcm", (65535 - px.astype(np.int32)).astype(np.uint16))
     f["nopixels"] = write_dicom(d / "nopixels.dcm", px, pixel_data=False)
     return f
 

@@ -3,7 +3,8 @@
 ``medistill predict`` and ``medistill serve`` use this module; it must never import torch (a test runs
 ``medistill predict`` where importing torch fails). An exported model carries everything needed to use it in its
 ONNX ``metadata_props`` (see :class:`ModelInfo`): label names, task, input size, channels, mean / std and
-per-label thresholds, so a device needs the ``.onnx`` file and nothing else. Images are decoded and preprocessed by
+per-label thresholds, the intensity rule of training (``medistill.data.images``) and the training images' input
+statistics, so a device needs the ``.onnx`` file and nothing else. Images are decoded and preprocessed by
 ``medistill.data.images``, exactly as in training.
 
 Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S, S) float32 normalised; output
@@ -58,13 +59,19 @@ class ModelInfo:
     version: str  # medistill version that exported it
     maps: bool = False  # the graph has a ``cams`` output
     extra: dict[str, str] = dataclasses.field(default_factory=dict)  # other medistill.* keys (provenance)
+    #: how pixel values became [0, 1] in training (``images.INTENSITY_RULES``); a model file without the key
+    #: predates the rule and is read as ``images.LEGACY_INTENSITY_RULE`` (DICOMs without a window by their min-max)
+    intensity: str = im.INTENSITY_RULE
+    #: the training images' input statistics (``input_statistics``): None when the export did not store them
+    input_stats: dict[str, Any] | None = None
 
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` entries (strings; lists and mappings as JSON)."""
         props = {"format": str(FORMAT), "labels": json.dumps(self.labels), "task": self.task,
                  "input_size": str(self.size), "input_channels": str(self.channels), "mean": json.dumps(self.mean),
                  "std": json.dumps(self.std), "thresholds": json.dumps(self.thresholds), "model": self.model,
-                 "version": self.version, "maps": "1" if self.maps else "0", **self.extra}
+                 "version": self.version, "maps": "1" if self.maps else "0", "intensity": self.intensity,
+                 **({"input_stats": json.dumps(self.input_stats)} if self.input_stats else {}), **self.extra}
         return {PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -96,13 +103,18 @@ class ModelInfo:
                 raise ModelFileError(f"{where}: {PREFIX}{key}: expected an integer, got {own[key]!r}") from None
 
         known = {"format", "labels", "task", "input_size", "input_channels", "mean", "std", "thresholds", "model",
-                 "version", "maps"}
+                 "version", "maps", "intensity", "input_stats"}
         info = cls(labels=[str(v) for v in as_json("labels", list)], task=get("task"), size=as_int("input_size"),
                    channels=as_int("input_channels"), mean=[float(v) for v in as_json("mean", list)],
                    std=[float(v) for v in as_json("std", list)],
                    thresholds={str(k): float(v) for k, v in as_json("thresholds", dict).items()},
                    model=own.get("model", "unknown"), version=own.get("version", "unknown"),
-                   maps=own.get("maps", "0") == "1", extra={k: v for k, v in own.items() if k not in known})
+                   maps=own.get("maps", "0") == "1", extra={k: v for k, v in own.items() if k not in known},
+                   intensity=own.get("intensity", im.LEGACY_INTENSITY_RULE),
+                   input_stats=as_json("input_stats", dict) if "input_stats" in own else None)
+        if info.intensity not in im.INTENSITY_RULES:
+            raise ModelFileError(f"{where}: {PREFIX}intensity is {info.intensity!r}, expected one of "
+                                 f"{list(im.INTENSITY_RULES)} (exported by a newer medistill?)")
         if info.task not in TASKS:
             raise ModelFileError(f"{where}: {PREFIX}task is {info.task!r}, expected one of {list(TASKS)}")
         if info.channels not in (1, 3):
@@ -110,6 +122,60 @@ class ModelInfo:
         if not info.labels:
             raise ModelFileError(f"{where}: {PREFIX}labels is empty")
         return info
+
+
+#: an input's mean or contrast this many training standard deviations away is reported as unlike the training data
+FAR_SIGMAS = 4.0
+is_colour = im.is_colour  # importable from here too
+
+
+def image_statistics(img: np.ndarray, size: int) -> dict[str, Any]:
+    """What :func:`input_warnings` compares of one decoded image: ``{colour, mean, std}``, the mean and standard
+    deviation of its grayscale version at ``size`` x ``size`` (in [0, 1], before the model's normalisation)."""
+    gray = im.to_channels(im.resize(img, size), 1)[0]
+    return {"colour": is_colour(img), "mean": float(gray.mean()), "std": float(gray.std())}
+
+
+def input_statistics(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The training images' input statistics from :func:`image_statistics` of each: ``{images, colour_share,
+    mean: {mean, std, min, max}, std: {...}}`` (stored at export as ``medistill.input_stats``)."""
+    if not stats:
+        raise ValueError("input_statistics: no images")
+
+    def spread(key: str) -> dict[str, float]:
+        v = np.asarray([s[key] for s in stats], dtype=np.float64)
+        return {"mean": round(float(v.mean()), 5), "std": round(float(v.std()), 5), "min": round(float(v.min()), 5),
+                "max": round(float(v.max()), 5)}
+
+    return {"images": len(stats), "colour_share": round(float(np.mean([bool(s["colour"]) for s in stats])), 4),
+            "mean": spread("mean"), "std": spread("std")}
+
+
+def input_warnings(stat: dict[str, Any], training: dict[str, Any] | None) -> list[str]:
+    """Sentences saying how an input (:func:`image_statistics`) is unlike the training images (``training``, from
+    :func:`input_statistics`): colour against grayscale training images or the reverse, or a mean intensity or
+    contrast more than :data:`FAR_SIGMAS` standard deviations from the training images'. [] when alike or unknown."""
+    if not training:
+        return []
+    out = []
+    share = float(training.get("colour_share", 0.0))
+    if stat["colour"] and share < 0.05:
+        out.append(f"this is a colour image, but the model was trained on grayscale images (colour in "
+                   f"{share:.0%} of {training.get('images')} checked): its answer may be meaningless")
+    elif not stat["colour"] and share > 0.95:
+        out.append(f"this is a grayscale image, but the model was trained on colour images ({share:.0%} colour): "
+                   f"its answer may be meaningless")
+    for key, what in (("mean", "mean intensity"), ("std", "contrast (intensity standard deviation)")):
+        t = training.get(key) or {}
+        if "mean" not in t:
+            continue
+        scale = max(float(t.get("std", 0.0)), 0.02)  # a floor: a very uniform training set is not a narrow gate
+        z = (stat[key] - float(t["mean"])) / scale
+        if abs(z) > FAR_SIGMAS:
+            out.append(f"the image's {what} {stat[key]:.2f} is far from the training images' "
+                       f"({float(t['mean']):.2f} \u00b1 {float(t.get('std', 0.0)):.2f}, {abs(z):.0f} standard "
+                       f"deviations): it may not be the kind of image the model was trained on")
+    return out
 
 
 def medistill_version() -> str:
@@ -162,11 +228,15 @@ class Prediction:
     error: str | None = None
     maps: np.ndarray | None = None  # (L, h, w) in [0, 1] when asked for and the model has them
     image: np.ndarray | None = None  # the decoded image (H, W) or (H, W, 3) in [0, 1], kept for overlays
+    warnings: list[str] = dataclasses.field(default_factory=list)  # how the input is unlike the training images
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "probabilities": self.probabilities, "positives": self.positives}
+        out: dict[str, Any] = {"file": self.file, "probabilities": self.probabilities, "positives": self.positives}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 class Predictor:
@@ -250,6 +320,13 @@ class Predictor:
         the most probable label (multi-class)."""
         return self.task.positives(probs, self.labels, self.info.thresholds)
 
+    def warnings_for(self, img: np.ndarray) -> list[str]:
+        """How a decoded image is unlike the training images (:func:`input_warnings`; [] when the model file holds
+        no training statistics)."""
+        if not self.info.input_stats:
+            return []
+        return input_warnings(image_statistics(img, self.info.size), self.info.input_stats)
+
     # --- files --------------------------------------------------------------------------------------
     def predict(self, files: Iterable[str | Path], *, maps: bool = False, batch_size: int = 8,
                 keep_images: bool = False) -> Iterator[Prediction]:
@@ -259,7 +336,7 @@ class Predictor:
         for f in files:
             pred = Prediction(file=str(f))
             try:
-                img = im.read_image(f, min_side=self.decode_side)
+                img = im.read_image(f, min_side=self.decode_side, intensity=self.info.intensity)
                 x = self.preprocess(img)
             except MedistillError as e:
                 pred.error = getattr(e, "reason", None) or str(e)
@@ -275,6 +352,7 @@ class Predictor:
                 pending = []
                 yield pred
                 continue
+            pred.warnings = self.warnings_for(img)
             if keep_images:
                 pred.image = _thumbnail(img)
             pending.append((pred, x))

@@ -50,7 +50,7 @@ class QuickstartConfig:
     limit: int | None = option(1000, "cap on images per split (keeps the default run near 5 minutes); None = all")
     alpha: float = option(0.5, "KD: weight of the hard loss")
     temperature: float = option(4.0, "KD temperature")
-    in_chans: int = option(1, "input channels (3 for colour data)")
+    in_chans: int | str = option("auto", "input channels: auto (follow the data: 3 for colour images), 1 or 3")
     explain_images: int = option(8, "test images explained (student vs teacher)")
     explain_method: str = option("gradcam", "explanation method of the gallery")
     int8: bool = option(True, "also export an INT8 model")
@@ -62,7 +62,7 @@ class QuickstartConfig:
         check_range("student_epochs", self.student_epochs, 1)
         check_range("explain_images", self.explain_images, 1, 1000)
         check_range("alpha", self.alpha, 0.0, 1.0)
-        check_choice("in_chans", self.in_chans, (1, 3))
+        check_choice("in_chans", self.in_chans, ("auto", 1, 3))
 
 
 def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:

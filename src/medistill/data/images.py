@@ -255,6 +255,19 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     return arr
 
 
+#: a colour image: its channels differ by more than this on average (in [0, 1] units, about 2 grey levels)
+COLOUR_TOLERANCE = 2 / 255
+
+
+def is_colour(img: np.ndarray) -> bool:
+    """Whether a decoded image (H, W) / (H, W, 3) in [0, 1] is colour: three channels that differ by more than
+    :data:`COLOUR_TOLERANCE` on average (a grayscale picture stored as RGB, or JPEG noise, is not colour)."""
+    if img.ndim != 3 or img.shape[2] < 3:
+        return False
+    rgb = img[..., :3]
+    return float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()) > COLOUR_TOLERANCE
+
+
 def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2]))
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import DataConfig
 from . import dataset_class, resolve_root, source_options
 from .table import SPLITS, Table
-from .images import ImageReadError
+from .images import ImageReadError, is_colour
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,23 @@ def summarize_table(table: Table) -> dict[str, Any]:
         report.pop("boxes", None)
     out["report"] = report
     return out
+
+
+def detect_channels(dataset: Any, *, sample: int = 32, seed: int = 0) -> tuple[int, str]:
+    """The input channels ``dataset``'s images call for: 3 when at least half of a seeded sample of ``sample`` images
+    are colour (their channels differ, :func:`medistill.data.images.is_colour`), else 1; and a sentence saying why
+    (a stray colour image among X-rays does not make the model colour)."""
+    n = len(dataset)
+    idx = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    colour = 0
+    for i in idx:
+        try:
+            colour += is_colour(dataset.read(int(i)))
+        except ImageReadError as e:  # counted as not colour; reading the split will report it
+            log.debug("channel detection: %s unreadable (%s)", e.path, e.reason)
+    if len(idx) and 2 * colour >= len(idx):
+        return 3, f"{colour} of {len(idx)} sampled training images are colour"
+    return 1, f"{colour or 'none'} of {len(idx)} sampled training images {'is' if colour <= 1 else 'are'} colour"
 
 
 def check_readable(cfg: DataConfig, root: Any, *, progress: Callable[[int, int], None] | None = None,

@@ -4,7 +4,8 @@
 
 1. rebuild the run's best model, read validation images of the run's dataset (as training preprocessed them);
 2. per-label thresholds: the run's ``metrics.json`` when evaluation stored them, else chosen on validation;
-3. ``onnx.export_onnx`` -> ``model.onnx`` (with the ``cams`` output when ``explain``), then parity: the same
+3. ``onnx.export_onnx`` -> ``model.onnx`` (its metadata also holds the intensity rule of the run's record and the
+   input statistics of 64 training images, :func:`training_input_statistics`) (with the ``cams`` output when ``explain``), then parity: the same
    validation images through PyTorch and ONNX Runtime (``max_abs_diff`` of logits, the validation metric of both);
 4. ``explain``: the in-graph maps against pytorch-grad-cam's GradCAM on the same layer (``cam_correlation_min``);
 5. ``int8``: ``quantize.quantize_int8`` calibrated on training images -> ``model.int8.onnx`` (``per_channel="auto"``:
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..data.images import LEGACY_INTENSITY_RULE
 from ..task import Task, get_task
 from ..utils.io import atomic_write_json
 
@@ -84,6 +86,21 @@ def thresholds_for(run: Any, task: str | Task, labels: list[str], logits: np.nda
             f"chosen on validation ({len(logits)} images)")
 
 
+def training_input_statistics(run: Any, record: dict[str, Any], *, images: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The input statistics of up to ``images`` training images of ``run`` (a seeded subset), as
+    :func:`medistill.inference.input_statistics` gives them: stored in the ONNX metadata so that ``serve`` can say
+    when an input is unlike the training data."""
+    from ..inference import image_statistics, input_statistics
+    from ..runs import run_dataset
+
+    ds = run_dataset(run, "train", record=record)
+    idx = np.arange(len(ds))
+    if len(idx) > images:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=images, replace=False))
+    size = int(record["input"]["size"])
+    return input_statistics([image_statistics(ds.read(int(i)), size) for i in idx])
+
+
 def _file_entry(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -129,10 +146,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
     ref_logits = torch_logits(model, x_val)
     thresholds, thr_source = thresholds_for(run, task, labels, ref_logits, y_val, m_val)
 
+    say("measuring the training images' input statistics")
+    stats = training_input_statistics(run, record)
+    # a run recorded before the intensity rule existed decoded DICOMs by their min-max: its model keeps that rule
+    intensity = record.get("intensity", LEGACY_INTENSITY_RULE)
     say("exporting to ONNX" + (" with the explain graph" if explain else ""))
     model_path = export_onnx(model, out / MODEL_FILE, labels=labels, task=task, thresholds=thresholds,
                              explain=explain, extra={"run": str(Path(run_dir).resolve().name),
-                                                     "thresholds_source": thr_source})
+                                                     "thresholds_source": thr_source},
+                             intensity=intensity, input_stats=stats)
     say("checking parity with PyTorch")
     par = parity(model, model_path, x_val)
     metric_torch = validation_metric(task, par["torch_logits"], y_val, m_val, labels)
@@ -140,6 +162,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
     report: dict[str, Any] = {
         "run": str(Path(run_dir)), "model": record["model"], "task": task, "labels": labels, "input": inp,
         "format": "onnx", "explain": explain, "thresholds": thresholds, "thresholds_source": thr_source,
+        "intensity": intensity, "input_stats": stats,
         "validation": {"dataset": cfg.data.dataset, "split": "val", "images": int(len(x_val))},
         "max_abs_diff": par["max_abs_diff"], "mean_abs_diff": par["mean_abs_diff"],
         "fp32_within_tolerance": par["max_abs_diff"] <= FP32_TOLERANCE, "fp32_tolerance": FP32_TOLERANCE,

@@ -1,7 +1,8 @@
 """ONNX export with dynamic batch and medistill metadata, and the PyTorch-vs-ONNX Runtime parity check.
 
 ``torch.onnx.export`` (the dynamo exporter, opset 18) writes the graph; the labels, task, input size, channels,
-mean / std, per-label thresholds, model name and medistill version go into the model's ``metadata_props``
+mean / std, per-label thresholds, the intensity rule, the training images' input statistics, model name and
+medistill version go into the model's ``metadata_props``
 (:class:`medistill.inference.ModelInfo`), so the file alone is enough to predict. With ``explain=True`` the graph is
 :class:`~medistill.export.cam_graph.CamGraph` and also outputs Grad-CAM maps of every label.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..data.images import INTENSITY_RULE
 from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistill_version, open_session
 from ..models import ModelError, input_config
 from ..utils.io import atomic_write
@@ -49,8 +51,10 @@ class _Explain(nn.Module):
 
 
 def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds: dict[str, float] | None = None,
-               maps: bool = False, extra: dict[str, str] | None = None) -> ModelInfo:
-    """The metadata an exported ``model`` carries (input config from ``medistill.models.input_config``)."""
+               maps: bool = False, extra: dict[str, str] | None = None, intensity: str = INTENSITY_RULE,
+               input_stats: dict[str, Any] | None = None) -> ModelInfo:
+    """The metadata an exported ``model`` carries (input config from ``medistill.models.input_config``; the
+    intensity rule its training images were decoded with; their input statistics when given)."""
     cfg = input_config(model)
     n_out = getattr(model, "num_classes", len(labels))
     if n_out != len(labels):
@@ -58,12 +62,14 @@ def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds
     thr = {lab: float((thresholds or {}).get(lab, 0.5)) for lab in labels}
     return ModelInfo(labels=list(labels), task=task, size=cfg.size, channels=cfg.channels, mean=list(cfg.mean),
                      std=list(cfg.std), thresholds=thr, model=getattr(model, "medistill_name", type(model).__name__),
-                     version=medistill_version(), maps=maps, extra=dict(extra or {}))
+                     version=medistill_version(), maps=maps, extra=dict(extra or {}), intensity=intensity,
+                     input_stats=input_stats)
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], task: str,
                 thresholds: dict[str, float] | None = None, explain: bool = False, opset: int = OPSET,
-                extra: dict[str, str] | None = None) -> Path:
+                extra: dict[str, str] | None = None, intensity: str = INTENSITY_RULE,
+                input_stats: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as an ONNX file with a dynamic batch axis and medistill metadata; returns the path.
 
     Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
@@ -71,7 +77,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
     """
     import onnx
 
-    info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra)
+    info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra,
+                      intensity=intensity, input_stats=input_stats)
     p = next(model.parameters())
     x = torch.zeros(2, info.channels, info.size, info.size, device=p.device, dtype=p.dtype)  # batch 2: not specialised
     batch = torch.export.Dim("batch", min=1, max=4096)
