@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 from timm.data import resolve_model_data_config
 
@@ -82,3 +83,25 @@ def test_pretrained_grayscale_stem_uses_timms_adaptation():
     gray = create_model("efficientnet_lite0", num_classes=2, in_chans=1, pretrained=True)
     torch.testing.assert_close(gray.conv_stem.weight, adapt_input_conv(1, rgb.conv_stem.weight))
     torch.testing.assert_close(gray.conv_stem.weight, rgb.conv_stem.weight.sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_packaged_imagenet_weights_recognise_a_real_photograph(name):
+    """The offline ImageNet weights are real: trained BatchNorm statistics, and on a real photograph (matplotlib's
+    sample of Grace Hopper in uniform) ImageNet class 652 "military uniform" is among the top 5."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from medistill.models.weights import PRETRAINED_PACKAGES
+
+    pytest.importorskip(PRETRAINED_PACKAGES[name][0])
+    model = create_model(name, num_classes=1000, in_chans=3, pretrained=True).eval()
+    bn = model.bn1 if hasattr(model, "bn1") else model.conv_stem
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))  # trained statistics, not init
+    inp = input_config(model)
+    img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    x = torch.from_numpy(np.asarray(img.resize((inp.size, inp.size), Image.BICUBIC), dtype=np.float32) / 255.0)
+    x = (x.permute(2, 0, 1) - torch.tensor(inp.mean).view(3, 1, 1)) / torch.tensor(inp.std).view(3, 1, 1)
+    with torch.no_grad():
+        top5 = model(x[None]).topk(5).indices[0].tolist()
+    assert 652 in top5, top5

