@@ -11,7 +11,11 @@ process:
 - ``torchdistill``: ``DistillationBox`` with ``KDLoss`` (Hinton KD, the teacher runs every step), the loop of its
   image-classification example, plus a validation pass per epoch (medistill validates every epoch too);
 - ``medistill online``: ``run_training`` with ``cache_teacher false`` (the teacher runs every step);
-- ``medistill offline``: ``run_training`` with the teacher's logits cached once (``augment none``).
+- ``medistill offline``: ``run_training`` with the teacher's logits cached once (``augment none``);
+- ``plain_aug``: the same student without KD, with light augmentation (the cost KD should stay close to);
+- ``medistill_online_aug``: consistent online KD with light augmentation (the teacher sees every view);
+- ``medistill_views``: cached consistent KD (FKD, ``--teacher-views``): the teacher's outputs on V augmented views
+  per image computed once before epoch 1, each epoch replays one view per image.
 
 Seconds per epoch come from medistill's history (training + validation + checkpoint writing) and, for
 torchdistill, from the same span measured around its loop. Results: ``benchmarks/results/kd_speed.json`` / ``.md``.
@@ -47,7 +51,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/bench/kd_speed")
     p.add_argument("--cache-dir", default="runs/bench/image-cache")
-    p.add_argument("--order", default="torchdistill,medistill_online,medistill_offline")
+    p.add_argument("--order", default="torchdistill,medistill_online,plain_aug,medistill_online_aug,medistill_views",
+                   help=f"comma list of torchdistill and {list(MODES)}")
     p.add_argument("--rounds", type=int, default=2, help="rounds of all modes; odd rounds run the reverse order")
     p.add_argument("--summarise-only", action="store_true", help="rewrite the ratios and the .md from the JSON")
     p.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
@@ -55,18 +60,28 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_cfg(a: argparse.Namespace, out: Path, cache_teacher: str):
+def run_cfg(a: argparse.Namespace, out: Path, cache_teacher: str, *, augment: str = "none", views: int = 0,
+            kd: bool = True):
     from medistill.config import DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig
 
     return RunConfig(
         out=str(out),
-        data=DataConfig(dataset="folder", root=a.root, image_size=a.image_size, limit=a.limit, augment="none",
+        data=DataConfig(dataset="folder", root=a.root, image_size=a.image_size, limit=a.limit, augment=augment,
                         cache_dir=a.cache_dir),
         model=ModelConfig(name=a.student, in_chans=1, drop_rate=0.2),
         train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer="adamw", weight_decay=1e-4,
                           scheduler="none", seed=0, device="cpu", threads=a.threads),
         distill=DistillConfig(teacher=a.teacher, kd="kl", alpha=a.alpha, temperature=a.temperature,
-                              cache_teacher=cache_teacher))
+                              cache_teacher=cache_teacher, teacher_views=views) if kd else DistillConfig())
+
+
+MODES = {  # mode -> run_cfg keywords
+    "medistill_online": {"cache_teacher": "false"},
+    "medistill_offline": {"cache_teacher": "true"},
+    "plain_aug": {"cache_teacher": "auto", "augment": "light", "kd": False},
+    "medistill_online_aug": {"cache_teacher": "false", "augment": "light"},
+    "medistill_views": {"cache_teacher": "auto", "augment": "light", "views": 2},
+}
 
 
 def run_medistill(a: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -74,7 +89,7 @@ def run_medistill(a: argparse.Namespace, mode: str) -> dict[str, Any]:
 
     out = Path(a.runs) / mode
     shutil.rmtree(out, ignore_errors=True)
-    cfg = run_cfg(a, out, "true" if mode == "medistill_offline" else "false")
+    cfg = run_cfg(a, out, **MODES[mode])
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     run_training(cfg)
@@ -84,7 +99,7 @@ def run_medistill(a: argparse.Namespace, mode: str) -> dict[str, Any]:
     return {"epoch_seconds": [r["seconds"] for r in hist], "total_wall_s": total,
             "val_accuracy": [r["val_accuracy"] for r in hist], "distill_mode": info.get("distill_mode"),
             "load_average_before": load0, "load_average_after": os.getloadavg(),
-            "command": B.cli_command(cfg, distill=True),
+            "command": B.cli_command(cfg, distill=bool(cfg.distill.teacher)),
             "note": "epoch seconds = training + validation + checkpoint writing; total also includes data "
                     "set-up and (offline) the one teacher pass that fills the logit cache"}
 
@@ -222,6 +237,9 @@ def summarise(res: dict[str, Any], a: argparse.Namespace) -> None:
         base = sum(td["epoch_seconds"]) / len(td["epoch_seconds"])
         res["ratio_vs_torchdistill"] = {m: (sum(r["epoch_seconds"]) / len(r["epoch_seconds"])) / base
                                         for m, r in res["results"].items()}
+    means = {m: sum(r["epoch_seconds"]) / len(r["epoch_seconds"]) for m, r in res["results"].items()}
+    if "plain_aug" in means:
+        res["ratio_vs_plain_student"] = {m: v / means["plain_aug"] for m, v in means.items()}
     res.setdefault("machine_after", B.machine())
     B.write_json(B.RESULTS / "kd_speed.json", res)
     a = argparse.Namespace(**{**vars(a), **{k: v for k, v in res["settings"].items() if k in ("student", "teacher",
@@ -240,6 +258,9 @@ def summarise(res: dict[str, Any], a: argparse.Namespace) -> None:
         lines.append(f"| {m} | {', '.join(f'{s:.1f}' for s in r['epoch_seconds'])} | {mean:.1f} | "
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {'n/a' if rl is None else f'{rl:.2f}'} | "
                      f"{r['total_wall_s']:.1f} |")
+    if "ratio_vs_plain_student" in res:
+        lines += ["", "Mean seconds per epoch relative to the same student without KD (`plain_aug`, light "
+                  "augmentation): " + ", ".join(f"{m} {v:.2f}x" for m, v in res["ratio_vs_plain_student"].items())]
     (B.RESULTS / "kd_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

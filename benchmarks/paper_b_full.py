@@ -1,0 +1,233 @@
+"""Paper B (KD-FMV) at full scale on the real MRI sets: does distillation pay?
+
+    nice -n 19 .venv/bin/python benchmarks/paper_b_full.py --dataset brain-tumor-mri
+    nice -n 19 .venv/bin/python benchmarks/paper_b_full.py --dataset alzheimer-mri
+
+Every image (train / validation from ``Training/`` with a seeded stratified 10 % validation share, test =
+``Testing/``). Steps, each a medistill run directory under ``--runs`` (a finished and evaluated run is skipped,
+a half-done one resumed, so re-running continues where it stopped):
+
+1. teacher: EfficientNet-Lite0 with its ImageNet weights (the strongest teacher that installs offline), fine-tuned
+   at ``--teacher-size`` px; its validation curve is plotted (``paper_b_full_<dataset>_teacher.png``);
+2. students at ``--image-size`` px (the teacher saw more pixels than the student: the reason to distil), each
+   with and without KD under the same augmentation and schedule; KD is cached consistent KD (FKD): the teacher's
+   outputs on ``--views`` augmented views per image are computed once, shared by every KD run, and each epoch
+   replays one view per image;
+3. alpha / T chosen on the *validation* split from a small grid on seed 0 of the first student; then every
+   student at every seed, KD and no-KD;
+4. every run evaluated on the test split; KD minus no-KD with a paired bootstrap CI (``medistill compare``).
+
+Results: ``benchmarks/results/paper_b_full.json`` (one object per dataset) and ``paper_b_full.md``, rewritten
+after each run, so a partial benchmark still leaves its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench as B  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+GRID = ((0.5, 4.0), (0.1, 1.0))  # (alpha, T): KD-FMV's form, and near pure function matching at T = 1
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="brain-tumor-mri", choices=("brain-tumor-mri", "alzheimer-mri"))
+    p.add_argument("--data-root", default=None, help="dataset folder (default ../shared/data/<dataset>)")
+    p.add_argument("--teacher-size", type=int, default=192)
+    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--image-size", type=int, default=128, help="the students' input size")
+    p.add_argument("--students", default="kdfmv,eeea_net_c2")
+    p.add_argument("--student-epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--views", type=int, default=4, help="augmented views per image cached for KD (FKD)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", default="runs/bench/paper_b_full", help="parent of the run directories (git-ignored)")
+    p.add_argument("--cache-dir", default="runs/bench/image-cache")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "paper_b_full.json"),
+                   help="results JSON (the Markdown and plots go beside it)")
+    return p.parse_args()
+
+
+def teacher_cfg(a: argparse.Namespace, out: Path):
+    from medistill.config import build, RunConfig
+
+    return build(RunConfig, overrides={
+        "out": str(out), "data.dataset": "folder", "data.root": a.data_root, "data.image_size": str(a.teacher_size),
+        "data.augment": "light", "data.cache_dir": a.cache_dir, "model.name": "efficientnet_lite0",
+        "model.pretrained": "true", "model.in_chans": "1", "train.epochs": str(a.teacher_epochs),
+        "train.batch_size": "32", "train.lr": "0.001", "train.warmup_epochs": "1", "train.seed": "0",
+        "train.threads": str(a.threads)})
+
+
+def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd: tuple[float, float] | None):
+    from medistill.config import build, RunConfig
+
+    name = f"{model}_nokd_s{seed}" if kd is None else f"{model}_kd_a{kd[0]:g}_T{kd[1]:g}_s{seed}"
+    over = {"out": str(runs_dir / name), "data.dataset": "folder", "data.root": a.data_root,
+            "data.image_size": str(a.image_size), "data.augment": "light", "data.cache_dir": a.cache_dir,
+            "model.name": model, "model.in_chans": "1", "train.epochs": str(a.student_epochs),
+            "train.batch_size": str(a.batch_size), "train.lr": str(a.lr), "train.warmup_epochs": "1",
+            "train.seed": str(seed), "train.threads": str(a.threads)}
+    if kd is not None:
+        over.update({"distill.teacher": str(runs_dir / "teacher"), "distill.alpha": str(kd[0]),
+                     "distill.temperature": str(kd[1]), "distill.teacher_views": str(a.views),
+                     "distill.teacher_views_dir": str(runs_dir / "teacher_views")})
+    return name, build(RunConfig, overrides=over)
+
+
+def plot_curve(run_dir: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = B.history(run_dir)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    ax.plot([r["epoch"] for r in h], [100 * r["val_accuracy"] for r in h], "o-", label="validation accuracy")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def main() -> None:
+    a = parse()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    a.data_root = a.data_root or str(DATA / a.dataset)
+    runs_dir = Path(a.runs) / a.dataset
+    res_json = Path(a.results)
+    allres = B.read_json(res_json) if res_json.is_file() else {}
+    res: dict[str, Any] = allres.get(a.dataset, {})
+    res.update({"image_size": a.image_size, "teacher_image_size": a.teacher_size, "settings": vars(a),
+                "command": "nice -n 19 .venv/bin/python benchmarks/paper_b_full.py " + " ".join(
+                    f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+                    if k not in ("runs", "cache_dir", "data_root", "results"))})
+    res.setdefault("runs", {})
+
+    def save() -> None:
+        res["machine"] = B.machine()
+        allres[a.dataset] = summarise(res)
+        B.write_json(res_json, allres)
+        res_json.with_suffix(".md").write_text(markdown(allres))
+
+    def record(name: str, cfg) -> dict[str, Any]:
+        print(f"[{time.strftime('%H:%M:%S')}] {a.dataset} {name} ...", flush=True)
+        r = B.train_and_evaluate(cfg, n_bootstrap=200)
+        info = B.runs.RunDir(cfg.out).info()
+        row = {k: r.get(k) for k in ("command", "out", "accuracy", "macro_f1", "balanced_accuracy", "per_class_recall",
+                                     "params", "macs", "model", "kind", "train_wall_s", "epoch_seconds")}
+        row.update(best_val_accuracy=info.get("best_val_accuracy"), best_epoch=info.get("best_epoch"),
+                   distill_mode=info.get("distill_mode"), seed=info.get("seed"))
+        if not r.get("skipped") or name not in res["runs"]:
+            res["runs"][name] = row
+        print(f"    test acc {row['accuracy']:.4f}, val {row['best_val_accuracy']:.4f}", flush=True)
+        save()
+        return row
+
+    record("teacher", teacher_cfg(a, runs_dir / "teacher"))
+    plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
+               f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
+    students = a.students.split(",")
+    first = students[0]
+    record(*student_cfg(a, runs_dir, first, 0, None))
+    for kd in GRID:
+        record(*student_cfg(a, runs_dir, first, 0, kd))
+    best = max(GRID, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
+    res["chosen_alpha_T"] = {"alpha": best[0], "T": best[1], "by": f"best validation accuracy of {first}, seed 0"}
+    for model in students:
+        for seed in range(a.seeds):
+            record(*student_cfg(a, runs_dir, model, seed, None))
+            record(*student_cfg(a, runs_dir, model, seed, best))
+        res.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
+        save()
+
+
+def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any] | None:
+    from medistill.evaluate.compare import compare_runs, kd_gain as gain
+
+    kd = [runs_dir / student_cfg(a, runs_dir, model, s, best)[0] for s in range(a.seeds)]
+    nokd = [runs_dir / student_cfg(a, runs_dir, model, s, None)[0] for s in range(a.seeds)]
+    return gain(compare_runs([runs_dir / "teacher", *kd, *nokd]), n_bootstrap=a.bootstrap)
+
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    """The contract's fields (teacher, students: kd / nokd accuracies per seed, macs) beside the raw runs."""
+    r = res["runs"]
+    out = dict(res)
+    if "teacher" in r:
+        out["teacher"] = {"model": "efficientnet_lite0", "accuracy": r["teacher"]["accuracy"],
+                          "macs": r["teacher"]["macs"], "per_class_recall": r["teacher"].get("per_class_recall")}
+    chosen = res.get("chosen_alpha_T")
+    students: dict[str, Any] = {}
+    for name, row in sorted(r.items()):
+        if name == "teacher":
+            continue
+        model = row["model"]
+        s = students.setdefault(model, {"kd": [], "nokd": [], "macs": row["macs"], "kd_recall": [],
+                                        "nokd_recall": []})
+        if "_nokd_" in name:
+            s["nokd"].append(row["accuracy"])
+            s["nokd_recall"].append(row.get("per_class_recall"))
+        elif chosen and f"_a{chosen['alpha']:g}_T{chosen['T']:g}_" in name:
+            s["kd"].append(row["accuracy"])
+            s["kd_recall"].append(row.get("per_class_recall"))
+    out["students"] = students
+    return out
+
+
+def markdown(allres: dict[str, Any]) -> str:
+    lines = ["# Paper B at full scale (every image, real MRI)", ""]
+    for ds, res in allres.items():
+        lines += [f"## {ds}", "", f"Reproduce: `{res.get('command', '')}`", "",
+                  f"Machine: {res.get('machine', {}).get('cpu', '')}, {res.get('machine', {}).get('shared', '')}", ""]
+        t = res.get("teacher")
+        if t:
+            lines.append(f"Teacher EfficientNet-Lite0 (ImageNet init) at {res['teacher_image_size']} px: test accuracy "
+                         f"{100 * t['accuracy']:.2f} %, {B.si(t['macs'])} MACs; validation curve: "
+                         f"`paper_b_full_{ds}_teacher.png`.")
+        if res.get("chosen_alpha_T"):
+            c = res["chosen_alpha_T"]
+            lines.append(f"alpha = {c['alpha']}, T = {c['T']} ({c['by']}).")
+        lines += ["", "| student | px | MACs | KD test acc (%) | no-KD test acc (%) | KD - no-KD (points) |",
+                  "|---|---|---|---|---|---|"]
+        for model, s in res.get("students", {}).items():
+            kd, nk = B.mean_std(s["kd"]), B.mean_std(s["nokd"])
+            diff = "n/a" if kd["mean"] is None or nk["mean"] is None else f"{100 * (kd['mean'] - nk['mean']):+.2f}"
+            lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)} ({kd['n']} seeds) | "
+                         f"{B.fmt_ms(nk)} ({nk['n']} seeds) | {diff} |")
+        for model, g in (res.get("kd_gain") or {}).items():
+            if g:
+                from medistill.evaluate.compare import describe_gain
+
+                lines.append(f"\n{describe_gain(g)}")
+        lines += ["", "All runs (test accuracy, best validation accuracy, epoch seconds):", "",
+                  "| run | test acc (%) | val acc (%) | mode | s / epoch |", "|---|---|---|---|---|"]
+        for name, row in res.get("runs", {}).items():
+            secs = [x for x in (row.get("epoch_seconds") or []) if x]
+            lines.append(f"| {name} | {100 * (row.get('accuracy') or 0):.2f} | "
+                         f"{100 * (row.get('best_val_accuracy') or 0):.2f} | {row.get('distill_mode') or 'train'} | "
+                         f"{(sum(secs) / len(secs)) if secs else 0:.0f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
