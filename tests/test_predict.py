@@ -286,3 +286,28 @@ def test_onnx_runtime_writes_nothing_under_home(models, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [str(p.relative_to(home)) for p in home.rglob("*")] == []
+
+
+def test_same_pixels_as_png_and_dicom_predict_the_same(models, tmp_path):
+    """Issue 15, item 1: an 8-bit image (pixels 1 .. 243) as PNG and as DICOM (BitsStored 8, no window) gets the
+    same probabilities; a model file without medistill.intensity (exported before the rule) keeps the old min-max
+    rule, which differs."""
+    from PIL import Image
+
+    px = np.random.default_rng(3).integers(1, 244, (64, 64)).astype(np.uint8)
+    px[0, :2] = (1, 243)
+    Image.fromarray(px).save(tmp_path / "x.png")
+
+    def eight_bits(ds):
+        ds.BitsStored, ds.HighBit = 8, 7
+
+    dcm = write_dicom(tmp_path / "x.dcm", px.astype(np.uint16), extra=eight_bits)
+    pred = Predictor(models["plain"])
+    assert pred.info.intensity == "voi-window-else-bit-depth"
+    a, b = pred.predict([tmp_path / "x.png", dcm])
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    legacy = Predictor(_edit_metadata(models["plain"], tmp_path / "legacy.onnx", intensity=None))
+    assert legacy.info.intensity == "voi-window-else-minmax"
+    c, d = legacy.predict([tmp_path / "x.png", dcm])
+    assert c.probabilities == pytest.approx(a.probabilities, abs=1e-6)  # PNG: no rule change
+    assert d.probabilities != pytest.approx(b.probabilities, abs=1e-6)  # DICOM: the old stretch

@@ -562,3 +562,42 @@ print(json.dumps({{"growth_mib": growth, "image": out["image"]["width"], "previe
     assert out["image"] == 5000 and out["preview"] == "data:image/png;base64,"
     assert out["growth_mib"] < 2 * 5000 * 5000 * 4 / 2**20 + 30  # two 8-bit RGBA images (PIL's reduce premultiplies
     # alpha in a copy) and small float copies; see the README
+
+
+def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
+    """Issue 15, item 10: training statistics stored at export (grayscale images, mean intensity about 0.5) make the
+    answer and the page warn about a colour photograph and about an almost black image, not about a similar one."""
+    import json
+
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from medistill.inference import input_statistics
+    from medistill.serve import create_app
+
+    rng = np.random.default_rng(0)
+    train = [{"colour": False, "mean": float(m), "std": float(s)}
+             for m, s in zip(rng.normal(0.5, 0.05, 64), rng.normal(0.25, 0.03, 64))]
+    model = onnx.load(str(model_path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "medistill.input_stats", json.dumps(input_statistics(train))
+    path = tmp_path / "with-stats.onnx"
+    onnx.save(model, str(path))
+    photo = np.stack([rng.integers(150, 256, (96, 96)), rng.integers(0, 100, (96, 96)),
+                      rng.integers(0, 60, (96, 96))], axis=-1).astype(np.uint8)  # a reddish colour photograph
+    with TestClient(create_app(path), base_url=BASE) as c:
+        assert c.get("/api/model").json()["input"]["training_stats"]["colour_share"] == 0.0
+        colour = post(c, png_bytes(photo), name="skin.png").json()
+        dark = post(c, png_bytes(np.full((96, 96), 3, np.uint8)), name="black.png").json()
+        ramp = np.broadcast_to(np.linspace(20, 235, 96), (96, 96))  # mean 0.5, contrast 0.24 as the training set
+        alike = post(c, png_bytes(ramp.astype(np.uint8))).json()
+        page = c.get("/").text + c.get("/static/app.js").text
+    check_prediction(colour)
+    assert any("colour image" in w and "grayscale" in w for w in colour["warnings"])
+    assert any("mean intensity" in w for w in dark["warnings"])
+    assert alike["warnings"] == []
+    assert 'id="input-warnings"' in page and "r.warnings" in page
+
+
+def test_answers_say_nothing_without_training_statistics(client):
+    assert post(client, phantom_png()).json()["warnings"] == []

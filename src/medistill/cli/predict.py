@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{pred.file}: positives [{', '.join(pred.positives)}]  top: "
                   + ", ".join(f"{lab} {p:.3f}" for lab, p in top)
                   + (f"  overlays: {', '.join(str(p) for p in written)}" if written else ""))
+            for text in pred.warnings:
+                print(f"{pred.file}: warning: {text}", file=sys.stderr)
             continue
         if args.json:
             results.append(pred.to_json())

@@ -108,7 +108,8 @@ class ServedModel:
                 digest.update(block)
         return {"name": self.path.name, "model": info.model, "task": info.task, "labels": info.labels,
                 "thresholds": {lab: info.thresholds.get(lab, 0.5) for lab in info.labels},
-                "input": {"size": info.size, "channels": info.channels, "mean": info.mean, "std": info.std},
+                "input": {"size": info.size, "channels": info.channels, "mean": info.mean, "std": info.std,
+                          "intensity": info.intensity, "training_stats": info.input_stats},
                 "maps": self.predictor.has_maps, "file_bytes": self.path.stat().st_size,
                 "parameters": _parameters(self.path), "sha256": digest.hexdigest(), "version": info.version,
                 "server_version": medistill_version(), "provenance": dict(info.extra),
@@ -137,7 +138,7 @@ class ServedModel:
         try:
             # reduced on load: the memory of a request is the upload, its 8-bit image and small float copies
             image = im.decode_reduced(upload.read(), name=upload.name, max_pixels=self.max_pixels,
-                                      min_side=p.decode_side)
+                                      min_side=p.decode_side, intensity=p.info.intensity)
             img = image.image
             x = p.preprocess(img)[None]  # (1, C, S, S)
         except im.ImageTooLargeError as e:
@@ -167,7 +168,9 @@ class ServedModel:
                "positives": positives, "thresholds": thresholds, "latency_ms": round((ran - decoded) * 1e3, 3),
                "image": {"format": kind, "width": w, "height": h, "channels": 1 if img.ndim == 2 else 3,
                          "preview": _data_uri_png(img) if preview else None},
-               "maps": maps}
+               "maps": maps, "warnings": p.warnings_for(img)}
+        for text in out["warnings"]:
+            log.warning("%s: %s", upload.name, text)
         end = time.perf_counter()
         out["timings_ms"] = {"queued": round((begin - queued_at) * 1e3, 3), "decode": round((decoded - begin) * 1e3, 3),
                              "inference": out["latency_ms"], "total": round((end - started) * 1e3, 3)}

@@ -53,6 +53,10 @@ class PredictResponse(BaseModel):
     maps: dict[str, list[list[float]]] | None = Field(
         None, description="label -> Grad-CAM map (h, w) in [0, 1] from the explain graph; null when the model has "
                           "none (export with --explain)")
+    warnings: list[str] = Field(
+        default_factory=list, description="how the input is unlike the training images (colour against grayscale, "
+                                          "or a mean intensity / contrast far from theirs), stored at export; "
+                                          "[] when alike or when the model file holds no training statistics")
 
 
 class InputSpec(BaseModel):
@@ -60,6 +64,10 @@ class InputSpec(BaseModel):
     channels: int
     mean: list[float]
     std: list[float]
+    intensity: str = Field(description="how pixel values become [0, 1] (medistill.data.images): the VOI window, "
+                                       "else the range the bit depth allows")
+    training_stats: dict[str, Any] | None = Field(
+        None, description="the training images' input statistics (colour share, mean intensity and contrast)")
 
 
 class Limits(BaseModel):

@@ -98,6 +98,13 @@ async function showResult() {
   $("positives").textContent = r.positives.length
     ? (r.task === "multiclass" ? "Predicted: " : "Positive: ") + r.positives.join(", ")
     : "No label at or above its threshold";
+  const warnings = $("input-warnings");
+  warnings.replaceChildren(...(r.warnings || []).map((text) => {
+    const li = document.createElement("li");
+    li.textContent = "Warning: " + text;
+    return li;
+  }));
+  warnings.hidden = !(r.warnings || []).length;
   const t = r.timings_ms;
   $("latency").textContent = `Model latency ${r.latency_ms.toFixed(1)} ms · decoding ${t.decode.toFixed(1)} ms · ` +
     `server ${t.total.toFixed(1)} ms · round trip ${state.roundTrip.toFixed(0)} ms`;
