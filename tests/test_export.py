@@ -82,6 +82,11 @@ def test_metadata_travels_with_both_models(exported: Path):
         assert info.mean == rep["input"]["mean"] and info.std == rep["input"]["std"]
         assert info.thresholds == pytest.approx(rep["thresholds"])
         assert info.model == "tiny_cnn" and info.version and info.maps
+        # issue 15: the intensity rule of the run's record (this hand-made record has none: the legacy rule) and
+        # the training images' input statistics travel in the metadata
+        assert info.intensity == rep["intensity"] == "voi-window-else-minmax"
+        assert info.input_stats == rep["input_stats"] and info.input_stats["colour_share"] == 0.0
+        assert 0 < info.input_stats["mean"]["mean"] < 1 and info.input_stats["images"] == 64
     assert "int8" in Predictor(exported / "model.int8.onnx").info.extra["quantization"]
 
 
