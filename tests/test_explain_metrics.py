@@ -51,7 +51,8 @@ def test_energy_inside_and_thresholded_iou():
     assert map_iou(np.zeros((10, 10)), truth) == 0.0
     assert math.isnan(energy_inside(m, np.zeros((10, 10), bool)))
     scores = localisation_scores(m, truth)
-    assert set(scores) == {"pointing_game", "pointing_chance", "energy_inside", "iou"}
+    assert set(scores) == {"pointing_game", "pointing_chance", "pointing_game_tolerant", "pointing_chance_tolerant",
+                           "energy_inside", "iou"}
     assert scores["pointing_game"] == 0.0  # the single maximum (0, 0) is outside
 
 
@@ -118,3 +119,33 @@ def test_deletion_insertion_rank_a_faithful_map_above_a_wrong_one():
     assert 0.0 <= del_r[0] <= 1.0 and 0.0 <= ins_w[0] <= 1.0
     with pytest.raises(ExplainError, match="maps: got shape"):
         deletion_insertion(LeftHalfModel(), x, [0], np.zeros((2, 16, 16)))
+
+
+def test_tolerant_pointing_game_scales_15_px_at_224_and_its_chance():
+    from medistill.explain.metrics import pointing_tolerance
+
+    assert pointing_tolerance(224) == pytest.approx(15.0)
+    assert pointing_tolerance(128) == pytest.approx(15 * 128 / 224)
+    truth = np.zeros((40, 40), bool)
+    truth[10:12, 10:12] = True  # a 2 x 2 lesion
+    m = np.zeros((40, 40))
+    m[10, 14] = 1.0  # 3 px right of the lesion's last column: a strict miss, a hit within 3 px
+    assert pointing_game(m, truth) == 0.0
+    assert pointing_game(m, truth, 3.0) == 1.0
+    assert pointing_game(m, truth, 2.9) == 0.0
+    # chance at a tolerance: the share of pixels within it (Euclidean distance to the nearest truth pixel)
+    from scipy.ndimage import distance_transform_edt
+
+    near = distance_transform_edt(~truth) <= 3.0
+    assert area_fraction(truth, 3.0) == pytest.approx(near.mean())
+    assert pointing_game(np.ones((40, 40)), truth, 3.0) == pytest.approx(near.mean())  # a flat map scores chance
+    # localisation_scores uses the tolerance of the map's own size: 15 * 40 / 224 = 2.68 px here
+    scores = localisation_scores(m, truth)
+    assert scores["pointing_game_tolerant"] == 0.0
+    assert scores["pointing_chance_tolerant"] == pytest.approx(area_fraction(truth, 15 * 40 / 224))
+    m2 = np.zeros((40, 40))
+    m2[13, 13] = 1.0  # sqrt(2) * 2 = 2.83 px from (11, 11): outside 2.68 px
+    assert localisation_scores(m2, truth)["pointing_game_tolerant"] == 0.0
+    m2 = np.zeros((40, 40))
+    m2[12, 13] = 1.0  # sqrt(1 + 4) = 2.24 px
+    assert localisation_scores(m2, truth)["pointing_game_tolerant"] == 1.0

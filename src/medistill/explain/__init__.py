@@ -34,6 +34,12 @@ METHODS = {
 ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
 #: methods whose map is the same for every label of an image
 LABEL_AGNOSTIC = ("eigencam", "fmv")
+#: how a CAM's layer is chosen (``explain.cams``): auto (the deepest feature stage whose map is at least
+#: ``cam_min_size`` px a side), fuse (that stage and every deeper one, averaged), model (the declared CAM layer)
+CAM_LAYER_POLICIES = ("auto", "fuse", "model")
+DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE = "auto", 8
+#: ``labels`` value asking for each image's ground-truth positive labels
+TRUTH_LABELS = "truth"
 #: the summary ``medistill explain`` writes into its output folder (the report reads it)
 EXPLAIN_FILE = "explain.json"
 
@@ -48,10 +54,12 @@ def canonical_method(method: str) -> str:
 
 def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "gradcam", *,
                  size: int | None = None, batch_size: int | None = None, layer: Any = None,
-                 background: Any = None, **options: Any) -> np.ndarray:
+                 background: Any = None, cam_layers: str = DEFAULT_CAM_LAYERS,
+                 cam_min_size: int = DEFAULT_CAM_MIN_SIZE, **options: Any) -> np.ndarray:
     """Maps (N, S, S) in [0, 1] of ``method`` for ``images`` (N, C, H, W) and ``labels`` (N,).
 
-    ``layer``: module or name for CAMs (default ``models.cam_layer``). ``background``: (M, C, H, W) training
+    ``layer``: module or name for CAMs; without it ``cam_layers`` / ``cam_min_size`` choose the layer(s)
+    (:func:`medistill.explain.cams.choose_layers`). ``background``: (M, C, H, W) training
     images for GradientShap. ``options`` go to the method (``n_steps``, ``n_samples``, ``stdevs``, ``seed``).
     """
     method = canonical_method(method)
@@ -59,7 +67,8 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
     if kind == "cam":
         from .cams import cam_maps
 
-        return cam_maps(model, images, labels, method=method, layer=layer, size=size, batch_size=batch_size or 32)
+        return cam_maps(model, images, labels, method=method, layer=layer, size=size, batch_size=batch_size or 32,
+                        cam_layers=cam_layers, min_size=cam_min_size)
     if kind == "attribution":
         from .attributions import attribution_maps
 
@@ -78,5 +87,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ALIASES", "EXPLAIN_FILE", "LABEL_AGNOSTIC", "METHODS", "ExplainError", "canonical_method", "explain_maps",
+__all__ = ["ALIASES", "CAM_LAYER_POLICIES", "DEFAULT_CAM_LAYERS", "DEFAULT_CAM_MIN_SIZE", "EXPLAIN_FILE",
+           "LABEL_AGNOSTIC", "METHODS", "TRUTH_LABELS", "ExplainError", "canonical_method", "explain_maps",
            "explaining"]

@@ -105,7 +105,9 @@ def draw_overlay(path: Path, raw: np.ndarray, rows: list[tuple[str, list[Cell]]]
     """One PNG: per row (model name, [(label, prob, map (S, S), truth (S, S) | None)]) the image then heatmaps."""
     image = _display(raw, size)
     cells = [[image] + [heat_overlay(image, heat, truth) for _, _, heat, truth in row] for _, row in rows]
-    titles = [[name] + [f"{label}\np={prob:.2f}" for label, prob, _, _ in row] for name, row in rows]
+    # a blank map (all zero: no positive evidence for the label) says so instead of showing a plain image
+    titles = [[name] + [f"{label}\np={prob:.2f}" + (", blank" if not np.any(heat > 0) else "")
+                        for label, prob, heat, _ in row] for name, row in rows]
     return draw_panel(path, cells, titles)
 
 

@@ -42,6 +42,7 @@ class Inputs:
     source: dict[str, Any]
     dataset: DatasetFor | None = None  # a split: its dataset per model; None = image files
     rows: list[int] = dataclasses.field(default_factory=list)  # a split: the rows of ``dataset`` explained
+    positives: list[list[str]] | None = None  # a split: each image's ground-truth positive labels (known, = 1)
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -188,14 +189,17 @@ def split_inputs(dataset: DatasetFor, student: dict[str, Any], size: int, *, lim
         if not rows:
             raise ExplainError(f"{where}, {ds.split} split: no image has ground truth (boxes or masks); drop "
                                f"--with-truth or pick another split")
-    raw, names, paths, truth = [], [], [], []
+    raw, names, paths, truth, positives = [], [], [], [], []
     for i in rows:
         raw.append(ds.read(i))
         meta = ds.meta(i)
         names.append(meta["image_id"])
         paths.append(meta["path"])
         truth.append(truths[i] if with_truth else ds.truth(i, size))
-    return Inputs(raw, names, paths, truth, list(ds.labels), {"split": ds.split}, dataset=dataset, rows=rows)
+        known = (ds.masks[i] > 0) & (ds.targets[i] >= 0.5)  # (L,): positive and not uncertain / missing
+        positives.append([lab for lab, k in zip(ds.labels, known) if k])
+    return Inputs(raw, names, paths, truth, list(ds.labels), {"split": ds.split}, dataset=dataset, rows=rows,
+                  positives=positives)
 
 
 def background(dataset: DatasetFor, student: dict[str, Any], count: int, seed: int) -> list[int]:

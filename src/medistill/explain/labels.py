@@ -1,6 +1,7 @@
 """Which labels to explain on each image: the model's probabilities, the run's thresholds, the choice.
 
-``options.labels`` when given; else, multi-label, the labels predicted positive (probability >= the run's stored
+``options.labels`` when given (``["truth"]``: each image's ground-truth positive labels, as localisation studies
+explain them; an image with none gets no map); else, multi-label, the labels predicted positive (probability >= the run's stored
 threshold, or 0.5), most probable first, else the top ``options.top_k``; single-label, the predicted class. The
 :class:`~medistill.task.Task` decides what is positive.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ..task import Task, get_task
+from . import TRUTH_LABELS
 from ..utils.runtime import eval_mode
 from .errors import ExplainError
 from .sides import Explained
@@ -46,8 +48,13 @@ def thresholds(run_dir: Path, record: dict[str, Any], labels: list[str]) -> np.n
 
 
 def choose_labels(probs: np.ndarray, labels: list[str], task: str | Task, asked: list[str] | None, top_k: int,
-                  thr: np.ndarray) -> list[list[str]]:
-    """Label names to explain, per image (see the module docstring); ``probs`` (N, L), ``thr`` (L,)."""
+                  thr: np.ndarray, positives: list[list[str]] | None = None) -> list[list[str]]:
+    """Label names to explain, per image (see the module docstring); ``probs`` (N, L), ``thr`` (L,),
+    ``positives``: each image's ground-truth positive labels (for ``asked == ["truth"]``)."""
+    if asked == [TRUTH_LABELS]:
+        if positives is None:
+            raise ExplainError(f"labels: {TRUTH_LABELS!r} needs a dataset split with labels; image files have none")
+        return [[name for name in labels if name in pos] for pos in positives]
     if asked:
         unknown = [a for a in asked if a not in labels]
         if unknown:

@@ -8,7 +8,9 @@ Agreement (teacher vs student, same image and label)
     two maps' top-15% pixels.
 Localisation (where the evidence is)
     ``pointing_game``: Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016: a hit when
-    the map's maximum lies inside the truth. ``energy_inside``: the share of the map's total mass inside the
+    the map's maximum lies inside the truth; ``pointing_game(m, truth, tolerance)`` with the paper's tolerance
+    (a hit within 15 px of the truth at 224 px input: :func:`pointing_tolerance` scales it to other sizes), whose
+    chance is ``area_fraction(truth, tolerance)``, the share of pixels within the tolerance. ``energy_inside``: the share of the map's total mass inside the
     truth (the energy-based pointing game of Wang et al., "Score-CAM", CVPR-W 2020). ``map_iou``: IoU of the
     map thresholded at half its maximum with the truth. ``area_fraction``: the truth's share of the image, which
     is what a map pointing at random scores in the pointing game (chance).
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TOP_FRACTION = 0.15  # agreement: share of pixels in each map's "top" region
 IOU_THRESHOLD = 0.5  # localisation: a map is thresholded at this fraction of its maximum
+POINTING_TOLERANCE_PX, POINTING_REFERENCE_SIZE = 15.0, 224  # Zhang et al. 2016: 15 px at 224 px input
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,23 +101,40 @@ def top_fraction_iou(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTIO
 # localisation
 # ---------------------------------------------------------------------------------------------------------
 
-def area_fraction(truth: np.ndarray) -> float:
-    """The truth's share of the image: the pointing game of a random point (chance); NaN when empty."""
+def pointing_tolerance(size: int) -> float:
+    """The pointing game's tolerance in pixels at a ``size`` x ``size`` map: 15 px at 224 px (Zhang et al.,
+    ECCV 2016), scaled with the image (``15 * size / 224``)."""
+    return POINTING_TOLERANCE_PX * size / POINTING_REFERENCE_SIZE
+
+
+def _near(truth: np.ndarray, tolerance: float) -> np.ndarray:
+    """bool (H, W): pixels within ``tolerance`` px (Euclidean) of the truth; the truth itself when 0."""
+    if tolerance <= 0:
+        return truth
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(~truth) <= tolerance
+
+
+def area_fraction(truth: np.ndarray, tolerance: float = 0.0) -> float:
+    """Share of the image within ``tolerance`` px of the truth (the truth's own share at 0): the pointing game of
+    a random point (chance); NaN when the truth is empty."""
     truth = np.asarray(truth, dtype=bool)
-    return float(truth.mean()) if truth.any() else float("nan")
+    return float(_near(truth, tolerance).mean()) if truth.any() else float("nan")
 
 
-def pointing_game(m: np.ndarray, truth: np.ndarray) -> float:
-    """1.0 when the map's maximum lies inside the truth, else 0.0; NaN when the truth is empty.
+def pointing_game(m: np.ndarray, truth: np.ndarray, tolerance: float = 0.0) -> float:
+    """1.0 when the map's maximum lies inside the truth (or within ``tolerance`` px of it), else 0.0; NaN when the
+    truth is empty.
 
-    Pixels tied for the maximum share the hit: the result is the fraction of them inside the truth (a constant
-    map scores the truth's area fraction, i.e. chance).
+    Pixels tied for the maximum share the hit: the result is the fraction of them that hit (a constant map scores
+    :func:`area_fraction` at the same tolerance, i.e. chance).
     """
     m, truth = _check_pair(m, np.asarray(truth, dtype=bool), "pointing_game")
     if not truth.any():
         return float("nan")
     peak = m == m.max()
-    return float(truth[peak].mean())
+    return float(_near(truth, tolerance)[peak].mean())
 
 
 def energy_inside(m: np.ndarray, truth: np.ndarray) -> float:
@@ -146,8 +166,13 @@ def map_iou(m: np.ndarray, truth: np.ndarray, threshold: float = IOU_THRESHOLD) 
 
 
 def localisation_scores(m: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """All localisation scores of one map: pointing_game, pointing_chance, energy_inside, iou."""
+    """All localisation scores of one map: pointing_game, pointing_chance, their tolerant forms
+    (``pointing_game_tolerant``, ``pointing_chance_tolerant``: within :func:`pointing_tolerance` of the map's
+    size), energy_inside, iou."""
+    tol = pointing_tolerance(np.asarray(m).shape[-1])
     return {"pointing_game": pointing_game(m, truth), "pointing_chance": area_fraction(truth),
+            "pointing_game_tolerant": pointing_game(m, truth, tol),
+            "pointing_chance_tolerant": area_fraction(truth, tol),
             "energy_inside": energy_inside(m, truth), "iou": map_iou(m, truth)}
 
 

@@ -11,25 +11,33 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import option
-from . import canonical_method
+from . import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE, TRUTH_LABELS, canonical_method
 from .errors import ExplainError
 
 
 @dataclasses.dataclass
 class ExplainOptions:
-    """How to explain (the CLI's flags). Labels: ``labels`` when given; else, multi-label, those predicted
-    positive (the run's thresholds, or 0.5), else the ``top_k`` most probable; single-label, the predicted class."""
+    """How to explain (the CLI's flags). Labels: ``labels`` when given (``truth``: each image's ground-truth
+    positive labels); else, multi-label, those predicted positive (the run's thresholds, or 0.5), else the
+    ``top_k`` most probable; single-label, the predicted class."""
 
     method: str = option("gradcam", "gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); "
                                     "integrated_gradients (ig), gradientshap (shap) (captum); fmv (KD-FMV average "
                                     "feature map of the last stage)")
-    labels: list[str] | None = option(None, "labels to explain on every image; None = the predicted positive ones, "
-                                            "else the top_k (single-label: the predicted class)")
+    labels: list[str] | None = option(None, "labels to explain on every image; 'truth' = each image's ground-truth "
+                                            "positive labels (a dataset split; as localisation studies do); None = "
+                                            "the predicted positive ones, else the top_k (single-label: the "
+                                            "predicted class)")
     top_k: int = option(3, "multi-label with no positive prediction: explain the top_k labels")
     batch_size: int = option(16, "(image, label) pairs per explainer call")
     size: int | None = option(None, "side of the maps, overlays and truth; None = the student's input size")
-    layer: str | None = option(None, "the student's CAM layer by module name; None = the model's CAM layer "
-                                     "(the teacher's: always its own)")
+    layer: str | None = option(None, "the student's CAM layer by module name (overrides cam_layers for the "
+                                     "student; the teacher's follows cam_layers)")
+    cam_layers: str = option(DEFAULT_CAM_LAYERS, "CAM layer policy: auto (the deepest feature stage whose map is at "
+                                                 "least cam_min_size px a side), fuse (that stage and every deeper "
+                                                 "one, maps averaged: LayerCAM-style), model (the model's declared "
+                                                 "CAM layer, often stride 32)")
+    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "cam_layers auto / fuse: the smallest map side accepted")
     faithfulness: bool = option(True, "deletion / insertion AUCs (2 x (steps + 1) forward passes per map)")
     steps: int = option(16, "deletion / insertion steps")
     background: int = option(16, "GradientShap: training images drawn as the background")
@@ -44,7 +52,11 @@ class ExplainOptions:
 
     def validate(self) -> None:
         self.method = canonical_method(self.method)
-        for name in ("top_k", "batch_size", "steps", "background", "n_samples", "n_steps"):
+        if self.cam_layers not in CAM_LAYER_POLICIES:
+            raise ExplainError(f"cam_layers: got {self.cam_layers!r}, expected one of {', '.join(CAM_LAYER_POLICIES)}")
+        if self.labels and TRUTH_LABELS in self.labels and len(self.labels) > 1:
+            raise ExplainError(f"labels: {TRUTH_LABELS!r} stands alone (each image's true labels); got {self.labels}")
+        for name in ("top_k", "batch_size", "steps", "background", "n_samples", "n_steps", "cam_min_size"):
             if getattr(self, name) < 1:
                 raise ExplainError(f"{name}: got {getattr(self, name)}, expected at least 1")
         for name in ("overlays", "feature_grid"):
@@ -85,6 +97,9 @@ class ExplainConfig:
 
     def validate(self) -> None:
         s = self.source
+        truth_labels = self.options.labels == [TRUTH_LABELS]
+        if s.images and truth_labels:
+            raise ExplainError(f"labels: {TRUTH_LABELS!r} needs a dataset split (image files have no labels)")
         if s.images and (s.from_dataset or self.options.with_truth):
             raise ExplainError("images: cannot be combined with dataset, root, split or with_truth (--images "
                                "explains files; the others a dataset split)")

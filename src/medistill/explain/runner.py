@@ -17,7 +17,11 @@ scores) and :mod:`.figures` (overlays, feature-map grids).
 
 ``explain.json`` top level: ``method``, ``num_images``, ``num_maps``, ``seconds_per_image`` (the student's map
 time per image), where truth exists ``pointing_game`` (fraction of maps whose maximum lies inside the truth,
-over maps whose label has a non-empty truth mask), ``pointing_chance``, ``energy_inside``, ``iou``; with
+over maps whose label has a non-empty truth mask), ``pointing_chance``, ``pointing_game_tolerant`` and
+``pointing_chance_tolerant`` (a hit within 15 px x size / 224 of the truth, Zhang et al. 2016),
+``energy_inside``, ``iou``; ``blank`` (the share of maps that are all zero: no positive evidence for the label,
+e.g. Grad-CAM's ReLU of a label scored low; they score chance); for CAMs ``cam_layers`` (per side, the layers
+hooked); with
 ``options.faithfulness`` ``deletion_auc`` and ``insertion_auc``; with a teacher ``agreement_spearman`` and
 ``agreement_top15_iou`` (means over maps), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
 scores; with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
@@ -93,7 +97,7 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
         side.x = inputs.model_inputs(side.record)
         side.probs = predict(side, options.batch_size)
     chosen = choose_labels(student.probs, student.labels, student.task, options.labels, options.top_k,
-                           thresholds(folder, student.record, student.labels))
+                           thresholds(folder, student.record, student.labels), inputs.positives)
     pairs = [(i, name) for i in range(n) for name in chosen[i]]
 
     backgrounds = gradientshap_backgrounds(folder, data, sides, options)
@@ -103,6 +107,8 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
     summary = summarise(student, teacher_side, teacher_pairs, pairs, student_scores, teacher_scores, n, options)
     if options.sanity and pairs:
         summary["sanity"] = sanity_scores(student, pairs, inputs, options, size, backgrounds["student"])
+    if student.cam_layers:
+        summary["cam_layers"] = {s.name: s.cam_layers for s in sides}
     summary.update({"run": str(run_dir), "model": student.record.get("model"), "labels": student.labels,
                     "task": student.task.name, "size": size, "source": inputs.source,
                     "label_agnostic_method": options.method in LABEL_AGNOSTIC})

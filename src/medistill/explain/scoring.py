@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import explain_maps
+from . import METHODS, explain_maps
 from .inputs import Inputs
 from .metrics import ScoreAccumulator, agreement_scores, deletion_insertion, localisation_scores
 from .options import ExplainOptions
@@ -29,12 +29,16 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
     idx = [side.labels.index(name) for _, name in pairs]
     chunks = []
 
+    layer = None if side.name == "teacher" else options.layer
+    if METHODS[options.method] == "cam" and pairs:
+        side.cam_layers = cam_layer_names(side, options, layer)
+
     def maps(s: int, stop: int) -> np.ndarray:
         extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
                  else {"n_steps": options.n_steps} if options.method == "integrated_gradients" else {})
         return explain_maps(side.model, side.x[rows[s:stop]], idx[s:stop], options.method, size=size,
-                            batch_size=options.batch_size, layer=None if side.name == "teacher" else options.layer,
-                            background=background, **extra)
+                            batch_size=options.batch_size, layer=layer, background=background,
+                            cam_layers=options.cam_layers, cam_min_size=options.cam_min_size, **extra)
 
     # one untimed map first: lazy imports and first-call kernel set-up would be charged to whichever side runs first
     if pairs:
@@ -46,6 +50,21 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
             progress(f"{side.name} maps", min(s + options.batch_size, len(pairs)), len(pairs))
     side.seconds = time.perf_counter() - start
     side.maps = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
+
+
+def cam_layer_names(side: Explained, options: ExplainOptions, layer: str | None) -> list[str]:
+    """Names of the layers a CAM of ``side`` hooks (``layer`` when given, else the ``cam_layers`` policy)."""
+    from .cams import choose_layers
+
+    if layer is not None:
+        return [layer]
+    return [c.name for c in choose_layers(side.model, options.cam_layers, min_size=options.cam_min_size,
+                                          input_shape=tuple(side.x.shape[1:]))]
+
+
+def blank(m: np.ndarray) -> float:
+    """1.0 when a map is all zero (no positive evidence anywhere: Grad-CAM's ReLU of a negative map), else 0.0."""
+    return float(not np.any(m > 0))
 
 
 def faithfulness(side: Explained, pairs: list[Pair], options: ExplainOptions
@@ -67,6 +86,9 @@ def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: li
     teacher_map = {p: teacher.maps[j] for j, p in enumerate(teacher_pairs)} if teacher is not None else {}
     for p, (i, name) in enumerate(pairs):
         truth = inputs.truth_for(i, name)
+        student_scores[p]["blank"] = blank(student.maps[p])
+        if p in teacher_map:
+            teacher_scores[p]["blank"] = blank(teacher_map[p])
         if truth is not None and truth.any():
             student_scores[p].update(localisation_scores(student.maps[p], truth))
             if p in teacher_map:
@@ -133,6 +155,7 @@ def sanity_scores(student: Explained, pairs: list[Pair], inputs: Inputs, options
     acc = ScoreAccumulator()
     for p, (i, name) in enumerate(pairs):
         truth = inputs.truth_for(i, name)
+        acc.update({"blank": blank(shuffled.maps[p])})
         if truth is not None and truth.any():
             acc.update(localisation_scores(shuffled.maps[p], truth))
         acc.update({"spearman_to_trained": agreement_scores(shuffled.maps[p], student.maps[p])["agreement_spearman"]})

@@ -29,6 +29,7 @@ class Explained:
     probs: np.ndarray | None = None  # (N, L)
     maps: np.ndarray | None = None  # (P, S_display, S_display)
     seconds: float = 0.0
+    cam_layers: list[str] = dataclasses.field(default_factory=list)  # the layers a CAM hooked (names)
 
     @property
     def labels(self) -> list[str]:
