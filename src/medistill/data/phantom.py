@@ -34,7 +34,8 @@ Atelectasis     a plate-like dense band in a lung's mid or lower zone, 3-8 mm th
 ==============  ================================================================================================
 
 Resolution: ``size`` is the image side in pixels (default 128, which keeps the quickstart and the tests fast;
-at 128 px a 5 mm nodule is 2 px across). 256 px or more is the realistic setting; see ``generate`` for the cost.
+at 128 px a 5 mm nodule would be 2 px across and is drawn 3 px). 256 px or more is the realistic setting
+(``medistill.data.phantom.ensure(root, size=256)``); see :func:`generate` for the cost.
 
 Layout written to ``root``::
 
@@ -115,7 +116,7 @@ class Drawing:
     image: np.ndarray  # float32 (S, S) in [0, 1], before 8-bit quantisation
     masks: np.ndarray  # bool (L, S, S): where each present finding was painted
     lungs: np.ndarray  # bool (2, S, S): the lungs (image left, image right)
-    sizes: dict[str, Any] = field(default_factory=dict)  # each finding's drawn size (present or not)
+    sizes: dict[str, Any] = field(default_factory=dict)  # each present finding's drawn size (and the hearts')
 
 
 @dataclass
@@ -196,122 +197,141 @@ def _pick(rng: np.random.Generator, region: np.ndarray, margin: np.ndarray | Non
     return float(y), float(x)
 
 
-def draw(seed: int, index: int, size: int, present: Sequence[bool] | np.ndarray | None = None) -> Drawing:
-    """Image ``index`` of a phantom with ``seed`` at ``size`` px, with the findings ``present`` (bool (L,);
-    default: the image's own labels, :func:`sample_labels`). Switching a finding off changes the image inside
-    that finding's mask only."""
-    from scipy.ndimage import distance_transform_edt
+@dataclass
+class _Scene:
+    """What the findings are painted on: the anatomy, the lung regions that lung lesions may use, px per mm."""
 
-    present = sample_labels(seed, index) if present is None else np.asarray(present, dtype=bool)
-    if present.shape != (len(LABELS),):
-        raise ValueError(f"present: expected {len(LABELS)} flags ({', '.join(LABELS)}), got shape {present.shape}")
-    s = float(size)
-    mm = s / FIELD_MM  # px per mm
-    a = _anatomy(_rng(seed, index, _ANATOMY_STREAM), size)
-    img, yy, xx = a.img.copy(), a.yy, a.xx
-    rngs = [_rng(seed, index, _FINDING_STREAM + k) for k in range(len(LABELS))]
-    masks = np.zeros((len(LABELS), size, size), dtype=bool)
-    sizes: dict[str, Any] = {}
+    a: _Anatomy
+    img: np.ndarray  # float32 (S, S), painted in place
+    regions: list[np.ndarray]  # per lung: the lung outside the largest heart this image can have
+    mm: float  # px per mm
 
-    # Cardiomegaly: the heart enlarged about the same centre and aspect (the normal heart lies inside it)
-    hy, hx, hrx, hry = a.heart
-    big_rx = max(rngs[0].uniform(*CTR_CARDIOMEGALY) * a.thorax_width / 2, hrx + 1.0)
-    rho = _ellipse(yy, xx, hy, hx, hry * big_rx / hrx, big_rx)
-    big_heart = rho < 1
-    sizes["Cardiomegaly"] = {"ctr": 2 * big_rx / a.thorax_width, "ctr_normal": 2 * hrx / a.thorax_width}
-    # lung lesions are placed in the lungs outside the largest heart this image can have, present or not
-    regions = [(lung & ~big_heart, ly, lx, side) for lung, ly, lx, side in a.lungs]
-    margins = [distance_transform_edt(r) for r, *_ in regions]
-    if present[0]:
-        masks[0] = big_heart
-        _blend(img, big_heart, np.clip((1 - rho) / 0.12, 0, 1), np.maximum(img, 0.62))
+    def margin(self, k: int) -> np.ndarray:
+        """Distance of each pixel of lung region ``k`` to its outside (px)."""
+        from scipy.ndimage import distance_transform_edt
 
-    # Effusion: fluid from one lung's base up to a meniscus that rises towards the lateral wall
-    r = rngs[1]
-    k = int(r.integers(0, 2))
-    region, ly, lx, side = a.lungs[k]  # the whole lung: fluid may hide the heart's border
+        return distance_transform_edt(self.regions[k])
+
+
+def _effusion(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fluid from one lung's base up to a meniscus that rises towards the lateral wall."""
+    a, yy, xx = sc.a, sc.a.yy, sc.a.xx
+    lung, ly, lx, side = a.lungs[int(r.integers(0, 2))]  # the whole lung: fluid may hide the heart's border
     height = r.uniform(*EFFUSION_HEIGHT)
-    rows = np.flatnonzero(region.any(axis=1))
+    rows = np.flatnonzero(lung.any(axis=1))
     lung_h = float(rows.max() - rows.min() + 1) if len(rows) else 2 * a.lung_ry
+    base = float(rows.max()) if len(rows) else ly + a.lung_ry
     lateral = np.clip((xx - lx) * side / a.lung_rx, 0, 1)
     # the fluid's top: ``height`` of the lung at the lateral wall, 30 % lower medially
-    meniscus = (rows.max() if len(rows) else ly + a.lung_ry) + 0.5 - lung_h * height * (0.7 + 0.3 * lateral ** 2)
-    fluid = region & (yy > meniscus)
-    density = r.uniform(0.56, 0.62)
-    sizes["Effusion"] = {"side": side, "height_share": height}
-    if present[1]:
-        masks[1] = fluid
-        _blend(img, fluid, np.clip((yy - meniscus) / (0.04 * s), 0, 1), density)
+    meniscus = base + 0.5 - lung_h * height * (0.7 + 0.3 * lateral ** 2)
+    fluid = lung & (yy > meniscus)
+    _blend(sc.img, fluid, np.clip((yy - meniscus) / (0.04 * yy.shape[0]), 0, 1), r.uniform(0.56, 0.62))
+    return fluid, {"side": side, "height_share": height}
 
-    # Nodule: one or two round dense nodules, whole inside a lung; a sphere's thickness profile
-    r = rngs[2]
+
+def _nodules(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
+    """One or two round dense nodules, whole inside a lung; a sphere's thickness profile."""
+    yy, xx = sc.a.yy, sc.a.xx
+    mask = np.zeros(yy.shape, dtype=bool)
     diameters = []
     for _ in range(1 + int(r.random() < 0.3)):
         d_mm = float(np.exp(r.uniform(*np.log(NODULE_MM))))
-        rad = max(d_mm * mm, MIN_NODULE_PX) / 2
+        rad = max(d_mm * sc.mm, MIN_NODULE_PX) / 2
         k = int(r.integers(0, 2))
-        py, px = _pick(r, regions[k][0], margins[k], rad)
+        py, px = _pick(r, sc.regions[k], sc.margin(k), rad)
         dist = np.hypot(yy - py, xx - px)
-        disc = (dist < rad) & regions[k][0]
-        contrast = r.uniform(0.18, 0.32)
+        disc = (dist < rad) & sc.regions[k]
+        sc.img[disc] += r.uniform(0.18, 0.32) * np.sqrt(np.clip(1 - (dist[disc] / rad) ** 2, 0, 1))
+        mask |= disc
         diameters.append(d_mm)
-        if present[2]:
-            masks[2] |= disc
-            img[disc] += contrast * np.sqrt(np.clip(1 - (dist[disc] / rad) ** 2, 0, 1))
-    sizes["Nodule"] = {"diameters_mm": diameters}
+    return mask, {"diameters_mm": diameters}
 
-    # Pneumothorax: a dark rim along the apex and lateral wall, no lung markings, pleural line at its inner edge
-    r = rngs[3]
+
+def _pneumothorax(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
+    """A dark rim along a lung's apex and lateral wall, no lung markings, the pleural line at its inner edge."""
+    from scipy.ndimage import distance_transform_edt
+
+    a, yy, xx = sc.a, sc.a.yy, sc.a.xx
     k = int(r.integers(0, 2))
     lung, ly, lx, side = a.lungs[k]
-    region, margin = regions[k][0], distance_transform_edt(a.lungs[k][0])
-    rim_px = max(r.uniform(*PNEUMOTHORAX_RIM_MM) * mm, MIN_BAND_PX)
+    margin = distance_transform_edt(lung)
+    rim_px = max(r.uniform(*PNEUMOTHORAX_RIM_MM) * sc.mm, MIN_BAND_PX)
     rows = np.flatnonzero(lung.any(axis=1))
     top, lung_h = (float(rows.min()), float(rows.max() - rows.min() + 1)) if len(rows) else (ly - a.lung_ry, 2 * a.lung_ry)
     bottom = top + lung_h * r.uniform(*PNEUMOTHORAX_REACH)
-    rim = region & (margin <= rim_px) & ((xx - lx) * side > -0.3 * a.lung_rx) & (yy < bottom)
-    fade = np.clip((bottom - yy) / (0.05 * s), 0, 1)
-    line = rim & (margin > rim_px - max(s / 128, 1.0))
-    sizes["Pneumothorax"] = {"side": side, "rim_mm": rim_px / mm}
-    if present[3]:
-        masks[3] = rim
-        _blend(img, rim, fade, 0.09)
-        _blend(img, line, fade, 0.40)
+    rim = sc.regions[k] & (margin <= rim_px) & ((xx - lx) * side > -0.3 * a.lung_rx) & (yy < bottom)
+    fade = np.clip((bottom - yy) / (0.05 * yy.shape[0]), 0, 1)
+    line = rim & (margin > rim_px - max(yy.shape[0] / 128, 1.0))
+    _blend(sc.img, rim, fade, 0.09)
+    _blend(sc.img, line, fade, 0.40)
+    return rim, {"side": side, "rim_mm": rim_px / sc.mm}
 
-    # Consolidation: a patchy dense region with a soft border
-    r = rngs[4]
-    k = int(r.integers(0, 2))
-    d1, d2 = sorted(r.uniform(*CONSOLIDATION_MM, size=2))
-    py, px = _pick(r, regions[k][0])
-    rho = _ellipse(yy, xx, py, px, d1 * mm / 2, d2 * mm / 2, angle=r.uniform(0, np.pi))
-    blob = (rho < 1) & regions[k][0]
-    patch = _smooth_noise(r, size, 3)
-    density = r.uniform(0.50, 0.58)
-    sizes["Consolidation"] = {"diameters_mm": [d1, d2]}
-    if present[4]:
-        masks[4] = blob
-        _blend(img, blob, np.clip((1 - rho) / 0.35, 0, 1) * (0.55 + 0.45 * patch), density)
 
-    # Atelectasis: a plate-like band in the mid or lower zone, slanted up to 20 degrees
-    r = rngs[5]
+def _consolidation(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
+    """A patchy dense region with a soft border."""
+    yy, xx = sc.a.yy, sc.a.xx
     k = int(r.integers(0, 2))
-    region, ly, lx, side = regions[k]
-    thick = max(r.uniform(*ATELECTASIS_THICKNESS_MM) * mm, MIN_BAND_PX)
-    length = r.uniform(*ATELECTASIS_LENGTH_MM) * mm
+    d1, d2 = sorted(float(d) for d in r.uniform(*CONSOLIDATION_MM, size=2))
+    py, px = _pick(r, sc.regions[k])
+    rho = _ellipse(yy, xx, py, px, d1 * sc.mm / 2, d2 * sc.mm / 2, angle=r.uniform(0, np.pi))
+    blob = (rho < 1) & sc.regions[k]
+    patch = _smooth_noise(r, yy.shape[0], 3)
+    _blend(sc.img, blob, np.clip((1 - rho) / 0.35, 0, 1) * (0.55 + 0.45 * patch), r.uniform(0.50, 0.58))
+    return blob, {"diameters_mm": [d1, d2]}
+
+
+def _atelectasis(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
+    """A plate-like band in a lung's mid or lower zone, slanted up to 20 degrees."""
+    a, yy, xx = sc.a, sc.a.yy, sc.a.xx
+    k = int(r.integers(0, 2))
+    _, ly, lx, _ = a.lungs[k]
+    thick = max(r.uniform(*ATELECTASIS_THICKNESS_MM) * sc.mm, MIN_BAND_PX)
+    length = r.uniform(*ATELECTASIS_LENGTH_MM) * sc.mm
     ang = r.uniform(-0.35, 0.35)
     py, px = ly + a.lung_ry * r.uniform(0.0, 0.5), lx + a.lung_rx * r.uniform(-0.2, 0.2)
-    u = (xx - px) * np.cos(ang) + (yy - py) * np.sin(ang)
-    v = -(xx - px) * np.sin(ang) + (yy - py) * np.cos(ang)
-    band = region & (np.abs(v) < thick / 2) & (np.abs(u) < length / 2)
-    sizes["Atelectasis"] = {"thickness_mm": thick / mm, "length_mm": length / mm}
-    if present[5]:
-        masks[5] = band
-        profile = np.clip(1 - (2 * v / thick) ** 2, 0.2, 1) * np.clip((length / 2 - np.abs(u)) / (0.15 * length), 0.2, 1)
-        _blend(img, band, profile, 0.58)
+    u = (xx - px) * np.cos(ang) + (yy - py) * np.sin(ang)  # along the band
+    v = -(xx - px) * np.sin(ang) + (yy - py) * np.cos(ang)  # across it
+    band = sc.regions[k] & (np.abs(v) < thick / 2) & (np.abs(u) < length / 2)
+    profile = np.clip(1 - (2 * v / thick) ** 2, 0.2, 1) * np.clip((length / 2 - np.abs(u)) / (0.15 * length), 0.2, 1)
+    _blend(sc.img, band, profile, 0.58)
+    return band, {"thickness_mm": thick / sc.mm, "length_mm": length / sc.mm}
+
+
+_PAINTERS = {"Effusion": _effusion, "Nodule": _nodules, "Pneumothorax": _pneumothorax,
+             "Consolidation": _consolidation, "Atelectasis": _atelectasis}
+
+
+def draw(seed: int, index: int, size: int, present: Sequence[bool] | np.ndarray | None = None) -> Drawing:
+    """Image ``index`` of a phantom with ``seed`` at ``size`` px, with the findings ``present`` (bool (L,);
+    default: the image's own labels, :func:`sample_labels`). Switching a finding off changes the image inside
+    that finding's mask only: each finding draws from its own stream, painted pixel by pixel inside its mask."""
+    present = sample_labels(seed, index) if present is None else np.asarray(present, dtype=bool)
+    if present.shape != (len(LABELS),):
+        raise ValueError(f"present: expected {len(LABELS)} flags ({', '.join(LABELS)}), got shape {present.shape}")
+    a = _anatomy(_rng(seed, index, _ANATOMY_STREAM), size)
+    yy, xx = a.yy, a.xx
+    masks = np.zeros((len(LABELS), size, size), dtype=bool)
+    sizes: dict[str, Any] = {}
+
+    # Cardiomegaly: the heart enlarged about the same centre and aspect (the normal heart lies inside it); its
+    # size is drawn for every image, since lung lesions keep out of the largest heart the image can have
+    r = _rng(seed, index, _FINDING_STREAM)
+    hy, hx, hrx, hry = a.heart
+    big_rx = max(r.uniform(*CTR_CARDIOMEGALY) * a.thorax_width / 2, hrx + 1.0)
+    rho = _ellipse(yy, xx, hy, hx, hry * big_rx / hrx, big_rx)
+    big_heart = rho < 1
+    sc = _Scene(a, a.img.copy(), [lung & ~big_heart for lung, *_ in a.lungs], size / FIELD_MM)
+    sizes["Cardiomegaly"] = {"ctr": 2 * big_rx / a.thorax_width, "ctr_normal": 2 * hrx / a.thorax_width}
+    if present[0]:
+        masks[0] = big_heart
+        _blend(sc.img, big_heart, np.clip((1 - rho) / 0.12, 0, 1), np.maximum(sc.img, 0.62))
+    for k, lab in enumerate(LABELS[1:], start=1):
+        if present[k]:  # an absent finding draws nothing: its stream is its own
+            masks[k], sizes[lab] = _PAINTERS[lab](_rng(seed, index, _FINDING_STREAM + k), sc)
 
     # acquisition: gain, offset and noise, pixel by pixel, drawn independently of the findings
     r = _rng(seed, index, _ACQUISITION_STREAM)
-    img = img * r.uniform(0.9, 1.1) + r.uniform(-0.04, 0.04) + r.normal(0, 0.02, img.shape).astype(np.float32)
+    img = sc.img * r.uniform(0.9, 1.1) + r.uniform(-0.04, 0.04) + r.normal(0, 0.02, sc.img.shape).astype(np.float32)
     return Drawing(np.clip(img, 0, 1).astype(np.float32), masks, np.stack([m for m, *_ in a.lungs]), sizes)
 
 
@@ -326,8 +346,9 @@ def _write_image(root: Path, image_id: str, d: Drawing) -> None:
 def generate(root: str | Path, *, num_images: int = DEFAULT_IMAGES, size: int = DEFAULT_SIZE, seed: int = 0) -> Path:
     """Write a phantom dataset into ``root`` (must be empty or absent). Returns ``root``.
 
-    Cost (measured on one 2026 Xeon core, shared): about 6 ms per image at 128 px and 25 ms at 256 px, so the
-    default 3,000 images take about 20 s at 128 px and 75 s at 256 px; 8-bit PNGs of about 10 / 35 KB each."""
+    Cost, measured on a 2-core Xeon shared with other jobs (load average 8, this process at nice 10), so an upper
+    bound: 11-27 ms per image at 128 px (version 1: 16 ms), 72 ms at 256 px, 0.6 s at 512 px; the default 3,000
+    images take about 1 min at 128 px and 3.5 min at 256 px; the PNGs are about 11 / 41 / 160 KB per image."""
     root = Path(root)
     if size < 16:
         raise DatasetError(f"phantom size {size}: expected at least 16 px")
