@@ -146,3 +146,71 @@ def test_patient_overlap_is_reported():
     assert s["patient_overlap"] == {"train/val": 0, "train/test": 1, "val/test": 0}
     assert s["positives"] == {"A": 2, "B": 0} and s["masked"] == {"A": 0, "B": 1}  # a masked 1 is not a positive
     assert s["splits"]["test"]["num_patients"] == 2 and s["views"] == {"PA": 2, "AP": 1}
+
+
+# --- issue 15, item 3: patients named in file names ------------------------------------------------------------
+def eye_folder(root: Path, patients: int = 40) -> Path:
+    """Two eyes per patient (``<id>_left.png`` / ``<id>_right.png``) in the patient's class folder."""
+    for p in range(patients):
+        cls = "disease" if p % 2 else "healthy"
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for side in ("left", "right"):
+            Image.fromarray(np.full((8, 8), 10 * (p % 20) + (side == "left"), np.uint8)).save(
+                root / cls / f"{1000 + p}_{side}.png")
+    return root
+
+
+def test_group_by_keeps_a_patient_in_one_split(tmp_path, capsys):
+    root = eye_folder(tmp_path / "eyes")
+    from medistill.data.folder import ImageFolder
+
+    ungrouped = ImageFolder.load_table(root, seed=0)
+    split_of = ungrouped.records.assign(pid=ungrouped.records["image_id"].str.extract(r"(\d+)_")[0])
+    assert (split_of.groupby("pid")["split"].nunique() > 1).any()  # the leak: eyes of one person in two splits
+
+    table = ImageFolder.load_table(root, seed=0, group_by=r"^(\d+)_")
+    assert table.records["patient_id"].nunique() == 40
+    assert (table.records.groupby("patient_id")["split"].nunique() == 1).all()
+    rc, out, err = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--group-by", r"^(\d+)_", "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["num_patients"] == 40 and s["num_images"] == 80
+    assert not any(s["patient_overlap"].values()) and "grouping_hint" not in s
+
+
+def test_inspect_warns_when_names_look_grouped_but_no_grouping_is_given(tmp_path, capsys, caplog):
+    root = eye_folder(tmp_path / "eyes")
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--json")
+    s = json.loads(out)
+    assert s["num_patients"] == 80  # each image counted as a patient
+    assert s["grouping_hint"]["images_in_groups"] == 80 and s["grouping_hint"]["groups"] == 40
+    assert "--group-by" in caplog.text
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(root))
+    assert "look grouped" in out and "--group-by" in out
+
+
+def test_group_by_reports_patients_across_given_split_folders(tmp_path, capsys):
+    for split, side in (("train", "left"), ("test", "right")):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / split / cls / f"7{cls == 'b'}_{side}.png")
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path), "--group-by", r"^(\w+?)_",
+                         "--val-fraction", "0", "--json")
+    assert json.loads(out)["patient_overlap"]["train/test"] == 2
+
+
+def test_group_by_errors_name_the_pattern(tmp_path, capsys):
+    from medistill.config import ConfigError
+    from medistill.data import DatasetError
+    from medistill.data.folder import ImageFolder
+
+    root = eye_folder(tmp_path / "eyes", patients=4)
+    with pytest.raises(DatasetError, match=r"group_by '\^\(x\)' does not match 8 of 8 file names"):
+        ImageFolder.load_table(root, group_by="^(x)")
+    rc, _, err = run_cli(capsys, "--dataset", "folder", "--root", str(root), "--group-by", r"\d+")
+    assert rc == 2 and "no capture group" in err
+    rc, _, err = run_cli(capsys, "--dataset", "nih", "--root", str(root), "--group-by", r"(\d+)")
+    assert rc == 2 and "only folder datasets" in err
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        from medistill.config import DataConfig, build
+
+        build(DataConfig, overrides={"dataset": "folder", "group_by": "(("})

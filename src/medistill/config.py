@@ -340,6 +340,10 @@ class DataConfig:
         "ignore", "CheXpert -1 labels: ignore (masked), ones, zeros, mixed (U-Ones/U-Zeros per label)")
     blank: str = option("negative", "CheXpert blank (unmentioned) labels: negative (0, mask 1) or ignore (mask 0)")
     labels: list[str] = option(factory=list, help="label subset/order; [] = the source's default")
+    group_by: str | None = option(
+        None, "folder datasets: a regular expression whose first capture group names the patient or study in each "
+              "file name (e.g. '^(\\d+)_' for 1234_left.jpg / 1234_right.jpg); images of one group stay in one "
+              "split and count as one patient; None = each image is its own patient")
     skip_unreadable: bool = option(False, "drop unreadable images (and report how many) instead of failing")
     cache: bool = option(True, "decode each image once into a uint8 memory-mapped cache at image_size")
     cache_dir: str | None = option(
@@ -357,6 +361,19 @@ class DataConfig:
         check_choice("blank", self.blank, ("negative", "ignore"))
         check_choice("augment", self.augment, ("none", "light", "strong"))
         check_range("num_workers", self.num_workers, 0, 64)
+        if self.group_by is not None:
+            import re
+
+            if self.dataset != "folder":
+                raise ConfigError(f"group_by: only folder datasets take a grouping (dataset is {self.dataset!r}, "
+                                  f"whose table names its patients)")
+            try:
+                groups = re.compile(self.group_by).groups
+            except re.error as e:
+                raise ConfigError(f"group_by: {self.group_by!r} is not a valid regular expression ({e})") from None
+            if groups < 1:
+                raise ConfigError(f"group_by: {self.group_by!r} has no capture group; expected one in parentheses "
+                                  f"that names the patient, e.g. '^(\\d+)_'")
 
 
 @dataclasses.dataclass

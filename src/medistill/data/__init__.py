@@ -51,6 +51,8 @@ def source_options(cfg: DataConfig) -> dict[str, Any]:
         opts["views"] = tuple(cfg.views)
     if cfg.dataset == "chexpert":
         opts.update(uncertainty=cfg.uncertainty, blank=cfg.blank, frontal_only=cfg.frontal_only)
+    if cfg.dataset == "folder" and cfg.group_by:
+        opts["group_by"] = cfg.group_by
     if cfg.labels:
         opts["labels"] = tuple(cfg.labels)
     return opts

@@ -5,12 +5,18 @@ there is no validation folder, a seeded stratified share of train becomes valida
 folders at all, train / val / test are all drawn (stratified, seeded). Byte-identical images are detected by
 content hash: duplicates within a split and across splits are counted in ``report`` (across-split duplicates
 leak test images into training, so they are named in a warning).
+
+Image folders name no patients: each image is its own patient unless ``group_by`` (a regular expression whose
+first capture group names the patient or study in each file name, e.g. ``^(\d+)_`` for ``1234_left.jpg`` and
+``1234_right.jpg``) groups them; the drawn splits then keep a group together and ``data inspect`` counts patients
+by it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +46,47 @@ def file_hash(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
+def groups(paths: Sequence[str], pattern: str, root: Path) -> list[str]:
+    """The group (patient / study) of each file: the first capture group of ``pattern`` searched in its file name;
+    a DatasetError naming the pattern and up to three names it does not match."""
+    rx = re.compile(pattern)
+    out, unmatched = [], []
+    for p in paths:
+        m = rx.search(Path(p).name)
+        if m is None or m.group(1) is None:
+            unmatched.append(Path(p).name)
+            continue
+        out.append(m.group(1))
+    if unmatched:
+        raise DatasetError(f"folder dataset at {root}: group_by {pattern!r} does not match {len(unmatched)} of "
+                           f"{len(paths)} file names (e.g. {unmatched[:3]}); expected a pattern whose first capture "
+                           f"group names the patient in every file name")
+    return out
+
+
+#: a file name's group candidate: its stem without the last part after _ - . or a space (1234_left -> 1234)
+_STEM_HEAD = re.compile(r"^(.+?)[_\-. ][^_\-. ]+$")
+
+
+def grouping_hint(image_ids: Sequence[str]) -> dict[str, Any] | None:
+    """Whether file names look grouped (``1234_left.jpg`` / ``1234_right.jpg``: several images share a name
+    head) although no ``group_by`` was given: ``{images_in_groups, groups, examples, suggestion}`` when at least
+    10% of the images share a head with 1 to 9 others, else None. Heads shared by many images (``Tr-gl_0001``:
+    a class prefix) are not groups."""
+    heads: dict[str, list[str]] = {}
+    for image_id in image_ids:
+        m = _STEM_HEAD.match(Path(str(image_id)).stem)
+        if m:
+            heads.setdefault(m.group(1), []).append(Path(str(image_id)).name)
+    small = {h: names for h, names in heads.items() if 2 <= len(names) <= 10}
+    n = sum(len(v) for v in small.values())
+    if not image_ids or n < max(2, 0.1 * len(image_ids)):
+        return None
+    examples = [names[:2] for names in list(small.values())[:3]]
+    return {"images_in_groups": n, "groups": len(small), "examples": examples,
+            "suggestion": r"^(.+?)[_\-. ][^_\-. ]+\.\w+$"}
+
+
 class ImageFolder(MedicalDataset):
     """Single-label dataset from class folders (one class per sub-folder, sorted by name)."""
 
@@ -47,10 +94,11 @@ class ImageFolder(MedicalDataset):
 
     @classmethod
     def load_table(cls, root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                   check_duplicates: bool = True, labels: Sequence[str] | None = None, **options: Any) -> Table:
+                   check_duplicates: bool = True, labels: Sequence[str] | None = None, group_by: str | None = None,
+                   **options: Any) -> Table:
         if options:
             raise DatasetError(f"folder: unsupported options {sorted(options)}; valid: val_fraction, test_fraction, "
-                               f"labels, check_duplicates")
+                               f"labels, check_duplicates, group_by")
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         split_dirs = {_split_name(p.name): p for p in subdirs if _split_name(p.name)}
         rows: list[dict[str, Any]] = []
@@ -75,16 +123,19 @@ class ImageFolder(MedicalDataset):
         if len(classes) < 2:
             raise DatasetError(f"folder dataset at {root}: found one class folder ({classes}), expected at least 2")
         df["image_id"] = [str(Path(p).relative_to(root)) for p in df["path"]]
-        df["patient_id"] = df["image_id"]  # image folders carry no patient ids
+        # image folders carry no patient ids: each image is its own patient, unless group_by names them
+        df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
         df["view"] = ""
         if df["split"].isna().all():
-            df["split"] = group_split(df["image_id"], {"val": val_fraction, "test": test_fraction}, seed,
+            df["split"] = group_split(df["patient_id"], {"val": val_fraction, "test": test_fraction}, seed,
                                       strata=df["cls"])
         elif "val" not in split_dirs and val_fraction > 0:
             tr = np.flatnonzero(df["split"].to_numpy() == "train")
-            assign = group_split(df["image_id"].iloc[tr], {"val": val_fraction}, seed, strata=df["cls"].iloc[tr])
+            assign = group_split(df["patient_id"].iloc[tr], {"val": val_fraction}, seed, strata=df["cls"].iloc[tr])
             df.loc[df.index[tr], "split"] = assign
         report: dict[str, Any] = {"classes": classes}
+        if group_by:
+            report["grouped_by"] = group_by
         if check_duplicates:
             report.update(cls.duplicates(df))
         y = np.array([classes.index(c) for c in df["cls"]])

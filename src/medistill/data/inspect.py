@@ -8,7 +8,10 @@ label over all splits; for single-label sets, images per class), plus::
     splits           split -> {num_images, num_patients, positives, masked}
     masked           label -> images whose label is masked out (uncertain or missing, per the policy)
     uncertain        label -> raw uncertain (-1) values (CheXpert)
-    patient_overlap  "train/val" ... -> patients found in both splits (0 for a sound split)
+    patient_overlap  "train/val" ... -> patients found in both splits (0 for a sound split; image folders: the
+                     groups of --group-by, else each image is its own patient)
+    grouping_hint    image folders without --group-by whose file names look grouped (1234_left / 1234_right):
+                     {images_in_groups, groups, examples, suggestion}
     views            view -> images
     missing_images   rows of the table whose image file is absent (skipped)
     duplicates       byte-identical images within / across splits (image folders)
@@ -134,6 +137,16 @@ def summarize(cfg: DataConfig, *, readable: bool = False,
     cls = dataset_class(cfg.dataset)
     table = cls.table(root, seed=cfg.split_seed, **source_options(cfg))
     out = {"dataset": cfg.dataset, "root": str(root), **summarize_table(table)}
+    if cfg.dataset == "folder" and not cfg.group_by:
+        from .folder import grouping_hint
+
+        hint = grouping_hint(list(table.records["image_id"]))
+        if hint:
+            out["grouping_hint"] = hint
+            log.warning("%d file names look grouped (e.g. %s) but no --group-by was given: each image counts as its "
+                        "own patient, so one patient's images can fall into different splits; name the patient with "
+                        "--group-by REGEX (its first capture group), e.g. --group-by '%s'", hint["images_in_groups"],
+                        " / ".join(hint["examples"][0]), hint["suggestion"])
     if readable:
         out["unreadable"] = check_readable(cfg, root, progress=progress)
     return out
@@ -172,6 +185,11 @@ def format_summary(s: dict[str, Any]) -> str:
     overlap = {k: v for k, v in s["patient_overlap"].items() if v}
     lines.append("patient overlap between splits: " + (", ".join(f"{k} {v}" for k, v in overlap.items())
                                                       if overlap else "none"))
+    if "grouping_hint" in s:
+        g = s["grouping_hint"]
+        lines.append(f"warning: {g['images_in_groups']} file names look grouped ({g['groups']} groups, e.g. "
+                     f"{' / '.join(g['examples'][0])}) but no --group-by was given: the overlap above counts each "
+                     f"image as a patient; try --group-by '{g['suggestion']}'")
     if "duplicates" in s:
         d = s["duplicates"]
         lines.append(f"duplicate images (identical bytes): {d.get('duplicate_images', 0)} within, "
