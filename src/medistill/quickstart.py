@@ -125,7 +125,8 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         else:
             say(f"{name}: evaluating on the test split")
             m = evaluate_run(cfgs[name].out, "test")
-        summary[name] = {k: m.get(k) for k in ("macro_auc", "accuracy", "macro_f1", "params", "macs", "latency_ms")}
+        summary[name] = {k: m.get(k) for k in ("task", "macro_auc", "accuracy", "macro_f1", "params", "macs",
+                                                "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
 
     student, teacher = Path(cfgs["student"].out), cfgs["teacher"].out

@@ -100,3 +100,24 @@ def progress(iterable: Any = None, **kwargs: Any) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, disable=None, **kwargs)  # disable=None: off when not a terminal
+
+
+#: metrics shown after the task's main metric, when present (metrics.json keys -> titles)
+_SECONDARY = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "macro F1"}
+
+
+def metrics_text(m: dict[str, Any]) -> str:
+    """``Accuracy 0.9100, macro F1 0.9000, macro AUC 0.9800``: the task's main metric first (``Task.main_metric``,
+    the one rule every table follows), then the other headline metrics present in ``m`` (a metrics.json)."""
+    from ..task import get_task
+
+    task = get_task(m.get("task"), default="multilabel")
+
+    def value(key: str) -> str:
+        v = m.get(key)
+        return "n/a" if v is None or v != v else f"{v:.4f}"
+
+    parts = [f"{task.main_metric_title} {value(task.main_metric)}"]
+    parts += [f"{title} {value(k)}" for k, title in _SECONDARY.items()
+              if k != task.main_metric and m.get(k) is not None and (k != "accuracy" or not task.multilabel)]
+    return ", ".join(parts)

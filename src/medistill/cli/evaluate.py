@@ -21,20 +21,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.runner import evaluate_run
     from ..task import get_task
-    from .common import print_json
+    from .common import metrics_text, print_json
 
     m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
                      n_bootstrap=args.bootstrap)
     if args.json:
         print_json(m)
         return 0
+    print(f"{args.run_dir} ({args.split}, {m['num_images']} images): {metrics_text(m)}")
     if get_task(m["task"]).multilabel:
-        print(f"{args.run_dir} ({args.split}, {m['num_images']} images): macro AUC {m['macro_auc']:.4f}")
         for lab, auc in m["per_label_auc"].items():
             print(f"  {lab:24s} AUC {'n/a' if auc is None or auc != auc else f'{auc:.4f}'}")
-    else:
-        print(f"{args.run_dir} ({args.split}, {m['num_images']} images): accuracy {m['accuracy']:.4f}, "
-              f"macro F1 {m['macro_f1']:.4f}")
     print(f"  params {m['params']:,}  MACs {m['macs']:,}" +
-          (f"  latency {m['latency_ms']:.1f} ms (CPU, batch 1)" if "latency_ms" in m else ""))
+          (f"  latency {m['latency_ms']:.1f} ms (CPU, batch 1, minimum of repeated calls; p90 "
+           f"{m.get('latency_ms_p90', float('nan')):.1f} ms)" if "latency_ms" in m else ""))
+    if m.get("latency_reliable") is False:
+        print(f"  latency unreliable: {m.get('latency_unreliable_reason')}")
     return 0

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..quickstart import run_quickstart
+    from .common import metrics_text
     from .train import progress_callbacks
 
     q = config_from_args(QuickstartConfig, args)
@@ -36,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     for name in ("teacher", "student", "student_nokd"):
         m = summary[name]
-        metric = f"macro AUC {m['macro_auc']:.4f}" if m.get("macro_auc") is not None else f"accuracy {m['accuracy']:.4f}"
-        print(f"{name:13s} {metric}  params {m['params']:,}  MACs {m['macs']:,}  "
+        print(f"{name:13s} {metrics_text(m)}  params {m['params']:,}  MACs {m['macs']:,}  "
               f"latency {m['latency_ms']:.1f} ms")
     print(f"\ndone in {summary['total_seconds']:.0f} s. Report: {summary['report']}")
     return 0
