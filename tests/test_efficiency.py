@@ -28,7 +28,9 @@ def test_cpu_latency_restores_threads_and_mode(tiny):
     tiny.train()
     before = torch.get_num_threads()
     lat = cpu_latency_ms(tiny, 32, 1, batch=2, warmup=1, runs=5, threads=2)
-    assert set(lat) == {"median", "p90", "min"} and 0 < lat["min"] <= lat["median"] <= lat["p90"]
+    assert {"median", "p90", "min"} <= set(lat) and 0 < lat["min"] <= lat["median"] <= lat["p90"]
+    assert lat["spread"] == pytest.approx(lat["p90"] / lat["min"] - 1) and lat["runs"] >= 5
+    assert set(lat["machine_load"]) == {"before", "after"} and isinstance(lat["reliable"], bool)
     assert torch.get_num_threads() == before
     assert tiny.training  # the caller's mode is back
     tiny.eval()
@@ -55,3 +57,18 @@ def test_efficiency_report(tiny, tmp_path):
     assert rep["size_bytes"] == state_dict_size(tiny)
     assert abs(rep["size_bytes"] - path.stat().st_size) < 1024  # the same serialisation (metadata aside)
     assert rep["latency_ms_median"] is None and rep["latency_ms_p90"] is None
+
+
+def test_latency_on_a_busy_machine_is_marked_unreliable(tiny, monkeypatch):
+    """Issue 15, item 7: the machine's load is recorded and a busy machine makes the figure unreliable."""
+    import medistill.timing as timing
+
+    busy = {"load_1min": 7.8, "cpus": 2, "load_per_cpu": 3.9, "busy": True}
+    monkeypatch.setattr(timing, "machine_load", lambda: busy)
+    lat = cpu_latency_ms(tiny, 32, 1, warmup=0, runs=3, min_seconds=0)
+    assert lat["reliable"] is False and "busy (load 3.90 per CPU" in lat["reason"]
+    assert lat["machine_load"]["before"] == busy
+    calm = {"load_1min": 0.1, "cpus": 2, "load_per_cpu": 0.05, "busy": False}
+    assert timing.reliability({"spread": 0.1}, calm, calm) == {"reliable": True, "reason": None,
+                                                               "machine_load": {"before": calm, "after": calm}}
+    assert "spread widely" in timing.reliability({"spread": 2.0}, calm, calm)["reason"]

@@ -4,6 +4,12 @@
 machine; ``measure_latency`` is the same loop with one callable. ``ort_latency`` and ``torch_latency`` wrap them for
 an ONNX file and a PyTorch model. Used by ``export.quantize`` (INT8 vs fp32) and ``benchmark``.
 
+Every summary carries the minimum (the figure least disturbed by other processes: ratios between models are built
+from it), the median and p90, and the ``spread`` (p90 / min - 1). :func:`machine_load` records how busy the machine
+was; :func:`reliability` calls a measurement unreliable when the machine was busy (load above
+:data:`BUSY_LOAD_PER_CPU`) or the calls spread widely (above :data:`WIDE_SPREAD`): on a shared machine the same
+model measured 105 ms and 15.7 ms in two runs.
+
 Torch-free at import: torch is imported by the functions that time PyTorch.
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -20,11 +27,45 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+#: 1-minute load average per CPU above which the machine counts as busy (its timings as unreliable)
+BUSY_LOAD_PER_CPU = 0.75
+#: p90 / min - 1 above which the calls spread too widely for a ratio to be trusted
+WIDE_SPREAD = 0.5
+
+
 def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """median / p90 / mean / min in milliseconds and the number of runs of per-call times in seconds."""
+    """median / p90 / mean / min in milliseconds, the spread (p90 / min - 1) and the number of runs of per-call
+    times in seconds."""
     ms = np.asarray(seconds) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "runs": int(len(ms))}
+    lo, p90 = float(ms.min()), float(np.percentile(ms, 90))
+    return {"median_ms": float(np.median(ms)), "p90_ms": p90, "mean_ms": float(ms.mean()), "min_ms": lo,
+            "spread": float(p90 / lo - 1) if lo > 0 else 0.0, "runs": int(len(ms))}
+
+
+def machine_load() -> dict[str, Any]:
+    """How busy the machine is: ``{load_1min, cpus, load_per_cpu, busy}`` (``os.getloadavg``; None where the OS has
+    no load average, and then ``busy`` is None: unknown)."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        return {"load_1min": None, "cpus": cpus, "load_per_cpu": None, "busy": None}
+    return {"load_1min": round(load, 2), "cpus": cpus, "load_per_cpu": round(load / cpus, 3),
+            "busy": load / cpus > BUSY_LOAD_PER_CPU}
+
+
+def reliability(summary: dict[str, Any], load_before: dict[str, Any], load_after: dict[str, Any]) -> dict[str, Any]:
+    """``{reliable, reason, machine_load}`` of a measurement: unreliable when the machine was busy before or after
+    it, or when its calls spread more than :data:`WIDE_SPREAD`."""
+    reasons = []
+    busy = [x for x in (load_before, load_after) if x.get("busy")]
+    if busy:
+        worst = max(x["load_per_cpu"] for x in busy)
+        reasons.append(f"the machine was busy (load {worst:.2f} per CPU, over {BUSY_LOAD_PER_CPU})")
+    if summary.get("spread", 0.0) > WIDE_SPREAD:
+        reasons.append(f"the calls spread widely (p90 {summary['spread']:.0%} over the minimum)")
+    return {"reliable": not reasons, "reason": "; ".join(reasons) or None,
+            "machine_load": {"before": load_before, "after": load_after}}
 
 
 def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 10, runs: int = 50,

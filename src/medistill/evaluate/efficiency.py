@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,20 @@ def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tu
 
 
 def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | None = None, batch: int = 1,
-                   warmup: int = 5, runs: int = 30, threads: int | None = None) -> dict[str, float]:
-    """Wall-clock CPU latency of one forward pass on a zero ``(batch, channels, size, size)`` input.
+                   warmup: int = 5, runs: int = 30, threads: int | None = None,
+                   min_seconds: float = 0.5) -> dict[str, Any]:
+    """Wall-clock CPU latency of one forward pass on a zero ``(batch, channels, size, size)`` input, by the one
+    timing loop (:func:`medistill.timing.measure_latency`).
 
-    Runs ``warmup`` untimed then ``runs`` timed passes under ``torch.inference_mode`` in eval mode, with
-    ``threads`` torch threads (None = the current setting). Returns ``{"median": ms, "p90": ms, "min": ms}`` (the
-    minimum is the figure least disturbed by other processes on a shared machine). A model on
-    another device is measured on a CPU copy; the caller's thread count and model mode are restored.
+    Runs ``warmup`` untimed then at least ``runs`` timed passes (and ``min_seconds`` in all) under
+    ``torch.inference_mode`` in eval mode, with ``threads`` torch threads (None = the current setting). Returns
+    milliseconds ``{"min", "median", "p90", "spread"}`` (the minimum is the figure least disturbed by other
+    processes on a shared machine: ratios are built from it; spread = p90 / min - 1), ``runs``, and
+    :func:`medistill.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on another device is
+    measured on a CPU copy; the caller's thread count and model mode are restored.
     """
+    from ..timing import machine_load, measure_latency, reliability
+
     size, channels = _input_shape(model, size, channels)
     if batch < 1 or runs < 1 or warmup < 0:
         raise MedistillError(f"cpu_latency_ms: got batch={batch}, runs={runs}, warmup={warmup}, expected "
@@ -79,30 +84,28 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
     x = torch.zeros(batch, channels, size, size, dtype=dtype)
     old_threads = torch.get_num_threads()
     was_training = model.training
-    times = []
+    load_before = machine_load()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         net.eval()
         with torch.inference_mode():
-            for _ in range(warmup):
-                net(x)
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                net(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
+            t = measure_latency(lambda: net(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)
-    out = {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)), "min": float(min(times))}
-    log.info("CPU latency of %s at batch %d, %d px, %d threads: median %.2f ms, p90 %.2f ms", type(model).__name__,
-             batch, size, threads or old_threads, out["median"], out["p90"])
+    out: dict[str, Any] = {"min": t["min_ms"], "median": t["median_ms"], "p90": t["p90_ms"], "spread": t["spread"],
+                           "runs": t["runs"], **reliability(t, load_before, machine_load())}
+    log.info("CPU latency of %s at batch %d, %d px, %d threads: min %.2f ms, median %.2f ms, p90 %.2f ms%s",
+             type(model).__name__, batch, size, threads or old_threads, out["min"], out["median"], out["p90"],
+             "" if out["reliable"] else f" (unreliable: {out['reason']})")
     return out
 
 
 def efficiency_report(model: nn.Module, weights_path: str | Path | None = None, *, size: int | None = None,
                       channels: int | None = None, latency: bool = True, **latency_kw: Any) -> dict[str, Any]:
-    """``{params, macs, size_bytes, latency_ms_median, latency_ms_p90}`` of ``model`` at batch 1.
+    """``{params, macs, size_bytes, latency_ms_min, latency_ms_median, latency_ms_p90, latency_reliable}`` of
+    ``model`` at batch 1.
 
     ``size_bytes`` is the size of ``weights_path`` when given, else of the weights serialised as safetensors
     (``size_source`` says which). ``latency=False`` skips the timing (both latency values None);
@@ -116,10 +119,13 @@ def efficiency_report(model: nn.Module, weights_path: str | Path | None = None, 
         "size_source": "file" if weights_path is not None else "safetensors in memory",
         "input_size": size,
         "input_channels": channels,
+        "latency_ms_min": None,
         "latency_ms_median": None,
         "latency_ms_p90": None,
+        "latency_reliable": None,
     }
     if latency:
         lat = cpu_latency_ms(model, size, channels, **latency_kw)
-        report["latency_ms_median"], report["latency_ms_p90"] = lat["median"], lat["p90"]
+        report.update(latency_ms_min=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
+                      latency_reliable=lat["reliable"], machine_load=lat["machine_load"])
     return report

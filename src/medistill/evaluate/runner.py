@@ -64,8 +64,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
                            "size_bytes": file_size(run.file(runs.BEST_WEIGHTS))}
     if latency:
         lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
-        eff["latency_ms"] = lat["median"]
-        eff["latency_ms_p90"] = lat["p90"]
+        # the minimum of repeated calls (ratios between models are built from it), its spread and the machine's load
+        eff.update(latency_ms=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
+                   latency_spread=lat["spread"], latency_reliable=lat["reliable"],
+                   latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
     atomic_write(run.file(runs.predictions_file(split)),
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"]))

@@ -41,11 +41,12 @@ def comparison(page: Page) -> str:
     headers = ["Run", "Model", f"{task.main_metric_title} (95% CI)"]
     if page.teacher:
         headers.append("&Delta; vs teacher")
-    headers += [esc(tt) for _, tt in optional] + ["Params", "MACs", "Size", "CPU latency<br>median (p90)"]
+    headers += [esc(tt) for _, tt in optional] + ["Params", "MACs", "Size", "CPU latency<br>min (p90)"]
     rows = [_comparison_row(page, r, [k for k, _ in optional]) for r in ev]
     lead = (f"Main metric: {task.main_metric_title.lower()} with its bootstrap 95% confidence interval, on the "
             f"evaluated split; &Delta; in points (&times;100) against the teacher; MACs and latency also as a ratio "
-            f"to the teacher's. Latency: PyTorch on CPU, batch 1.")
+            f"to the teacher's. Latency: PyTorch on CPU, batch 1, the minimum of repeated calls (p90 in brackets); a "
+            f"ratio measured on a busy machine is marked unreliable.")
     return page.section("comparison", "Comparison", table(headers, rows, cls="compare", text_cols=2)
                         + headline(page), lead)
 
@@ -67,6 +68,8 @@ def _comparison_row(page: Page, r: RunData, optional: list[str]) -> list[str]:
     if t and r is not t:
         macs += ratio(t.metrics.get("macs"), m.get("macs"), "fewer")
         lat_text += ratio(t.metrics.get("latency_ms"), lat, "faster")
+        if lat is not None and False in (m.get("latency_reliable"), t.metrics.get("latency_reliable")):
+            lat_text += '<br><span class="ci">unreliable: measured on a busy machine</span>'  # issue 15, item 7
     return cells + [esc(si(m.get("params"))), macs, esc(size_bytes(m.get("size_bytes"))), lat_text]
 
 
