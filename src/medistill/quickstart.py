@@ -47,7 +47,7 @@ class QuickstartConfig:
     student_epochs: int = option(5, "epochs of each student (with and without KD)")
     batch_size: int = option(64, "training batch size")
     lr: float = option(0.002, "peak learning rate (AdamW, cosine)")
-    limit: int | None = option(1000, "cap on images per split (keeps the default run near 5 minutes); None = all")
+    limit: int | None = option(1000, "cap on images per split (keeps the default run short: its time is in the README); None = all")
     alpha: float = option(0.5, "KD: weight of the hard loss")
     temperature: float = option(4.0, "KD temperature")
     in_chans: int | str = option("auto", "input channels: auto (follow the data: 3 for colour images), 1 or 3")

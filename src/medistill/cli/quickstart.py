@@ -12,7 +12,7 @@ HELP = "train a teacher, distil a student (and a no-KD student), evaluate, expla
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help=HELP, description=HELP + ". Default: the built-in phantom chest X-rays "
-                       "(generated into data/phantom, no download), about 10 minutes on 2 CPU cores. Point it at a "
+                       "(generated into data/phantom, no download); the README gives its measured time. Point it at a "
                        "real dataset with --dataset/--root. Re-running continues where it stopped.")
     add_config_args(p, QuickstartConfig)
     p.set_defaults(func=run)

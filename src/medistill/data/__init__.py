@@ -85,11 +85,12 @@ def image_cache_dir(cfg: DataConfig) -> Path | None:
 
 def build_dataset(cfg: DataConfig, split: str, preprocess: Preprocess | None = None, *,
                   cache_dir: str | Path | None = None) -> MedicalDataset:
-    """One split of the dataset ``cfg`` describes, preprocessed as ``preprocess`` says."""
+    """One split of the dataset ``cfg`` describes, preprocessed as ``preprocess`` says; images cached in
+    ``cache_dir``, else where :func:`image_cache_dir` says (``cfg.cache`` false: not cached)."""
     root = resolve_root(cfg)
     cls = dataset_class(cfg.dataset)
-    if cache_dir is None and cfg.cache:
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+    if cache_dir is None:
+        cache_dir = image_cache_dir(cfg)  # the one policy (it was: no cache at all unless cache_dir was given)
     return cls(root, split, preprocess=preprocess, limit=cfg.limit, seed=cfg.split_seed,
                cache_dir=cache_dir if cfg.cache else None, skip_unreadable=cfg.skip_unreadable,
                **source_options(cfg))

@@ -8,6 +8,7 @@ teachers run on each batch, on the very view the student sees (consistent KD).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
           cb: Any) -> Setup:
     t = cfg.train
     teacher_sources = ([cfg.distill.teacher] if cfg.distill.teacher else []) + list(cfg.distill.teachers)
-    probe = build_dataset(cfg.data, "train", Preprocess(size=8), cache_dir=None)
+    probe = build_dataset(dataclasses.replace(cfg.data, cache=False), "train", Preprocess(size=8))  # not cached
     labels, task = list(probe.labels), get_task(probe.task)
     in_chans = _in_chans(cfg, teacher_sources, probe, run)
     model = create_model(cfg.model.name, num_classes=len(labels), in_chans=in_chans,
