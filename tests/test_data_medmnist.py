@@ -92,3 +92,15 @@ def test_bad_files(tmp_path):
         MedMNIST.load_table(tmp_path / "broken.npz")
     with pytest.raises(DatasetError, match=r"single-label with classes"):
         MedMNIST.load_table(tmp_path / "other.npz", labels=("class_1",))
+
+
+@pytest.mark.data
+def test_real_label_names_without_the_medmnist_package(tmp_path, shared_data):
+    """Issue 15, item 9: BreastMNIST's classes are named as MedMNIST names them, not class_0 / class_1."""
+    t = MedMNIST.load_table(shared_data / "medmnist" / "breastmnist.npz")
+    assert t.labels == ["malignant", "normal, benign"]
+    path = write_npz(tmp_path / "pathmnist.npz", n={"train": 9, "val": 3, "test": 3}, rgb=True, classes=9)
+    assert MedMNIST.load_table(path).labels[:2] == ["adipose", "background"]
+    part = write_npz(tmp_path / "octmnist.npz", n={"train": 3}, classes=3)  # class 3 ("normal") absent here
+    assert MedMNIST.load_table(part).labels == ["choroidal neovascularization", "diabetic macular edema", "drusen",
+                                                "normal"]

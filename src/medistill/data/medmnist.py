@@ -5,8 +5,9 @@ shaped ``(N,)``, ``(N, 1)`` (one class index) or ``(N, L)`` (multi-label 0/1, Ch
 ``root`` is the ``.npz`` itself or a folder holding exactly one. Images are never written out as files: the
 dataset reads them from the arrays (each split's image array is decompressed once per process, on first use).
 
-Class names come from the ``medmnist`` package's ``INFO`` when it is installed; otherwise ChestMNIST gets the
-NIH ChestX-ray14 names (it is that dataset, same label order) and the others ``class_0``, ``class_1`` ...
+Class names come from the ``medmnist`` package's ``INFO`` when it is installed, else from :data:`LABEL_NAMES`, our
+copy of the same table (MedMNIST v2's 2D sets; ChestMNIST gets the NIH ChestX-ray14 names: it is that dataset, same
+label order); only a file of another name gets ``class_0``, ``class_1`` ...
 Downloading through ``medmnist`` is never needed: point ``root`` at a file you have.
 """
 
@@ -52,18 +53,45 @@ def _open(npz: Path) -> Any:
         raise DatasetError(f"{npz}: cannot be read as a MedMNIST .npz file ({e})") from None
 
 
+_ORGANS = ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+           "lung-right", "pancreas", "spleen"]
+#: the label names of MedMNIST v2's 2D sets, in class-index order, as the ``medmnist`` package's ``INFO`` has them
+#: (used when that package is not installed; ChestMNIST: the NIH names, see :func:`class_names`)
+LABEL_NAMES: dict[str, list[str]] = {
+    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
+    "dermamnist": ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                   "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+                   "vascular lesions"],
+    "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "retinamnist": ["0", "1", "2", "3", "4"],  # diabetic retinopathy grades
+    "breastmnist": ["malignant", "normal, benign"],
+    "bloodmnist": ["basophil", "eosinophil", "erythroblast",
+                   "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
+                   "neutrophil", "platelet"],
+    "tissuemnist": ["Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule",
+                    "Glomerular endothelial cells", "Interstitial endothelial cells", "Leukocytes", "Podocytes",
+                    "Proximal Tubule Segments", "Thick Ascending Limb"],
+    "organamnist": _ORGANS, "organcmnist": _ORGANS, "organsmnist": _ORGANS,
+}
+
+
 def class_names(flag: str, num: int, multilabel: bool) -> list[str]:
-    """Names of the ``num`` labels of the MedMNIST set ``flag`` (e.g. ``"breastmnist"``)."""
+    """Names of the labels of the MedMNIST set ``flag`` (e.g. ``"breastmnist"``) whose labels hold ``num`` classes
+    (or more: a file whose highest class is absent still gets every class); ``class_<k>`` for an unknown set."""
     try:
-        from medmnist import INFO  # optional: only for the names
+        from medmnist import INFO  # optional: the package's own table
 
         names = [str(v) for _, v in sorted(INFO[flag]["label"].items(), key=lambda kv: int(kv[0]))]
-        if len(names) == num:
+        if len(names) >= num:
             return names
     except (ImportError, KeyError, ValueError):
         pass
     if flag == "chestmnist" and multilabel and num == len(nih.LABELS):
         return list(nih.LABELS)
+    if not multilabel and len(LABEL_NAMES.get(flag, [])) >= num:
+        return list(LABEL_NAMES[flag])
     return [f"class_{k}" for k in range(num)]
 
 

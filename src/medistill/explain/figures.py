@@ -80,7 +80,7 @@ def draw_panel(path: Path, cells: list[list[np.ndarray | None]], titles: list[li
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1 - top / height))
-    ax.imshow(canvas, interpolation="nearest")
+    ax.imshow(np.clip(canvas, 0, 1), interpolation="nearest")  # overlays can overshoot [0, 1] by rounding: no warning
     ax.set_axis_off()
     for r, row in enumerate(titles):
         for c, text in enumerate(row):
