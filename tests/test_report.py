@@ -146,6 +146,8 @@ def make_explain(folder: Path, labels: list[str]) -> Path:
              for who in ("student", "teacher")]
     data = {"method": "gradcam", "num_images": 2, "num_maps": 4, "seconds_per_image": 0.012,
             "student_seconds_per_image": 0.012, "maps_with_truth": 4, **scores, "agreement_spearman": 0.81,
+            "pointing_game_tolerant": 0.9, "pointing_chance_tolerant": 0.2, "blank": 0.25,
+            "cam_layers": {"student": ["stages.3"], "teacher": ["layer3", "layer4"]},
             "agreement_top15_iou": 0.6, "teacher_seconds_per_image": 0.09,
             "teacher": {"run": "/runs/teacher", "model": "densenet121", "maps": 4, **scores, "pointing_game": 0.8},
             "sanity": {"test": "model parameter randomisation (Adebayo et al. 2018)", **scores, "pointing_game": 0.1,
@@ -287,6 +289,26 @@ def test_report_escapes_inputs_and_marks_undefined_auc(multilabel_page):
     atel = re.search(r"<tr><td class=\"text\">Atelectasis</td>(.*?)</tr>", per_label).group(1)
     assert atel.count("n/a") == 5  # no positive: no AUC for any run, nor a difference
     assert "operating points per label" in per_label and "Sensitivity" in per_label
+
+
+def test_report_fidelity_table_per_model_and_label(multilabel_page):
+    ex = _section(multilabel_page, "explanations")
+    fid = ex[ex.index("<h3>Fidelity</h3>"):ex.index("<h3>explain ")]
+    assert "<th>pointing game (chance)</th><th>tolerant (chance)</th>" in fid
+    rows = re.findall(r"<tr>(.*?)</tr>", fid, re.S)[1:]
+    assert len(rows) == 4  # explain/: student, its teacher, the weight-randomised copy; explain_pairs/: its one
+    student, teacher, randomised, pairs = rows
+    assert "explain_pairs" in pairs and "<td>0.500</td>" in pairs  # a pointing game without a chance: unmarked
+    # 0.75 >= 3 x 0.08: marked good; tolerant 0.9 beside its own chance; layers hooked; blank share
+    assert '<span class="good">0.750 <span class="muted">(0.080)</span></span>' in student
+    assert "0.900 <span class=\"muted\">(0.200)</span>" in student
+    assert "student: tiny_cnn" in student and "stages.3" in student and "<td>0.25</td>" in student
+    assert "<td>0.810</td>" in student  # Spearman to the teacher
+    assert "teacher: densenet121" in teacher and "layer3, layer4" in teacher and "0.800" in teacher
+    assert "randomised weights" in randomised and "0.100" in randomised
+    # the per-label table of the folder, and the truth outline named in the lead
+    assert ">label</th><th>maps</th><th>pointing game (chance)</th>" in ex
+    assert "outlined in white" in ex
 
 
 def test_report_explanations_scores_and_galleries(multilabel_page):

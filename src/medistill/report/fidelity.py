@@ -1,0 +1,92 @@
+"""The report's fidelity tables: do the maps find the lesion? One row per model of every explanation folder (the
+explained run, its teacher, the weight-randomised copy of the sanity check), and a per-label table per folder.
+
+Figures come from ``explain.json`` (:mod:`medistill.explain.runner`): pointing game strict and tolerant (a hit
+within 15 px x size / 224 of the truth, Zhang et al. 2016), each beside its chance, energy inside the truth, IoU,
+Spearman of the student's maps to the teacher's, the share of blank maps (no positive evidence for the label),
+deletion / insertion. A folder without truth (no masks or boxes) gives no row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .folders import ExplainData
+from .format import esc, num
+from .pieces import table
+
+HEADERS = ("explanation", "model", "maps", "pointing game (chance)", "tolerant (chance)", "energy inside", "IoU",
+           "Spearman to teacher", "blank maps", "deletion", "insertion")
+LABEL_HEADERS = ("label", "maps", "pointing game (chance)", "tolerant (chance)", "energy inside",
+                 "Spearman to teacher")
+
+
+def _cell(v: Any, digits: int = 3) -> str:
+    f = num(v)
+    return "n/a" if f is None else f"{f:.{digits}f}"
+
+
+def _with_chance(score: Any, chance: Any) -> str:
+    """``0.620 (0.040)``: a score beside its chance, marked good when it is at least 3x chance, bad when not
+    above it (the issue's bar for 'finds the lesion')."""
+    s, c = num(score), num(chance)
+    if s is None:
+        return "n/a"
+    text = f"{s:.3f}" + (f' <span class="muted">({c:.3f})</span>' if c is not None else "")
+    if c is None:
+        return text
+    cls = "good" if s >= 3 * c else "bad" if s <= c else ""
+    return f'<span class="{cls}">{text}</span>' if cls else text
+
+
+def rows_of(ex: ExplainData) -> list[list[str]]:
+    """The table rows of one explanation folder: the run, its teacher and the randomised copy, where scored."""
+    s = ex.summary
+    if num(s.get("pointing_game")) is None:
+        return []
+    name = esc(ex.path.name + (f" ({ex.run})" if ex.run else ""))
+    layers = s.get("cam_layers") or {}
+    chance, chance_tol = s.get("pointing_chance"), s.get("pointing_chance_tolerant")
+
+    def row(who: str, model: Any, d: dict[str, Any], spearman: Any, maps: Any) -> list[str]:
+        hooked = layers.get(who) if isinstance(layers, dict) else None
+        label = esc(f"{who}: {model}" if model else who) + (
+            f' <span class="muted">{esc(", ".join(map(str, hooked)))}</span>' if hooked else "")
+        return [name, label, esc(maps if maps is not None else "n/a"),
+                _with_chance(d.get("pointing_game"), chance), _with_chance(d.get("pointing_game_tolerant"), chance_tol),
+                _cell(d.get("energy_inside")), _cell(d.get("iou")), _cell(spearman), _cell(d.get("blank"), 2),
+                _cell(d.get("deletion_auc")), _cell(d.get("insertion_auc"))]
+
+    out = [row("student", s.get("model"), s, s.get("agreement_spearman"), s.get("maps_with_truth"))]
+    teacher = s.get("teacher")
+    if isinstance(teacher, dict) and num(teacher.get("pointing_game")) is not None:
+        out.append(row("teacher", teacher.get("model"), teacher, None, teacher.get("maps")))
+    sanity = s.get("sanity")
+    if isinstance(sanity, dict) and num(sanity.get("pointing_game")) is not None:
+        out.append(row("randomised weights", s.get("model"), sanity, None, None))
+    return out
+
+
+def fidelity_table(explains: Sequence[ExplainData]) -> str:
+    """Every scored explanation folder's rows in one table ("" when none has truth)."""
+    rows = [r for ex in explains for r in rows_of(ex)]
+    if not rows:
+        return ""
+    lead = ("<p>Do the maps find the lesion? Pointing game: the share of maps whose maximum lies inside the truth "
+            "(tolerant: within 15 px &times; size / 224 of it, Zhang et al. 2016), beside its chance (a random "
+            "point); green at 3&times; chance or more, red at chance or below. A blank map (no positive evidence "
+            "for the label: Grad-CAM keeps only positive evidence) scores chance. Randomised weights: the same "
+            "model with its weights shuffled (Adebayo et al. 2018): its maps should lose the lesion.</p>")
+    return "<h3>Fidelity</h3>" + lead + table(HEADERS, rows, text_cols=2)
+
+
+def per_label_table(summary: dict[str, Any]) -> str:
+    """The student's scores per label of one folder ("" when no label was scored against truth)."""
+    per = summary.get("per_label")
+    if not isinstance(per, dict):
+        return ""
+    rows = [[esc(lab), esc(d.get("maps", "")), _with_chance(d.get("pointing_game"), d.get("pointing_chance")),
+             _with_chance(d.get("pointing_game_tolerant"), d.get("pointing_chance_tolerant")),
+             _cell(d.get("energy_inside")), _cell(d.get("agreement_spearman"))]
+            for lab, d in per.items() if isinstance(d, dict) and num(d.get("pointing_game")) is not None]
+    return table(LABEL_HEADERS, rows) if rows else ""
