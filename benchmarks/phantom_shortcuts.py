@@ -263,7 +263,7 @@ def main() -> None:
     out: dict[str, Any] = B.read_json(RES_JSON) if RES_JSON.is_file() else {}
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "runs")
     out[f"v{phantom.VERSION}"] = {
-        "phantom_version": phantom.VERSION, "settings": vars(a),
+        "phantom_version": phantom.VERSION, "settings": vars(a), "commit": git_commit(),
         "command": f"nice -n 10 .venv/bin/python benchmarks/phantom_shortcuts.py {args}",
         "generate_seconds": gen_s if gen_s > 1 else "reused",
         "train": {k: r.get(k) for k in ("command", "model", "macro_auc", "per_label_auc", "train_wall_s",
@@ -273,6 +273,21 @@ def main() -> None:
     B.write_json(RES_JSON, out)
     (B.RESULTS / "phantom_shortcuts.md").write_text(markdown(out))
     print(markdown(out))
+
+
+def git_commit() -> str | None:
+    """The checked-out commit (with ``+changes`` when the phantom generator or this script differ from it)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=B.ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src/medistill/data/phantom.py",
+                                "benchmarks/phantom_shortcuts.py"], cwd=B.ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def f2(v: Any) -> str:
