@@ -96,10 +96,32 @@ def print_json(obj: Any) -> None:
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """A tqdm progress bar on stderr (CLI only; library code takes a callback instead)."""
+    """A tqdm progress bar on stderr (CLI only; library code takes a callback instead): done / total, rate and ETA."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, disable=None, **kwargs)  # disable=None: off when not a terminal
+
+
+class StageBars:
+    """``callback(stage, done, total)`` -> one progress bar per stage, in images (images/s and ETA); a library
+    function's ``progress`` argument for several passes (evaluate: val, then test)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            for other in self.bars.values():
+                other.close()
+            bar = self.bars[stage] = progress(total=total, desc=f"{self.prefix}{stage}", unit="img", leave=False)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 #: metrics shown after the task's main metric, when present (metrics.json keys -> titles)

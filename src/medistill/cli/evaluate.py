@@ -21,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.runner import evaluate_run
     from ..task import get_task
-    from .common import metrics_text, print_json
+    from .common import StageBars, metrics_text, print_json
 
-    m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
-                     n_bootstrap=args.bootstrap)
+    bars = StageBars("predicting ")
+    try:
+        m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
+                         n_bootstrap=args.bootstrap, progress=bars)
+    finally:
+        bars.close()
     if args.json:
         print_json(m)
         return 0

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {text}", file=sys.stderr, flush=True)
 
     summary = run_quickstart(q, step=step, callbacks_for=lambda name: progress_callbacks(
-        name, q.teacher_epochs if name == "teacher" else q.student_epochs))
+        name, q.teacher_epochs if name == "teacher" else q.student_epochs, q.batch_size))
     print()
     for name in ("teacher", "student", "student_nokd"):
         m = summary[name]

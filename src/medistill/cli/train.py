@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     return train_with_progress(cfg, resume=args.resume)
 
 
-def progress_callbacks(name: str, epochs: int | None = None):
-    """Callbacks drawing a tqdm bar per epoch and printing one line per epoch (stderr)."""
+def progress_callbacks(name: str, epochs: int | None = None, batch_size: int | None = None):
+    """Callbacks drawing a tqdm bar per epoch (in images when ``batch_size`` is given: images/s and the epoch's ETA)
+    and printing one line per epoch and each message, e.g. the teacher caching's (stderr)."""
     import sys
 
     from ..train import Callbacks
@@ -42,7 +43,10 @@ def progress_callbacks(name: str, epochs: int | None = None):
     bar: dict = {}
 
     def start(epoch: int, n: int) -> None:
-        bar["b"] = progress(total=n, desc=f"{name} epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), leave=False)
+        desc = f"{name} epoch {epoch + 1}" + (f"/{epochs}" if epochs else "")
+        # n batches; unit_scale turns the count and the rate into images (the last batch may be smaller)
+        bar["b"] = progress(total=n, desc=desc, leave=False, unit="img" if batch_size else "batch",
+                            unit_scale=batch_size or False)
 
     def batch(epoch: int, i: int, loss: float) -> None:
         bar["b"].update(1)
@@ -64,6 +68,7 @@ def progress_callbacks(name: str, epochs: int | None = None):
 def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:
     from ..train import run_training
 
-    run = run_training(cfg, resume=resume, callbacks=progress_callbacks(cfg.model.name, cfg.train.epochs))
+    run = run_training(cfg, resume=resume, callbacks=progress_callbacks(cfg.model.name, cfg.train.epochs,
+                                                                         cfg.train.batch_size))
     print(f"run directory: {run.path}")
     return 0

@@ -21,14 +21,17 @@ from .metrics import MetricAccumulator
 def predict(model: nn.Module, loader: Any, device: torch.device | str, *, task: str | Task,
             labels: Sequence[str] | None = None,
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            channels_last: bool = False) -> MetricAccumulator:
+            channels_last: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> MetricAccumulator:
     """Run ``model`` (eval mode, restored afterwards) over every batch of ``loader``.
 
     ``transform`` maps the loaded batch to the model's input (cross-resolution runs load at the teacher's size).
     Returns the filled :class:`MetricAccumulator`: ``.arrays()`` gives logits / probs / targets / mask ``(N, L)``,
-    ``.compute()`` the metrics.
+    ``.compute()`` the metrics. ``progress(done, total)`` is called after each batch with the images done so far
+    and the loader's total (the CLI draws a progress bar from it).
     """
     acc: MetricAccumulator | None = None
+    total, done = len(getattr(loader, "dataset", ())), 0
     with eval_mode(model):
         for batch in loader:
             x = batch["image"].to(device)
@@ -40,6 +43,9 @@ def predict(model: nn.Module, loader: Any, device: torch.device | str, *, task: 
             if acc is None:
                 acc = MetricAccumulator(get_task(task), labels or [f"label_{i}" for i in range(logits.shape[1])])
             acc.update(logits, batch["target"], batch["mask"])
+            done += int(logits.shape[0])
+            if progress is not None:
+                progress(done, max(total, done))
     if acc is None:
         raise ValueError("predict: the loader yielded no batch")
     return acc

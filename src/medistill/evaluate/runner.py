@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,20 +31,25 @@ def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: in
 
 
 def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, device: str = "cpu",
-                    limit: int | None = None) -> dict[str, np.ndarray]:
-    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``."""
+                    limit: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``; ``progress(done, total)``
+    after each batch."""
     import torch
 
     from .predict import predict
 
     model, record = runs.load_model(run_dir, device=device)
     _, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
-    return predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"]).arrays()
+    return predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"],
+                   progress=progress).arrays()
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 64, latency: bool = True,
-                 n_bootstrap: int = 1000, device: str = "cpu") -> dict[str, Any]:
-    """Metrics of the run's best model on ``split`` (thresholds chosen on validation); updates metrics.json."""
+                 n_bootstrap: int = 1000, device: str = "cpu",
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Metrics of the run's best model on ``split`` (thresholds chosen on validation); updates metrics.json.
+    ``progress(split, done, total)`` is called after each batch of each split predicted (val, then ``split``)."""
     from ..evaluate.efficiency import cpu_latency_ms, file_size
     from ..evaluate.metrics import choose_thresholds, compute_metrics
     from ..models import count_macs, count_params
@@ -54,9 +59,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     task, labels = get_task(record["task"]), list(record["labels"])
     thresholds = None
     if task.uses_thresholds:
-        val = run_predictions(run_dir, "val", batch_size=batch_size, device=device)
+        val = run_predictions(run_dir, "val", batch_size=batch_size, device=device,
+                              progress=(lambda d, t: progress("val", d, t)) if progress else None)
         thresholds = choose_thresholds(val["probs"], val["targets"], val["mask"])
-    pred = run_predictions(run_dir, split, batch_size=batch_size, device=device)
+    pred = run_predictions(run_dir, split, batch_size=batch_size, device=device,
+                           progress=(lambda d, t: progress(split, d, t)) if progress else None)
     metrics = compute_metrics(task, pred["probs"], pred["targets"], pred["mask"], labels, thresholds=thresholds,
                               n_bootstrap=n_bootstrap)
     inp = record["input"]
