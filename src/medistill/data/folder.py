@@ -7,7 +7,7 @@ content hash: duplicates within a split and across splits are counted in ``repor
 leak test images into training, so they are named in a warning).
 
 Image folders name no patients: each image is its own patient unless ``group_by`` (a regular expression whose
-first capture group names the patient or study in each file name, e.g. ``^(\d+)_`` for ``1234_left.jpg`` and
+first capture group names the patient or study in each file name, e.g. ``^([0-9]+)_`` for ``1234_left.jpg`` and
 ``1234_right.jpg``) groups them; the drawn splits then keep a group together and ``data inspect`` counts patients
 by it.
 """
