@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ExplainError
+from .layers import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
@@ -34,10 +35,6 @@ METHODS = {
 ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
 #: methods whose map is the same for every label of an image
 LABEL_AGNOSTIC = ("eigencam", "fmv")
-#: how a CAM's layer is chosen (``explain.cams``): auto (the deepest feature stage whose map is at least
-#: ``cam_min_size`` px a side), fuse (that stage and every deeper one, averaged), model (the declared CAM layer)
-CAM_LAYER_POLICIES = ("auto", "fuse", "model")
-DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE = "auto", 8
 #: ``labels`` value asking for each image's ground-truth positive labels
 TRUTH_LABELS = "truth"
 #: the summary ``medistill explain`` writes into its output folder (the report reads it)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
+from .layers import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
 from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
