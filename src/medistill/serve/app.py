@@ -8,6 +8,9 @@ Routes:
   stored thresholds, latency, a PNG preview of the decoded image and, when the model was exported with
   ``--explain``, one Grad-CAM map per label (the graph's ``cams`` output, (h, w) in [0, 1]).
 - ``GET /api/model``: the model's metadata and the server's limits. ``GET /healthz``. ``GET /openapi.json``.
+- ``GET /api/explanation``: the model's explanation fidelity (pointing game strict / tolerant, energy inside,
+  Spearman to the teacher, per label) and a few overlays, from a ``medistill explain`` folder beside the model
+  (:mod:`.fidelity`); 404 ``no_explanation`` when there is none.
 
 Limits and safety (the modules beside this one):
 
@@ -54,6 +57,7 @@ from starlette.requests import ClientDisconnect
 
 from ..data import images as im
 from ..inference import medistill_version
+from .fidelity import EXPLAIN_FILE, find_explanation, load_explanation
 from .guards import LOOPBACK_HOSTS, SECURITY_HEADERS, SecurityHeaders, ServeError, TrustedHosts, printable
 from .model import (ACCEPTED, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES,
                     DEFAULT_READ_TIMEOUT_S, ServedModel)
@@ -142,6 +146,18 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UP
     @app.get("/api/model", response_model=ModelResponse, summary="the model's metadata and the server's limits")
     async def model() -> dict[str, Any]:
         return served.metadata
+
+    @app.get("/api/explanation", summary="explanation fidelity of the model, from `medistill explain` beside it")
+    async def explanation() -> dict[str, Any]:
+        folder = find_explanation(served.path)
+        if folder is None:
+            raise ServeError(404, "no_explanation", f"no {EXPLAIN_FILE} beside {served.path.name} or in ../explain/ "
+                                                    f"(run `medistill explain RUN --split test --out DIR` there)")
+        try:
+            return await anyio.to_thread.run_sync(lambda: load_explanation(folder))
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+            log.warning("unreadable explanation %s: %s", printable(str(folder)), printable(str(e)))
+            raise ServeError(404, "no_explanation", f"{folder.name}/{EXPLAIN_FILE} is not readable JSON") from None
 
     @app.post("/api/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=UPLOAD_BODY,
               summary="predict one image (multipart field 'file': PNG, JPEG or DICOM)")

@@ -224,6 +224,56 @@ function setUp() {
   $("label").addEventListener("change", (e) => chooseLabel(e.target.value));
   $("alpha").addEventListener("input", draw);
   loadModel();
+  loadExplanation();
+}
+
+// the model's explanation fidelity (GET /api/explanation, from `medistill explain` beside the model): tables and
+// a gallery of overlays with the truth outlined; the section stays hidden when there is no explanation (404)
+function fmtScore(v, chance) {
+  if (v === null || v === undefined) return "n/a";
+  return chance === null || chance === undefined ? v.toFixed(3) : `${v.toFixed(3)} (${chance.toFixed(3)})`;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  return tr;
+}
+
+async function loadExplanation() {
+  let e;
+  try {
+    const res = await fetch("/api/explanation");
+    if (!res.ok) return;
+    e = await res.json();
+  } catch (err) {
+    return;
+  }
+  const layers = e.cam_layers ? ` · CAM layers ${Object.entries(e.cam_layers).map(([k, v]) => `${k}: ${v.join(", ")}`).join("; ")}` : "";
+  $("explanation-note").textContent = `From ${e.folder}/explain.json: ${e.method}, ${e.images} images, ` +
+    `${e.maps_with_truth ?? 0} maps with truth${layers}.`;
+  $("fidelity").querySelector("tbody").replaceChildren(...e.models.map((m) => row([
+    `${m.what} (${m.model})`, fmtScore(m.pointing_game, m.pointing_chance),
+    fmtScore(m.pointing_game_tolerant, m.pointing_chance_tolerant), fmtScore(m.energy_inside),
+    fmtScore(m.spearman_to_teacher), fmtScore(m.blank)])));
+  $("fidelity-labels").querySelector("tbody").replaceChildren(...Object.entries(e.per_label).map(([label, d]) => row([
+    label, String(d.maps ?? ""), fmtScore(d.pointing_game, d.pointing_chance),
+    fmtScore(d.pointing_game_tolerant, d.pointing_chance_tolerant), fmtScore(d.energy_inside)])));
+  $("gallery").replaceChildren(...e.overlays.map((o) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = o.uri;
+    img.alt = `${o.image}: ${o.labels}`;
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${o.image}: ${o.labels}`;
+    fig.append(img, cap);
+    return fig;
+  }));
+  $("explanation").hidden = false;
 }
 
 setUp();

@@ -1,0 +1,85 @@
+"""The served model's explanation fidelity: does its Grad-CAM find the lesion? Read from a ``medistill explain``
+folder beside the model, for ``GET /api/explanation`` and the page's fidelity table and gallery.
+
+Where: ``explain.json`` in the model file's folder, else ``<folder>/../explain/explain.json`` (the run layout
+``medistill quickstart`` writes: ``<run>/export/model.onnx`` beside ``<run>/explain/``). Torch-free: the file
+name is the one :data:`medistill.explain.EXPLAIN_FILE` names (this layer may not import ``explain``; a test
+checks they agree). Overlay PNGs are embedded as data URIs, only files inside the explanation folder, at most
+``MAX_OVERLAYS`` of at most ``MAX_OVERLAY_BYTES`` each.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("medistill.serve.app")
+
+EXPLAIN_FILE = "explain.json"  # = medistill.explain.EXPLAIN_FILE
+MAX_OVERLAYS = 6
+MAX_OVERLAY_BYTES = 2 * 2**20
+#: explain.json keys shown per model (the row) and per label
+ROW_KEYS = ("pointing_game", "pointing_chance", "pointing_game_tolerant", "pointing_chance_tolerant",
+            "energy_inside", "iou", "blank", "deletion_auc", "insertion_auc")
+LABEL_KEYS = ("maps", "pointing_game", "pointing_chance", "pointing_game_tolerant", "pointing_chance_tolerant",
+              "energy_inside", "agreement_spearman")
+
+
+def find_explanation(model_path: Path) -> Path | None:
+    """The explanation folder of the model file ``model_path`` (see the module docstring), or None."""
+    for folder in (model_path.parent, model_path.parent.parent / "explain"):
+        if (folder / EXPLAIN_FILE).is_file():
+            return folder
+    return None
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _row(model: str, what: str, d: dict[str, Any], spearman: Any = None) -> dict[str, Any]:
+    return {"model": model, "what": what, **{k: _number(d.get(k)) for k in ROW_KEYS},
+            "spearman_to_teacher": _number(spearman)}
+
+
+def _overlays(folder: Path, images: Any) -> list[dict[str, str]]:
+    out = []
+    root = folder.resolve()
+    for entry in images if isinstance(images, list) else []:
+        rel = entry.get("overlay") if isinstance(entry, dict) else None
+        if not isinstance(rel, str):
+            continue
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(root) or not path.is_file() or path.stat().st_size > MAX_OVERLAY_BYTES:
+            continue
+        labels = ", ".join(str(m.get("label")) for m in entry.get("maps", []) if isinstance(m, dict))
+        out.append({"image": str(entry.get("name", path.stem)), "labels": labels,
+                    "uri": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")})
+        if len(out) >= MAX_OVERLAYS:
+            break
+    return out
+
+
+def load_explanation(folder: Path) -> dict[str, Any]:
+    """The fidelity answer of an explanation folder: per model (the explained run, its teacher, the randomised
+    copy) the pointing game strict and tolerant with their chance, energy inside, Spearman to the teacher ...;
+    per label the same; a few overlays (the truth outlined in white)."""
+    s = json.loads((folder / EXPLAIN_FILE).read_text(encoding="utf-8"))
+    if not isinstance(s, dict):
+        raise ValueError(f"{folder / EXPLAIN_FILE}: expected a JSON object")
+    rows = [_row(str(s.get("model") or "model"), "explained model", s, s.get("agreement_spearman"))]
+    if isinstance(s.get("teacher"), dict):
+        rows.append(_row(str(s["teacher"].get("model") or "teacher"), "teacher", s["teacher"]))
+    if isinstance(s.get("sanity"), dict):
+        rows.append(_row(str(s.get("model") or "model"), "randomised weights", s["sanity"]))
+    per_label = {lab: {k: _number(d.get(k)) for k in LABEL_KEYS}
+                 for lab, d in (s.get("per_label") or {}).items() if isinstance(d, dict)}
+    return {"folder": folder.name, "method": s.get("method"), "images": s.get("num_images"),
+            "maps_with_truth": s.get("maps_with_truth"), "cam_layers": s.get("cam_layers"), "models": rows,
+            "per_label": per_label, "overlays": _overlays(folder, s.get("images"))}
