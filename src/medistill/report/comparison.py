@@ -79,6 +79,7 @@ def headline(page: Page) -> str:
     key, title = task.main_metric, task.main_metric_title
     kd = [r for r in page.runs if r.role == "student (KD)" and r.evaluated]
     nokd = [r for r in page.runs if r.role == "student (no KD)" and r.evaluated]
+    gain = _kd_gain(page) if kd and nokd else None
     out = []
     for s in kd:
         v = num(s.metrics.get(key))
@@ -95,8 +96,25 @@ def headline(page: Page) -> str:
         nv = num(twin[0].metrics.get(key)) if twin else None
         if twin and nv is not None:
             text += f"; KD vs the same student without KD ({esc(twin[0].name)}): {signed_pt(v - nv)}"
+            g = gain if gain and gain["kd_run"] == str(s.path) else None
+            if g:
+                text += (f" (paired bootstrap 95% CI {signed_pt(g['ci_low'])} to {signed_pt(g['ci_high'])}: "
+                         f"<strong>{esc(g['verdict'])}</strong>)")
         out.append(f"<li>{text}.</li>")
     return f"<ul>{''.join(out)}</ul>" if out else ""
+
+
+def _kd_gain(page: Page) -> dict[str, Any] | None:
+    """:func:`medistill.evaluate.compare.kd_gain` of the page's evaluated runs; None when it cannot be computed
+    (no KD / no-KD pair, predictions missing or on other images): the headline then gives the plain difference."""
+    from ..errors import MedistillError
+    from ..evaluate.compare import kd_gain
+
+    rows = [r.row for r in page.runs if r.evaluated and r.row]
+    try:
+        return kd_gain(rows)
+    except MedistillError:
+        return None
 
 
 def runs_table(page: Page) -> str:
