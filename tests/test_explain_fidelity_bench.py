@@ -1,0 +1,72 @@
+"""``benchmarks/explain_fidelity.py``'s bookkeeping: seeds averaged (per label too), the issue's targets judged
+from the figures, the Markdown table and the JSON shape the issue asks for (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("explain_fidelity", BENCH / "explain_fidelity.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def summary(pg: float, spearman: float | None = None) -> dict:
+    """An explain.json summary of two labels (A hit half the time, B always at pg)."""
+    return {"pointing_game": pg, "pointing_game_tolerant": pg + 0.1, "energy_inside": 0.3, "iou": 0.2,
+            "deletion_auc": 0.2, "insertion_auc": 0.6, "agreement_spearman": spearman, "blank": 0.0,
+            "sanity": {"pointing_game": 0.02, "pointing_game_tolerant": 0.05, "blank": 0.5},
+            "per_label": {"A": {"maps": 4, "pointing_game": 0.5, "pointing_chance": 0.05,
+                                "pointing_game_tolerant": 0.75, "pointing_chance_tolerant": 0.1},
+                          "B": {"maps": 2, "pointing_game": pg, "pointing_chance": 0.1,
+                                "pointing_game_tolerant": pg, "pointing_chance_tolerant": 0.2}}}
+
+
+def test_seeds_are_averaged_and_targets_judged(bench):
+    rows = [bench.scores_of(summary(0.8, 0.7), 0.90), bench.scores_of(summary(0.6, 0.5), 0.92)]
+    m = bench.mean_rows(rows)
+    assert m["seeds"] == 2 and m["pointing_game"] == pytest.approx(0.7)
+    assert m["spearman_to_teacher"] == pytest.approx(0.6) and m["macro_auc"] == pytest.approx(0.91)
+    assert m["randomised_pointing_game"] == pytest.approx(0.02) and m["blank_maps"] == 0.0
+    assert m["per_label"]["B"]["pointing_game"] == pytest.approx(0.7)
+    assert bench.label_means(m, "pointing_game") == pytest.approx((0.5 + 0.7) / 2)
+
+    def model(pg, spearman, auc):
+        r = bench.mean_rows([bench.scores_of(summary(pg, spearman), auc)])
+        r["pointing_game_label_mean"] = bench.label_means(r, "pointing_game")
+        return r
+
+    res = {"chance": 0.07, "models": {"teacher": model(0.9, None, 0.95), "kd": model(0.3, 0.4, 0.90),
+                                      "e2kd": model(0.9, 0.7, 0.905)}}
+    t = bench.targets(res)
+    assert t["teacher_pointing_game_ge_0.7"] == {"value": pytest.approx(0.7), "met": True}
+    assert t["every_label_ge_3x_chance"]["met"] and t["every_label_ge_3x_chance"]["worst_label"] == "B"
+    assert t["randomised_le_2x_chance"]["met"]
+    assert t["e2kd_pg_ge_teacher_minus_0.05"]["met"] and t["e2kd_pg_ge_kd_plus_0.1"]["met"]
+    assert t["e2kd_spearman_ge_0.6"]["met"] and t["e2kd_auc_within_0.01_of_kd"]["met"]
+    res["models"]["e2kd"] = model(0.3, 0.4, 0.85)
+    t = bench.targets(res)
+    assert not t["e2kd_pg_ge_kd_plus_0.1"]["met"] and not t["e2kd_auc_within_0.01_of_kd"]["met"]
+
+    allres = {"command": "nice -n 10 ...", "machine": {"cpu": "x", "cores": 2, "shared": "shared: load 8"},
+              "phantom": {**res, "image_size": 128, "targets": t}}
+    md = bench.markdown(allres)
+    assert "| teacher | 1 |" in md and "| e2kd | 1 |" in md
+    assert "e2kd_pg_ge_kd_plus_0.1: **missed**" in md and "shared: load 8" in md
+    # the issue's shape: phantom.{image_size, chance, models.NAME.{pointing_game, pointing_game_tolerant,
+    # spearman_to_teacher, macro_auc}}
+    for name, r in res["models"].items():
+        assert {"pointing_game", "pointing_game_tolerant", "spearman_to_teacher", "macro_auc"} <= set(r), name
