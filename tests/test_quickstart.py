@@ -20,8 +20,9 @@ def test_quickstart_configs_are_a_fair_comparison():
 @pytest.mark.slow
 def test_quickstart_end_to_end(phantom_root: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MEDISTILL_CACHE", str(tmp_path / "cache"))
-    q = QuickstartConfig(out=str(tmp_path / "qs"), root=str(phantom_root), image_size=32, teacher="tiny_cnn",
-                         student="kdfmv", teacher_epochs=1, student_epochs=1, limit=48, explain_images=2)
+    q = QuickstartConfig(out=str(tmp_path / "qs"), root=str(phantom_root), image_size=32, teacher_image_size=48,
+                         teacher="tiny_cnn", student="kdfmv", teacher_epochs=1, student_epochs=1, limit=48,
+                         explain_images=2)
     steps: list[str] = []
     summary = run_quickstart(q, step=steps.append)
     out = Path(q.out)
@@ -37,6 +38,12 @@ def test_quickstart_end_to_end(phantom_root: Path, tmp_path: Path, monkeypatch):
     html = (out / "report.html").read_text()
     assert summary["report"] == str(out / "report.html") and "<table" in html and "data:image/png;base64" in html
     assert any(s.startswith("report:") for s in steps)
+    # the story of distillation, told whatever happened: the scenario and KD minus no-KD with its verdict
+    story = summary["kd_story"]
+    assert story.startswith("Scenario: the teacher (tiny_cnn) saw 48 px images, the student (kdfmv) sees 32 px")
+    assert "KD minus no-KD (kdfmv, macro_auc on test)" in story and story in steps
+    assert summary["kd_gain"]["verdict"] in story
+    assert json.loads((out / "student" / "run.json").read_text())["distill_mode"] == "views"
     for step in ("explain", "export", "benchmark", "report"):  # each later step keeps its log and its result
         assert f"{step} result:" in (out / f"{step}.log").read_text()
     assert '"max_abs_diff"' in (out / "export.log").read_text()

@@ -39,7 +39,9 @@ class QuickstartConfig:
     dataset: str = option("phantom", "phantom (built in) or any dataset of `medistill data` with --root")
     root: str | None = option(None, "dataset folder; phantom default: data/phantom (generated on first use)")
     image_size: int = option(96, "student input size (px)")
-    teacher_image_size: int | None = option(None, "teacher input size; None = the student's")
+    teacher_image_size: int | None = option(
+        128, "teacher input size; the default scenario distils a teacher that saw the phantom at its full 128 px "
+             "into a student that sees 96 px (the reason to distil); None = the student's")
     teacher: str = option("resnet10t", "teacher architecture (the papers use densenet121/161: far slower on a CPU)")
     student: str = option(
         "kdfmv", "student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)")
@@ -50,6 +52,9 @@ class QuickstartConfig:
     limit: int | None = option(1000, "cap on images per split (keeps the default run short: its time is in the README); None = all")
     alpha: float = option(0.5, "KD: weight of the hard loss")
     temperature: float = option(4.0, "KD temperature")
+    augment: str = option("light", "training augmentation of every run (none, light, strong)")
+    teacher_views: int = option(2, "KD student: the teacher's outputs on this many augmented views per image, cached "
+                                   "once (consistent KD at the cost of plain training); 0 = the teacher runs online")
     in_chans: int | str = option("auto", "input channels: auto (follow the data: 3 for colour images), 1 or 3")
     explain_images: int = option(8, "test images explained (student vs teacher)")
     explain_method: str = option("gradcam", "explanation method of the gallery")
@@ -63,12 +68,14 @@ class QuickstartConfig:
         check_range("explain_images", self.explain_images, 1, 1000)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_choice("in_chans", self.in_chans, ("auto", 1, 3))
+        check_choice("augment", self.augment, ("none", "light", "strong"))
+        check_range("teacher_views", self.teacher_views, 0, 64)
 
 
 def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:
     """The three training configs the quickstart runs."""
     out = Path(q.out)
-    data = DataConfig(dataset=q.dataset, root=q.root, image_size=q.image_size, limit=q.limit, augment="none")
+    data = DataConfig(dataset=q.dataset, root=q.root, image_size=q.image_size, limit=q.limit, augment=q.augment)
     train = dict(batch_size=q.batch_size, lr=q.lr, seed=q.seed, scheduler="cosine", weight_decay=1e-4)
     teacher_data = dataclasses.replace(data, image_size=q.teacher_image_size or q.image_size)
     return {
@@ -79,7 +86,7 @@ def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:
                              model=ModelConfig(name=q.student, in_chans=q.in_chans, drop_rate=0.1),
                              train=TrainConfig(epochs=q.student_epochs, **train),
                              distill=DistillConfig(teacher=str(out / "teacher"), alpha=q.alpha,
-                                                   temperature=q.temperature)),
+                                                   temperature=q.temperature, teacher_views=q.teacher_views)),
         "student_nokd": RunConfig(out=str(out / "student_nokd"), data=data,
                                   model=ModelConfig(name=q.student, in_chans=q.in_chans, drop_rate=0.1),
                                   train=TrainConfig(epochs=q.student_epochs, **train)),
@@ -128,6 +135,8 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         summary[name] = {k: m.get(k) for k in ("task", "macro_auc", "accuracy", "macro_f1", "params", "macs",
                                                 "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
+    summary["kd_gain"], summary["kd_story"] = _kd_story(q, cfgs)
+    say(summary["kd_story"])
 
     student, teacher = Path(cfgs["student"].out), cfgs["teacher"].out
     steps: list[tuple[str, str, Callable[[], object], Path | None]] = [
@@ -159,6 +168,19 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
     summary["total_seconds"] = time.perf_counter() - t_start
     atomic_write_json(out / "quickstart.json", summary)
     return summary
+
+
+def _kd_story(q: QuickstartConfig, cfgs: dict[str, RunConfig]) -> tuple[dict[str, object] | None, str]:
+    """What happened to distillation, in words: the scenario, KD minus no-KD with its paired bootstrap CI and the
+    verdict, whatever it is."""
+    from .evaluate.compare import compare_runs, describe_gain, kd_gain
+
+    t_size = cfgs["teacher"].data.image_size
+    scenario = (f"Scenario: the teacher ({q.teacher}) saw {t_size} px images, the student ({q.student}) sees "
+                f"{q.image_size} px" if t_size != q.image_size else
+                f"Scenario: teacher ({q.teacher}) and student ({q.student}) both see {q.image_size} px")
+    gain = kd_gain(compare_runs([cfgs[n].out for n in ("teacher", "student", "student_nokd")]))
+    return gain, scenario + ". " + (describe_gain(gain) if gain else "KD gain: n/a")
 
 
 @contextlib.contextmanager

@@ -39,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
         m = summary[name]
         print(f"{name:13s} {metrics_text(m)}  params {m['params']:,}  MACs {m['macs']:,}  "
               f"latency {m['latency_ms']:.1f} ms")
+    print(f"\n{summary['kd_story']}")
     print(f"\ndone in {summary['total_seconds']:.0f} s. Report: {summary['report']}")
     return 0
