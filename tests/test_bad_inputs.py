@@ -335,7 +335,7 @@ TABLE_CASES = {"missing_column", "unknown_label_requested", "unknown_finding_in_
                "duplicated_ids", "empty_train_split", "header_only", "binary_table", "phantom_nan_label"}
 CONFIG_REFUSED = {
     "unknown_key.yaml": r"unknown config key 'train.epochz'; valid keys of train: amp, batch_size, .*warmup_epochs",
-    "unknown_section.yaml": r"unknown config key 'trainer'; valid keys: data, distill, model, out, train",
+    "unknown_section.yaml": r"unknown config key 'trainer'; valid keys: data, distill, model, out, recipe, train",
     "wrong_type.yaml": r"train.epochs: got 'ten', expected an integer",
     "bool_for_int.yaml": r"train.batch_size: got True, expected an integer",
     "out_of_range.yaml": r"train: lr: got -0.1, expected a value in \(0.0, 10.0\]",
