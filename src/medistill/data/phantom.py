@@ -284,11 +284,12 @@ def _atelectasis(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[s
     """A plate-like band in a lung's mid or lower zone, slanted up to 20 degrees."""
     a, yy, xx = sc.a, sc.a.yy, sc.a.xx
     k = int(r.integers(0, 2))
-    _, ly, lx, _ = a.lungs[k]
+    ly = a.lungs[k][1]
     thick = max(r.uniform(*ATELECTASIS_THICKNESS_MM) * sc.mm, MIN_BAND_PX)
     length = r.uniform(*ATELECTASIS_LENGTH_MM) * sc.mm
     ang = r.uniform(-0.35, 0.35)
-    py, px = ly + a.lung_ry * r.uniform(0.0, 0.5), lx + a.lung_rx * r.uniform(-0.2, 0.2)
+    # the centre: in the lung's mid or lower zone, as far inside the lung as the band's length allows
+    py, px = _pick(r, sc.regions[k] & (yy >= ly - 0.1 * a.lung_ry), sc.margin(k), min(length / 2, a.lung_rx * 0.6))
     u = (xx - px) * np.cos(ang) + (yy - py) * np.sin(ang)  # along the band
     v = -(xx - px) * np.sin(ang) + (yy - py) * np.cos(ang)  # across it
     band = sc.regions[k] & (np.abs(v) < thick / 2) & (np.abs(u) < length / 2)
