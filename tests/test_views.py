@@ -98,3 +98,19 @@ def test_a_partial_cache_continues_and_a_stale_one_is_not_used(tmp_path: Path):
 def test_views_with_mixup_are_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match="teacher_views 2: .*mixup"):
         _views_run(phantom_root, teacher_run, tmp_path / "x", **{"train.mixup": 0.2})
+
+
+def test_caching_reports_progress_per_batch(tmp_path: Path):
+    class Tiny:
+        def __len__(self) -> int:
+            return 5
+
+        def __getitem__(self, i: int) -> dict:
+            return {"image": torch.rand(1, 4, 4), "target": torch.zeros(2), "mask": torch.ones(2), "index": i,
+                    "meta": {}}
+
+    seen: list[tuple] = []
+    ViewCache(tmp_path / "v.npy").load_or_compute("k", ViewDataset(Tiny(), 2, 0), 2,
+                                                  lambda x: {"logits": x.mean(dim=(1, 2, 3))[:, None]},
+                                                  torch.device("cpu"), on_batch=lambda *a: seen.append(a))
+    assert seen == [(1, 2, 2, 5), (1, 2, 4, 5), (1, 2, 5, 5), (2, 2, 2, 5), (2, 2, 4, 5), (2, 2, 5, 5)]

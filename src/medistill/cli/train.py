@@ -62,7 +62,18 @@ def progress_callbacks(name: str, epochs: int | None = None, batch_size: int | N
     def message(text: str) -> None:
         print(f"{name}: {text}", file=sys.stderr, flush=True)
 
-    return Callbacks(start, batch, end, message)
+    def cache(view: int, views: int, done: int, total: int) -> None:  # the teacher's outputs being cached
+        if done == 0 or "c" not in bar or bar.get("view") != view:
+            if "c" in bar:
+                bar["c"].close()
+            bar["c"] = progress(total=total, desc=f"{name}: caching the teacher's outputs, view {view}/{views}",
+                                leave=False, unit="img")
+            bar["view"] = view
+        bar["c"].update(done - bar["c"].n)
+        if done >= total:
+            bar["c"].close()
+
+    return Callbacks(start, batch, end, message, cache)
 
 
 def train_with_progress(cfg: RunConfig, *, resume: bool = False) -> int:

@@ -46,6 +46,7 @@ class Callbacks:
     on_batch: Callable[[int, int, float], None] | None = None  # (epoch, batch, loss)
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None  # (epoch, row of history)
     on_message: Callable[[str], None] | None = None
+    on_cache: Callable[[int, int, int, int], None] | None = None  # (view, views, images done, images) while caching
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, callbacks: Callbacks | None = None) -> runs.RunDir:

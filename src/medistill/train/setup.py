@@ -257,7 +257,7 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     # two runs sharing teacher_views_dir may compute the same view at once: each write is atomic and equal
     objective.cached = cache.load_or_compute(key, ds, cfg.train.batch_size * 2,
                                              lambda x: objective.teacher_outputs(x, need_maps=objective.needs_maps),
-                                             device, on_view)
+                                             device, on_view, getattr(cb, "on_cache", None))
     if main:
         dist_utils.barrier()
     if cb.on_message:

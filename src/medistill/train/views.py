@@ -106,10 +106,12 @@ class ViewCache:
 
     def load_or_compute(self, key: str, ds: ViewDataset, batch_size: int,
                         teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device,
-                        on_view: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+                        on_view: Callable[[int, int], None] | None = None,
+                        on_batch: Callable[[int, int, int, int], None] | None = None) -> dict[str, torch.Tensor]:
         """The cached outputs as float32 tensors ``(N, V, ...)``; computes the views not cached yet, one whole view
         at a time, writing the files after each (a killed run continues from there). ``teacher`` maps a loaded
-        batch to named outputs ``(B, ...)``."""
+        batch to named outputs ``(B, ...)``. ``on_view(views done, V)`` after each view, ``on_batch(view, V,
+        images done, N)`` after each batch (progress bars live in the CLI)."""
         meta = self._meta()
         n, V = len(ds), ds.views
         names = meta.get("names", [])
@@ -123,6 +125,7 @@ class ViewCache:
         for v in range(done, V):
             ds.fix_view(v)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_views)
+            seen = 0
             for batch in loader:
                 idx = batch["index"].numpy()
                 for name, out in teacher(batch["image"].to(device)).items():
@@ -130,6 +133,9 @@ class ViewCache:
                         dtype = np.float32 if name == "logits" else np.float16
                         arrays[name] = np.zeros((n, V, *out.shape[1:]), dtype)
                     arrays[name][idx, v] = out.detach().cpu().numpy()
+                seen += len(idx)
+                if on_batch:
+                    on_batch(v + 1, V, seen, n)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for name, arr in arrays.items():
                 atomic_write(self.file(name), lambda p, a=arr: _save(p, a))
