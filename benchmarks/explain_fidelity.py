@@ -53,7 +53,8 @@ POLICIES = ("model", "auto", "fuse")
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", default="all", choices=("all", "train", "explain"))
+    p.add_argument("--stage", default="all", choices=("all", "train", "report"),
+                   help="report: only rewrite the Markdown from the results JSON")
     p.add_argument("--image-size", type=int, default=128, help="phantom side and every model's input size")
     p.add_argument("--images", type=int, default=1200, help="phantom images (70 / 10 / 20 %% train / val / test)")
     p.add_argument("--teacher", default="resnet18")
@@ -214,7 +215,7 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
                         sanity=False, data=data, split=split, faithfulness=False)
             row = scores_of(s, None)
             row["pointing_game_label_mean"] = label_means(row, "pointing_game")
-            row["cam_layers"] = s.get("cam_layers")
+            row["cam_layers"] = (s.get("cam_layers") or {}).get("student")  # the explained model's side
             res.setdefault("cam_layers", {})[policy] = row
             save()
 
@@ -298,7 +299,9 @@ def markdown(allres: dict[str, Any]) -> str:
             lines += ["", "The teacher's maps under each CAM-layer policy (`--cam-layers`):", "",
                       "| policy | layers | PG | PG tol. | PG / label | energy in | IoU |", "|---|---|---|---|---|---|---|"]
             for policy, r in res["cam_layers"].items():
-                lines.append(f"| {policy} | {', '.join(r.get('cam_layers') or [])} | {fmt(r['pointing_game'])} | "
+                hooked = r.get("cam_layers") or []
+                hooked = hooked.get("student", []) if isinstance(hooked, dict) else hooked  # older files: per side
+                lines.append(f"| {policy} | {', '.join(hooked)} | {fmt(r['pointing_game'])} | "
                              f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
                              f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} |")
         if res.get("targets"):
@@ -330,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         f"seeds and one teacher; {a.explain_images} test images explained per model with Grad-CAM on the true "
         f"labels. Chosen to finish in under an hour on 2 shared CPU cores; more images, epochs and seeds would be "
         f"better (the figures below carry that noise).")
+    if a.stage == "report":
+        res_json.with_suffix(".md").write_text(markdown(B.read_json(res_json)))
+        return
     phantom = allres.setdefault("phantom", {})
     nih = allres.setdefault("nih_boxes", {}) if a.nih else {}
 
