@@ -327,13 +327,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
     stored = _stored_range(bits, signed, slope, intercept) if intensity == INTENSITY_RULE else None
     if arr.ndim == 3:  # colour DICOM: no VOI window applies
         lo, hi = stored or (float(arr.min()), float(arr.max()))
-        arr = np.ascontiguousarray(arr[..., :3])
-        if hi > lo:
-            arr -= lo
-            arr /= hi - lo
-            np.clip(arr, 0, 1, out=arr)
-        else:
-            arr[...] = 0
+        arr = _to_unit(np.ascontiguousarray(arr[..., :3]), lo, hi)
         return Decoded(_reduce_float(arr, min_side), width, height)
     if center is not None and window is not None and np.isfinite(center) and np.isfinite(window) and window > 1:
         lo, hi = center - window / 2.0, center + window / 2.0
@@ -341,12 +335,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
         lo, hi = stored
     else:  # the legacy rule, or a file that says nothing of its bit depth: its own range
         lo, hi = float(arr.min()), float(arr.max())
-    if hi > lo:
-        arr -= lo
-        arr /= hi - lo
-        np.clip(arr, 0, 1, out=arr)
-    else:
-        arr[...] = 0
+    arr = _to_unit(arr, lo, hi)
     if photometric == "MONOCHROME1":  # 0 is white: invert so that bone is bright, as in MONOCHROME2
         np.subtract(1.0, arr, out=arr)
     return Decoded(_reduce_float(arr, min_side), width, height)
@@ -359,6 +348,17 @@ def _stored_range(bits: int, signed: bool, slope: float, intercept: float) -> tu
     lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0 ** bits - 1)
     a, b = lo * slope + intercept, hi * slope + intercept
     return (min(a, b), max(a, b))
+
+
+def _to_unit(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` to ``[0, 1]`` in place (clipped); all zeros when the range is empty."""
+    if hi > lo:
+        arr -= lo
+        arr /= hi - lo
+        np.clip(arr, 0, 1, out=arr)
+    else:
+        arr[...] = 0
+    return arr
 
 
 def _reduce_float(arr: np.ndarray, min_side: int | None) -> np.ndarray:
