@@ -66,6 +66,19 @@ def test_each_epoch_picks_one_view_per_image_reproducibly():
     np.testing.assert_array_equal(first, ds._choice)
 
 
+class Tiny:
+    """A dataset of ``n`` random 4x4 images with two labels."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": torch.rand(1, 4, 4), "target": torch.zeros(2), "mask": torch.ones(2), "index": i, "meta": {}}
+
+
 def test_a_partial_cache_continues_and_a_stale_one_is_not_used(tmp_path: Path):
     calls = []
 
@@ -73,25 +86,17 @@ def test_a_partial_cache_continues_and_a_stale_one_is_not_used(tmp_path: Path):
         calls.append(len(x))
         return {"logits": x.mean(dim=(1, 2, 3))[:, None].repeat(1, 2) + len(calls), "maps": x[:, :, :2, :2]}
 
-    class Tiny:
-        def __len__(self) -> int:
-            return 6
-
-        def __getitem__(self, i: int) -> dict:
-            return {"image": torch.rand(1, 4, 4), "target": torch.zeros(2), "mask": torch.ones(2), "index": i,
-                    "meta": {}}
-
     cache = ViewCache(tmp_path / "v.npy")
-    full = cache.load_or_compute("k1", ViewDataset(Tiny(), 3, 0), 4, teacher, torch.device("cpu"))
+    full = cache.load_or_compute("k1", ViewDataset(Tiny(6), 3, 0), 4, teacher, torch.device("cpu"))
     assert full["logits"].shape == (6, 3, 2) and full["maps"].shape == (6, 3, 1, 2, 2) and len(calls) == 6
     assert (tmp_path / "v-maps.npy").is_file()
     meta = json.loads((tmp_path / "v.json").read_text())
     meta["views_done"] = 2  # killed while caching view 3
     (tmp_path / "v.json").write_text(json.dumps(meta))
-    again = cache.load_or_compute("k1", ViewDataset(Tiny(), 3, 0), 4, teacher, torch.device("cpu"))
+    again = cache.load_or_compute("k1", ViewDataset(Tiny(6), 3, 0), 4, teacher, torch.device("cpu"))
     assert len(calls) == 8  # only view 3 recomputed
     torch.testing.assert_close(again["logits"][:, :2], full["logits"][:, :2])
-    cache.load_or_compute("k2", ViewDataset(Tiny(), 3, 0), 4, teacher, torch.device("cpu"))
+    cache.load_or_compute("k2", ViewDataset(Tiny(6), 3, 0), 4, teacher, torch.device("cpu"))
     assert len(calls) == 14  # another key: everything recomputed
 
 
@@ -101,16 +106,8 @@ def test_views_with_mixup_are_refused(teacher_run: Path, phantom_root: Path, tmp
 
 
 def test_caching_reports_progress_per_batch(tmp_path: Path):
-    class Tiny:
-        def __len__(self) -> int:
-            return 5
-
-        def __getitem__(self, i: int) -> dict:
-            return {"image": torch.rand(1, 4, 4), "target": torch.zeros(2), "mask": torch.ones(2), "index": i,
-                    "meta": {}}
-
     seen: list[tuple] = []
-    ViewCache(tmp_path / "v.npy").load_or_compute("k", ViewDataset(Tiny(), 2, 0), 2,
+    ViewCache(tmp_path / "v.npy").load_or_compute("k", ViewDataset(Tiny(5), 2, 0), 2,
                                                   lambda x: {"logits": x.mean(dim=(1, 2, 3))[:, None]},
                                                   torch.device("cpu"), on_batch=lambda *a: seen.append(a))
     assert seen == [(1, 2, 2, 5), (1, 2, 4, 5), (1, 2, 5, 5), (2, 2, 2, 5), (2, 2, 4, 5), (2, 2, 5, 5)]
