@@ -20,10 +20,10 @@ drew nodules 5-8 % of the image wide only. ``benchmarks/results/phantom_shortcut
 Findings and their sizes (``FIELD_MM``: the image spans about 350 mm, a PA chest film):
 
 ==============  ================================================================================================
-Cardiomegaly    the heart enlarged to a cardiothoracic ratio of 0.55-0.68 (normal hearts: 0.38-0.47); the heart's
+Cardiomegaly    the heart enlarged to a cardiothoracic ratio of 0.58-0.72 (normal hearts: 0.38-0.47); the heart's
                 width over the thorax's (the lungs' outer edges). Mask: the enlarged heart
-Effusion        dense fluid filling one lung's base, 15-40 % of the lung's height, meniscus rising laterally.
-                Mask: the fluid
+Effusion        dense fluid filling one lung's base, 20-50 % of the lung's height at the lateral wall (30 % lower
+                medially: a meniscus), over the lung seen beside the normal heart. Mask: the fluid
 Nodule          one (70 %) or two round dense nodules, 5-30 mm across (log-uniform; 1.4-8.6 % of the image
                 width, at least 3 px), wholly inside a lung. Mask: the nodules
 Pneumothorax    a dark rim without lung markings along one lung's apex and lateral wall, 10-35 mm wide, reaching
@@ -79,8 +79,8 @@ FIELD_MM = 350.0  # the side of the field the image spans (a PA chest film is ab
 
 # sizes of the findings (see the module docstring); lengths in mm, ratios as shares
 CTR_NORMAL = (0.38, 0.47)  # cardiothoracic ratio of a normal heart
-CTR_CARDIOMEGALY = (0.55, 0.68)
-EFFUSION_HEIGHT = (0.15, 0.40)  # share of the lung's height filled from its base
+CTR_CARDIOMEGALY = (0.58, 0.72)
+EFFUSION_HEIGHT = (0.20, 0.50)  # share of the lung's height filled from its base
 NODULE_MM = (5.0, 30.0)  # diameter
 PNEUMOTHORAX_RIM_MM = (10.0, 35.0)
 PNEUMOTHORAX_REACH = (0.40, 0.75)  # share of the lung's height the rim reaches down from the apex
@@ -204,6 +204,7 @@ class _Scene:
     a: _Anatomy
     img: np.ndarray  # float32 (S, S), painted in place
     regions: list[np.ndarray]  # per lung: the lung outside the largest heart this image can have
+    normal_heart: np.ndarray  # bool (S, S): the heart of the anatomy
     mm: float  # px per mm
 
     def margin(self, k: int) -> np.ndarray:
@@ -216,7 +217,8 @@ class _Scene:
 def _effusion(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str, Any]]:
     """Fluid from one lung's base up to a meniscus that rises towards the lateral wall."""
     a, yy, xx = sc.a, sc.a.yy, sc.a.xx
-    lung, ly, lx, side = a.lungs[int(r.integers(0, 2))]  # the whole lung: fluid may hide the heart's border
+    lung, ly, lx, side = a.lungs[int(r.integers(0, 2))]
+    lung = lung & ~sc.normal_heart  # the lung seen on the film: fluid may hide an enlarged heart's border
     height = r.uniform(*EFFUSION_HEIGHT)
     rows = np.flatnonzero(lung.any(axis=1))
     lung_h = float(rows.max() - rows.min() + 1) if len(rows) else 2 * a.lung_ry
@@ -225,7 +227,7 @@ def _effusion(r: np.random.Generator, sc: _Scene) -> tuple[np.ndarray, dict[str,
     # the fluid's top: ``height`` of the lung at the lateral wall, 30 % lower medially
     meniscus = base + 0.5 - lung_h * height * (0.7 + 0.3 * lateral ** 2)
     fluid = lung & (yy > meniscus)
-    _blend(sc.img, fluid, np.clip((yy - meniscus) / (0.04 * yy.shape[0]), 0, 1), r.uniform(0.56, 0.62))
+    _blend(sc.img, fluid, np.clip((yy - meniscus) / (0.02 * yy.shape[0]), 0, 1), r.uniform(0.56, 0.62))
     return fluid, {"side": side, "height_share": height}
 
 
@@ -321,7 +323,8 @@ def draw(seed: int, index: int, size: int, present: Sequence[bool] | np.ndarray 
     big_rx = max(r.uniform(*CTR_CARDIOMEGALY) * a.thorax_width / 2, hrx + 1.0)
     rho = _ellipse(yy, xx, hy, hx, hry * big_rx / hrx, big_rx)
     big_heart = rho < 1
-    sc = _Scene(a, a.img.copy(), [lung & ~big_heart for lung, *_ in a.lungs], size / FIELD_MM)
+    sc = _Scene(a, a.img.copy(), [lung & ~big_heart for lung, *_ in a.lungs],
+                _ellipse(yy, xx, hy, hx, hry, hrx) <= 1, size / FIELD_MM)
     sizes["Cardiomegaly"] = {"ctr": 2 * big_rx / a.thorax_width, "ctr_normal": 2 * hrx / a.thorax_width}
     if present[0]:
         masks[0] = big_heart
