@@ -8,8 +8,8 @@ A split of the run's own data (no --dataset, or the run's dataset at its own roo
 was trained and evaluated on it (views, labels, uncertainty policy ...). ``--labels truth`` explains each image's
 ground-truth positive labels (as localisation studies do); ``--cam-layers`` chooses the CAM layer by its map size
 (``auto``, the default: the deepest feature stage at least ``--cam-min-size`` px a side; ``fuse``: that and every
-deeper stage, LayerCAM-style; ``model``: the model's declared layer, often a 2x2 to 4x4 map at 64-128 px). Writes overlays, per-layer feature-map
-grids and ``explain.json`` into ``--out`` and prints the summary. Every option is also a key of a --config YAML
+deeper stage, LayerCAM-style; ``model``: the model's declared layer, often a 2x2 to 4x4 map at 64-128 px).
+Writes overlays, per-layer feature-map grids and ``explain.json`` into ``--out`` and prints the summary. Every option is also a key of a --config YAML
 file (sections ``source`` and ``options``).
 """
 
