@@ -522,3 +522,18 @@ def test_report_of_real_explanations(real_runs, phantom_root, tmp_path):
     assert ex.count('alt="00') == 3  # one overlay per image: student row and teacher row, a column per label
     assert 'alt="featuremaps_student.png"' in ex and 'alt="featuremaps_teacher.png"' in ex
     assert len(decode_images(ex)) == 3 + 2
+
+
+def test_a_latency_ratio_measured_on_a_busy_machine_is_marked_unreliable(tmp_path):
+    """Issue 15 item 7: a student's latency measured while other jobs ran makes its 'x faster' ratio unreliable."""
+    from medistill import runs
+    from medistill.report import build_report
+
+    dirs = make_report_inputs(tmp_path)
+    quiet = build_report(dirs, tmp_path / "quiet.html").read_text(encoding="utf-8")
+    assert "unreliable: measured on a busy machine" not in _section(quiet, "comparison")
+    student = runs.RunDir(dirs[0])
+    student.write_metrics({"latency_reliable": False, "latency_load_average": [7.5, 6.0, 5.0]})
+    busy = build_report(dirs, tmp_path / "busy.html").read_text(encoding="utf-8")
+    comp = _section(busy, "comparison")
+    assert comp.count("unreliable: measured on a busy machine") == 1  # the student's row only
