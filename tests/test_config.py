@@ -70,22 +70,59 @@ def test_every_subcommand_takes_a_config_file(command, capsys):
 
 
 def test_options_file_of_a_plain_command(tmp_path, capsys):
-    from medistill.cli import _apply_options_file, main
+    from medistill.cli import main
+    from medistill.cli.evaluate import EvaluateOptions
 
     f = tmp_path / "eval.yaml"
     f.write_text("split: val\nbatch_sizes: 3\n")
     assert main(["evaluate", str(tmp_path / "run"), "--config", str(f)]) == 2
     err = capsys.readouterr().err
-    assert "unknown key 'batch_sizes'" in err and "batch_size" in err
+    assert "unknown config key 'batch_sizes'" in err and "batch_size" in err and str(f) in err
+    assert len(err.strip().splitlines()) == 1
     f.write_text("split: val\nbatch_size: 3\nno_latency: true\n")
-    parser = build_parser()
-    argv = ["evaluate", "RUN", "--config", str(f), "--split", "test"]
-    args = _apply_options_file(parser, parser.parse_args(argv), argv)
-    assert (args.split, args.batch_size, args.no_latency) == ("test", 3, True)  # the flag wins over the file
+    args = build_parser().parse_args(["evaluate", "RUN", "--config", str(f), "--split", "test"])
+    o = config_from_args(EvaluateOptions, args)
+    assert (args.run_dir, o.split, o.batch_size, o.no_latency) == ("RUN", "test", 3, True)  # the flag wins
     f.write_text("batch_size: many\n")
-    with pytest.raises(SystemExit):
-        _apply_options_file(parser, parser.parse_args(argv), argv)
-    assert "invalid int value: 'many'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=f"{f}: batch_size: got 'many', expected an integer"):
+        config_from_args(EvaluateOptions, args)
+
+
+@pytest.mark.parametrize("argv, positionals", [
+    (["evaluate", "--json", "RUN", "--no-latency"], {"run_dir": "RUN"}),
+    (["compare", "--json", "A", "B"], {"run_dirs": ["A", "B"]}),
+    (["export", "--int8", "--explain", "RUN", "--json"], {"run_dir": "RUN"}),
+    (["predict", "--json", "--explain", "M.onnx", "a.png"], {"model": "M.onnx", "inputs": ["a.png"]}),
+    (["report", "--explain", "E", "A", "B"], {"run_dirs": ["A", "B"]}),
+    (["serve", "--allow-host", "a.lan", "M.onnx"], {"model": "M.onnx"}),
+    (["data", "inspect", "--json", "--check-readable"], {})])
+def test_switches_never_swallow_a_positional(argv, positionals):
+    """The flags of commands with positional arguments are switches (``--json``) or take one value each
+    (``--explain DIR``, repeatable), as their hand-written flags did: the positionals stay positional."""
+    args = vars(build_parser().parse_args(argv))
+    assert {k: args[k] for k in positionals} == positionals
+    assert {v for k, v in args.items() if k.startswith("cfg__") and isinstance(v, str)} <= {"true"}
+    assert [v for k, v in args.items() if k.startswith("cfg__") and isinstance(v, list)] in ([], [["E"]], [["a.lan"]])
+
+
+def test_export_per_tensor_and_per_channel():
+    from medistill.cli.export import ExportOptions
+
+    def per_channel(*flags):
+        return config_from_args(ExportOptions, build_parser().parse_args(["export", "RUN", *flags])).per_channel
+
+    assert (per_channel(), per_channel("--per-channel"), per_channel("--per-tensor")) == ("auto", True, False)
+    assert per_channel("--set", "per_channel=auto") == "auto"
+    with pytest.raises(ConfigError, match="calibration_method: got 'best'"):
+        config_from_args(ExportOptions, build_parser().parse_args(["export", "RUN", "--calibration-method", "best"]))
+
+
+def test_optional_string_flags_stay_as_typed():
+    from medistill.cli.compare import CompareOptions
+
+    o = config_from_args(CompareOptions, build_parser().parse_args(["compare", "A", "--out", "1e3"]))
+    assert o.out == "1e3"
+    assert config_from_args(CompareOptions, build_parser().parse_args(["compare", "A", "--out", "null"])).out is None
 
 
 def test_flag_help_comes_from_field_metadata_not_source():
@@ -117,9 +154,30 @@ def test_benchmark_options_file_names_valid_keys(tmp_path, capsys):
     assert "--batch '0'" in capsys.readouterr().err
 
 
-def test_every_generated_flag_has_help():
-    from medistill.cli import _leaf_parsers
+def _leaf_parsers(parser):
+    """Every (sub)command parser that has no subcommands of its own."""
+    import argparse
 
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for action in subs for child in dict.fromkeys(action.choices.values()) for leaf in _leaf_parsers(child)]
+
+
+def test_every_option_is_a_generated_flag():
+    """One config mechanism: besides positionals, -h, --config and --set, every flag of every command comes from
+    an options dataclass (dest ``cfg__...``), so it is also a key of that command's --config YAML. Not options:
+    train / distill --resume (an action on the run in --out, not part of its saved config) and explain's required
+    --out (where to write, beside the run to explain)."""
+    allowed = {"help", "config", "set", "verbose"}
+    hand_written = [f"{leaf.prog} {a.option_strings[0]}" for leaf in _leaf_parsers(build_parser())
+                    for a in leaf._actions if a.option_strings and not a.dest.startswith("cfg__")
+                    and a.dest not in allowed]
+    assert sorted(hand_written) == ["medistill distill --resume", "medistill explain --out",
+                                    "medistill train --resume"]
+
+
+def test_every_generated_flag_has_help():
     missing = []
     for leaf in _leaf_parsers(build_parser()):
         for action in leaf._actions:

@@ -374,7 +374,10 @@ def test_bad_model_and_settings_are_refused(model_path, tmp_path):
 def test_cli_binds_loopback_by_default():
     from medistill.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "model.onnx"])
+    from medistill.cli.common import config_from_args
+    from medistill.cli.serve import ServeOptions
+
+    args = config_from_args(ServeOptions, build_parser().parse_args(["serve", "model.onnx"]))
     assert (args.host, args.port, args.max_concurrency) == ("127.0.0.1", 8000, 2)
     assert args.max_upload_mb * 2**20 == 32 * 2**20
 
@@ -505,7 +508,11 @@ def test_host_header_is_checked(model_path):
     with TestClient(create_app(model_path, allowed_hosts=allowed_hosts_for("0.0.0.0", ["xray.lan"]))) as c:
         assert [c.get("/healthz", headers={"host": h}).status_code for h in
                 ("192.168.1.20:8000", "[fe80::1]", "xray.lan", "localhost", "evil.example")] == [200] * 4 + [400]
-    args = build_parser().parse_args(["serve", "m.onnx", "--allow-host", "a.lan", "--allow-host", "b.lan"])
+    from medistill.cli.common import config_from_args
+    from medistill.cli.serve import ServeOptions
+
+    args = config_from_args(ServeOptions, build_parser().parse_args(["serve", "m.onnx", "--allow-host", "a.lan",
+                                                                     "--allow-host", "b.lan"]))
     assert args.allow_host == ["a.lan", "b.lan"]
 
 

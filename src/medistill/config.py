@@ -272,11 +272,14 @@ def build(cls: type[T], *, file: str | Path | None = None, overrides: dict[str, 
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}")
         if isinstance(value, str) and typing.get_origin(fields[key]) not in (list, tuple) and fields[key] is not str:
             # a command-line string such as "0.1", "null" or "[1, 2]" is read as YAML, then type-checked
+            raw = value
             try:
                 parsed = yaml.safe_load(value)
             except yaml.YAMLError:
                 parsed = value
             value = value if parsed is None and "null" not in value.lower() and value.strip() else parsed
+            if value is not None and set(typing.get_args(fields[key])) == {str, type(None)}:
+                value = raw  # an optional string (a path, a name) stays as typed: --out 1e3 is "1e3", not 1000.0
         _deep_set(data, key, value)
     try:
         return from_dict(cls, data)

@@ -36,8 +36,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", "VALUE").upper()
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """``--config FILE.yaml``, ``--set KEY=VALUE`` and one flag per config field (overrides of the file)."""
+def _is_bool(tp: Any) -> bool:
+    """``bool``, or a union holding it (``bool | Literal["auto"]``): a flag that reads as an on / off switch."""
+    return tp is bool or bool in typing.get_args(tp)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
+                    switches: bool = False) -> None:
+    """``--config FILE.yaml``, ``--set KEY=VALUE`` and one flag per config field (overrides of the file).
+
+    A bool field ``x`` gives ``--x`` and ``--no-x``; a list field takes its items after the flag. With
+    ``switches`` (commands with positional arguments, which a flag must never swallow) ``--x`` takes no value and
+    a list flag takes one value per use, repeatable (``--allow-host a --allow-host b``); otherwise ``--x`` may take
+    one (``--cache false``) and a list flag takes several (``--labels A B`` or ``--labels A,B``).
+    """
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML config file (command-line flags override it)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override any config field by its dotted name, e.g. --set train.lr=0.01")
@@ -48,13 +60,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[s
         if dotted in skip:
             continue
         dest = "cfg__" + dotted.replace(".", "__")
-        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if fields[dotted] is bool else {}
-        metavar = _type_name(fields[dotted])
-        if metavar == "A,B,...":  # a list: --labels A B or --labels A,B
-            extra, metavar = {"nargs": "+", "action": _ListValues}, "A"
-        group.add_argument(flag, dest=dest, metavar=metavar, default=argparse.SUPPRESS,
+        tp = fields[dotted]
+        extra: dict[str, Any] = {"metavar": _type_name(tp)}
+        if _is_bool(tp):
+            extra = {"action": "store_const", "const": "true"} if switches else {**extra, "nargs": "?", "const": "true"}
+        elif extra["metavar"] == "A,B,...":  # a list
+            extra = {"action": _RepeatedValue, "metavar": "A"} if switches else \
+                {"nargs": "+", "action": _ListValues, "metavar": "A"}
+        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS,
                            help=f"{docs.get(dotted, '')} ({dotted})".replace("%", "%%"), **extra)
-        if fields[dotted] is bool:  # --no-sanity = --sanity false
+        if _is_bool(tp) and not dotted.rsplit(".", 1)[-1].startswith("no_"):  # --no-sanity = --sanity false
             group.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const="false",
                                default=argparse.SUPPRESS, help=f"= {flag} false")
 
@@ -64,6 +79,13 @@ class _ListValues(argparse.Action):
 
     def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
         setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
+
+
+class _RepeatedValue(argparse.Action):
+    """A list flag of a command with positional arguments: one item per use, as given (commas included)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), values])
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,9 +4,11 @@ files, duplicates, patient overlap between splits), as a table or as one JSON ob
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
+from ..config import DataConfig, option
 from .common import add_config_args, overrides_from_args, print_json, progress
 
 EXAMPLES = """examples:
@@ -18,6 +20,19 @@ EXAMPLES = """examples:
 """
 
 
+@dataclasses.dataclass
+class InspectOptions(DataConfig):
+    """The options of ``medistill data inspect``: the data (a :class:`DataConfig`, whose fields and flags it keeps)
+    and how to summarise it."""
+
+    json: bool = option(False, "print one JSON object instead of a table")
+    check_readable: bool = option(False, "decode every image and report the unreadable ones (slower)")
+
+    def data(self) -> DataConfig:
+        """The DataConfig part."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("data", help="inspect datasets", description="Dataset tools.")
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -25,31 +40,26 @@ def register(sub: Any) -> None:
     ins = actions.add_parser(
         "inspect", help="summarise a dataset: images per split, positives per label, missing files ...",
         description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ins.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    ins.add_argument("--check-readable", action="store_true",
-                     help="decode every image and report the unreadable ones (slower)")
-    from ..config import DataConfig
-
-    add_config_args(ins, DataConfig)
+    add_config_args(ins, InspectOptions)
     ins.set_defaults(func=run)
 
 
-def data_config(args: argparse.Namespace) -> Any:
-    """The DataConfig of ``--config`` (a data-only YAML, or a run config's ``data:`` section) and the flags."""
-    from ..config import DataConfig, build, load_yaml
+def inspect_options(args: argparse.Namespace) -> InspectOptions:
+    """The options of ``--config`` (a data-only YAML, or a run config's ``data:`` section) and the flags."""
+    from ..config import build, load_yaml
 
     base: dict[str, Any] = {}
     if getattr(args, "config", None):
         base = load_yaml(args.config)
         if isinstance(base.get("data"), dict):
             base = base["data"]
-    return build(DataConfig, base=base, overrides=overrides_from_args(args))
+    return build(InspectOptions, base=base, overrides=overrides_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.inspect import format_summary, summarize
 
-    cfg = data_config(args)
+    o = inspect_options(args)
     bar = None
 
     def tick(done: int, total: int) -> None:
@@ -59,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        summary = summarize(cfg, readable=args.check_readable, progress=tick)
+        summary = summarize(o.data(), readable=o.check_readable, progress=tick)
     finally:
         if bar is not None:
             bar.close()
-    if args.json:
+    if o.json:
         print_json(summary)
     else:
         sys.stdout.write(format_summary(summary) + "\n")

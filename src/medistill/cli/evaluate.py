@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from ..config import option
+from .common import add_config_args, config_from_args
 
 HELP = "evaluate a run on a split (per-label AUC / accuracy, CIs, calibration, params, MACs, latency)"
+
+
+@dataclasses.dataclass
+class EvaluateOptions:
+    """The options of ``medistill evaluate`` (flags, or keys of its ``--config`` YAML); here rather than beside
+    ``evaluate_run`` because ``medistill.evaluate`` imports torch and the parser must not."""
+
+    split: str = option("test", "split to evaluate: train, val, test")
+    batch_size: int = option(64, "images per forward pass")
+    bootstrap: int = option(1000, "bootstrap resamples for the 95% CI (0 = none)")
+    no_latency: bool = option(False, "skip the CPU latency measurement")
+    json: bool = option(False, "print the metrics as JSON")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help=HELP, description=HELP + "; writes RUN_DIR/metrics.json")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--split", default="test", help="split to evaluate (train, val, test; default test)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0 = none)")
-    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_config_args(p, EvaluateOptions, switches=True)
     p.set_defaults(func=run)
 
 
@@ -23,16 +35,17 @@ def run(args: argparse.Namespace) -> int:
     from ..task import get_task
     from .common import StageBars, metrics_text, print_json
 
+    o = config_from_args(EvaluateOptions, args)
     bars = StageBars("predicting ")
     try:
-        m = evaluate_run(args.run_dir, args.split, batch_size=args.batch_size, latency=not args.no_latency,
-                         n_bootstrap=args.bootstrap, progress=bars)
+        m = evaluate_run(args.run_dir, o.split, batch_size=o.batch_size, latency=not o.no_latency,
+                         n_bootstrap=o.bootstrap, progress=bars)
     finally:
         bars.close()
-    if args.json:
+    if o.json:
         print_json(m)
         return 0
-    print(f"{args.run_dir} ({args.split}, {m['num_images']} images): {metrics_text(m)}")
+    print(f"{args.run_dir} ({o.split}, {m['num_images']} images): {metrics_text(m)}")
     if get_task(m["task"]).multilabel:
         for lab, auc in m["per_label_auc"].items():
             print(f"  {lab:24s} AUC {'n/a' if auc is None or auc != auc else f'{auc:.4f}'}")

@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Literal
+
+from ..config import check_choice, option
+from .common import add_config_args, config_from_args
 
 HELP = "export a run to ONNX (+ INT8, + in-graph Grad-CAM maps) with a PyTorch parity report"
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """The options of ``medistill export`` (flags, or keys of its ``--config`` YAML); here rather than beside
+    ``export_run`` because ``medistill.export`` imports torch and the parser must not."""
+
+    format: str = option("onnx", "export format: onnx")
+    out: str | None = option(None, "output folder; None = RUN_DIR/export")
+    int8: bool = option(False, "also write an INT8 model (static QDQ, calibrated on training images) and compare it "
+                               "with fp32")
+    explain: bool = option(False, "the graph also outputs a Grad-CAM map per label (no autograd needed on the "
+                                  "device)")
+    val_limit: int = option(512, "validation images for the parity and metric checks")
+    calibration_images: int = option(128, "training images to calibrate INT8")
+    calibration_method: str = option("minmax", "INT8 calibration: minmax, percentile, entropy")
+    per_channel: bool | Literal["auto"] = option(
+        "auto", "INT8 weight scales: true = one per output channel, false (--per-tensor) = one per tensor, auto = "
+                "try both and keep the better validation metric")
+    cam_images: int = option(8, "validation images for the Grad-CAM parity check")
+    threads: int | None = option(None, "ONNX Runtime threads for the latency comparison; None = all cores")
+    json: bool = option(False, "print the whole report as JSON")
+
+    def validate(self) -> None:
+        check_choice("format", self.format, ("onnx",))
+        check_choice("calibration_method", self.calibration_method, ("minmax", "percentile", "entropy"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help=HELP, description=HELP + "; writes DIR/model.onnx, DIR/model.int8.onnx "
                        "(--int8) and DIR/export.json")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training or distillation run directory")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default RUN_DIR/export)")
-    p.add_argument("--int8", action="store_true", help="also write an INT8 model (static QDQ, calibrated on "
-                   "training images) and compare it with fp32")
-    p.add_argument("--explain", action="store_true", help="the graph also outputs a Grad-CAM map per label "
-                   "(no autograd needed on the device)")
-    p.add_argument("--val-limit", type=int, default=512, metavar="N",
-                   help="validation images for the parity and metric checks (default 512)")
-    p.add_argument("--calibration-images", type=int, default=128, metavar="N",
-                   help="training images to calibrate INT8 (default 128)")
-    p.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"])
-    scales = p.add_mutually_exclusive_group()
-    scales.add_argument("--per-channel", dest="per_channel", action="store_const", const=True, default="auto",
-                        help="INT8 weights with one scale per output channel")
-    scales.add_argument("--per-tensor", dest="per_channel", action="store_const", const=False,
-                        help="INT8 weights with one scale per tensor (default: try both, keep the better "
-                             "validation metric)")
-    p.add_argument("--cam-images", type=int, default=8, metavar="N",
-                   help="validation images for the Grad-CAM parity check (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the latency comparison")
-    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    add_config_args(p, ExportOptions, switches=True)
+    p.add_argument("--per-tensor", dest="cfg__per_channel", action="store_const", const="false",
+                   default=argparse.SUPPRESS, help="= --no-per-channel (per_channel)")
     p.set_defaults(func=run)
 
 
@@ -42,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_run
     from .common import print_json
 
-    out = Path(args.out) if args.out else Path(args.run_dir) / "export"
-    rep = export_run(args.run_dir, out, fmt=args.format, int8=args.int8, explain=args.explain,
-                     val_limit=args.val_limit, calibration_images=args.calibration_images,
-                     cam_images=args.cam_images, per_channel=args.per_channel,
-                     calibration_method=args.calibration_method, threads=args.threads,
+    o = config_from_args(ExportOptions, args)
+    out = Path(o.out) if o.out else Path(args.run_dir) / "export"
+    rep = export_run(args.run_dir, out, fmt=o.format, int8=o.int8, explain=o.explain,
+                     val_limit=o.val_limit, calibration_images=o.calibration_images,
+                     cam_images=o.cam_images, per_channel=o.per_channel,
+                     calibration_method=o.calibration_method, threads=o.threads,
                      progress=lambda msg: print(f"[export] {msg}", file=sys.stderr))
-    if args.json:
+    if o.json:
         print_json(rep)
         return 0
     name = rep["metric_name"]

@@ -6,9 +6,29 @@ Imports nothing heavier than onnxruntime, numpy, Pillow and pydicom (a test runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from ..config import check_choice, option
+from .common import add_config_args, config_from_args
+
 HELP = "predict images (PNG, JPEG, 16-bit PNG, DICOM, folders) with an exported ONNX model, without torch"
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    """The options of ``medistill predict`` (flags, or keys of its ``--config`` YAML)."""
+
+    json: bool = option(False, "print a JSON list, one object per input")
+    explain: bool = option(False, "write heatmap overlays (needs a model exported with --explain) into --out")
+    out: str | None = option(None, "folder for the overlays; None = ./predict-maps")
+    maps: str = option("positive", "overlay the positive labels (or the top one when none is): positive; or all "
+                                   "labels: all")
+    batch_size: int = option(8, "images per ONNX Runtime call")
+    threads: int | None = option(None, "ONNX Runtime threads; None = all cores")
+
+    def validate(self) -> None:
+        check_choice("maps", self.maps, ("positive", "all"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,14 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "others are still predicted; the exit status is 1 when any input failed.")
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by `medistill export`")
     p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--json", action="store_true", help="print a JSON list, one object per input")
-    p.add_argument("--explain", action="store_true", help="write heatmap overlays (needs a model exported with "
-                   "--explain) into --out")
-    p.add_argument("--out", metavar="DIR", default=None, help="folder for the overlays (default ./predict-maps)")
-    p.add_argument("--maps", choices=["positive", "all"], default="positive",
-                   help="overlay the positive labels (or the top one when none is) or all labels")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    add_config_args(p, PredictOptions, switches=True)
     p.set_defaults(func=run)
 
 
@@ -35,27 +48,28 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import MedistillError
     from ..inference import Predictor, save_overlays
 
-    predictor = Predictor(args.model, threads=args.threads)
+    o = config_from_args(PredictOptions, args)
+    predictor = Predictor(args.model, threads=o.threads)
     files = list_images(args.inputs)
     if not files:
         raise MedistillError(f"no images found in {' '.join(args.inputs)} (expected PNG, JPEG, BMP, TIFF or DICOM "
                              f"files or folders holding them)")
-    want_maps = bool(args.explain)
-    out = Path(args.out or "predict-maps")
+    want_maps = bool(o.explain)
+    out = Path(o.out or "predict-maps")
     if want_maps and not predictor.has_maps:
         print(f"medistill predict: warning: {args.model} has no maps (export it with --explain); "
               f"predicting without overlays", file=sys.stderr)
         want_maps = False
     results, failed = [], 0
-    for i, pred in enumerate(predictor.predict(files, maps=want_maps, batch_size=max(1, args.batch_size),
+    for i, pred in enumerate(predictor.predict(files, maps=want_maps, batch_size=max(1, o.batch_size),
                                                keep_images=want_maps)):
         if pred.error is not None:
             failed += 1
-            if not args.json:
+            if not o.json:
                 print(f"{pred.file}: error: {pred.error}", file=sys.stderr)
         else:
-            written = save_overlays(pred, predictor.labels, out, index=i, which=args.maps) if want_maps else []
-            if args.json:
+            written = save_overlays(pred, predictor.labels, out, index=i, which=o.maps) if want_maps else []
+            if o.json:
                 row = pred.to_json()
                 if written:
                     row["overlays"] = [str(p) for p in written]
@@ -68,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
             for text in pred.warnings:
                 print(f"{pred.file}: warning: {text}", file=sys.stderr)
             continue
-        if args.json:
+        if o.json:
             results.append(pred.to_json())
-    if args.json:
+    if o.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 1 if failed else 0

@@ -6,34 +6,51 @@ Torch-free (ONNX Runtime); needs the ``serve`` extra (FastAPI, uvicorn, python-m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from ..config import ConfigError, option
+from .common import add_config_args, config_from_args
+
 HELP = "serve an exported ONNX model as a web page and JSON API (upload an image, see findings and heatmaps)"
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    """The options of ``medistill serve`` (flags, or keys of its ``--config`` YAML)."""
+
+    host: str = option("127.0.0.1", "address to bind (127.0.0.1: this machine only; there is no authentication)")
+    port: int = option(8000, "port (0 picks a free one)")
+    max_upload_mb: float = option(32.0, "largest request body accepted, MiB (larger: HTTP 413)")
+    max_concurrency: int = option(2, "inferences run at once, sharing one ONNX Runtime session (others wait)")
+    max_connections: int = option(64, "connections open at once; more get HTTP 503")
+    max_connections_per_client: int = option(16, "connections open at once from one client address; more get "
+                                                 "HTTP 429")
+    read_timeout: float = option(60.0, "seconds for a request (headers and upload) to arrive whole; slower: HTTP "
+                                       "408 and the connection closed")
+    allow_host: list[str] = option(factory=list, help="also answer requests for this Host name (repeatable; '*' for "
+                                                      "any). By default only the bound address is answered (with "
+                                                      "localhost for a loopback one): other names get HTTP 400, "
+                                                      "which stops DNS rebinding")
+    threads: int | None = option(None, "ONNX Runtime threads per inference; None = all cores")
+
+    def validate(self) -> None:
+        for name in ("max_concurrency", "max_connections", "max_connections_per_client"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: got {getattr(self, name)}, expected at least 1")
+        if not self.max_upload_mb > 0:
+            raise ConfigError(f"--max-upload-mb: got {self.max_upload_mb}, expected a positive size")
+        if not self.read_timeout > 0:
+            raise ConfigError(f"--read-timeout: got {self.read_timeout}, expected a positive number of seconds")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port: got {self.port}, expected 0 to 65535")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help=HELP, description=HELP + ". Routes: / (the page), POST /api/predict "
                        "(multipart field 'file'), GET /api/model, GET /healthz, GET /openapi.json. Stop with Ctrl+C.")
     p.add_argument("model", metavar="MODEL.onnx", help="a model written by `medistill export` (--explain for heatmaps)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; there is no authentication)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-upload-mb", type=float, default=32.0, metavar="MB",
-                   help="largest request body accepted, MiB (default 32; larger: HTTP 413)")
-    p.add_argument("--max-concurrency", type=int, default=2, metavar="N",
-                   help="inferences run at once, sharing one ONNX Runtime session (default 2; others wait)")
-    p.add_argument("--max-connections", type=int, default=64, metavar="N",
-                   help="connections open at once; more get HTTP 503 (default 64)")
-    p.add_argument("--max-connections-per-client", type=int, default=16, metavar="N",
-                   help="connections open at once from one client address; more get HTTP 429 (default 16)")
-    p.add_argument("--read-timeout", type=float, default=60.0, metavar="S",
-                   help="seconds for a request (headers and upload) to arrive whole; slower: HTTP 408 and the "
-                        "connection closed (default 60)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests for this Host name (repeatable; '*' for any). By default only the "
-                        "bound address is answered (with localhost for a loopback one): other names get HTTP 400, "
-                        "which stops DNS rebinding")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per inference (default: all cores)")
+    add_config_args(p, ServeOptions, switches=True)
     p.set_defaults(func=run)
 
 
@@ -41,38 +58,29 @@ def run(args: argparse.Namespace) -> int:
     import ipaddress
     import logging
 
-    from ..errors import MedistillError
     from ..serve import create_app, require
     from ..serve.guards import allowed_hosts_for
 
-    for name in ("max_concurrency", "max_connections", "max_connections_per_client"):
-        if getattr(args, name) < 1:
-            raise MedistillError(f"--{name.replace('_', '-')}: got {getattr(args, name)}, expected at least 1")
-    if not args.max_upload_mb > 0:
-        raise MedistillError(f"--max-upload-mb: got {args.max_upload_mb}, expected a positive size")
-    if not args.read_timeout > 0:
-        raise MedistillError(f"--read-timeout: got {args.read_timeout}, expected a positive number of seconds")
-    if not 0 <= args.port <= 65535:
-        raise MedistillError(f"--port: got {args.port}, expected 0 to 65535")
+    o = config_from_args(ServeOptions, args)
     require("uvicorn")
     from ..serve.server import bind, build_server
 
-    hosts = allowed_hosts_for(args.host, args.allow_host)
-    app = create_app(args.model, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     max_concurrency=args.max_concurrency, read_timeout=args.read_timeout, allowed_hosts=hosts,
-                     threads=args.threads)
+    hosts = allowed_hosts_for(o.host, o.allow_host)
+    app = create_app(args.model, max_upload_bytes=int(o.max_upload_mb * 2**20),
+                     max_concurrency=o.max_concurrency, read_timeout=o.read_timeout, allowed_hosts=hosts,
+                     threads=o.threads)
     try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
+        loopback = ipaddress.ip_address(o.host).is_loopback
     except ValueError:
-        loopback = args.host == "localhost"
+        loopback = o.host == "localhost"
     if not loopback:
-        print(f"medistill serve: warning: listening on {args.host}, reachable from other machines; the server has "
+        print(f"medistill serve: warning: listening on {o.host}, reachable from other machines; the server has "
               f"no authentication and no TLS", file=sys.stderr)
-    sock = bind(args.host, args.port)
+    sock = bind(o.host, o.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    server = build_server(app, max_connections=args.max_connections,
-                          max_per_client=args.max_connections_per_client, read_timeout=args.read_timeout,
+    server = build_server(app, max_connections=o.max_connections,
+                          max_per_client=o.max_connections_per_client, read_timeout=o.read_timeout,
                           log_level=logging.getLogger().getEffectiveLevel())
     print(f"medistill serve: {args.model} on http://{shown}:{port}/ (Ctrl+C to stop; answers Host "
           f"{', '.join(hosts)})", file=sys.stderr, flush=True)
