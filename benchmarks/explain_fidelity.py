@@ -6,8 +6,8 @@
 Steps, each a medistill run directory under ``--runs`` (a finished and evaluated run is skipped, a half-done one
 resumed; an explanation whose ``explain.json`` exists is reused, so re-running continues where it stopped):
 
-1. the phantom (public API ``medistill.data.phantom.ensure``; the folder is keyed by the generator's version, so
-   a new phantom is generated, not mixed with an old one), ``--images`` images at ``--image-size`` px;
+1. the phantom (public API ``medistill.data.phantom.ensure``; the folder is keyed by the generator's version and
+   a fingerprint of its source, so a new phantom is generated, not mixed with an old one), ``--images`` images at ``--image-size`` px;
 2. one teacher (``--teacher``), then per seed four students (``--student``) under the same schedule: ``nokd``
    (hard labels), ``kd`` (KD-FMV soft targets), ``e2kd`` (KD + e2KD's Grad-CAM similarity term) and ``cat``
    (KD + CAT-KD's class attention transfer); students use no augmentation, so the teacher's logits and maps are
@@ -77,10 +77,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 # training
 # ---------------------------------------------------------------------------------------------------------
 
+def generator_fingerprint() -> str:
+    """8 hex digits of the phantom generator's source: a generator changed within one VERSION (as v2 was while
+    this benchmark ran) gets a new folder instead of its images mixing with the old ones'."""
+    import hashlib
+
+    from medistill.data import phantom
+
+    return hashlib.sha1(Path(phantom.__file__).read_bytes()).hexdigest()[:8]
+
+
 def phantom_root(a: argparse.Namespace) -> Path:
     from medistill.data import phantom
 
-    root = Path(a.runs) / f"phantom_v{phantom.VERSION}_{a.image_size}px_{a.images}"
+    root = Path(a.runs) / f"phantom_v{phantom.VERSION}_{generator_fingerprint()}_{a.image_size}px_{a.images}"
     return phantom.ensure(root, num_images=a.images, size=a.image_size, seed=0)
 
 
@@ -297,13 +307,14 @@ def markdown(allres: dict[str, Any]) -> str:
                              f"{fmt(ref.get('pointing_chance_tolerant'), 3)} | " + " | ".join(cells) + " |")
         if res.get("cam_layers"):
             lines += ["", "The teacher's maps under each CAM-layer policy (`--cam-layers`):", "",
-                      "| policy | layers | PG | PG tol. | PG / label | energy in | IoU |", "|---|---|---|---|---|---|---|"]
+                      "| policy | layers | PG | PG tol. | PG / label | energy in | IoU | blank maps |",
+                      "|---|---|---|---|---|---|---|---|"]
             for policy, r in res["cam_layers"].items():
                 hooked = r.get("cam_layers") or []
                 hooked = hooked.get("student", []) if isinstance(hooked, dict) else hooked  # older files: per side
                 lines.append(f"| {policy} | {', '.join(hooked)} | {fmt(r['pointing_game'])} | "
                              f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
-                             f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} |")
+                             f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} | {fmt(r.get('blank_maps'))} |")
         if res.get("targets"):
             lines += ["", "Targets (issue 13):", ""]
             for name, t in res["targets"].items():
