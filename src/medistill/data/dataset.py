@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ class Preprocess:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
     augment: str = "none"  # none, light, strong (train split only)
+
+
+def files_fingerprint(paths: Any) -> str:
+    """The decoded-image cache's key: each file's path, size and modification time, and the decoding rule, so a
+    file rewritten in place (a phantom regenerated with other parameters, a re-exported image) or a changed
+    intensity rule never gets a stale cached image. One ``stat`` per file."""
+    h = hashlib.sha1(f"decode:{im.INTENSITY_RULE}\n".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:16]
 
 
 class MedicalDataset:
@@ -76,7 +91,7 @@ class MedicalDataset:
         self.unreadable: list[str] = []
         self._cache = None
         if cache_dir is not None:
-            key = hashlib.sha1("\n".join(self.data.records["path"].astype(str)).encode()).hexdigest()[:16]
+            key = files_fingerprint(self.data.records["path"].astype(str))
             self._cache = ImageCache(Path(cache_dir), f"{self.name}-{self.split}-{key}", len(self.data.records),
                                      self.preprocess.channels, self.preprocess.size)
         self._augment = None
@@ -153,8 +168,8 @@ class MedicalDataset:
         img = torch.from_numpy(x)  # (C, S, S) in [0, 1]
         if self.split == "train" and self.preprocess.augment != "none":
             img = self._augmenter()(img)
-        mean = torch.tensor(im._fit(self.preprocess.mean, img.shape[0])).view(-1, 1, 1)
-        std = torch.tensor(im._fit(self.preprocess.std, img.shape[0])).view(-1, 1, 1)
+        mean = torch.tensor(im.fit_channels(self.preprocess.mean, img.shape[0])).view(-1, 1, 1)
+        std = torch.tensor(im.fit_channels(self.preprocess.std, img.shape[0])).view(-1, 1, 1)
         return {"image": (img - mean) / std, "target": torch.from_numpy(self.data.targets[i].copy()),
                 "mask": mask, "index": i, "meta": self.meta(i)}
 

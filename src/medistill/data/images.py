@@ -1,7 +1,9 @@
-"""Reading medical images and turning them into model inputs, with numpy, Pillow and pydicom only.
+"""Reading medical images, with numpy, Pillow and pydicom only; the one module to import for images.
 
 This module never imports torch: training, ``medistill predict`` and ``medistill serve`` share it, so the
-device path preprocesses exactly like training did.
+device path preprocesses exactly like training did. Turning a decoded image into a model input (``resize``,
+``to_channels``, ``normalize``, ``preprocess``) lives in :mod:`medistill.data.preprocess` and finding image
+files (``list_images``) in :mod:`medistill.data.files`; both are importable from here too.
 
 ``read_image`` returns a float32 array in [0, 1], shaped (H, W) for grayscale or (H, W, 3) for colour, from
 8- or 16-bit PNG, JPEG, BMP/TIFF and DICOM (rescale slope/intercept, VOI window, MONOCHROME1 inverted).
@@ -27,29 +29,31 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
-import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..errors import MedistillError
+from .files import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_images
+from .preprocess import fit_channels, normalize, preprocess, resize, to_channels, to_uint8
 
-log = logging.getLogger(__name__)
+__all__ = ["COLOUR_TOLERANCE", "DICOM_SUFFIXES", "IMAGE_SUFFIXES", "INTENSITY_RULE", "INTENSITY_RULES",
+           "LEGACY_INTENSITY_RULE", "MAX_PIXELS", "Decoded", "ImageReadError", "ImageTooLargeError",
+           "NonFiniteImageError", "decode_image", "decode_reduced", "fit_channels", "image_size", "is_colour",
+           "list_images", "normalize", "pil_to_array", "preprocess", "read_image", "reduce_factor", "resize",
+           "sniff_kind", "to_channels", "to_uint8"]
 
 #: Largest image accepted, in pixels (a 20000x20000 image is refused before decoding). 16384^2 would be 1 GiB
 #: of float32; chest X-rays are at most about 4300x4300.
 MAX_PIXELS = 64_000_000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: the intensity rule of this module (see the module docstring); stored in run records and ONNX metadata
 INTENSITY_RULE = "voi-window-else-bit-depth"
 #: the rule before it: a DICOM without a VOI window stretched to its own min-max (models exported before)
 LEGACY_INTENSITY_RULE = "voi-window-else-minmax"
 INTENSITY_RULES = (INTENSITY_RULE, LEGACY_INTENSITY_RULE)
-DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 class ImageReadError(MedistillError):
@@ -388,111 +392,3 @@ def _first(v: object) -> float | None:
         return float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError, IndexError):
         return None
-
-
-def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize a float [0, 1] image to ``size`` (square side or (H, W)) with bilinear filtering (antialiased)."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if img.shape[:2] == (h, w):
-        return img.astype(np.float32, copy=False)
-    if img.ndim == 2:
-        out = Image.fromarray(img.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
-        return np.array(out, dtype=np.float32)  # a writable copy (torch.from_numpy warns on read-only arrays)
-    chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR),
-                        dtype=np.float32) for c in range(img.shape[2])]
-    return np.stack(chans, axis=-1)
-
-
-def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W) or (H, W, 3) -> (C, H, W) with C = ``channels`` (1 or 3); colour to gray by luminance."""
-    if img.ndim == 2:
-        chw = img[None]
-    else:
-        chw = np.moveaxis(img[..., :3], -1, 0)
-    if channels == 1 and chw.shape[0] == 3:
-        chw = (0.299 * chw[0] + 0.587 * chw[1] + 0.114 * chw[2])[None]
-    elif channels == 3 and chw.shape[0] == 1:
-        chw = np.repeat(chw, 3, axis=0)
-    elif channels not in (1, 3):
-        raise ValueError(f"channels: got {channels}, expected 1 or 3")
-    return np.ascontiguousarray(chw, dtype=np.float32)
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
-def normalize(chw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (x - mean) / std per channel; mean/std of length 1 or C."""
-    c = chw.shape[0]
-    m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    if m.shape[0] not in (1, c) or s.shape[0] not in (1, c):
-        raise ValueError(f"mean/std of length {m.shape[0]}/{s.shape[0]} do not fit {c} channels")
-    return ((chw - m) / s).astype(np.float32)
-
-
-def preprocess(img: np.ndarray, size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The model input of one decoded image: resize -> channels -> normalise; (C, size, size) float32."""
-    return normalize(to_channels(resize(img, size), channels), _fit(mean, channels), _fit(std, channels))
-
-
-def _fit(v: Sequence[float], channels: int) -> list[float]:
-    v = list(v)
-    if len(v) == channels:
-        return v
-    if channels == 1 and len(v) == 3:
-        return [float(np.mean(v))]
-    if channels == 3 and len(v) == 1:
-        return v * 3
-    raise ValueError(f"mean/std {v} do not fit {channels} channels")
-
-
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively, sorted) into image/DICOM paths; files are kept as given.
-
-    Inside a folder, a symlink with an image name whose target cannot be reached (a symlink loop, or a target that
-    is missing) is listed all the same, so that the caller reports it like any unreadable file instead of
-    skipping it unseen; a symlink to a folder is not followed, with a warning (one that loops back above itself
-    says so).
-    """
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = []
-            for q in p.rglob("*"):
-                image_name = q.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
-                if q.is_symlink() and not q.is_file() and not q.is_dir():
-                    if image_name:
-                        found.append(q)  # a loop or a dangling link: reading it gives the reason
-                    else:
-                        log.warning("%s: %s, skipped", q, _broken_link_reason(q))
-                elif q.is_symlink() and q.is_dir():
-                    loops = _loops_back(q)
-                    log.warning("%s: a symlink to a folder, not followed%s", q,
-                                " (a symlink loop: it points to a folder above it)" if loops else "")
-                elif image_name and q.is_file():
-                    found.append(q)
-            out.extend(sorted(found))
-        else:
-            out.append(p)
-    return out
-
-
-def _broken_link_reason(q: Path) -> str:
-    try:
-        q.resolve(strict=True)
-    except (RuntimeError, OSError) as e:
-        if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP:
-            return "a symlink loop"
-    return "a symlink to a missing file"
-
-
-def _loops_back(q: Path) -> bool:
-    """Whether the folder symlink ``q`` points to the folder holding it or one above it."""
-    try:
-        target = q.resolve(strict=True)
-        return target == q.parent.resolve() or target in q.parent.resolve().parents
-    except (RuntimeError, OSError):
-        return True
