@@ -162,3 +162,29 @@ def test_missing_file_and_non_image(tmp_path):
     (tmp_path / "notes.png").write_text("hello")
     with pytest.raises(ImageReadError, match="notes.png: not an image"):
         read_image(tmp_path / "notes.png")
+
+
+def test_image_cache_is_not_stale_when_a_file_is_rewritten_in_place(tmp_path):
+    """The decoded-image cache is keyed by each file's size and modification time too: an image rewritten at the
+    same path (a dataset regenerated in place) is decoded again, not served from the cache."""
+    import os
+
+    from PIL import Image
+
+    from medistill.config import DataConfig
+    from medistill.data import Preprocess, build_dataset
+
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((16, 16), 40 * k + (0 if c == "a" else 100), np.uint8)).save(root / c / f"{k}.png")
+    cfg = DataConfig(dataset="folder", root=str(root), image_size=16, val_fraction=0.0, test_fraction=0.0,
+                     cache_dir=str(tmp_path / "cache"))
+    pre = Preprocess(16, 1, (0.0,), (1.0,), "none")
+    before = build_dataset(cfg, "train", pre)[0]["image"]
+    path = build_dataset(cfg, "train", pre).data.records["path"].iloc[0]
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(path)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    after = build_dataset(cfg, "train", pre)[0]["image"]
+    assert float(after.max()) == 1.0 and not np.allclose(before.numpy(), after.numpy())
