@@ -10,7 +10,8 @@ Routes:
 - ``GET /api/model``: the model's metadata and the server's limits. ``GET /healthz``. ``GET /openapi.json``.
 - ``GET /api/explanation``: the model's explanation fidelity (pointing game strict / tolerant, energy inside,
   Spearman to the teacher, per label) and a few overlays, from a ``medistill explain`` folder beside the model
-  (:mod:`.fidelity`); 404 ``no_explanation`` when there is none.
+  (:mod:`.fidelity`); ``{"available": false, "detail": ...}`` when there is none or it cannot be read (200: the
+  page asks on every load, and a model without an explanation is normal, not an error).
 
 Limits and safety (the modules beside this one):
 
@@ -151,13 +152,13 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UP
     async def explanation() -> dict[str, Any]:
         folder = find_explanation(served.path)
         if folder is None:
-            raise ServeError(404, "no_explanation", f"no {EXPLAIN_FILE} beside {served.path.name} or in ../explain/ "
-                                                    f"(run `medistill explain RUN --split test --out DIR` there)")
+            return {"available": False, "detail": f"no {EXPLAIN_FILE} beside {served.path.name} or in ../explain/ "
+                                                  f"(run `medistill explain RUN --split test --out DIR` there)"}
         try:
-            return await anyio.to_thread.run_sync(lambda: load_explanation(folder))
+            return {"available": True, **await anyio.to_thread.run_sync(lambda: load_explanation(folder))}
         except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             log.warning("unreadable explanation %s: %s", printable(str(folder)), printable(str(e)))
-            raise ServeError(404, "no_explanation", f"{folder.name}/{EXPLAIN_FILE} is not readable JSON") from None
+            return {"available": False, "detail": f"{folder.name}/{EXPLAIN_FILE} is not readable JSON"}
 
     @app.post("/api/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=UPLOAD_BODY,
               summary="predict one image (multipart field 'file': PNG, JPEG or DICOM)")

@@ -228,7 +228,7 @@ function setUp() {
 }
 
 // the model's explanation fidelity (GET /api/explanation, from `medistill explain` beside the model): tables and
-// a gallery of overlays with the truth outlined; the section stays hidden when there is no explanation (404)
+// a gallery of overlays with the truth outlined; the section stays hidden when there is none ("available": false)
 function fmtScore(v, chance) {
   if (v === null || v === undefined) return "n/a";
   return chance === null || chance === undefined ? v.toFixed(3) : `${v.toFixed(3)} (${chance.toFixed(3)})`;
@@ -253,6 +253,7 @@ async function loadExplanation() {
   } catch (err) {
     return;
   }
+  if (!e.available) return;
   const layers = e.cam_layers ? ` · CAM layers ${Object.entries(e.cam_layers).map(([k, v]) => `${k}: ${v.join(", ")}`).join("; ")}` : "";
   $("explanation-note").textContent = `From ${e.folder}/explain.json: ${e.method}, ${e.images} images, ` +
     `${e.maps_with_truth ?? 0} maps with truth${layers}.`;
