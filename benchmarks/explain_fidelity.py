@@ -7,7 +7,7 @@ Steps, each a medistill run directory under ``--runs`` (a finished and evaluated
 resumed; an explanation whose ``explain.json`` exists is reused, so re-running continues where it stopped):
 
 1. the phantom (public API ``medistill.data.phantom.ensure``; the folder is keyed by the generator's version and
-   a fingerprint of its source, so a new phantom is generated, not mixed with an old one), ``--images`` images at ``--image-size`` px;
+   a fingerprint of what it draws, so a new phantom is generated, not mixed with an old one), ``--images`` images at ``--image-size`` px;
 2. one teacher (``--teacher``), then per seed four students (``--student``) under the same schedule: ``nokd``
    (hard labels), ``kd`` (KD-FMV soft targets), ``e2kd`` (KD + e2KD's Grad-CAM similarity term) and ``cat``
    (KD + CAT-KD's class attention transfer); students use no augmentation, so the teacher's logits and maps are
@@ -78,13 +78,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------
 
 def generator_fingerprint() -> str:
-    """8 hex digits of the phantom generator's source: a generator changed within one VERSION (as v2 was while
-    this benchmark ran) gets a new folder instead of its images mixing with the old ones'."""
+    """8 hex digits of what the phantom generator draws (4 images and masks at 32 px, seed 0, hashed): a generator
+    changed within one VERSION (as v2 was while this benchmark ran) gets a new folder instead of mixing images."""
     import hashlib
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
 
     from medistill.data import phantom
 
-    return hashlib.sha1(Path(phantom.__file__).read_bytes()).hexdigest()[:8]
+    digest = hashlib.sha1()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = phantom.generate(Path(tmp) / "p", num_images=4, size=32, seed=0)
+        for f in sorted((root / "images").glob("*.png")) + sorted((root / "masks").glob("*.png")):
+            digest.update(f.name.encode() + np.asarray(Image.open(f)).tobytes())
+    return digest.hexdigest()[:8]
 
 
 def phantom_root(a: argparse.Namespace) -> Path:
