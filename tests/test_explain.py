@@ -247,8 +247,10 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     assert 0.0 <= summary["pointing_game"] <= 1.0
     assert 0.0 < summary["pointing_chance"] < 0.5
     assert summary["maps_with_truth"] >= 1
-    # the teacher comes from the student's run record: same weights at another input size agree closely
-    assert summary["agreement_spearman"] > 0.5
+    # the teacher comes from the student's run record: the same weights at another input size agree. On phantom v2
+    # (realistic, small lesions) this briefly trained tiny CNN gives 0.42-0.43 (phantom seeds 0 and 1; 0.5+ on v1,
+    # whose lesions were larger), far above unrelated maps (about 0)
+    assert summary["agreement_spearman"] > 0.3
     assert 0.0 <= summary["agreement_top15_iou"] <= 1.0
     assert summary["teacher_seconds_per_image"] > 0
     for key in ("energy_inside", "iou", "deletion_auc", "insertion_auc"):
