@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from medistill.explain import ExplainError, explain_maps
-from medistill.explain.cams import choose_layers
+from medistill.models import ModelError
+from medistill.models.cam_layers import choose_layers
 from medistill.explain.labels import choose_labels
 from medistill.explain.options import ExplainConfig, ExplainOptions, ExplainSource
 from medistill.explain.scoring import blank
@@ -30,7 +31,7 @@ def test_auto_takes_the_deepest_stage_at_least_min_size_and_fuse_adds_the_deeper
     assert [c.name for c in choose_layers(model, "auto", min_size=16)] == ["layer2"]
     # no stage is fine enough: the declared layer
     assert [c.name for c in choose_layers(model, "auto", min_size=1000)] == ["layer4"]
-    with pytest.raises(ExplainError, match="cam_layers: got 'widest'"):
+    with pytest.raises(ModelError, match="cam_layers: got 'widest'"):
         choose_layers(model, "widest")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from medistill import runs
 from medistill.losses import gradcam_maps
+from medistill.models.cam_layers import choose_layers
 from medistill.train import run_training
 from medistill.train.distillation import features_and_logits
 from medistill.train.views import ViewDataset
@@ -49,9 +50,32 @@ def test_cat_offline_caches_the_teachers_maps(teacher_run: Path, phantom_root: P
     inp = input_config(teacher)
     ds = ViewDataset(build_dataset(cfg.data, "train", Preprocess(inp.size, 1, inp.mean, inp.std)), 1, 0)
     ds.fix_view(0)
-    feat, logits = features_and_logits(teacher, ds[7]["image"][None], detach=True)
+    # the maps come from the layer explain hooks under the same policy (auto), not the declared stride-32 one
+    [layer] = choose_layers(teacher, "auto", input_shape=(1, inp.size, inp.size))
+    assert maps.shape[-1] == layer.side
+    feat, logits = features_and_logits(teacher, ds[7]["image"][None], detach=True, layer=layer.name)
     want = gradcam_maps(feat, logits).detach().numpy()[0]
     np.testing.assert_allclose(maps[7, 0].astype(np.float32), want, rtol=2e-2, atol=2e-3)
+
+
+def test_explanation_loss_layers_follow_the_cam_layer_policy(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    """distill.cam_layers picks the maps' layers as explain's --cam-layers does; ``model`` keeps the declared one,
+    and each policy has its own teacher-map cache."""
+    teacher, _ = runs.load_model(teacher_run)
+    sides, seen = {}, set()
+    for policy in ("auto", "model"):
+        out = tmp_path / policy
+        run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher_run), "distill.explain_loss": "e2kd",
+                                                "distill.teacher_views": 2, "data.augment": "light",
+                                                "distill.teacher_views_dir": str(tmp_path / "shared"),
+                                                "distill.cam_layers": policy, "train.epochs": 1}))
+        new = set((tmp_path / "shared").glob("*-maps.npy")) - seen
+        assert len(new) == 1, "each policy caches its own teacher maps"
+        seen |= new
+        sides[policy] = np.load(new.pop()).shape[-1]
+    inp = runs.RunDir(teacher_run).config().data.image_size
+    want = {p: choose_layers(teacher, p, input_shape=(1, inp, inp))[-1].side for p in ("auto", "model")}
+    assert sides == want and want["auto"] > want["model"]
 
 
 def test_e2kd_with_cached_views(teacher_run: Path, phantom_root: Path, tmp_path: Path):

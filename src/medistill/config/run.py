@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..cam_policy import DEFAULT_CAM_LAYERS, LOSS_CAM_LAYER_POLICIES
 from .core import ConfigError, check_choice, check_range, option
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,6 +161,9 @@ class DistillConfig:
                                        "Parchami-Araghi et al. 2024), cat (class attention transfer, Guo et al. 2023)")
     explain_weight: float = option(1.0, "weight of the explanation term")
     cat_pool: int = option(2, "CAT-KD: side of the pooled class activation maps")
+    cam_layers: str = option(DEFAULT_CAM_LAYERS, "explanation losses: which layer each model's maps come from, the "
+                                                 "policy explain's --cam-layers uses: auto (the deepest feature "
+                                                 "stage at least 8 px a side) or model (the declared layer)")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
@@ -173,6 +177,7 @@ class DistillConfig:
         check_choice("explain_loss", self.explain_loss, ("none", "e2kd", "cat"))
         check_range("explain_weight", self.explain_weight, 0.0, 1e6)
         check_range("cat_pool", self.cat_pool, 1, 64)
+        check_choice("cam_layers", self.cam_layers, LOSS_CAM_LAYER_POLICIES)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "
                               f"{len(self.teachers)} teachers, expected one per teacher")

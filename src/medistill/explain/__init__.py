@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ExplainError
-from .layers import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
+from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
@@ -56,7 +56,7 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
     """Maps (N, S, S) in [0, 1] of ``method`` for ``images`` (N, C, H, W) and ``labels`` (N,).
 
     ``layer``: module or name for CAMs; without it ``cam_layers`` / ``cam_min_size`` choose the layer(s)
-    (:func:`medistill.explain.cams.choose_layers`). ``background``: (M, C, H, W) training
+    (:func:`medistill.models.cam_layers.choose_layers`). ``background``: (M, C, H, W) training
     images for GradientShap. ``options`` go to the method (``n_steps``, ``n_samples``, ``stdevs``, ``seed``).
     """
     method = canonical_method(method)

@@ -25,7 +25,8 @@ layer; ``"auto"`` takes the deepest of the model's feature stages (``pretrained_
 map is at least ``min_size`` x ``min_size`` (the declared layer when none is, or when the model declares no
 stages); ``"fuse"`` hooks every stage from that one to the deepest and averages their min-max scaled maps
 (pytorch-grad-cam's multi-layer aggregation; with ``method="layercam"`` this is LayerCAM's hierarchical fusion,
-Jiang et al. 2021). :func:`choose_layers` says which layers a policy picks.
+Jiang et al. 2021). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the
+explanation-aware distillation losses use it too).
 
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
 of pairs goes through the model once forward and once backward.
@@ -33,7 +34,6 @@ of pairs goes through the model once forward and once backward.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Callable, Sequence
 
@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .layers import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
+from ..cam_policy import DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
+from ..models.cam_layers import choose_layers
 from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
@@ -51,70 +52,6 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
                "eigencam": "EigenCAM", "layercam": "LayerCAM"}
 
 
-
-
-@dataclasses.dataclass
-class CamLayer:
-    """One hooked layer: its dotted name, module, reshape to (B, C, h, w) (None for conv maps) and map side."""
-
-    name: str
-    module: nn.Module
-    reshape: Callable[[torch.Tensor], torch.Tensor] | None
-    side: int
-
-
-def _map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable | None,
-               input_shape: tuple[int, ...]) -> dict[str, int]:
-    """The spatial side (min of h, w) of each module's output for one zero input of ``input_shape`` (C, H, W)."""
-    sides: dict[str, int] = {}
-
-    def hook(name: str):
-        def record(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            t = out if reshape is None else reshape(out)
-            sides[name] = int(min(t.shape[-2:])) if isinstance(t, torch.Tensor) and t.ndim == 4 else 0
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-    try:
-        with explaining(model), torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=model_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-    return sides
-
-
-def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEFAULT_MIN_SIZE,
-                  input_shape: tuple[int, ...] | None = None) -> list[CamLayer]:
-    """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``model``; see the module docstring), shallow
-    to deep; ``input_shape`` (C, H, W) is what the model is explained at (default: its declared input)."""
-    from ..models import input_config
-    from ..models.contract import cam_layer
-
-    if policy not in CAM_LAYER_POLICIES:
-        raise ExplainError(f"cam_layers: got {policy!r}, expected one of {', '.join(CAM_LAYER_POLICIES)}")
-    if min_size < 1:
-        raise ExplainError(f"cam_min_size: got {min_size}, expected at least 1")
-    cfg = model.pretrained_cfg
-    declared, reshape = cam_layer(model)
-    if input_shape is None:
-        inp = input_config(model)
-        input_shape = (inp.channels, inp.size, inp.size)
-    # a vision transformer's blocks all share one token grid: only the declared layer is meaningful
-    stage_reshape = reshape if cfg.get("cam_reshape") == "nhwc" else None
-    names = [] if policy == "model" or cfg.get("cam_reshape") == "tokens" else list(cfg.get("feature_stages") or [])
-    modules = {n: model.get_submodule(n) for n in names}
-    modules.setdefault(cfg["cam_layer"], declared)
-    sides = _map_sides(model, modules, stage_reshape, tuple(input_shape))
-    own = CamLayer(cfg["cam_layer"], declared, reshape, sides.get(cfg["cam_layer"], 0))
-    stages = [CamLayer(n, modules[n], stage_reshape, sides.get(n, 0)) for n in names if sides.get(n, 0) > 0]
-    if policy == "model" or not stages:
-        return [own]
-    fine = [k for k, st in enumerate(stages) if st.side >= min_size]
-    if not fine:
-        return [own]
-    first = fine[-1]  # the deepest stage fine enough
-    return stages[first:] if policy == "fuse" else [stages[first]]
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None

@@ -54,7 +54,7 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
 
 def cam_layer_names(side: Explained, options: ExplainOptions, layer: str | None) -> list[str]:
     """Names of the layers a CAM of ``side`` hooks (``layer`` when given, else the ``cam_layers`` policy)."""
-    from .cams import choose_layers
+    from ..models.cam_layers import choose_layers
 
     if layer is not None:
         return [layer]

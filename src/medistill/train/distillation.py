@@ -56,27 +56,47 @@ def teacher_autocast(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def features_and_logits(model: nn.Module, x: torch.Tensor, *, detach: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(feature map at the model's CAM layer ``(B, C, h, w)``, logits ``(B, L)``) in one forward pass.
+def _hook_target(model: nn.Module, name: str | None) -> tuple[nn.Module, Callable | None]:
+    """The module called ``name`` (None: the declared CAM layer) and its reshape to ``(B, C, h, w)``."""
+    declared, reshape = cam_layer(model)
+    cfg = model.pretrained_cfg
+    if name is None or name == cfg.get("cam_layer"):
+        return declared, reshape
+    return model.get_submodule(name), reshape if cfg.get("cam_reshape") == "nhwc" else None
 
-    ``detach=True`` cuts the graph at the CAM layer and makes its output a leaf that requires grad, so gradients
-    of the logits reach it (Grad-CAM of a frozen teacher) without running through the rest of the network."""
-    layer, reshape = cam_layer(unwrap(model))
-    store: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, _i: Any, o: torch.Tensor) -> torch.Tensor | None:
-        if detach:
-            o = o.detach().requires_grad_(True)
-        store.append(o)
-        return o if detach else None
+def forward_hooked(model: nn.Module, x: torch.Tensor, layers: list[str | None], *, detach: list[bool] | None = None
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(the outputs of ``layers`` as ``(B, C, h, w)`` maps, logits ``(B, L)``) in one forward pass; a layer named
+    None is the model's declared CAM layer.
 
-    handle = layer.register_forward_hook(hook)
+    ``detach[k]`` cuts the graph at layer k and makes its output a leaf that requires grad, so gradients of the
+    logits reach it (Grad-CAM of a frozen teacher) without running through the network below it."""
+    net = unwrap(model)
+    detach = detach or [False] * len(layers)
+    store: dict[int, torch.Tensor] = {}
+    handles = []
+    targets = [_hook_target(net, name) for name in layers]
+    for k, (module, _reshape) in enumerate(targets):
+        def hook(_m: nn.Module, _i: Any, o: torch.Tensor, k: int = k) -> torch.Tensor | None:
+            if detach[k]:
+                o = o.detach().requires_grad_(True)
+            store[k] = o
+            return o if detach[k] else None
+        handles.append(module.register_forward_hook(hook))
     try:
         logits = model(x)
     finally:
-        handle.remove()
-    feat = store[-1] if reshape is None else reshape(store[-1])
+        for h in handles:
+            h.remove()
+    return [store[k] if r is None else r(store[k]) for k, (_m, r) in enumerate(targets)], logits
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor, *, detach: bool = False, layer: str | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature map at ``layer`` (default: the model's CAM layer) ``(B, C, h, w)``, logits ``(B, L)``) in one
+    forward pass; ``detach`` as in :func:`forward_hooked`."""
+    (feat,), logits = forward_hooked(model, x, [layer], detach=[detach])
     return feat, logits
 
 
@@ -116,6 +136,8 @@ class DistillationObjective(SupervisedObjective):
     """:class:`~medistill.losses.kd.KDLoss` against one or several teachers:
     ``{"loss", "hard", "soft"[, "feature"][, "explain"]}``.
 
+    ``map_layers``: (student, teacher) layer names the explanation maps come from (None: the declared CAM layer;
+    :mod:`medistill.train.setup` picks them with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
     per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
     :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). The teachers are not
@@ -125,7 +147,7 @@ class DistillationObjective(SupervisedObjective):
     def __init__(self, kd: nn.Module, teachers: list[Teacher], load_in: InputConfig, task: Task,
                  student_input: Callable[[torch.Tensor], torch.Tensor], *, temperature: float,
                  precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, map_layers: tuple[str | None, str | None] = (None, None)):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
         self._teachers = list(teachers)
@@ -134,6 +156,7 @@ class DistillationObjective(SupervisedObjective):
         self.temperature = temperature
         self.precision = precision
         self.cached = cached
+        self.map_layers = map_layers
 
     @property
     def teachers(self) -> list[Teacher]:
@@ -163,11 +186,12 @@ class DistillationObjective(SupervisedObjective):
             for i, tch in enumerate(self._teachers):
                 xt = adapt_input(x_load, self.load_in, tch.input)
                 if (need_features or need_maps) and i == 0:
-                    feat, lg = features_and_logits(tch.model, xt, detach=need_maps)
+                    layers = ([None] if need_features else []) + ([self.map_layers[1]] if need_maps else [])
+                    feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [True] * need_maps)
                     if need_maps:
-                        out["maps"] = gradcam_maps(feat, lg).detach().float()
+                        out["maps"] = gradcam_maps(feats[-1], lg).detach().float()
                     if need_features:
-                        out["features"] = feat.detach().float().clone()
+                        out["features"] = feats[0].detach().float().clone()
                 else:
                     lg = tch.model(xt)
                 logits.append(lg.detach().float())
@@ -190,15 +214,14 @@ class DistillationObjective(SupervisedObjective):
         from ..losses import gradcam_maps
 
         x = self.student_view(batch.x)
-        if self.needs_features or self.needs_maps:
-            s_feat, logits = features_and_logits(model, x)
-        else:
-            s_feat, logits = None, model(x)
+        layers = ([None] if self.needs_features else []) + ([self.map_layers[0]] if self.needs_maps else [])
+        feats, logits = forward_hooked(model, x, layers) if layers else ([], model(x))
+        s_feat = feats[0] if self.needs_features else None
         if self.cached is not None and not batch.mixed and not self.needs_features:
             t = self._cached_rows(batch)
         else:
             t = self.teacher_outputs(batch.x, need_features=self.needs_features, need_maps=self.needs_maps)
-        s_maps = gradcam_maps(s_feat, logits, create_graph=True) if self.needs_maps else None
+        s_maps = gradcam_maps(feats[-1], logits, create_graph=True) if self.needs_maps else None
         return self.kd(logits.float(), t["logits"], batch.target, batch.mask,
                        student_features=s_feat.float() if self.needs_features else None,
                        teacher_features=t.get("features"), student_maps=s_maps, teacher_maps=t.get("maps"))

@@ -106,7 +106,8 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
                           explanation_weight=cfg.distill.explain_weight).to(device)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
-                                          channels_last=t.channels_last)
+                                          channels_last=t.channels_last,
+                                          map_layers=_map_layers(cfg, model, teachers[0], s_in))
         mode, train_ds = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
     else:
         objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
@@ -188,6 +189,24 @@ def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
     return None
 
 
+def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig
+                ) -> tuple[str | None, str | None]:
+    """(student, teacher) layers of the explanation loss's maps, by ``distill.cam_layers`` at each model's own input
+    size: the layers ``explain`` hooks under the same policy, so the student is trained on the maps it is judged
+    by. (None, None) without an explanation loss."""
+    from ..models.cam_layers import choose_layers
+
+    if cfg.distill.explain_loss == "none":
+        return None, None
+    policy = cfg.distill.cam_layers
+    student = choose_layers(model, policy, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
+    t_in = teacher.input
+    teach = choose_layers(teacher.model, policy, input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
+    log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
+             student.name, student.side, teach.name, teach.side, policy)
+    return student.name, teach.name
+
+
 def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
                   device: torch.device, main: bool, cb: Any) -> tuple[str, Any]:
     """Decide how the teachers' outputs reach the loss; returns ``(mode, training dataset)``:
@@ -241,7 +260,9 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
 
     d = cfg.distill
     ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed)
-    key = views_cache_key({
+    # the maps' layer is part of the key only when maps are cached (older logits-only caches keep their key)
+    maps_layer = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
+    key = views_cache_key({**maps_layer,
         "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
         "augment": cfg.data.augment, "views": views, "seed": cfg.data.split_seed, "maps": objective.needs_maps,
