@@ -75,7 +75,8 @@ def teacher_cfg(a: argparse.Namespace, out: Path):
 def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd: tuple[float, float] | None):
     from medistill.config import build, RunConfig
 
-    name = f"{model}_nokd_s{seed}" if kd is None else f"{model}_kd_a{kd[0]:g}_T{kd[1]:g}_s{seed}"
+    tag = f"{model}_e{a.student_epochs}"  # the schedule is part of the name: a longer one is another run
+    name = f"{tag}_nokd_s{seed}" if kd is None else f"{tag}_kd_a{kd[0]:g}_T{kd[1]:g}_s{seed}"
     over = {"out": str(runs_dir / name), "data.dataset": "folder", "data.root": a.data_root,
             "data.image_size": str(a.image_size), "data.augment": "light", "data.cache_dir": a.cache_dir,
             "model.name": model, "model.in_chans": "1", "train.epochs": str(a.student_epochs),
@@ -154,13 +155,16 @@ def main() -> None:
     for kd in grid:
         record(*student_cfg(a, runs_dir, first, 0, kd))
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
-    res["chosen_alpha_T"] = {"alpha": best[0], "T": best[1], "grid": a.grid,
-                             "by": f"best validation accuracy of {first}, seed 0, over {a.grid}"}
+    sched = res.setdefault("schedules", {}).setdefault(f"e{a.student_epochs}", {})
+    sched.update(student_epochs=a.student_epochs, command=res["command"],
+                 chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
+                                 "by": f"best validation accuracy of {first}, seed 0, over {a.grid}"})
+    res["current"] = f"e{a.student_epochs}"
     for model in students:
         for seed in range(a.seeds):
             record(*student_cfg(a, runs_dir, model, seed, None))
             record(*student_cfg(a, runs_dir, model, seed, best))
-        res.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
+        sched.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
         save()
 
 
@@ -173,55 +177,68 @@ def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
-    """The contract's fields (teacher, students: kd / nokd accuracies per seed, macs) beside the raw runs."""
+    """The contract's fields (teacher, students: kd / nokd accuracies per seed, macs) beside the raw runs.
+
+    Each student schedule (``e<epochs>``) keeps its own chosen alpha / T, students and KD gain under
+    ``schedules``; the top-level ``students``, ``kd_gain`` and ``chosen_alpha_T`` are those of the schedule run last.
+    """
     r = res["runs"]
     out = dict(res)
     if "teacher" in r:
         out["teacher"] = {"model": "efficientnet_lite0", "accuracy": r["teacher"]["accuracy"],
                           "macs": r["teacher"]["macs"], "per_class_recall": r["teacher"].get("per_class_recall")}
-    chosen = res.get("chosen_alpha_T")
-    students: dict[str, Any] = {}
-    for name, row in sorted(r.items()):
-        if name == "teacher":
-            continue
-        model = row["model"]
-        s = students.setdefault(model, {"kd": [], "nokd": [], "macs": row["macs"], "kd_recall": [],
-                                        "nokd_recall": []})
-        if "_nokd_" in name:
-            s["nokd"].append(row["accuracy"])
-            s["nokd_recall"].append(row.get("per_class_recall"))
-        elif chosen and f"_a{chosen['alpha']:g}_T{chosen['T']:g}_" in name:
-            s["kd"].append(row["accuracy"])
-            s["kd_recall"].append(row.get("per_class_recall"))
-    out["students"] = students
+    for key, sched in res.get("schedules", {}).items():
+        chosen = sched.get("chosen_alpha_T")
+        students: dict[str, Any] = {}
+        for name, row in sorted(r.items()):
+            model = row.get("model")
+            if name == "teacher" or not name.startswith(f"{model}_{key}_"):
+                continue
+            s = students.setdefault(model, {"kd": [], "nokd": [], "macs": row["macs"], "kd_recall": [],
+                                            "nokd_recall": []})
+            if "_nokd_" in name:
+                s["nokd"].append(row["accuracy"])
+                s["nokd_recall"].append(row.get("per_class_recall"))
+            elif chosen and f"_a{chosen['alpha']:g}_T{chosen['T']:g}_" in name:
+                s["kd"].append(row["accuracy"])
+                s["kd_recall"].append(row.get("per_class_recall"))
+        sched["students"] = students
+    cur = res.get("schedules", {}).get(res.get("current", ""), {})
+    for k in ("students", "kd_gain", "chosen_alpha_T", "student_epochs"):
+        if k in cur:
+            out[k] = cur[k]
     return out
 
 
 def markdown(allres: dict[str, Any]) -> str:
+    from medistill.evaluate.compare import describe_gain
+
     lines = ["# Paper B at full scale (every image, real MRI)", ""]
     for ds, res in allres.items():
-        lines += [f"## {ds}", "", f"Reproduce: `{res.get('command', '')}`", "",
+        lines += [f"## {ds}", "",
                   f"Machine: {res.get('machine', {}).get('cpu', '')}, {res.get('machine', {}).get('shared', '')}", ""]
         t = res.get("teacher")
         if t:
             lines.append(f"Teacher EfficientNet-Lite0 (ImageNet init) at {res['teacher_image_size']} px: test accuracy "
                          f"{100 * t['accuracy']:.2f} %, {B.si(t['macs'])} MACs; validation curve: "
                          f"`paper_b_full_{ds}_teacher.png`.")
-        if res.get("chosen_alpha_T"):
-            c = res["chosen_alpha_T"]
-            lines.append(f"alpha = {c['alpha']}, T = {c['T']} ({c['by']}).")
-        lines += ["", "| student | px | MACs | KD test acc (%) | no-KD test acc (%) | KD - no-KD (points) |",
-                  "|---|---|---|---|---|---|"]
-        for model, s in res.get("students", {}).items():
-            kd, nk = B.mean_std(s["kd"]), B.mean_std(s["nokd"])
-            diff = "n/a" if kd["mean"] is None or nk["mean"] is None else f"{100 * (kd['mean'] - nk['mean']):+.2f}"
-            lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)} ({kd['n']} seeds) | "
-                         f"{B.fmt_ms(nk)} ({nk['n']} seeds) | {diff} |")
-        for model, g in (res.get("kd_gain") or {}).items():
-            if g:
-                from medistill.evaluate.compare import describe_gain
-
-                lines.append(f"\n{describe_gain(g)}")
+        for key, sched in sorted(res.get("schedules", {}).items(), key=lambda kv: -kv[1]["student_epochs"]):
+            lines += ["", f"### Students trained {sched['student_epochs']} epochs"
+                          f"{' (the current result)' if key == res.get('current') else ''}", "",
+                      f"Reproduce: `{sched.get('command', '')}`", ""]
+            if sched.get("chosen_alpha_T"):
+                c = sched["chosen_alpha_T"]
+                lines.append(f"alpha = {c['alpha']}, T = {c['T']} ({c['by']}).")
+            lines += ["", "| student | px | MACs | KD test acc (%) | no-KD test acc (%) | KD - no-KD (points) |",
+                      "|---|---|---|---|---|---|"]
+            for model, s in sched.get("students", {}).items():
+                kd, nk = B.mean_std(s["kd"]), B.mean_std(s["nokd"])
+                diff = "n/a" if kd["mean"] is None or nk["mean"] is None else f"{100 * (kd['mean'] - nk['mean']):+.2f}"
+                lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)} ({kd['n']} seeds) | "
+                             f"{B.fmt_ms(nk)} ({nk['n']} seeds) | {diff} |")
+            for model, g in (sched.get("kd_gain") or {}).items():
+                if g:
+                    lines.append(f"\n{describe_gain(g)}")
         lines += ["", "All runs (test accuracy, best validation accuracy, epoch seconds):", "",
                   "| run | test acc (%) | val acc (%) | mode | s / epoch |", "|---|---|---|---|---|"]
         for name, row in res.get("runs", {}).items():
