@@ -184,6 +184,34 @@ def test_bad_requests_name_the_value():
         explain_maps(model, x[0], [0], "gradcam")
 
 
+class RegionModel(nn.Module):
+    """Label k's logit is the sum of the pixels in its own square: the evidence is known exactly."""
+
+    boxes = ((2, 10, 4, 12), (20, 28, 18, 26))  # (r0, r1, c0, c1) of labels 0 and 1
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes = 2
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, r0:r1, c0:c1].sum((1, 2)) for r0, r1, c0, c1 in self.boxes], 1) * self.scale
+
+
+def test_occlusion_peaks_where_the_evidence_is_and_is_zero_elsewhere():
+    model = RegionModel()
+    x = torch.ones(2, 1, 32, 32)  # occluding with 0 removes evidence wherever a window covers a label's square
+    maps = explain_maps(model, x, [0, 1], "occlusion", window=4, stride=2)
+    for m, (r0, r1, c0, c1) in zip(maps, RegionModel.boxes):
+        r, c = np.unravel_index(m.argmax(), m.shape)
+        assert r0 <= r < r1 and c0 <= c < c1
+        outside = np.ones_like(m, bool)
+        outside[max(0, r0 - 4):r1 + 4, max(0, c0 - 4):c1 + 4] = False  # windows touching the square reach 3 px out
+        assert m[outside].max() == 0.0 and m.max() == pytest.approx(1.0)
+    with pytest.raises(ExplainError, match="occlusion window: got 40 px, expected 0 .automatic. to 32"):
+        explain_maps(model, x, [0, 1], "occlusion", window=40)
+
+
 def test_gradientshap_is_seeded():
     model = small_model().eval()
     x, bg = torch.randn(2, 1, 32, 32), torch.randn(6, 1, 32, 32)

@@ -30,7 +30,8 @@ from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
     "gradcam": "cam", "gradcam++": "cam", "hirescam": "cam", "eigencam": "cam", "layercam": "cam",
-    "integrated_gradients": "attribution", "gradientshap": "attribution", "fmv": "featuremap",
+    "integrated_gradients": "attribution", "gradientshap": "attribution",
+    "occlusion": "attribution", "fmv": "featuremap",
 }
 ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
 #: methods whose map is the same for every label of an image
@@ -57,7 +58,8 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
 
     ``layer``: module or name for CAMs; without it ``cam_layers`` / ``cam_min_size`` choose the layer(s)
     (:func:`medistill.models.cam_layers.choose_layers`). ``background``: (M, C, H, W) training
-    images for GradientShap. ``options`` go to the method (``n_steps``, ``n_samples``, ``stdevs``, ``seed``).
+    images for GradientShap. ``options`` go to the method (``n_steps``, ``n_samples``, ``stdevs``, ``seed``; occlusion's
+    ``window`` and ``stride``).
     """
     method = canonical_method(method)
     kind = METHODS[method]

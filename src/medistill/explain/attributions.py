@@ -10,10 +10,19 @@ gradientshap           Lundberg & Lee, "A Unified Approach to Interpreting Model
                        2017, in its expected-gradients form (captum ``GradientShap``, the estimator of shap's
                        ``GradientExplainer``): gradients at random points between the input and baselines drawn
                        from a background of training images, times (x - baseline), averaged.
+occlusion              Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014
+                       (captum ``Occlusion``): a square window slides over the image; each pixel gets the mean
+                       drop of the label's score over the windows that covered it, the window filled with 0
+                       after normalisation (the dataset mean). No gradients: what the model's output does
+                       when that region is hidden. Costs one forward pass per window position; the reference
+                       for where a model's evidence is (Grad-CAM on a network whose late layers mix space, such
+                       as EfficientNet, can point elsewhere while occluding the lesion still removes the
+                       finding).
 =====================  =================================================================================
 
 The score explained for label ``k`` is its raw logit (one sigmoid per label; see ``cams``). An attribution
-(N, C, H, W) becomes a map by taking absolute values and summing over channels, then it is upsampled to the
+(N, C, H, W) becomes a map by taking absolute values (occlusion: the positive part, evidence for the label) and
+summing over channels, then it is upsampled to the
 requested size and divided by its maximum, so maps lie in [0, 1] like CAMs (an all-zero map stays zero).
 """
 
@@ -31,7 +40,14 @@ from .base import ExplainError, check_inputs, explaining, model_device, resize_m
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTION_METHODS = ("integrated_gradients", "gradientshap")
+ATTRIBUTION_METHODS = ("integrated_gradients", "gradientshap", "occlusion")
+
+
+def occlusion_window(side: int, window: int = 0, stride: int = 0) -> tuple[int, int]:
+    """(window, stride) in pixels for an image ``side`` px a side: given values, else a window of about a tenth
+    of the side (22 px at 224, the pointing game's tolerance scale) and a stride of a third of the window."""
+    w = window or max(3, round(side / 10))
+    return w, stride or max(1, w // 3)
 
 
 def black_baseline(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -82,14 +98,15 @@ def normalise_max(maps: np.ndarray) -> np.ndarray:
 def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *,
                      method: str = "integrated_gradients", background: torch.Tensor | None = None,
                      size: int | None = None, batch_size: int = 32, n_steps: int = 32, n_samples: int = 16,
-                     stdevs: float = 0.0, seed: int = 0) -> np.ndarray:
+                     stdevs: float = 0.0, seed: int = 0, window: int = 0, stride: int = 0) -> np.ndarray:
     """One attribution map per row: ``images`` (N, C, H, W) normalised, ``labels`` (N,) label indices.
 
     ``background`` (M, C, H, W): normalised training images, required by ``gradientshap``. ``n_steps``: path
     steps of Integrated Gradients; ``n_samples`` and ``stdevs``: random points per input and input noise of
     GradientShap. ``batch_size``: at most this many images go through the model at once (each image becomes
     ``n_samples`` or ``n_steps`` model inputs, so memory stays bounded for a DenseNet at 224 px). Random draws
-    are seeded with ``seed`` without disturbing the caller's generators.
+    are seeded with ``seed`` without disturbing the caller's generators. ``window`` / ``stride``: the occlusion
+    square and its step in pixels (0: :func:`occlusion_window`).
     Returns float32 (N, S, S) in [0, 1], S = ``size`` or the input size.
     """
     from captum.attr import GradientShap, IntegratedGradients
@@ -100,6 +117,10 @@ def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[in
     for name, value in (("batch_size", batch_size), ("n_steps", n_steps), ("n_samples", n_samples)):
         if value < 1:
             raise ExplainError(f"{name}: got {value}, expected at least 1")
+    for name, value in (("window", window), ("stride", stride)):
+        if not 0 <= value <= min(images.shape[-2:]):
+            raise ExplainError(f"occlusion {name}: got {value} px, expected 0 (automatic) to "
+                               f"{min(images.shape[-2:])} (the image side)")
     if method == "gradientshap":
         if background is None or len(background) == 0:
             raise ExplainError("gradientshap needs a background: a (M, C, H, W) tensor of normalised training "
@@ -107,6 +128,9 @@ def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[in
         if tuple(background.shape[1:]) != tuple(images.shape[1:]):
             raise ExplainError(f"background: got shape {tuple(background.shape)}, expected (M, "
                                f"{', '.join(str(s) for s in images.shape[1:])}) like the images")
+    if method == "occlusion":
+        return _occlusion_maps(model, images, labels, size=size, batch_size=batch_size,
+                               window=occlusion_window(min(images.shape[-2:]), window, stride))
     out = []
     with explaining(model):
         device = model_device(model)
@@ -127,5 +151,26 @@ def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[in
                     attr = explainer.attribute(x, baselines=bg, target=target, n_samples=n_samples,
                                                stdevs=stdevs)
                 out.append(to_map(attr).cpu())  # (b, H, W)
+    maps = torch.cat(out).numpy() if out else np.zeros((0, images.shape[-2], images.shape[-1]), np.float32)
+    return normalise_max(resize_maps(maps, size))
+
+
+def _occlusion_maps(model: nn.Module, images: torch.Tensor, labels: list[int], *, size: int | None,
+                    batch_size: int, window: tuple[int, int]) -> np.ndarray:
+    """Occlusion maps (see the module docstring): one image at a time, ``batch_size`` window positions per
+    forward pass; positive part, max-normalised."""
+    from captum.attr import Occlusion
+
+    w, st = window
+    c = images.shape[1]
+    out = []
+    with explaining(model), torch.no_grad():
+        device = model_device(model)
+        explainer = Occlusion(model)
+        for i, k in enumerate(labels):
+            x = images[i:i + 1].to(device)
+            attr = explainer.attribute(x, sliding_window_shapes=(c, w, w), strides=(c, st, st), baselines=0.0,
+                                       target=int(k), perturbations_per_eval=batch_size)
+            out.append(attr.detach().clamp(min=0).sum(dim=1).cpu())  # (1, H, W)
     maps = torch.cat(out).numpy() if out else np.zeros((0, images.shape[-2], images.shape[-1]), np.float32)
     return normalise_max(resize_maps(maps, size))

@@ -22,7 +22,7 @@ class ExplainOptions:
     ``top_k`` most probable; single-label, the predicted class."""
 
     method: str = option("gradcam", "gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); "
-                                    "integrated_gradients (ig), gradientshap (shap) (captum); fmv (KD-FMV average "
+                                    "integrated_gradients (ig), gradientshap (shap), occlusion (captum); fmv (KD-FMV average "
                                     "feature map of the last stage)")
     labels: list[str] | None = option(None, "labels to explain on every image; 'truth' = each image's ground-truth "
                                             "positive labels (a dataset split; as localisation studies do); None = "
@@ -43,6 +43,8 @@ class ExplainOptions:
     background: int = option(16, "GradientShap: training images drawn as the background")
     n_samples: int = option(16, "GradientShap: random points per image")
     n_steps: int = option(32, "Integrated Gradients: path steps")
+    occlusion_window: int = option(0, "occlusion: side of the occluding square in px; 0 = a tenth of the image")
+    occlusion_stride: int = option(0, "occlusion: its step in px; 0 = a third of the window")
     sanity: bool = option(False, "also explain a weight-shuffled copy of the student (Adebayo et al. 2018)")
     with_truth: bool = option(False, "dataset split: only the images that have ground truth (phantom masks, NIH boxes)")
     overlays: int = option(64, "write overlay PNGs for at most this many images")
@@ -59,7 +61,7 @@ class ExplainOptions:
         for name in ("top_k", "batch_size", "steps", "background", "n_samples", "n_steps", "cam_min_size"):
             if getattr(self, name) < 1:
                 raise ExplainError(f"{name}: got {getattr(self, name)}, expected at least 1")
-        for name in ("overlays", "feature_grid"):
+        for name in ("overlays", "feature_grid", "occlusion_window", "occlusion_stride"):
             if getattr(self, name) < 0:
                 raise ExplainError(f"{name}: got {getattr(self, name)}, expected 0 or more")
         if self.size is not None and not 8 <= self.size <= 2048:

@@ -35,7 +35,9 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
 
     def maps(s: int, stop: int) -> np.ndarray:
         extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
-                 else {"n_steps": options.n_steps} if options.method == "integrated_gradients" else {})
+                 else {"n_steps": options.n_steps} if options.method == "integrated_gradients"
+                 else {"window": options.occlusion_window, "stride": options.occlusion_stride}
+                 if options.method == "occlusion" else {})
         return explain_maps(side.model, side.x[rows[s:stop]], idx[s:stop], options.method, size=size,
                             batch_size=options.batch_size, layer=layer, background=background,
                             cam_layers=options.cam_layers, cam_min_size=options.cam_min_size, **extra)
