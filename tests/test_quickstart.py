@@ -15,13 +15,27 @@ def test_quickstart_configs_are_a_fair_comparison():
     s, n = cfgs["student"], cfgs["student_nokd"]
     assert s.distill.teacher == str(Path("q") / "teacher") and n.distill.teacher is None
     assert (s.model, s.train, s.data) == (n.model, n.train, n.data)  # only KD differs
+    # the scenario: an ImageNet-initialised teacher fine-tuned at a lower rate, at a larger size than the student
+    t = cfgs["teacher"]
+    assert t.model.pretrained and t.model.name == "efficientnet_lite0" and t.train.lr < s.train.lr
+    assert t.data.image_size > s.data.image_size
+
+
+def test_quickstart_refuses_a_pretrained_teacher_without_offline_weights():
+    from medistill.config import ConfigError
+
+    q = QuickstartConfig(teacher="resnet18")
+    with pytest.raises(ConfigError, match="teacher_pretrained: 'resnet18' has no offline ImageNet weights; use "
+                                          "--teacher-pretrained false"):
+        q.validate()
+    QuickstartConfig(teacher="resnet18", teacher_pretrained=False).validate()
 
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(phantom_root: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MEDISTILL_CACHE", str(tmp_path / "cache"))
     q = QuickstartConfig(out=str(tmp_path / "qs"), root=str(phantom_root), image_size=32, teacher_image_size=48,
-                         teacher="tiny_cnn", student="kdfmv", teacher_epochs=1, student_epochs=1, limit=48,
+                         teacher="tiny_cnn", teacher_pretrained=False, student="kdfmv", teacher_epochs=1, student_epochs=1, limit=48,
                          explain_images=2)
     steps: list[str] = []
     summary = run_quickstart(q, step=steps.append)

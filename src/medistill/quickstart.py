@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import runs
-from .config import (DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig, check_choice, check_range,
-                     option)
+from .config import (ConfigError, DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig, check_choice,
+                     check_range, option)
 from .errors import MedistillError
 from .utils.io import atomic_write_json, to_jsonable
 
@@ -42,7 +42,13 @@ class QuickstartConfig:
     teacher_image_size: int | None = option(
         128, "teacher input size; the default scenario distils a teacher that saw the phantom at its full 128 px "
              "into a student that sees 96 px (the reason to distil); None = the student's")
-    teacher: str = option("resnet10t", "teacher architecture (the papers use densenet121/161: far slower on a CPU)")
+    teacher: str = option("efficientnet_lite0", "teacher architecture (the papers use densenet121/161: far slower "
+                                                "on a CPU, and no DenseNet ImageNet weights install offline)")
+    teacher_pretrained: bool = option(True, "start the teacher from its ImageNet weights (offline: "
+                                            "efficientnet_lite0, tf_efficientnet_lite1/2): a teacher that knows more "
+                                            "than the student is what distillation is for")
+    teacher_lr: float = option(0.001, "the teacher's peak learning rate (fine-tuning wants a lower one than "
+                                      "training from scratch)")
     student: str = option(
         "kdfmv", "student: kdfmv (paper B, fast on CPU) or eeea_net_c2 (paper A; slower to train here)")
     teacher_epochs: int = option(5, "teacher training epochs")
@@ -70,6 +76,12 @@ class QuickstartConfig:
         check_choice("in_chans", self.in_chans, ("auto", 1, 3))
         check_choice("augment", self.augment, ("none", "light", "strong"))
         check_range("teacher_views", self.teacher_views, 0, 64)
+        check_range("teacher_lr", self.teacher_lr, 0.0, 10.0, lo_open=True)
+        from .models.weights import PRETRAINED_PACKAGES
+
+        if self.teacher_pretrained and self.teacher not in PRETRAINED_PACKAGES:
+            raise ConfigError(f"teacher_pretrained: {self.teacher!r} has no offline ImageNet weights; use "
+                              f"--teacher-pretrained false or one of {sorted(PRETRAINED_PACKAGES)}")
 
 
 def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:
@@ -80,8 +92,9 @@ def run_configs(q: QuickstartConfig) -> dict[str, RunConfig]:
     teacher_data = dataclasses.replace(data, image_size=q.teacher_image_size or q.image_size)
     return {
         "teacher": RunConfig(out=str(out / "teacher"), data=teacher_data,
-                             model=ModelConfig(name=q.teacher, in_chans=q.in_chans, drop_rate=0.1),
-                             train=TrainConfig(epochs=q.teacher_epochs, **train)),
+                             model=ModelConfig(name=q.teacher, in_chans=q.in_chans, drop_rate=0.1,
+                                               pretrained=q.teacher_pretrained),
+                             train=TrainConfig(epochs=q.teacher_epochs, **{**train, "lr": q.teacher_lr})),
         "student": RunConfig(out=str(out / "student"), data=data,
                              model=ModelConfig(name=q.student, in_chans=q.in_chans, drop_rate=0.1),
                              train=TrainConfig(epochs=q.student_epochs, **train),
