@@ -133,12 +133,9 @@ def fmt_ms(d: dict[str, Any], scale: float = 100.0, digits: int = 2) -> str:
 
 
 def si(v: float | None) -> str:
-    if v is None:
-        return "n/a"
-    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.2f}{suf}"
-    return f"{v:.0f}"
+    from medistill.evaluate.compare import si as _si
+
+    return _si(v)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -177,8 +177,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if ci and ci[0] is not None:
             val += f" ({ci[0]:.3f}-{ci[1]:.3f})"
         out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | "
-                   f"{_num(r.get('macro_auc'))} | {_num(r['macro_f1'])} | {_si(r['params'])} | {_si(r['macs'])} | "
-                   f"{_si(r['size_bytes'], 'B')} | "
+                   f"{_num(r.get('macro_auc'))} | {_num(r['macro_f1'])} | {si(r['params'])} | {si(r['macs'])} | "
+                   f"{si(r['size_bytes'], 'B')} | "
                    f"{'n/a' if r['latency_ms'] is None else format(r['latency_ms'], '.1f') + ' ms'} |")
     return "\n".join(out)
 
@@ -187,7 +187,8 @@ def _num(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
-def _si(v: float | None, unit: str = "") -> str:
+def si(v: float | None, unit: str = "") -> str:
+    """``v`` with an SI suffix (k, M, G) and two decimals: 276.75M; ``n/a`` for None."""
     if v is None:
         return "n/a"
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
