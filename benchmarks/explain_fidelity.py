@@ -66,6 +66,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--student", default="kdfmv")
     p.add_argument("--student-epochs", type=int, default=4)
     p.add_argument("--explain-weight", type=float, default=1.0, help="weight of the e2KD / CAT-KD term")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="KD temperature of the kd / e2kd / cat students (multi-label KD matches one sigmoid per "
+                        "label; T = 1 was best on the phantom's validation split: quickstart_kd_grid.md)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
@@ -120,12 +123,18 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
     else:  # students: one fixed view per image, so the teacher's logits and maps are cached once
         over["data.augment"] = "none"
         if variant != "nokd":
-            over["distill.teacher"] = str(teacher)
+            over.update({"distill.teacher": str(teacher), "distill.temperature": str(a.temperature)})
         if variant in ("e2kd", "cat"):
             over.update({"distill.explain_loss": variant, "distill.explain_weight": str(a.explain_weight)})
             if a.cam_layers in LOSS_CAM_LAYER_POLICIES:  # train on the maps the table scores
                 over["distill.cam_layers"] = a.cam_layers
     return build(RunConfig, overrides=over)
+
+
+def run_name(a: argparse.Namespace, variant: str, seed: int) -> str:
+    """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``."""
+    t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
+    return f"{variant}{t}_s{seed}"
 
 
 def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: range, epochs: tuple[int, int],
@@ -136,8 +145,8 @@ def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: ran
     teacher = base / "teacher"
     dirs: dict[str, list[Path]] = {"teacher": [teacher]}
     for v in VARIANTS:
-        dirs[v] = [base / f"{v}_s{s}" for s in range(max(seeds) + 1)]
-    jobs = [("teacher", 0, teacher)] + [(v, s, base / f"{v}_s{s}") for s in seeds for v in VARIANTS]
+        dirs[v] = [base / run_name(a, v, s) for s in range(max(seeds) + 1)]
+    jobs = [("teacher", 0, teacher)] + [(v, s, base / run_name(a, v, s)) for s in seeds for v in VARIANTS]
     for name, seed, out in jobs:
         print(f"[{time.strftime('%H:%M:%S')}] {part}: train {out.name}", flush=True)
         r = B.train_and_evaluate(run_cfg(a, out, data=data, model=a.teacher if name == "teacher" else a.student,
@@ -379,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     allres["scale_note"] = (
         f"Scale: phantom {a.images} images at {a.image_size} px; teacher {a.teacher} "
         f"({'ImageNet-initialised, ' if a.teacher_pretrained else 'from scratch, '}{a.teacher_epochs} epochs, "
-        f"light augmentation), students {a.student} ({a.student_epochs} epochs, no augmentation), {a.seeds} student "
+        f"light augmentation), students {a.student} ({a.student_epochs} epochs, no augmentation, KD at T = "
+        f"{a.temperature:g}), {a.seeds} student "
         f"seeds and one teacher; {a.explain_images} test images explained per model with Grad-CAM on the true "
         f"labels. Chosen to finish in under an hour on 2 shared CPU cores; more images, epochs and seeds would be "
         f"better (the figures below carry that noise).")
