@@ -127,6 +127,8 @@ def main() -> None:
 
     def save() -> None:
         res["machine"] = B.machine()
+        if res_json.is_file():  # another dataset's run may have written since: keep its entry
+            allres.update({k: v for k, v in B.read_json(res_json).items() if k != a.dataset})
         allres[a.dataset] = summarise(res)
         B.write_json(res_json, allres)
         res_json.with_suffix(".md").write_text(markdown(allres))
@@ -234,8 +236,9 @@ def markdown(allres: dict[str, Any]) -> str:
             for model, s in sched.get("students", {}).items():
                 kd, nk = B.mean_std(s["kd"]), B.mean_std(s["nokd"])
                 diff = "n/a" if kd["mean"] is None or nk["mean"] is None else f"{100 * (kd['mean'] - nk['mean']):+.2f}"
-                lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)} ({kd['n']} seeds) | "
-                             f"{B.fmt_ms(nk)} ({nk['n']} seeds) | {diff} |")
+                seeds = {k: f" ({v['n']} seeds)" if v["n"] > 1 else "" for k, v in (("kd", kd), ("nk", nk))}
+                lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)}{seeds['kd']} | "
+                             f"{B.fmt_ms(nk)}{seeds['nk']} | {diff} |")
             for model, g in (sched.get("kd_gain") or {}).items():
                 if g:
                     lines.append(f"\n{describe_gain(g)}")
