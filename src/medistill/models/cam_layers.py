@@ -54,6 +54,16 @@ def map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable
     return sides
 
 
+def layer_by_name(model: nn.Module, name: str | None) -> tuple[nn.Module, Callable | None]:
+    """The module called ``name`` (None: the declared CAM layer) and its reshape to ``(B, C, h, w)``: the declared
+    layer's own; a feature stage's when the model's maps are NHWC (a stage's tokens are never reshaped)."""
+    declared, reshape = cam_layer(model)
+    cfg = model.pretrained_cfg
+    if name is None or name == cfg.get("cam_layer"):
+        return declared, reshape
+    return model.get_submodule(name), reshape if cfg.get("cam_reshape") == "nhwc" else None
+
+
 def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEFAULT_CAM_MIN_SIZE,
                   input_shape: tuple[int, ...] | None = None) -> list[CamLayer]:
     """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``model``; see :mod:`medistill.cam_policy`),
@@ -68,13 +78,14 @@ def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEF
         inp = input_config(model)
         input_shape = (inp.channels, inp.size, inp.size)
     # a vision transformer's blocks all share one token grid: only the declared layer is meaningful
-    stage_reshape = reshape if cfg.get("cam_reshape") == "nhwc" else None
     names = [] if policy == "model" or cfg.get("cam_reshape") == "tokens" else list(cfg.get("feature_stages") or [])
-    modules = {n: model.get_submodule(n) for n in names}
+    resolved = {n: layer_by_name(model, n) for n in names}
+    stage_reshape = reshape if cfg.get("cam_reshape") == "nhwc" else None  # what layer_by_name gives a stage
+    modules = {n: m for n, (m, _r) in resolved.items()}
     modules.setdefault(cfg["cam_layer"], declared)
     sides = map_sides(model, modules, stage_reshape, tuple(input_shape))
     own = CamLayer(cfg["cam_layer"], declared, reshape, sides.get(cfg["cam_layer"], 0))
-    stages = [CamLayer(n, modules[n], stage_reshape, sides.get(n, 0)) for n in names if sides.get(n, 0) > 0]
+    stages = [CamLayer(n, m, r, sides.get(n, 0)) for n, (m, r) in resolved.items() if sides.get(n, 0) > 0]
     if policy == "model" or not stages:
         return [own]
     fine = [k for k, st in enumerate(stages) if st.side >= min_size]

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..models import InputConfig, cam_layer
+from ..models import InputConfig
+from ..models.cam_layers import layer_by_name
 from ..task import Task
 from .checkpoint import unwrap
 from .teacher import Teacher, adapt_input
@@ -56,15 +57,6 @@ def teacher_autocast(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def _hook_target(model: nn.Module, name: str | None) -> tuple[nn.Module, Callable | None]:
-    """The module called ``name`` (None: the declared CAM layer) and its reshape to ``(B, C, h, w)``."""
-    declared, reshape = cam_layer(model)
-    cfg = model.pretrained_cfg
-    if name is None or name == cfg.get("cam_layer"):
-        return declared, reshape
-    return model.get_submodule(name), reshape if cfg.get("cam_reshape") == "nhwc" else None
-
-
 def forward_hooked(model: nn.Module, x: torch.Tensor, layers: list[str | None], *, detach: list[bool] | None = None
                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(the outputs of ``layers`` as ``(B, C, h, w)`` maps, logits ``(B, L)``) in one forward pass; a layer named
@@ -76,7 +68,7 @@ def forward_hooked(model: nn.Module, x: torch.Tensor, layers: list[str | None], 
     detach = detach or [False] * len(layers)
     store: dict[int, torch.Tensor] = {}
     handles = []
-    targets = [_hook_target(net, name) for name in layers]
+    targets = [layer_by_name(net, name) for name in layers]
     for k, (module, _reshape) in enumerate(targets):
         def hook(_m: nn.Module, _i: Any, o: torch.Tensor, k: int = k) -> torch.Tensor | None:
             if detach[k]:
@@ -187,7 +179,8 @@ class DistillationObjective(SupervisedObjective):
                 xt = adapt_input(x_load, self.load_in, tch.input)
                 if (need_features or need_maps) and i == 0:
                     layers = ([None] if need_features else []) + ([self.map_layers[1]] if need_maps else [])
-                    feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [True] * need_maps)
+                    feats, lg = forward_hooked(tch.model, xt, layers,
+                                               detach=[False] * need_features + [True] * need_maps)
                     if need_maps:
                         out["maps"] = gradcam_maps(feats[-1], lg).detach().float()
                     if need_features:
