@@ -24,6 +24,7 @@ after each run, so a partial benchmark still leaves its numbers.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--views", type=int, default=4, help="augmented views per image cached for KD (FKD)")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup Beta(a, a) for every student, KD and no-KD alike (KD: function matching on cached "
+                        "mixed views); 0 = off")
+    p.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta(a, a), as --mixup")
+    p.add_argument("--phase", default="all", choices=("all", "kd", "nokd"),
+                   help="kd / nokd: only the KD / no-KD students, so that two processes can train them side by side "
+                        "(the KD gain is computed by whichever finishes when both sides are done)")
     p.add_argument("--grid", default=GRID, help="alpha:T points tried on seed 0 of the first student; the best "
                                                 "validation accuracy is used for every other run")
     p.add_argument("--seeds", type=int, default=3)
@@ -75,13 +83,14 @@ def teacher_cfg(a: argparse.Namespace, out: Path):
 def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd: tuple[float, float] | None):
     from medistill.config import build, RunConfig
 
-    tag = f"{model}_e{a.student_epochs}"  # the schedule is part of the name: a longer one is another run
+    tag = f"{model}_{schedule(a)}"  # the schedule is part of the name: a longer or mixed one is another run
     name = f"{tag}_nokd_s{seed}" if kd is None else f"{tag}_kd_a{kd[0]:g}_T{kd[1]:g}_s{seed}"
     over = {"out": str(runs_dir / name), "data.dataset": "folder", "data.root": a.data_root,
             "data.image_size": str(a.image_size), "data.augment": "light", "data.cache_dir": a.cache_dir,
             "model.name": model, "model.in_chans": "1", "train.epochs": str(a.student_epochs),
             "train.batch_size": str(a.batch_size), "train.lr": str(a.lr), "train.warmup_epochs": "1",
-            "train.seed": str(seed), "train.threads": str(a.threads)}
+            "train.seed": str(seed), "train.threads": str(a.threads), "train.mixup": str(a.mixup),
+            "train.cutmix": str(a.cutmix)}
     if kd is not None:
         over.update({"distill.teacher": str(runs_dir / "teacher"), "distill.alpha": str(kd[0]),
                      "distill.temperature": str(kd[1]), "distill.teacher_views": str(a.views),
@@ -127,15 +136,24 @@ def main() -> None:
 
     def save() -> None:
         res["machine"] = B.machine()
-        if res_json.is_file():  # another dataset's run may have written since: keep its entry
-            allres.update({k: v for k, v in B.read_json(res_json).items() if k != a.dataset})
+        if res_json.is_file():  # another dataset's run, or a --phase process beside this one, may have written
+            now = B.read_json(res_json)
+            allres.update({k: v for k, v in now.items() if k != a.dataset})
+            for name, row in now.get(a.dataset, {}).get("runs", {}).items():
+                res["runs"].setdefault(name, row)
         allres[a.dataset] = summarise(res)
         B.write_json(res_json, allres)
         res_json.with_suffix(".md").write_text(markdown(allres))
 
-    def record(name: str, cfg) -> dict[str, Any]:
+    def record(name: str, cfg) -> dict[str, Any] | None:
+        from medistill.runs import RunLockedError
+
         print(f"[{time.strftime('%H:%M:%S')}] {a.dataset} {name} ...", flush=True)
-        r = B.train_and_evaluate(cfg, n_bootstrap=200)
+        try:
+            r = B.train_and_evaluate(cfg, n_bootstrap=200)
+        except RunLockedError as e:  # a second process of this benchmark is training it
+            print(f"    skipped: {e}", flush=True)
+            return None
         info = B.runs.RunDir(cfg.out).info()
         row = {k: r.get(k) for k in ("command", "out", "accuracy", "macro_f1", "balanced_accuracy", "per_class_recall",
                                      "params", "macs", "model", "kind", "train_wall_s", "epoch_seconds")}
@@ -148,26 +166,51 @@ def main() -> None:
         return row
 
     record("teacher", teacher_cfg(a, runs_dir / "teacher"))
+    if a.phase == "nokd":
+        for model in a.students.split(","):
+            for seed in range(a.seeds):
+                record(*student_cfg(a, runs_dir, model, seed, None))
+        return
     plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
                f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
     students = a.students.split(",")
     first = students[0]
-    record(*student_cfg(a, runs_dir, first, 0, None))
+    if a.phase == "all":
+        record(*student_cfg(a, runs_dir, first, 0, None))
     grid = [tuple(float(v) for v in point.split(":")) for point in a.grid.split(",")]
     for kd in grid:
         record(*student_cfg(a, runs_dir, first, 0, kd))
+    for kd in grid:  # a grid run another process is training: wait for it, then read its result
+        name, cfg = student_cfg(a, runs_dir, first, 0, kd)
+        while name not in res["runs"]:
+            time.sleep(60)
+            if B.is_done(cfg.out):
+                record(name, cfg)
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
-    sched = res.setdefault("schedules", {}).setdefault(f"e{a.student_epochs}", {})
-    sched.update(student_epochs=a.student_epochs, command=res["command"],
+    sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
+    sched.update(student_epochs=a.student_epochs, mixup=a.mixup, cutmix=a.cutmix, views=a.views,
+                 command=res["command"],
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
                                  "by": f"best validation accuracy of {first}, seed 0, over {a.grid}"})
-    res["current"] = f"e{a.student_epochs}"
+    res["current"] = schedule(a)
     for model in students:
         for seed in range(a.seeds):
-            record(*student_cfg(a, runs_dir, model, seed, None))
+            if a.phase == "all":
+                record(*student_cfg(a, runs_dir, model, seed, None))
             record(*student_cfg(a, runs_dir, model, seed, best))
-        sched.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
+        done = all(B.is_done(runs_dir / student_cfg(a, runs_dir, model, s, kd)[0])
+                   for s in range(a.seeds) for kd in (None, best))
+        if done:
+            sched.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
+        else:
+            print(f"    {model}: not every KD and no-KD run is finished (another --phase process is on them); "
+                  f"re-run when they are for the KD gain")
         save()
+
+
+def schedule(a: argparse.Namespace) -> str:
+    """The student schedule's key: ``e<epochs>``, with ``_mu<a>`` / ``_cm<a>`` when the students mix."""
+    return f"e{a.student_epochs}" + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
 
 
 def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any] | None:
@@ -194,7 +237,7 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         students: dict[str, Any] = {}
         for name, row in sorted(r.items()):
             model = row.get("model")
-            if name == "teacher" or not name.startswith(f"{model}_{key}_"):
+            if name == "teacher" or not re.match(rf"{re.escape(f'{model}_{key}')}_(nokd|kd)_", name):
                 continue
             s = students.setdefault(model, {"kd": [], "nokd": [], "macs": row["macs"], "kd_recall": [],
                                             "nokd_recall": []})
@@ -225,7 +268,9 @@ def markdown(allres: dict[str, Any]) -> str:
                          f"{100 * t['accuracy']:.2f} %, {B.si(t['macs'])} MACs; validation curve: "
                          f"`paper_b_full_{ds}_teacher.png`.")
         for key, sched in sorted(res.get("schedules", {}).items(), key=lambda kv: -kv[1]["student_epochs"]):
-            lines += ["", f"### Students trained {sched['student_epochs']} epochs"
+            mix = " and ".join(f"{k} {sched[k]:g}" for k in ("mixup", "cutmix") if sched.get(k))
+            mix = f", {mix} (KD: function matching on {sched.get('views')} cached mixed views per image)" if mix else ""
+            lines += ["", f"### Students trained {sched['student_epochs']} epochs{mix}"
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
                       f"Reproduce: `{sched.get('command', '')}`", ""]
             if sched.get("chosen_alpha_T"):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from medistill import runs
-from medistill.config import ConfigError
 from medistill.data import Preprocess, build_dataset
 from medistill.models import input_config
 from medistill.train import run_training
+from medistill.train.mixing import Mixer
 from medistill.train.views import ViewCache, ViewDataset
 
 from test_train import _cfg, teacher_run  # noqa: F401  (the module fixture)
@@ -100,9 +100,50 @@ def test_a_partial_cache_continues_and_a_stale_one_is_not_used(tmp_path: Path):
     assert len(calls) == 14  # another key: everything recomputed
 
 
-def test_views_with_mixup_are_refused(teacher_run: Path, phantom_root: Path, tmp_path: Path):
-    with pytest.raises(ConfigError, match="teacher_views 2: .*mixup"):
-        _views_run(phantom_root, teacher_run, tmp_path / "x", **{"train.mixup": 0.2})
+def test_mixed_views_are_cached_with_the_teachers_logits_on_the_mixed_image(teacher_run: Path, phantom_root: Path,
+                                                                            tmp_path: Path):
+    """Function matching at plain-training cost: with mixup each cached view is a mix of two images' views, and
+    the cache holds the teacher's logits on exactly that mixed image."""
+    out = _views_run(phantom_root, teacher_run, tmp_path / "fm", **{"train.mixup": 1.0})
+    assert runs.RunDir(out).info()["distill_mode"] == "views"
+    [cache_file] = list(out.glob("teacher_views-*.npy"))
+    cached = np.load(cache_file)
+    plain = _train_views(out)
+    mixed = ViewDataset(plain.base, 2, seed=plain.seed, mixer=Mixer(mixup=1.0))
+    mixed.fix_view(1)
+    item = mixed[5]
+    assert 0.0 < item["lam"] < 1.0 and item["view"] == 1
+    torch.testing.assert_close(mixed[5]["image"], item["image"])  # replayed exactly
+    plain.fix_view(1)
+    own = plain[5]
+    assert not torch.equal(item["image"], own["image"])
+    # the partner: the one image whose view 1 completes the mix
+    partner = [j for j in range(len(plain)) if j != 5 and torch.allclose(
+        item["image"], item["lam"] * own["image"] + (1 - item["lam"]) * plain[j]["image"], atol=1e-5)]
+    assert len(partner) == 1
+    torch.testing.assert_close(item["target"], item["lam"] * own["target"]
+                               + (1 - item["lam"]) * plain[partner[0]]["target"])
+    teacher, _ = runs.load_model(teacher_run)
+    with torch.no_grad():
+        direct = teacher(item["image"][None]).numpy()[0]
+    np.testing.assert_allclose(cached[5, 1], direct, atol=1e-4)
+    # the mixing is part of the key: the plain views' cache is another file
+    _views_run(phantom_root, teacher_run, tmp_path / "plain", **{"distill.teacher_views_dir": str(out)})
+    assert len(list(out.glob("teacher_views-*.npy"))) == 2
+
+
+def test_mix_pair_mixes_one_pair_from_its_own_rng():
+    a = {"image": torch.zeros(1, 10, 10), "target": torch.tensor([1.0, 0.0]), "mask": torch.tensor([1.0, 1.0])}
+    b = {"image": torch.ones(1, 10, 10), "target": torch.tensor([0.0, 1.0]), "mask": torch.tensor([1.0, 0.0])}
+    state = np.random.get_state()
+    m = Mixer(mixup=1.0).mix_pair(a, b, np.random.default_rng(3))
+    torch.testing.assert_close(m["image"], torch.full((1, 10, 10), 1 - m["lam"]))
+    torch.testing.assert_close(m["target"], torch.tensor([m["lam"], 1 - m["lam"]]))
+    torch.testing.assert_close(m["mask"], torch.tensor([1.0, 0.0]))  # kept only where both are valid
+    c = Mixer(cutmix=1.0).mix_pair(a, b, np.random.default_rng(4))
+    assert c["image"].sum() > 0 and c["image"].mean().item() == pytest.approx(1 - c["lam"])  # lam = share left
+    assert Mixer(cutmix=1.0).mix_pair(a, b, np.random.default_rng(4))["lam"] == c["lam"]
+    assert np.array_equal(np.random.get_state()[1], state[1])  # the global RNG untouched
 
 
 def test_caching_reports_progress_per_batch(tmp_path: Path):

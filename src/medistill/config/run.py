@@ -154,7 +154,8 @@ class DistillConfig:
     teacher_precision: str = option(
         "auto", "teacher forward: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16")
     teacher_views: int = option(0, "cached consistent KD (FKD): the teacher's outputs on this many augmented views "
-                                   "per image are computed once and replayed, one view per image each epoch; 0 = off")
+                                   "per image (mixed with a partner image's when mixup / CutMix is on) are computed "
+                                   "once and replayed, one view per image each epoch; 0 = off")
     teacher_views_dir: str | None = option(None, "where the view cache lives (share it between student seeds); "
                                                  "None = the run directory")
     explain_loss: str = option("none", "explanation-aware KD on per-label Grad-CAM maps: none, e2kd (map similarity, "

@@ -130,7 +130,9 @@ def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, dis
                         collate_fn=s.collate, drop_last=False, generator=g)
     if cb.on_epoch_start:
         cb.on_epoch_start(epoch, len(loader))
-    mixer = Mixer(t.mixup, t.cutmix, t.mix_prob)
+    # a view-cached run with mixing replays mixed views (the teacher's outputs are cached on them): no second mix
+    mixes_views = isinstance(s.train_ds, ViewDataset) and s.train_ds.mixer is not None
+    mixer = Mixer() if mixes_views else Mixer(t.mixup, t.cutmix, t.mix_prob)
     s.model.train()
     sums: dict[str, float] = {}
     n_seen = 0

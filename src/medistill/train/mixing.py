@@ -10,6 +10,10 @@ Why not ``timm.data.Mixup``: it takes class indices and returns smoothed one-hot
 multi-label float targets or their masks of uncertain labels; the CutMix box is timm's
 (``cutmix_bbox_and_lam``). A label kept in the mix only where both images have it valid:
 ``mask = m_i * m_j`` (single-label rows stay kept or dropped whole).
+
+Cached consistent KD (:mod:`.views`) mixes per *item* instead (:meth:`Mixer.mix_pair`): a replayed view is one
+image's augmented view mixed with a partner's, all drawn from the view's own seed, so the teacher's outputs on
+the mixed image can be cached and replayed like any other view (function matching at the cost of plain training).
 """
 
 from __future__ import annotations
@@ -56,6 +60,35 @@ class Mixer:
         target = target * lam + target[flip] * (1.0 - lam)
         mask = mask * mask[flip]
         return x, target, mask, float(lam)
+
+
+    def mix_pair(self, a: dict, b: dict, rng: np.random.Generator) -> dict:
+        """Item ``b`` mixed into item ``a`` (``"image"`` ``(C, H, W)``, ``"target"`` and ``"mask"`` ``(L,)``), every
+        draw from ``rng`` (a replayed view must not touch the global RNGs); returns a copy of ``a`` with the mixed
+        image, target and mask and ``"lam"`` (the share of ``a``)."""
+        x, y = a["image"], b["image"]
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < 0.5)
+        if use_cutmix:
+            lam = float(rng.beta(self.cutmix, self.cutmix))
+            (yl, yh, xl, xh) = _cutmix_box(x.shape[-2], x.shape[-1], lam, rng)
+            lam = 1.0 - (yh - yl) * (xh - xl) / float(x.shape[-2] * x.shape[-1])  # the share actually left
+            x = x.clone()
+            x[:, yl:yh, xl:xh] = y[:, yl:yh, xl:xh]
+        else:
+            lam = float(rng.beta(self.mixup, self.mixup))
+            x = x * lam + y * (1.0 - lam)
+        return {**a, "image": x, "target": a["target"] * lam + b["target"] * (1.0 - lam),
+                "mask": a["mask"] * b["mask"], "lam": lam}
+
+
+def _cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """CutMix's box (Yun et al. 2019: side ``sqrt(1 - lam)`` of the image's, centre uniform, clipped), drawn from
+    ``rng``. Not timm's ``rand_bbox``: that draws from numpy's global RNG, which a replayed view must not use."""
+    cut = np.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    return (int(np.clip(cy - ch // 2, 0, h)), int(np.clip(cy + ch // 2, 0, h)),
+            int(np.clip(cx - cw // 2, 0, w)), int(np.clip(cx + cw // 2, 0, w)))
 
 
 def smooth_targets(target: torch.Tensor, eps: float, task: Task) -> torch.Tensor:

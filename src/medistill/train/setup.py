@@ -2,8 +2,9 @@
 
 :func:`setup` turns a :class:`~medistill.config.RunConfig` into a :class:`Setup`; the loop only consumes it.
 The teacher-cache policy lives here: teacher logits are cached once (offline KD) only when every view of an
-image is the same (no augmentation, no mixing) and no feature term needs the teacher's maps; otherwise the
-teachers run on each batch, on the very view the student sees (consistent KD).
+image is the same (no augmentation, no mixing) and no feature term needs the teacher's maps; on V replayed (and
+maybe mixed) views per image when ``distill.teacher_views`` asks (cached consistent KD); otherwise the teachers run
+on each batch, on the very view the student sees (consistent KD).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..task import Task, get_task
 from . import distributed as dist_utils
 from .checkpoint import unwrap
 from .distillation import DistillationObjective, SupervisedObjective, features_and_logits, resolve_precision
+from .mixing import Mixer
 from .optim import build_optimizer, build_scheduler
 from .teacher import Teacher, adapt_input, load_teacher
 from .views import ViewCache, ViewDataset, collate_views
@@ -220,16 +222,16 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
     t, d = cfg.train, cfg.distill
     mixing = t.mixup > 0 or t.cutmix > 0
     if d.teacher_views > 0:
-        for bad, why in ((mixing, "mixup / CutMix make new images every step"),
-                         (d.feature != "none", "the feature term needs the teacher's feature maps every step"),
+        for bad, why in ((d.feature != "none", "the feature term needs the teacher's feature maps every step"),
                          (d.cache_teacher == "false", "cache_teacher is false")):
             if bad:
                 raise ConfigError(f"teacher_views {d.teacher_views}: the teacher's outputs cannot be cached, {why}; "
                                   f"set --teacher-views 0 for online KD")
-        if cfg.data.augment != "none":
-            ds = _cache(cfg, objective, run, train_ds, device, main, cb, d.teacher_views)
-            log.info("cached consistent KD: the teacher's outputs on %d views per image; each epoch replays one "
-                     "view per image", d.teacher_views)
+        if cfg.data.augment != "none" or mixing:
+            ds = _cache(cfg, objective, run, train_ds, device, main, cb, d.teacher_views,
+                        Mixer(t.mixup, t.cutmix, t.mix_prob))
+            log.info("cached consistent KD: the teacher's outputs on %d %sviews per image; each epoch replays one "
+                     "view per image", d.teacher_views, "mixed (mixup / CutMix) " if ds.mixer else "")
             return "views", ds
         log.info("teacher_views %d with augmentation 'none': every view is the same, caching one", d.teacher_views)
     reason = None
@@ -254,14 +256,17 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
 
 
 def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any, device: torch.device,
-           main: bool, cb: Any, views: int) -> Any:
-    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of ``views`` views and fill ``objective.cached``."""
+           main: bool, cb: Any, views: int, mixer: Mixer | None = None) -> Any:
+    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of ``views`` views (mixed by ``mixer`` when it is
+    enabled) and fill ``objective.cached``."""
     import torchvision
 
     d = cfg.distill
-    ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed)
-    # the maps' layer is part of the key only when maps are cached (older logits-only caches keep their key)
+    ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed, mixer=mixer)
+    # the maps' layer and the mixing are part of the key only when used (older caches keep their key)
     maps_layer = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
+    if ds.mixer is not None:
+        maps_layer["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
     key = views_cache_key({**maps_layer,
         "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,

@@ -10,6 +10,10 @@ logits ``(N, V, L)``, for explanation losses the teacher's Grad-CAM maps too, an
 views done) is keyed by the teachers, their precision, the image list, the load size, the augmentation and ``V``;
 a stale cache is recomputed, a partial one (killed while caching) continues from the first view not done.
 Offline KD (no augmentation: every view is the same) is the same cache with ``V = 1``.
+
+With mixup / CutMix (Beyer et al. 2022's function matching) a view is image ``i``'s augmented view ``v`` mixed
+with a partner image's view ``v``; partner, mixing kind and ``lam`` come from the same seed, so the mixed view
+replays exactly and the teacher's outputs on it are cached like any other (the mixing is part of the cache key).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate
+from .mixing import Mixer
 from ..utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -41,11 +46,13 @@ class ViewDataset(Dataset):
     """A training dataset whose item ``i`` is view ``view_of(i)`` of image ``i``, replayed from its seed.
 
     ``view_of`` is set per epoch (:meth:`set_epoch`) or fixed (:meth:`fix_view`, to cache one view of every image).
-    Items carry ``"view"`` besides the base dataset's keys.
+    Items carry ``"view"`` besides the base dataset's keys. With an enabled ``mixer`` each view is mixed with a
+    partner image's view (see the module's docstring); then training must not mix batches again.
     """
 
-    def __init__(self, base: Any, views: int, seed: int):
+    def __init__(self, base: Any, views: int, seed: int, mixer: Mixer | None = None):
         self.base, self.views, self.seed = base, int(views), int(seed)
+        self.mixer = mixer if mixer is not None and mixer.enabled and len(base) > 1 else None
         self._choice: np.ndarray | None = None
         self._fixed: int | None = None
 
@@ -53,7 +60,7 @@ class ViewDataset(Dataset):
         return len(self.base)
 
     def __getattr__(self, name: str) -> Any:  # targets, masks, labels, data ... of the base dataset
-        if name in ("base", "views", "seed", "_choice", "_fixed"):
+        if name in ("base", "views", "seed", "mixer", "_choice", "_fixed"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -68,11 +75,19 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         v = self._fixed if self._fixed is not None else int(self._choice[i]) if self._choice is not None else 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.seed, i, v))
-            item = self.base[i]
+        item = self._augmented(i, v)
+        if self.mixer is not None:
+            rng = np.random.default_rng([self.seed, i, v])
+            if rng.random() < self.mixer.prob:
+                j = int(rng.integers(0, len(self.base) - 1))
+                item = self.mixer.mix_pair(item, self._augmented(j + (j >= i), v), rng)
         item["view"] = v
         return item
+
+    def _augmented(self, i: int, v: int) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, i, v))
+            return self.base[i]
 
 
 def collate_views(batch: list[dict[str, Any]]) -> dict[str, Any]:
