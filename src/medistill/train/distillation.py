@@ -176,7 +176,7 @@ class DistillationObjective(SupervisedObjective):
         grad_ctx = torch.enable_grad() if need_maps else torch.inference_mode()
         with grad_ctx, teacher_autocast(x_load.device, self.precision):
             for i, tch in enumerate(self._teachers):
-                xt = adapt_input(x_load, self.load_in, tch.input)
+                xt = adapt_input(x_load, self.load_in, tch.input).contiguous(memory_format=torch.channels_last)
                 if (need_features or need_maps) and i == 0:
                     layers = ([None] if need_features else []) + ([self.map_layers[1]] if need_maps else [])
                     feats, lg = forward_hooked(tch.model, xt, layers,
