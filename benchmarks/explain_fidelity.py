@@ -16,6 +16,8 @@ resumed; an explanation whose ``explain.json`` exists is reused, so re-running c
    ``--labels truth``: the ground-truth positive labels, as localisation studies do), the students beside the
    teacher (Spearman of their maps), with deletion / insertion and the weight-randomisation sanity check;
    the teacher also with each CAM-layer policy (``model``: the declared stride-32 layer; ``auto``; ``fuse``);
+   every model again with each of ``--methods`` (default GradientShap with ``--gradientshap-samples`` points, a
+   pixel attribution that needs no layer), with its own randomisation check;
 4. the same on the NIH ChestX-ray14 sample (``../shared/data/nih-chestxray14-sample``): teacher and students
    (seed 0) trained on its images, explained on the images that have boxes.
 
@@ -24,7 +26,7 @@ Results: ``benchmarks/results/explain_fidelity.json``::
     {"phantom": {"image_size", "chance", "chance_tolerant", "per_label_chance", "models": {NAME: {
         "pointing_game", "pointing_game_tolerant", "energy_inside", "iou", "deletion_auc", "insertion_auc",
         "spearman_to_teacher", "macro_auc", "randomised_pointing_game", "per_label": {...}, "seeds": [...]}},
-        "cam_layers": {POLICY: {...}}, "targets": {...}},
+        "cam_layers": {POLICY: {...}}, "by_method": {METHOD: {"models": {NAME: {...}}}}, "targets": {...}},
      "nih_boxes": {... the same shape, one seed ...}}
 
 with NAME among teacher, nokd, kd, e2kd, cat (means over seeds); the Markdown beside it has the commands, the
@@ -72,6 +74,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
+    p.add_argument("--methods", default="gradientshap",
+                   help="attribution methods scored for every model beside Grad-CAM (comma-separated; '' = none)")
+    p.add_argument("--gradientshap-samples", type=int, default=64, help="GradientShap's random points per image")
     p.add_argument("--nih", action=argparse.BooleanOptionalAction, default=True, help="also the NIH boxes part")
     p.add_argument("--nih-epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -164,7 +169,8 @@ def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: ran
 # ---------------------------------------------------------------------------------------------------------
 
 def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layers: str, sanity: bool,
-            data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam") -> dict[str, Any]:
+            data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam",
+            n_samples: int = 16) -> dict[str, Any]:
     from medistill.explain.options import ExplainOptions
     from medistill.explain.runner import explain_run
     from medistill.utils.io import read_json
@@ -173,7 +179,8 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
         return read_json(out / "explain.json")
     print(f"[{time.strftime('%H:%M:%S')}] explain {run} -> {out}", flush=True)
     options = ExplainOptions(method=method, labels=["truth"], with_truth=True, cam_layers=cam_layers,
-                             steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32)
+                             steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32,
+                             n_samples=n_samples)
     return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options)
 
 
@@ -253,6 +260,25 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
             row["cam_layers"] = (s.get("cam_layers") or {}).get("student")  # the explained model's side
             res.setdefault("cam_layers", {})[policy] = row
             save()
+    for method in [m for m in a.methods.split(",") if m]:
+        # every model again with another method: its own maps, no teacher beside it (the Spearman column is
+        # Grad-CAM's), with the randomisation check
+        rows_by: dict[str, Any] = {}
+        for name in NAMES:
+            rows = []
+            for run in dirs.get(name, []):
+                if B.is_done(run):
+                    s = explain(run, base / f"{run.name}_{method}", teacher=None, limit=limit, cam_layers=a.cam_layers,
+                                sanity=True, data=data, split=split, faithfulness=False, method=method,
+                                n_samples=a.gradientshap_samples)
+                    rows.append(scores_of(s, B.runs.RunDir(run).metrics().get("macro_auc")))
+            if rows:
+                rows_by[name] = mean_rows(rows)
+                for key in ("pointing_game", "pointing_game_tolerant"):
+                    rows_by[name][f"{key}_label_mean"] = label_means(rows_by[name], key)
+                res.setdefault("by_method", {})[method] = {
+                    "models": rows_by, "n_samples": a.gradientshap_samples if method == "gradientshap" else None}
+                save()
     if policies and B.is_done(teacher):
         # the reference: where the teacher's evidence is, by hiding each region (no gradients, no layer)
         s = explain(teacher, base / "teacher_occlusion", teacher=None, limit=limit, cam_layers=a.cam_layers,
@@ -265,8 +291,16 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
 
 
 def targets(res: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, each with its figures and whether it was met (None: not measured)."""
-    m = res.get("models", {})
+    """The issue's targets on the Grad-CAM maps, then the same on each other method's (keys suffixed with it)."""
+    out = targets_of(res.get("models", {}), res.get("chance") or 0)
+    for method, r in (res.get("by_method") or {}).items():
+        out.update({f"{k} ({method})": v for k, v in targets_of(r["models"], res.get("chance") or 0).items()
+                    if "spearman" not in k})
+    return out
+
+
+def targets_of(m: dict[str, Any], chance: float) -> dict[str, Any]:
+    """The issue's targets on one method's model rows, each with its figures and whether it was met."""
     t, kd, e2 = m.get("teacher"), m.get("kd"), m.get("e2kd")
     out: dict[str, Any] = {}
     if t:
@@ -276,7 +310,6 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
         out["teacher_pointing_game_ge_0.7"] = {"value": t["pointing_game_label_mean"],
                                                "met": (t["pointing_game_label_mean"] or 0) >= 0.7}
         out["every_label_ge_3x_chance"] = {"worst_ratio": worst[0], "worst_label": worst[1], "met": worst[0] >= 3}
-        chance = res.get("chance") or 0
         out["randomised_le_2x_chance"] = {"value": t.get("randomised_pointing_game"), "chance": chance,
                                           "met": (t.get("randomised_pointing_game") or 1) <= 2 * chance}
     if t and kd and e2:
@@ -349,6 +382,25 @@ def markdown(allres: dict[str, Any]) -> str:
                 lines.append(f"| {policy} | {', '.join(hooked)} | {fmt(r['pointing_game'])} | "
                              f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
                              f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} | {fmt(r.get('blank_maps'))} |")
+        for method, br in (res.get("by_method") or {}).items():
+            ms = br["models"]
+            extra = f", {br['n_samples']} random points per image" if br.get("n_samples") else ""
+            lines += ["", f"Every model explained by {method} (captum{extra}; the map is the absolute attribution "
+                          f"summed over channels), the same images and labels:", "",
+                      "| model | seeds | PG | PG tol. | PG / label | PG tol. / label | energy in | IoU | randomised PG | "
+                      "macro AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, r in ms.items():
+                lines.append(f"| {name} | {r.get('seeds')} | {fmt(r['pointing_game'])} | "
+                             f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
+                             f"{fmt(r.get('pointing_game_tolerant_label_mean'))} | {fmt(r['energy_inside'])} | "
+                             f"{fmt(r['iou'])} | {fmt(r['randomised_pointing_game'])} | {fmt(r['macro_auc'])} |")
+            labels = sorted({lab for r in ms.values() for lab in r["per_label"]})
+            lines += ["", f"Per label, {method} pointing game strict / tolerant:", "",
+                      "| label | " + " | ".join(ms) + " |", "|---|" + "---|" * len(ms)]
+            for lab in labels:
+                lines.append(f"| {lab} | " + " | ".join(
+                    f"{fmt(r['per_label'].get(lab, {}).get('pointing_game'), 2)} / "
+                    f"{fmt(r['per_label'].get(lab, {}).get('pointing_game_tolerant'), 2)}" for r in ms.values()) + " |")
         if res.get("teacher_occlusion"):
             r = res["teacher_occlusion"]
             lines += ["", "The teacher explained by occlusion (Zeiler & Fergus 2014; captum `Occlusion`, a square "

@@ -54,6 +54,8 @@ def parse() -> argparse.Namespace:
                    help="mixup Beta(a, a) for every student, KD and no-KD alike (KD: function matching on cached "
                         "mixed views); 0 = off")
     p.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta(a, a), as --mixup")
+    p.add_argument("--channels-last", default="true", choices=("true", "false"),
+                   help="students in NHWC (medistill's default since 2026-11-30; the runs before it were NCHW)")
     p.add_argument("--phase", default="all", choices=("all", "kd", "nokd"),
                    help="kd / nokd: only the KD / no-KD students, so that two processes can train them side by side "
                         "(the KD gain is computed by whichever finishes when both sides are done)")
@@ -90,7 +92,7 @@ def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd
             "model.name": model, "model.in_chans": "1", "train.epochs": str(a.student_epochs),
             "train.batch_size": str(a.batch_size), "train.lr": str(a.lr), "train.warmup_epochs": "1",
             "train.seed": str(seed), "train.threads": str(a.threads), "train.mixup": str(a.mixup),
-            "train.cutmix": str(a.cutmix)}
+            "train.cutmix": str(a.cutmix), "train.channels_last": a.channels_last}
     if kd is not None:
         over.update({"distill.teacher": str(runs_dir / "teacher"), "distill.alpha": str(kd[0]),
                      "distill.temperature": str(kd[1]), "distill.teacher_views": str(a.views),

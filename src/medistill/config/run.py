@@ -106,7 +106,7 @@ class TrainConfig:
     class_weights: bool = option(False, "weight CE / BCE by inverse class frequency (imbalanced sets)")
     amp: bool = option(False, "mixed precision (CUDA only; ignored on CPU)")
     channels_last: bool = option(True, "NHWC memory format for the student (on this project's CPU a training step "
-                                       "of kdfmv / eeea_net_c2 / resnet10t is 1.35-1.6x faster than NCHW: "
+                                       "of kdfmv / eeea_net_c2 / resnet10t takes 0.65-0.85x the NCHW time: "
                                        "benchmarks/results/cpu_speed.md); the teachers always infer in NHWC")
     grad_accum: int = option(1, "micro-batches accumulated per optimiser step")
     max_grad_norm: float | None = option(None, "clip gradients to this norm")

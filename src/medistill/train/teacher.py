@@ -65,8 +65,9 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
         set_input_config(model, InputConfig(image_size, channels, input_config(model).mean, input_config(model).std))
     for p in model.parameters():
         p.requires_grad_(False)
-    # teachers only infer: NHWC is 1.3-2x faster than NCHW on CPU (2-4x with bf16 autocast) and no slower on GPUs
-    # (benchmarks/results/cpu_speed.md); the inputs follow in DistillationObjective.teacher_outputs
+    # teachers only infer, so their memory format is a pure speed choice: on this project's CPU NHWC takes 0.51-0.81x
+    # the NCHW time in fp32 and 0.20-0.51x with bf16 autocast (benchmarks/results/cpu_speed.md); the inputs follow
+    # in DistillationObjective.teacher_outputs
     return Teacher(model.eval().to(memory_format=torch.channels_last), record, str(source))
 
 
