@@ -77,6 +77,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="gradientshap",
                    help="attribution methods scored for every model beside Grad-CAM (comma-separated; '' = none)")
     p.add_argument("--gradientshap-samples", type=int, default=64, help="GradientShap's random points per image")
+    p.add_argument("--samples-sweep", default="16,32,64,128",
+                   help="the teacher's GradientShap pointing game at each of these sample counts (convergence of "
+                        "the estimator; '' = skip)")
     p.add_argument("--nih", action=argparse.BooleanOptionalAction, default=True, help="also the NIH boxes part")
     p.add_argument("--nih-epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -279,6 +282,15 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
                 res.setdefault("by_method", {})[method] = {
                     "models": rows_by, "n_samples": a.gradientshap_samples if method == "gradientshap" else None}
                 save()
+    for n in [int(v) for v in a.samples_sweep.split(",") if v] if policies and B.is_done(teacher) else []:
+        s = explain(teacher, base / f"teacher_gradientshap_n{n}", teacher=None, limit=limit, cam_layers=a.cam_layers,
+                    sanity=False, data=data, split=split, faithfulness=False, method="gradientshap", n_samples=n)
+        row = scores_of(s, None)
+        for key in ("pointing_game", "pointing_game_tolerant"):
+            row[f"{key}_label_mean"] = label_means(row, key)
+        row["seconds_per_image"] = s.get("seconds_per_image")
+        res.setdefault("gradientshap_samples", {})[str(n)] = row
+        save()
     if policies and B.is_done(teacher):
         # the reference: where the teacher's evidence is, by hiding each region (no gradients, no layer)
         s = explain(teacher, base / "teacher_occlusion", teacher=None, limit=limit, cam_layers=a.cam_layers,
@@ -401,6 +413,15 @@ def markdown(allres: dict[str, Any]) -> str:
                 lines.append(f"| {lab} | " + " | ".join(
                     f"{fmt(r['per_label'].get(lab, {}).get('pointing_game'), 2)} / "
                     f"{fmt(r['per_label'].get(lab, {}).get('pointing_game_tolerant'), 2)}" for r in ms.values()) + " |")
+        if res.get("gradientshap_samples"):
+            lines += ["", "The teacher's GradientShap maps against the number of random points per image (the "
+                          "estimator's convergence; same images and labels):", "",
+                      "| points | PG | PG / label | PG tol. / label | energy in | seconds / image |",
+                      "|---|---|---|---|---|---|"]
+            for n, r in sorted(res["gradientshap_samples"].items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {n} | {fmt(r['pointing_game'])} | {fmt(r.get('pointing_game_label_mean'))} | "
+                             f"{fmt(r.get('pointing_game_tolerant_label_mean'))} | {fmt(r['energy_inside'])} | "
+                             f"{fmt(r.get('seconds_per_image'), 2)} |")
         if res.get("teacher_occlusion"):
             r = res["teacher_occlusion"]
             lines += ["", "The teacher explained by occlusion (Zeiler & Fergus 2014; captum `Occlusion`, a square "
