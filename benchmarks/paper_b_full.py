@@ -191,9 +191,10 @@ def main() -> None:
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
     sched.update(student_epochs=a.student_epochs, mixup=a.mixup, cutmix=a.cutmix, views=a.views,
-                 command=res["command"],
+                 command=re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule, not one process's part
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
-                                 "by": f"best validation accuracy of {first}, seed 0, over {a.grid}"})
+                                 "by": f"best validation accuracy of {first}, seed 0, over {a.grid}" if len(grid) > 1
+                                 else "one point, set before any run (nothing chosen on data)"})
     res["current"] = schedule(a)
     for model in students:
         for seed in range(a.seeds):

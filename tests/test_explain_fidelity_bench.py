@@ -70,3 +70,24 @@ def test_seeds_are_averaged_and_targets_judged(bench):
     # spearman_to_teacher, macro_auc}}
     for name, r in res["models"].items():
         assert {"pointing_game", "pointing_game_tolerant", "spearman_to_teacher", "macro_auc"} <= set(r), name
+
+
+def test_other_methods_get_their_own_targets_and_table(bench):
+    def model(pg, auc):
+        r = bench.mean_rows([bench.scores_of(summary(pg), auc)])
+        for key in ("pointing_game", "pointing_game_tolerant"):
+            r[f"{key}_label_mean"] = bench.label_means(r, key)
+        return r
+
+    gradcam = {"teacher": model(0.1, 0.95), "kd": model(0.3, 0.90), "e2kd": model(0.2, 0.88)}
+    shap = {"teacher": model(0.95, 0.95), "kd": model(0.5, 0.90), "e2kd": model(0.5, 0.88)}
+    res = {"chance": 0.07, "models": gradcam, "by_method": {"gradientshap": {"models": shap, "n_samples": 64}}}
+    t = bench.targets(res)
+    assert not t["teacher_pointing_game_ge_0.7"]["met"]
+    assert t["teacher_pointing_game_ge_0.7 (gradientshap)"] == {"value": pytest.approx(0.725), "met": True}
+    assert not t["e2kd_pg_ge_kd_plus_0.1 (gradientshap)"]["met"]
+    assert "e2kd_spearman_ge_0.6 (gradientshap)" not in t  # Spearman is Grad-CAM's column only
+    res["gradientshap_samples"] = {"16": {**model(0.9, None), "seconds_per_image": 0.5}}
+    md = bench.markdown({"phantom": {**res, "image_size": 128, "targets": t}})
+    assert "Every model explained by gradientshap (captum, 64 random points per image" in md
+    assert "| 16 | 0.900 |" in md

@@ -1,0 +1,48 @@
+"""``benchmarks/paper_b_full.py``'s bookkeeping: each student schedule (epochs, mixing) keeps its own runs, chosen
+alpha / T and KD figures, and the contract's top-level fields come from the current schedule (no training here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("paper_b_full", BENCH / "paper_b_full.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_a_mixed_schedule_is_its_own_set_of_runs(bench):
+    plain = argparse.Namespace(student_epochs=20, mixup=0.0, cutmix=0.0)
+    mixed = argparse.Namespace(student_epochs=20, mixup=1.0, cutmix=0.0)
+    assert bench.schedule(plain) == "e20" and bench.schedule(mixed) == "e20_mu1"
+
+    def row(acc):
+        return {"model": "kdfmv", "accuracy": acc, "macs": 78e6, "per_class_recall": {"a": acc}}
+
+    runs = {"teacher": {**row(0.957), "model": "efficientnet_lite0"},
+            "kdfmv_e20_nokd_s0": row(0.93), "kdfmv_e20_kd_a0.2_T2_s0": row(0.92),
+            "kdfmv_e20_kd_a0.5_T4_s0": row(0.94),  # a grid point not chosen: not among the KD figures
+            "kdfmv_e20_mu1_nokd_s0": row(0.88), "kdfmv_e20_mu1_kd_a0_T1_s0": row(0.91)}
+    res = {"runs": runs, "current": "e20_mu1",
+           "schedules": {"e20": {"student_epochs": 20, "chosen_alpha_T": {"alpha": 0.2, "T": 2.0}},
+                         "e20_mu1": {"student_epochs": 20, "mixup": 1.0,
+                                     "chosen_alpha_T": {"alpha": 0.0, "T": 1.0}}}}
+    out = bench.summarise(res)
+    assert out["schedules"]["e20"]["students"]["kdfmv"]["kd"] == [0.92]
+    assert out["schedules"]["e20"]["students"]["kdfmv"]["nokd"] == [0.93]  # the mixed runs stay out of e20
+    assert out["students"]["kdfmv"]["kd"] == [0.91] and out["students"]["kdfmv"]["nokd"] == [0.88]
+    assert out["teacher"]["accuracy"] == 0.957
