@@ -69,3 +69,20 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
         yield driver
     finally:
         driver.quit()
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, to test a benchmark's bookkeeping without running it (``benchmarks/``
+    is on ``sys.path`` while it loads, for its ``_bench`` helpers)."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(bench_dir))

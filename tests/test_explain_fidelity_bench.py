@@ -3,25 +3,13 @@ from the figures, the Markdown table and the JSON shape the issue asks for (no t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("explain_fidelity", BENCH / "explain_fidelity.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("explain_fidelity")
 
 
 def summary(pg: float, spearman: float | None = None) -> dict:

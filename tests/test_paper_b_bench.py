@@ -4,25 +4,14 @@ alpha / T and KD figures, and the contract's top-level fields come from the curr
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("paper_b_full", BENCH / "paper_b_full.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("paper_b_full")
 
 
 def test_a_mixed_schedule_is_its_own_set_of_runs(bench):
