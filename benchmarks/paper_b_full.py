@@ -54,6 +54,7 @@ def parse() -> argparse.Namespace:
                    help="mixup Beta(a, a) for every student, KD and no-KD alike (KD: function matching on cached "
                         "mixed views); 0 = off")
     p.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta(a, a), as --mixup")
+    p.add_argument("--mix-prob", type=float, default=1.0, help="share of images (views) mixed")
     p.add_argument("--channels-last", default="true", choices=("true", "false"),
                    help="students in NHWC (medistill's default since 2026-11-30; the runs before it were NCHW)")
     p.add_argument("--phase", default="all", choices=("all", "kd", "nokd"),
@@ -92,7 +93,7 @@ def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd
             "model.name": model, "model.in_chans": "1", "train.epochs": str(a.student_epochs),
             "train.batch_size": str(a.batch_size), "train.lr": str(a.lr), "train.warmup_epochs": "1",
             "train.seed": str(seed), "train.threads": str(a.threads), "train.mixup": str(a.mixup),
-            "train.cutmix": str(a.cutmix), "train.channels_last": a.channels_last}
+            "train.cutmix": str(a.cutmix), "train.mix_prob": str(a.mix_prob), "train.channels_last": a.channels_last}
     if kd is not None:
         over.update({"distill.teacher": str(runs_dir / "teacher"), "distill.alpha": str(kd[0]),
                      "distill.temperature": str(kd[1]), "distill.teacher_views": str(a.views),
@@ -190,7 +191,7 @@ def main() -> None:
                 record(name, cfg)
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
-    sched.update(student_epochs=a.student_epochs, mixup=a.mixup, cutmix=a.cutmix, views=a.views,
+    sched.update(student_epochs=a.student_epochs, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, views=a.views,
                  command=re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule, not one process's part
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
                                  "by": f"best validation accuracy of {first}, seed 0, over {a.grid}" if len(grid) > 1
@@ -213,7 +214,9 @@ def main() -> None:
 
 def schedule(a: argparse.Namespace) -> str:
     """The student schedule's key: ``e<epochs>``, with ``_mu<a>`` / ``_cm<a>`` when the students mix."""
-    return f"e{a.student_epochs}" + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
+    mixed = a.mixup or a.cutmix
+    return (f"e{a.student_epochs}" + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
+            + (f"_p{a.mix_prob:g}" if mixed and getattr(a, "mix_prob", 1.0) != 1.0 else ""))
 
 
 def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any] | None:
@@ -272,6 +275,7 @@ def markdown(allres: dict[str, Any]) -> str:
                          f"`paper_b_full_{ds}_teacher.png`.")
         for key, sched in sorted(res.get("schedules", {}).items(), key=lambda kv: -kv[1]["student_epochs"]):
             mix = " and ".join(f"{k} {sched[k]:g}" for k in ("mixup", "cutmix") if sched.get(k))
+            mix += f" on {sched['mix_prob']:.0%} of images" if mix and sched.get("mix_prob", 1.0) != 1.0 else ""
             mix = f", {mix} (KD: function matching on {sched.get('views')} cached mixed views per image)" if mix else ""
             lines += ["", f"### Students trained {sched['student_epochs']} epochs{mix}"
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
