@@ -230,6 +230,13 @@ def label_means(row: dict[str, Any], key: str) -> float | None:
     return sum(v) / len(v) if v else None
 
 
+def with_label_means(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its strict and tolerant pointing game averaged over labels (``*_label_mean``)."""
+    for key in ("pointing_game", "pointing_game_tolerant"):
+        row[f"{key}_label_mean"] = label_means(row, key)
+    return row
+
+
 def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], res: dict[str, Any], save, *,
                  limit: int, data=None, split: str = "test", policies: tuple[str, ...] = ()) -> None:
     base = Path(a.runs) / part / "explain"
@@ -249,9 +256,7 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
                 res["maps_with_truth"] = s.get("maps_with_truth")
                 res["explained_images"] = s.get("num_images")
         if rows:
-            models[name] = mean_rows(rows)
-            models[name]["pointing_game_label_mean"] = label_means(models[name], "pointing_game")
-            models[name]["pointing_game_tolerant_label_mean"] = label_means(models[name], "pointing_game_tolerant")
+            models[name] = with_label_means(mean_rows(rows))
             res["models"] = models
             save()
     for policy in policies:
@@ -276,18 +281,14 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
                                 n_samples=a.gradientshap_samples)
                     rows.append(scores_of(s, B.runs.RunDir(run).metrics().get("macro_auc")))
             if rows:
-                rows_by[name] = mean_rows(rows)
-                for key in ("pointing_game", "pointing_game_tolerant"):
-                    rows_by[name][f"{key}_label_mean"] = label_means(rows_by[name], key)
+                rows_by[name] = with_label_means(mean_rows(rows))
                 res.setdefault("by_method", {})[method] = {
                     "models": rows_by, "n_samples": a.gradientshap_samples if method == "gradientshap" else None}
                 save()
     for n in [int(v) for v in a.samples_sweep.split(",") if v] if policies and B.is_done(teacher) else []:
         s = explain(teacher, base / f"teacher_gradientshap_n{n}", teacher=None, limit=limit, cam_layers=a.cam_layers,
                     sanity=False, data=data, split=split, faithfulness=False, method="gradientshap", n_samples=n)
-        row = scores_of(s, None)
-        for key in ("pointing_game", "pointing_game_tolerant"):
-            row[f"{key}_label_mean"] = label_means(row, key)
+        row = with_label_means(scores_of(s, None))
         row["seconds_per_image"] = s.get("seconds_per_image")
         res.setdefault("gradientshap_samples", {})[str(n)] = row
         save()
@@ -295,9 +296,7 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         # the reference: where the teacher's evidence is, by hiding each region (no gradients, no layer)
         s = explain(teacher, base / "teacher_occlusion", teacher=None, limit=limit, cam_layers=a.cam_layers,
                     sanity=False, data=data, split=split, faithfulness=False, method="occlusion")
-        row = scores_of(s, B.runs.RunDir(teacher).metrics().get("macro_auc"))
-        row["pointing_game_label_mean"] = label_means(row, "pointing_game")
-        row["pointing_game_tolerant_label_mean"] = label_means(row, "pointing_game_tolerant")
+        row = with_label_means(scores_of(s, B.runs.RunDir(teacher).metrics().get("macro_auc")))
         res["teacher_occlusion"] = row
         save()
 

@@ -213,10 +213,11 @@ def main() -> None:
 
 
 def schedule(a: argparse.Namespace) -> str:
-    """The student schedule's key: ``e<epochs>``, with ``_mu<a>`` / ``_cm<a>`` when the students mix."""
+    """The student schedule's key: ``e<epochs>``, with ``_mu<a>`` / ``_cm<a>`` (and ``_p<share>`` when not every
+    image is mixed) when the students mix."""
     mixed = a.mixup or a.cutmix
     return (f"e{a.student_epochs}" + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
-            + (f"_p{a.mix_prob:g}" if mixed and getattr(a, "mix_prob", 1.0) != 1.0 else ""))
+            + (f"_p{a.mix_prob:g}" if mixed and a.mix_prob != 1.0 else ""))
 
 
 def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any] | None:

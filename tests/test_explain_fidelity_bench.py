@@ -62,10 +62,7 @@ def test_seeds_are_averaged_and_targets_judged(bench):
 
 def test_other_methods_get_their_own_targets_and_table(bench):
     def model(pg, auc):
-        r = bench.mean_rows([bench.scores_of(summary(pg), auc)])
-        for key in ("pointing_game", "pointing_game_tolerant"):
-            r[f"{key}_label_mean"] = bench.label_means(r, key)
-        return r
+        return bench.with_label_means(bench.mean_rows([bench.scores_of(summary(pg), auc)]))
 
     gradcam = {"teacher": model(0.1, 0.95), "kd": model(0.3, 0.90), "e2kd": model(0.2, 0.88)}
     shap = {"teacher": model(0.95, 0.95), "kd": model(0.5, 0.90), "e2kd": model(0.5, 0.88)}

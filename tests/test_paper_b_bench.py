@@ -15,8 +15,8 @@ def bench():
 
 
 def test_a_mixed_schedule_is_its_own_set_of_runs(bench):
-    plain = argparse.Namespace(student_epochs=20, mixup=0.0, cutmix=0.0)
-    mixed = argparse.Namespace(student_epochs=20, mixup=1.0, cutmix=0.0)
+    plain = argparse.Namespace(student_epochs=20, mixup=0.0, cutmix=0.0, mix_prob=1.0)
+    mixed = argparse.Namespace(student_epochs=20, mixup=1.0, cutmix=0.0, mix_prob=1.0)
     assert bench.schedule(plain) == "e20" and bench.schedule(mixed) == "e20_mu1"
 
     def row(acc):

@@ -61,7 +61,6 @@ class Mixer:
         mask = mask * mask[flip]
         return x, target, mask, float(lam)
 
-
     def mix_pair(self, a: dict, b: dict, rng: np.random.Generator) -> dict:
         """Item ``b`` mixed into item ``a`` (``"image"`` ``(C, H, W)``, ``"target"`` and ``"mask"`` ``(L,)``), every
         draw from ``rng`` (a replayed view must not touch the global RNGs); returns a copy of ``a`` with the mixed

@@ -264,10 +264,10 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     d = cfg.distill
     ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed, mixer=mixer)
     # the maps' layer and the mixing are part of the key only when used (older caches keep their key)
-    maps_layer = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
+    optional = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
     if ds.mixer is not None:
-        maps_layer["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
-    key = views_cache_key({**maps_layer,
+        optional["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
+    key = views_cache_key({**optional,
         "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
         "augment": cfg.data.augment, "views": views, "seed": cfg.data.split_seed, "maps": objective.needs_maps,

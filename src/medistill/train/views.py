@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate
-from .mixing import Mixer
 from ..utils.io import atomic_write, atomic_write_json
+from .mixing import Mixer
 
 log = logging.getLogger(__name__)
 
