@@ -144,6 +144,9 @@ def main() -> None:
             allres.update({k: v for k, v in now.items() if k != a.dataset})
             for name, row in now.get(a.dataset, {}).get("runs", {}).items():
                 res["runs"].setdefault(name, row)
+            for key, sched in now.get(a.dataset, {}).get("schedules", {}).items():  # other schedules' processes
+                if key != schedule(a):
+                    res.setdefault("schedules", {})[key] = sched
         allres[a.dataset] = summarise(res)
         B.write_json(res_json, allres)
         res_json.with_suffix(".md").write_text(markdown(allres))
@@ -191,7 +194,7 @@ def main() -> None:
                 record(name, cfg)
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
-    sched.update(student_epochs=a.student_epochs, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, views=a.views,
+    sched.update(student_epochs=a.student_epochs, image_size=a.image_size, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, views=a.views,
                  command=re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule, not one process's part
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
                                  "by": f"best validation accuracy of {first}, seed 0, over {a.grid}" if len(grid) > 1
@@ -213,10 +216,12 @@ def main() -> None:
 
 
 def schedule(a: argparse.Namespace) -> str:
-    """The student schedule's key: ``e<epochs>``, with ``_mu<a>`` / ``_cm<a>`` (and ``_p<share>`` when not every
-    image is mixed) when the students mix."""
+    """The student schedule's key: ``e<epochs>``, with ``_px<size>`` when the students' input is not 128 px (the
+    first runs' size, whose names carry none), ``_mu<a>`` / ``_cm<a>`` (and ``_p<share>`` when not every image is
+    mixed) when the students mix."""
     mixed = a.mixup or a.cutmix
-    return (f"e{a.student_epochs}" + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
+    return (f"e{a.student_epochs}" + (f"_px{a.image_size}" if a.image_size != 128 else "")
+            + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
             + (f"_p{a.mix_prob:g}" if mixed and a.mix_prob != 1.0 else ""))
 
 
@@ -256,7 +261,7 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
                 s["kd_recall"].append(row.get("per_class_recall"))
         sched["students"] = students
     cur = res.get("schedules", {}).get(res.get("current", ""), {})
-    for k in ("students", "kd_gain", "chosen_alpha_T", "student_epochs"):
+    for k in ("students", "kd_gain", "chosen_alpha_T", "student_epochs", "image_size"):
         if k in cur:
             out[k] = cur[k]
     return out
@@ -278,7 +283,8 @@ def markdown(allres: dict[str, Any]) -> str:
             mix = " and ".join(f"{k} {sched[k]:g}" for k in ("mixup", "cutmix") if sched.get(k))
             mix += f" on {sched['mix_prob']:.0%} of images" if mix and sched.get("mix_prob", 1.0) != 1.0 else ""
             mix = f", {mix} (KD: function matching on {sched.get('views')} cached mixed views per image)" if mix else ""
-            lines += ["", f"### Students trained {sched['student_epochs']} epochs{mix}"
+            px = sched.get("image_size", 128)
+            lines += ["", f"### Students trained {sched['student_epochs']} epochs at {px} px{mix}"
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
                       f"Reproduce: `{sched.get('command', '')}`", ""]
             if sched.get("chosen_alpha_T"):
@@ -290,7 +296,7 @@ def markdown(allres: dict[str, Any]) -> str:
                 kd, nk = B.mean_std(s["kd"]), B.mean_std(s["nokd"])
                 diff = "n/a" if kd["mean"] is None or nk["mean"] is None else f"{100 * (kd['mean'] - nk['mean']):+.2f}"
                 seeds = {k: f" ({v['n']} seeds)" if v["n"] > 1 else "" for k, v in (("kd", kd), ("nk", nk))}
-                lines.append(f"| {model} | {res['image_size']} | {B.si(s['macs'])} | {B.fmt_ms(kd)}{seeds['kd']} | "
+                lines.append(f"| {model} | {px} | {B.si(s['macs'])} | {B.fmt_ms(kd)}{seeds['kd']} | "
                              f"{B.fmt_ms(nk)}{seeds['nk']} | {diff} |")
             for model, g in (sched.get("kd_gain") or {}).items():
                 if g:

@@ -48,6 +48,10 @@ def test_seeds_are_averaged_and_targets_judged(bench):
     res["models"]["e2kd"] = model(0.3, 0.4, 0.85)
     t = bench.targets(res)
     assert not t["e2kd_pg_ge_kd_plus_0.1"]["met"] and not t["e2kd_auc_within_0.01_of_kd"]["met"]
+    res["models"]["e2kd_gs"] = model(0.9, 0.7, 0.905)  # e2KD on the teacher's GradientShap maps: its own targets
+    t = bench.targets(res)
+    assert t["e2kd_pg_ge_kd_plus_0.1 [e2kd_gs]"]["met"] and t["e2kd_auc_within_0.01_of_kd [e2kd_gs]"]["met"]
+    assert not t["e2kd_pg_ge_kd_plus_0.1"]["met"]
 
     allres = {"command": "nice -n 10 ...", "machine": {"cpu": "x", "cores": 2, "shared": "shared: load 8"},
               "phantom": {**res, "image_size": 128, "targets": t}}
@@ -76,3 +80,15 @@ def test_other_methods_get_their_own_targets_and_table(bench):
     md = bench.markdown({"phantom": {**res, "image_size": 128, "targets": t}})
     assert "Every model explained by gradientshap (captum, 64 random points per image" in md
     assert "| 16 | 0.900 |" in md
+
+
+def test_e2kd_gs_students_train_on_the_teachers_shared_gradientshap_maps(bench, tmp_path):
+    a = bench.parse(["--threads", "1"])
+    base = tmp_path / "phantom"
+    cfg = bench.run_cfg(a, base / bench.run_name(a, "e2kd_gs", 1), data={"data.root": "x"}, model="kdfmv", epochs=4,
+                        seed=1, variant="e2kd_gs", teacher=base / "teacher")
+    d = cfg.distill
+    assert (d.explain_loss, d.explain_teacher_maps) == ("e2kd", "gradientshap")
+    assert d.teacher_views_dir == str(base / "teacher_maps")  # one cache for every seed
+    assert bench.run_cfg(a, base / "e2kd", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
+                         variant="e2kd", teacher=base / "teacher").distill.explain_teacher_maps == "gradcam"

@@ -6,9 +6,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from medistill import runs
+from medistill.config import ConfigError
 from medistill.losses import gradcam_maps
 from medistill.models.cam_layers import choose_layers
 from medistill.train import run_training
@@ -88,3 +90,47 @@ def test_e2kd_with_cached_views(teacher_run: Path, phantom_root: Path, tmp_path:
     assert np.load(maps).shape[:3] == (96, 2, 6)
     assert float(_row(out)["train_explain"]) > 0
     assert torch.isfinite(torch.tensor(float(_row(out)["train_loss"])))
+
+
+def test_attribution_teacher_maps_are_pooled_gradientshap_of_each_label():
+    """AttributionMaps on a linear model with a one-image background: GradientShap's gradient is constant, so
+    each label's attribution is exactly |w_l * (x - b)| summed over channels; divided by its maximum, then
+    area-pooled to the student's grid."""
+    from medistill.train.distillation import AttributionMaps
+
+    g = torch.Generator().manual_seed(0)
+    c, s, labels = 2, 8, 3
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(c * s * s, labels))
+    x, b = torch.randn(2, c, s, s, generator=g), torch.randn(1, c, s, s, generator=g)
+    maps = AttributionMaps(b, side=4, samples=3)(model, x, b, labels)
+    w = model[1].weight.detach().view(labels, c, s, s)
+    want = (w[None] * (x - b)[:, None]).abs().sum(2)  # (B, L, s, s)
+    want = want / want.flatten(2).max(2).values[..., None, None]
+    want = torch.nn.functional.avg_pool2d(want, 2)  # 8 -> 4 a side
+    assert maps.shape == (2, labels, 4, 4)
+    torch.testing.assert_close(maps, want, rtol=1e-4, atol=1e-5)
+
+
+def test_e2kd_on_gradientshap_teacher_maps(teacher_run: Path, phantom_root: Path, tmp_path: Path):
+    """explain_teacher_maps gradientshap: the teacher's attributions, pooled to the student's map grid, are cached
+    once (in teacher_views_dir, shared by a second seed) under their own key; online KD refuses them."""
+    shared = tmp_path / "shared"
+    over = {"distill.teacher": str(teacher_run), "distill.explain_loss": "e2kd", "distill.teacher_precision": "fp32",
+            "distill.explain_teacher_maps": "gradientshap", "distill.explain_teacher_samples": 2,
+            "distill.teacher_views_dir": str(shared), "train.epochs": 1}
+    run_training(_cfg(phantom_root, tmp_path / "s0", **over))
+    assert runs.RunDir(tmp_path / "s0").info()["distill_mode"] == "offline"
+    [path] = shared.glob("teacher_views-*-maps.npy")
+    maps = np.load(path).astype(np.float32)
+    student, _ = runs.load_model(tmp_path / "s0")
+    [layer] = choose_layers(student, "auto", input_shape=(1, 32, 32))
+    assert maps.shape == (96, 1, 6, layer.side, layer.side)
+    assert maps.min() >= 0 and 0 < maps.max() <= 1 and (maps.reshape(96 * 6, -1).max(1) > 0).all()
+    assert float(_row(tmp_path / "s0")["train_explain"]) > 0
+    stamp = path.stat().st_mtime_ns
+    run_training(_cfg(phantom_root, tmp_path / "s1", **{**over, "train.seed": 1}))
+    assert path.stat().st_mtime_ns == stamp and len(list(shared.glob("*-maps.npy"))) == 1  # reused, not redone
+    run_training(_cfg(phantom_root, tmp_path / "cam", **{**over, "distill.explain_teacher_maps": "gradcam"}))
+    assert len(list(shared.glob("*-maps.npy"))) == 2  # Grad-CAM maps are another cache
+    with pytest.raises(ConfigError, match="explain_teacher_maps gradientshap.*augmentation 'light'"):
+        run_training(_cfg(phantom_root, tmp_path / "online", **{**over, "data.augment": "light"}))

@@ -158,11 +158,17 @@ class DistillConfig:
     teacher_views: int = option(0, "cached consistent KD (FKD): the teacher's outputs on this many augmented views "
                                    "per image (mixed with a partner image's when mixup / CutMix is on) are computed "
                                    "once and replayed, one view per image each epoch; 0 = off")
-    teacher_views_dir: str | None = option(None, "where the view cache lives (share it between student seeds); "
-                                                 "None = the run directory")
+    teacher_views_dir: str | None = option(None, "where the view cache lives, offline KD's one-view cache too when "
+                                                 "set (share it between student seeds); None = the run directory")
     explain_loss: str = option("none", "explanation-aware KD on per-label Grad-CAM maps: none, e2kd (map similarity, "
                                        "Parchami-Araghi et al. 2024), cat (class attention transfer, Guo et al. 2023)")
     explain_weight: float = option(1.0, "weight of the explanation term")
+    explain_teacher_maps: str = option(
+        "gradcam", "the teacher's side of the explanation loss: gradcam (its Grad-CAM, as e2KD and CAT-KD do) or "
+                   "gradientshap (its GradientShap attributions area-pooled to the student's map grid: for a "
+                   "teacher whose Grad-CAM does not find the evidence; computed once, so the teacher's outputs "
+                   "must be cached: augment none, or teacher_views)")
+    explain_teacher_samples: int = option(16, "gradientshap teacher maps: random points per image")
     cat_pool: int = option(2, "CAT-KD: side of the pooled class activation maps")
     cam_layers: str = option(DEFAULT_CAM_LAYERS, "explanation losses: which layer each model's maps come from, the "
                                                  "policy explain's --cam-layers uses: auto (the deepest feature "
@@ -179,6 +185,8 @@ class DistillConfig:
         check_range("teacher_views", self.teacher_views, 0, 1000)
         check_choice("explain_loss", self.explain_loss, ("none", "e2kd", "cat"))
         check_range("explain_weight", self.explain_weight, 0.0, 1e6)
+        check_choice("explain_teacher_maps", self.explain_teacher_maps, ("gradcam", "gradientshap"))
+        check_range("explain_teacher_samples", self.explain_teacher_samples, 1, 4096)
         check_range("cat_pool", self.cat_pool, 1, 64)
         check_choice("cam_layers", self.cam_layers, LOSS_CAM_LAYER_POLICIES)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):

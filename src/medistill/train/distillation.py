@@ -124,6 +124,41 @@ class SupervisedObjective(nn.Module):
         return {"loss": hard, "hard": hard}
 
 
+@dataclass
+class AttributionMaps:
+    """The teacher's side of an explanation loss from pixel attributions instead of its Grad-CAM.
+
+    e2KD and CAT-KD match the student's Grad-CAM to the teacher's, which only teaches where to look when the
+    teacher's Grad-CAM finds the evidence. EfficientNet's does not on the phantom (every layer's pointing game is
+    at chance, its peaks on the border) while its GradientShap maps point at the lesion (``benchmarks/
+    explain_fidelity.py``). So the teacher's map of each label is its GradientShap attribution
+    (:func:`medistill.explain.attributions.attribution_maps`: absolute values summed over channels, divided by the
+    maximum), area-pooled to the student's map grid ``side``. ``background``: loaded training images ``(M, C, S,
+    S)`` at the load size, normalised (GradientShap's baselines). One map costs ``samples`` forward and backward
+    passes of the teacher, so these maps are only computed into a cache (offline KD or cached views), never per
+    step. Draws are seeded (``seed``), so a cache is reproducible.
+    """
+
+    background: torch.Tensor
+    side: int
+    samples: int = 16
+    seed: int = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, background: torch.Tensor, labels: int) -> torch.Tensor:
+        """Maps ``(B, labels, side, side)`` of ``model`` on its input ``x`` ``(B, C, H, W)``, ``background``
+        adapted to the same input."""
+        import torch.nn.functional as F
+
+        from ..explain.attributions import attribution_maps
+
+        rows = x.repeat_interleave(labels, dim=0)  # image-major: (image 0, label 0), (image 0, label 1), ...
+        maps = attribution_maps(model, rows, list(range(labels)) * len(x), method="gradientshap",
+                                background=background, n_samples=self.samples, seed=self.seed,
+                                batch_size=max(64, 4 * self.samples))  # (B * L, H, W) in [0, 1]
+        pooled = F.adaptive_avg_pool2d(torch.from_numpy(maps)[:, None], self.side)[:, 0]
+        return pooled.view(len(x), labels, self.side, self.side).to(x.device)
+
+
 class DistillationObjective(SupervisedObjective):
     """:class:`~medistill.losses.kd.KDLoss` against one or several teachers:
     ``{"loss", "hard", "soft"[, "feature"][, "explain"]}``.
@@ -132,14 +167,16 @@ class DistillationObjective(SupervisedObjective):
     :mod:`medistill.train.setup` picks them with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
     per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
-    :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). The teachers are not
+    :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). ``attribution``: the
+    teacher's maps from :class:`AttributionMaps` instead of its Grad-CAM (cached outputs only). The teachers are not
     submodules: their weights are neither trained nor saved with the student's resume state.
     """
 
     def __init__(self, kd: nn.Module, teachers: list[Teacher], load_in: InputConfig, task: Task,
                  student_input: Callable[[torch.Tensor], torch.Tensor], *, temperature: float,
                  precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
-                 channels_last: bool = False, map_layers: tuple[str | None, str | None] = (None, None)):
+                 channels_last: bool = False, map_layers: tuple[str | None, str | None] = (None, None),
+                 attribution: AttributionMaps | None = None):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
         self._teachers = list(teachers)
@@ -149,6 +186,7 @@ class DistillationObjective(SupervisedObjective):
         self.precision = precision
         self.cached = cached
         self.map_layers = map_layers
+        self.attribution = attribution
 
     @property
     def teachers(self) -> list[Teacher]:
@@ -166,9 +204,9 @@ class DistillationObjective(SupervisedObjective):
                         ) -> dict[str, torch.Tensor]:
         """The teachers' outputs on a loaded batch: ``"logits"`` ``(B, L)`` (several teachers combined at
         temperature T), and when asked the first teacher's CAM-layer ``"features"`` ``(B, C, h, w)`` and per-label
-        Grad-CAM ``"maps"`` ``(B, L, h, w)``. Runs in the teacher precision, under ``inference_mode`` unless maps
-        are needed (their gradients run through the teacher's head only); results are plain tensors the student's
-        loss can save for backward."""
+        ``"maps"`` ``(B, L, h, w)`` (Grad-CAM, or :class:`AttributionMaps` when set). Runs in the teacher precision,
+        under ``inference_mode`` unless maps are needed (Grad-CAM's gradients run through the teacher's head
+        only); results are plain tensors the student's loss can save for backward."""
         from ..losses import combine_teacher_logits, gradcam_maps
 
         out: dict[str, torch.Tensor] = {}
@@ -177,16 +215,20 @@ class DistillationObjective(SupervisedObjective):
         with grad_ctx, teacher_autocast(x_load.device, self.precision):
             for i, tch in enumerate(self._teachers):
                 xt = adapt_input(x_load, self.load_in, tch.input).contiguous(memory_format=torch.channels_last)
-                if (need_features or need_maps) and i == 0:
-                    layers = ([None] if need_features else []) + ([self.map_layers[1]] if need_maps else [])
-                    feats, lg = forward_hooked(tch.model, xt, layers,
-                                               detach=[False] * need_features + [True] * need_maps)
-                    if need_maps:
+                cam = need_maps and i == 0 and self.attribution is None
+                if (need_features and i == 0) or cam:
+                    layers = ([None] if need_features else []) + ([self.map_layers[1]] if cam else [])
+                    feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [True] * cam)
+                    if cam:
                         out["maps"] = gradcam_maps(feats[-1], lg).detach().float()
                     if need_features:
                         out["features"] = feats[0].detach().float().clone()
                 else:
                     lg = tch.model(xt)
+                if need_maps and i == 0 and self.attribution is not None:
+                    bg = adapt_input(self.attribution.background.to(xt.device), self.load_in, tch.input)
+                    with torch.autocast(xt.device.type, enabled=False):  # fp32: bf16 backward is no faster on CPU
+                        out["maps"] = self.attribution(tch.model, xt.float(), bg.float(), lg.shape[1]).float()
                 logits.append(lg.detach().float())
         if len(logits) > 1:
             out["logits"] = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task.name,

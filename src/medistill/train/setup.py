@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -27,7 +28,8 @@ from ..models import InputConfig, create_model, input_config, load_weights
 from ..task import Task, get_task
 from . import distributed as dist_utils
 from .checkpoint import unwrap
-from .distillation import DistillationObjective, SupervisedObjective, features_and_logits, resolve_precision
+from .distillation import (AttributionMaps, DistillationObjective, SupervisedObjective, features_and_logits,
+                           resolve_precision)
 from .mixing import Mixer
 from .optim import build_optimizer, build_scheduler
 from .teacher import Teacher, adapt_input, load_teacher
@@ -106,10 +108,13 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
                           feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
                           explanation_weight=cfg.distill.explain_weight).to(device)
+        s_layer, t_layer, side = _map_layers(cfg, model, teachers[0], s_in)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
-                                          channels_last=t.channels_last,
-                                          map_layers=_map_layers(cfg, model, teachers[0], s_in))
+                                          channels_last=t.channels_last, map_layers=(s_layer, t_layer),
+                                          attribution=_attribution(cfg, side, lambda: build_dataset(
+                                              cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean,
+                                                                            s_in.std, "none"), cache_dir=cache_dir)))
         mode, train_ds = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
     else:
         objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
@@ -192,21 +197,39 @@ def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
 
 
 def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig
-                ) -> tuple[str | None, str | None]:
-    """(student, teacher) layers of the explanation loss's maps, by ``distill.cam_layers`` at each model's own input
-    size: the layers ``explain`` hooks under the same policy, so the student is trained on the maps it is judged
-    by. (None, None) without an explanation loss."""
+                ) -> tuple[str | None, str | None, int]:
+    """(student layer, teacher layer, student map side) of the explanation loss's maps, by ``distill.cam_layers``
+    at each model's own input size: the layers ``explain`` hooks under the same policy, so the student is trained
+    on the maps it is judged by. (None, None, 0) without an explanation loss."""
     from ..models.cam_layers import choose_layers
 
     if cfg.distill.explain_loss == "none":
-        return None, None
+        return None, None, 0
     policy = cfg.distill.cam_layers
     student = choose_layers(model, policy, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
     t_in = teacher.input
     teach = choose_layers(teacher.model, policy, input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
-    log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
-             student.name, student.side, teach.name, teach.side, policy)
-    return student.name, teach.name
+    if cfg.distill.explain_teacher_maps == "gradientshap":
+        log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
+                 "attributions pooled to %d px (cam_layers %s)", student.name, student.side, student.side, policy)
+    else:
+        log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
+                 student.name, student.side, teach.name, teach.side, policy)
+    return student.name, teach.name, student.side
+
+
+def _attribution(cfg: RunConfig, side: int, plain_train: Callable[[], Any]) -> AttributionMaps | None:
+    """The teacher's GradientShap maps for the explanation loss (``distill.explain_teacher_maps gradientshap``):
+    16 training images (``plain_train()``: the training split loaded without augmentation), drawn with the split
+    seed, as the background. None for Grad-CAM maps."""
+    d = cfg.distill
+    if d.explain_loss == "none" or d.explain_teacher_maps != "gradientshap":
+        return None
+    train_ds = plain_train()
+    rows = sorted(np.random.default_rng(cfg.data.split_seed).choice(len(train_ds), min(16, len(train_ds)),
+                                                                     replace=False).tolist())
+    background = torch.stack([train_ds[i]["image"] for i in rows])
+    return AttributionMaps(background, side, samples=d.explain_teacher_samples, seed=cfg.data.split_seed)
 
 
 def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
@@ -250,6 +273,10 @@ def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.Ru
         log.info("offline distillation: teacher outputs cached once (%s)", run.file(runs.TEACHER_LOGITS))
         return "offline", ds
     log.info("online distillation: the teacher runs every step (%s)", reason)
+    if objective.attribution is not None:
+        raise ConfigError(f"explain_teacher_maps gradientshap: the teacher's attributions are computed once into a "
+                          f"cache, but its outputs cannot be cached here ({reason}); set data.augment none, or "
+                          f"distill.teacher_views > 0 to cache them on replayed views")
     if cb.on_message:
         cb.on_message(f"teacher runs every step: {reason}")
     return "online", train_ds
@@ -265,6 +292,10 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed, mixer=mixer)
     # the maps' layer and the mixing are part of the key only when used (older caches keep their key)
     optional = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
+    if objective.needs_maps and objective.attribution is not None:
+        att = objective.attribution
+        optional["map_layer"] = None  # the teacher's maps come from its input, not a layer
+        optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
     if ds.mixer is not None:
         optional["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
     key = views_cache_key({**optional,
@@ -272,7 +303,7 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
         "augment": cfg.data.augment, "views": views, "seed": cfg.data.split_seed, "maps": objective.needs_maps,
         "images": [str(p) for p in train_ds.data.records["path"]], "torchvision": torchvision.__version__})
-    if views == 1:
+    if views == 1 and not d.teacher_views_dir:
         path = run.file(runs.TEACHER_LOGITS)
     else:
         path = (Path(d.teacher_views_dir) if d.teacher_views_dir else run.path) / f"teacher_views-{key}.npy"
