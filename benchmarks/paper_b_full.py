@@ -217,10 +217,12 @@ def main() -> None:
 
 def schedule(a: argparse.Namespace) -> str:
     """The student schedule's key: ``e<epochs>``, with ``_px<size>`` when the students' input is not 128 px (the
-    first runs' size, whose names carry none), ``_mu<a>`` / ``_cm<a>`` (and ``_p<share>`` when not every image is
-    mixed) when the students mix."""
+    first runs' size, whose names carry none), ``_online`` for online consistent KD (``--views 0``: the teacher on
+    every batch instead of cached views), ``_mu<a>`` / ``_cm<a>`` (and ``_p<share>`` when not every image is mixed)
+    when the students mix."""
     mixed = a.mixup or a.cutmix
     return (f"e{a.student_epochs}" + (f"_px{a.image_size}" if a.image_size != 128 else "")
+            + ("_online" if not a.views else "")
             + (f"_mu{a.mixup:g}" if a.mixup else "") + (f"_cm{a.cutmix:g}" if a.cutmix else "")
             + (f"_p{a.mix_prob:g}" if mixed and a.mix_prob != 1.0 else ""))
 

@@ -15,11 +15,12 @@ def bench():
 
 
 def test_a_mixed_schedule_is_its_own_set_of_runs(bench):
-    plain = argparse.Namespace(student_epochs=20, image_size=128, mixup=0.0, cutmix=0.0, mix_prob=1.0)
-    mixed = argparse.Namespace(student_epochs=20, image_size=128, mixup=1.0, cutmix=0.0, mix_prob=1.0)
-    small = argparse.Namespace(student_epochs=20, image_size=64, mixup=0.0, cutmix=0.0, mix_prob=1.0)
+    plain = argparse.Namespace(student_epochs=20, views=8, image_size=128, mixup=0.0, cutmix=0.0, mix_prob=1.0)
+    mixed = argparse.Namespace(student_epochs=20, views=8, image_size=128, mixup=1.0, cutmix=0.0, mix_prob=1.0)
+    small = argparse.Namespace(student_epochs=20, views=8, image_size=64, mixup=0.0, cutmix=0.0, mix_prob=1.0)
     assert bench.schedule(plain) == "e20" and bench.schedule(mixed) == "e20_mu1"
     assert bench.schedule(small) == "e20_px64"  # another input size is another set of runs
+    assert bench.schedule(argparse.Namespace(**{**vars(small), "views": 0})) == "e20_px64_online"  # online KD too
 
     def row(acc):
         return {"model": "kdfmv", "accuracy": acc, "macs": 78e6, "per_class_recall": {"a": acc}}
