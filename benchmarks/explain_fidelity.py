@@ -73,6 +73,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="KD temperature of the kd / e2kd / cat students (multi-label KD matches one sigmoid per "
                         "label; T = 1 was best on the phantom's validation split: quickstart_kd_grid.md)")
+    p.add_argument("--e2kd-labels", default="all", choices=("all", "predicted"),
+                   help="the e2kd / e2kd_gs students' explained labels (distill.explain_labels); predicted runs are "
+                        "named *_pred_*")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
@@ -137,6 +140,8 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
         if variant in ("e2kd", "e2kd_gs", "cat"):
             over.update({"distill.explain_loss": variant.removesuffix("_gs"),
                          "distill.explain_weight": str(a.explain_weight)})
+            if variant != "cat":
+                over["distill.explain_labels"] = a.e2kd_labels
             if variant == "e2kd_gs":
                 over.update({"distill.explain_teacher_maps": "gradientshap",
                              "distill.teacher_views_dir": str(out.parent / "teacher_maps")})
@@ -146,9 +151,11 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
 
 
 def run_name(a: argparse.Namespace, variant: str, seed: int) -> str:
-    """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``."""
+    """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``; an e2KD
+    variant on the teacher's predicted labels only carries ``_pred``: ``e2kd_gs_pred_T1_s0``."""
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
-    return f"{variant}{t}_s{seed}"
+    pred = "_pred" if variant.startswith("e2kd") and a.e2kd_labels == "predicted" else ""
+    return f"{variant}{pred}{t}_s{seed}"
 
 
 def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: range, epochs: tuple[int, int],

@@ -92,3 +92,12 @@ def test_e2kd_gs_students_train_on_the_teachers_shared_gradientshap_maps(bench, 
     assert d.teacher_views_dir == str(base / "teacher_maps")  # one cache for every seed
     assert bench.run_cfg(a, base / "e2kd", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
                          variant="e2kd", teacher=base / "teacher").distill.explain_teacher_maps == "gradcam"
+
+
+def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
+    a = bench.parse(["--e2kd-labels", "predicted"])
+    assert bench.run_name(a, "e2kd_gs", 2) == "e2kd_gs_pred_T1_s2" and bench.run_name(a, "cat", 2) == "cat_T1_s2"
+    cfg = bench.run_cfg(a, tmp_path / "x", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=2, variant="e2kd",
+                        teacher=tmp_path / "teacher")
+    assert cfg.distill.explain_labels == "predicted"
+    assert bench.run_name(bench.parse([]), "e2kd", 0) == "e2kd_T1_s0"  # the default keeps the first runs' names

@@ -348,6 +348,21 @@ def test_golden_e2kd():
           EXP["e2kd_single_label"])
 
 
+
+def test_e2kd_predicted_only_explains_the_labels_the_teacher_predicts_present():
+    """Multi-label e2KD on the teacher's predicted labels: the golden pairs, masked to teacher logit > 0."""
+    from medistill.losses import E2KDLoss
+
+    s, t, m, lg = MAPS["student"], MAPS["teacher"], MAPS["mask"], MAPS["teacher_logits"]
+    keep = (lg > 0).to(m.dtype)
+    assert 0 < float((keep * m).sum()) < float(m.sum())  # the golden logits leave some valid labels out
+    got = E2KDLoss(predicted_only=True)(s, t, m, lg)
+    close(got, float(E2KDLoss()(s, t, m * keep)))
+    assert not torch.isclose(got, E2KDLoss()(s, t, m))
+    with pytest.raises(LossError, match="predicted_only=True\) needs teacher_logits"):
+        E2KDLoss(predicted_only=True)(s, t, m)
+
+
 @pytest.mark.parametrize("pool, name", [(2, "cat_pool2"), (1, "cat_pool1")])
 def test_golden_cat(pool, name):
     from medistill.losses import CATLoss

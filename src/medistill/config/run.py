@@ -169,6 +169,9 @@ class DistillConfig:
                    "teacher whose Grad-CAM does not find the evidence; computed once, so the teacher's outputs "
                    "must be cached: augment none, or teacher_views)")
     explain_teacher_samples: int = option(16, "gradientshap teacher maps: random points per image")
+    explain_labels: str = option("all", "e2kd on multi-label data: all (every valid label) or predicted (only the "
+                                        "labels the teacher predicts present, as e2KD explains the teacher's "
+                                        "prediction; single-label data always explains the teacher's class)")
     cat_pool: int = option(2, "CAT-KD: side of the pooled class activation maps")
     cam_layers: str = option(DEFAULT_CAM_LAYERS, "explanation losses: which layer each model's maps come from, the "
                                                  "policy explain's --cam-layers uses: auto (the deepest feature "
@@ -187,6 +190,7 @@ class DistillConfig:
         check_range("explain_weight", self.explain_weight, 0.0, 1e6)
         check_choice("explain_teacher_maps", self.explain_teacher_maps, ("gradcam", "gradientshap"))
         check_range("explain_teacher_samples", self.explain_teacher_samples, 1, 4096)
+        check_choice("explain_labels", self.explain_labels, ("all", "predicted"))
         check_range("cat_pool", self.cat_pool, 1, 64)
         check_choice("cam_layers", self.cam_layers, LOSS_CAM_LAYER_POLICIES)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):

@@ -11,7 +11,8 @@ Both losses work on class activation maps at each model's CAM layer, per label, 
 - :class:`E2KDLoss`: Parchami-Araghi et al., "Good Teachers Explain: Explanation-Enhanced Knowledge
   Distillation", ECCV 2024: ``1 - cos(ReLU(M_s), ReLU(M_t))`` of the student's and the teacher's Grad-CAM, maps
   resized to the teacher's map size; averaged over the explained (image, label) pairs: for single-label data the
-  teacher's predicted class (as in the paper), for multi-label data every valid label.
+  teacher's predicted class (as in the paper), for multi-label data every valid label, or (``predicted_only``)
+  the valid labels the teacher predicts present (logit > 0), the multi-label form of explaining its prediction.
 - :class:`CATLoss`: Guo et al., "Class Attention Transfer Based Knowledge Distillation" (CAT-KD), CVPR 2023:
   every class's activation map average-pooled to ``pool x pool``, each flattened map L2-normalised, then the mean
   squared difference between student and teacher; averaged over valid (image, label) pairs.
@@ -60,13 +61,15 @@ class E2KDLoss(nn.Module):
     """e2KD's explanation term: ``1 - cosine(ReLU(M_s), ReLU(M_t))`` per explained (image, label), masked mean.
 
     ``forward(student_maps, teacher_maps, mask, teacher_logits=None)``: with ``single_label=True`` only the
-    teacher's predicted class of each image is explained (``teacher_logits`` ``(B, L)`` required); pairs whose
-    teacher map is all zero (nothing to match) are left out.
+    teacher's predicted class of each image is explained (``teacher_logits`` ``(B, L)`` required); with
+    ``predicted_only=True`` (multi-label) only the labels whose teacher logit is above 0; pairs whose teacher map
+    is all zero (nothing to match) are left out.
     """
 
-    def __init__(self, single_label: bool = False):
+    def __init__(self, single_label: bool = False, predicted_only: bool = False):
         super().__init__()
         self.single_label = single_label
+        self.predicted_only = predicted_only
 
     def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor, mask: torch.Tensor | None = None,
                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,6 +78,10 @@ class E2KDLoss(nn.Module):
             if teacher_logits is None:
                 raise LossError("E2KDLoss(single_label=True) needs teacher_logits (B, L) to pick the explained class")
             m = m * F.one_hot(teacher_logits.argmax(dim=1), m.shape[1]).to(m.dtype)
+        elif self.predicted_only:
+            if teacher_logits is None:
+                raise LossError("E2KDLoss(predicted_only=True) needs teacher_logits (B, L) to pick the labels")
+            m = m * (teacher_logits.detach() > 0).to(m.dtype)
         s = F.relu(student_maps.float())
         t = F.relu(teacher_maps.detach().float())
         if s.shape[-2:] != t.shape[-2:]:

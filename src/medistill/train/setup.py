@@ -190,7 +190,7 @@ def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
     from ..losses import CATLoss, E2KDLoss
 
     if cfg.distill.explain_loss == "e2kd":
-        return E2KDLoss(single_label=not task.multilabel)
+        return E2KDLoss(single_label=not task.multilabel, predicted_only=cfg.distill.explain_labels == "predicted")
     if cfg.distill.explain_loss == "cat":
         return CATLoss(cfg.distill.cat_pool)
     return None
