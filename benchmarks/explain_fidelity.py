@@ -12,7 +12,8 @@ resumed; an explanation whose ``explain.json`` exists is reused, so re-running c
    (hard labels), ``kd`` (KD-FMV soft targets), ``e2kd`` (KD + e2KD's Grad-CAM similarity term), ``e2kd_gs``
    (the same term against the teacher's GradientShap maps pooled to the student's grid,
    ``distill.explain_teacher_maps gradientshap``: for a teacher whose Grad-CAM does not localise; the maps are
-   computed once and shared by the seeds) and ``cat`` (KD + CAT-KD's class attention transfer); students use no
+   computed once and shared by the seeds), each also as ``*_pred`` (``--e2kd-labels``: only the labels the
+   teacher predicts present are explained) and ``cat`` (KD + CAT-KD's class attention transfer); students use no
    augmentation, so the teacher's logits and maps are cached once (offline KD);
 3. every model explained on ``--explain-images`` test images with ``medistill explain`` (Grad-CAM,
    ``--labels truth``: the ground-truth positive labels, as localisation studies do), the students beside the
@@ -31,7 +32,7 @@ Results: ``benchmarks/results/explain_fidelity.json``::
         "cam_layers": {POLICY: {...}}, "by_method": {METHOD: {"models": {NAME: {...}}}}, "targets": {...}},
      "nih_boxes": {... the same shape, one seed ...}}
 
-with NAME among teacher, nokd, kd, e2kd, e2kd_gs, cat (means over seeds); the Markdown beside it has the commands, the
+with NAME among teacher, nokd, kd, e2kd, e2kd_gs, e2kd_pred, e2kd_gs_pred, cat (means over seeds); the Markdown beside it has the commands, the
 machine and whether it was shared. Both are rewritten after every step, so a partial benchmark leaves its numbers.
 """
 
@@ -51,8 +52,19 @@ from medistill.cam_policy import LOSS_CAM_LAYER_POLICIES  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NIH = DATA / "nih-chestxray14-sample"
-VARIANTS = ("nokd", "kd", "e2kd", "e2kd_gs", "cat")
-NAMES = ("teacher", *VARIANTS)
+VARIANTS = ("nokd", "kd", "e2kd", "e2kd_gs", "cat")  # + e2kd_pred, e2kd_gs_pred with --e2kd-labels predicted
+
+
+def variants(a: argparse.Namespace) -> list[str]:
+    """The students trained: every variant, the e2KD ones once per ``--e2kd-labels`` choice (``_pred``: only the
+    labels the teacher predicts present)."""
+    labels = a.e2kd_labels.split(",")
+    out = [v for v in VARIANTS if not v.startswith("e2kd") or "all" in labels]
+    return out + ([f"{v}_pred" for v in VARIANTS if v.startswith("e2kd")] if "predicted" in labels else [])
+
+
+def names(a: argparse.Namespace) -> list[str]:
+    return ["teacher", *variants(a)]
 POLICIES = ("model", "auto", "fuse")
 
 
@@ -73,9 +85,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="KD temperature of the kd / e2kd / cat students (multi-label KD matches one sigmoid per "
                         "label; T = 1 was best on the phantom's validation split: quickstart_kd_grid.md)")
-    p.add_argument("--e2kd-labels", default="all", choices=("all", "predicted"),
-                   help="the e2kd / e2kd_gs students' explained labels (distill.explain_labels); predicted runs are "
-                        "named *_pred_*")
+    p.add_argument("--e2kd-labels", default="all,predicted",
+                   help="comma-separated: the e2kd / e2kd_gs students' explained labels (distill.explain_labels): "
+                        "all, and / or predicted (students e2kd_pred, e2kd_gs_pred)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
@@ -137,12 +149,13 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
         over["data.augment"] = "none"
         if variant != "nokd":
             over.update({"distill.teacher": str(teacher), "distill.temperature": str(a.temperature)})
-        if variant in ("e2kd", "e2kd_gs", "cat"):
-            over.update({"distill.explain_loss": variant.removesuffix("_gs"),
+        kind = variant.removesuffix("_pred")
+        if kind in ("e2kd", "e2kd_gs", "cat"):
+            over.update({"distill.explain_loss": kind.removesuffix("_gs"),
                          "distill.explain_weight": str(a.explain_weight)})
-            if variant != "cat":
-                over["distill.explain_labels"] = a.e2kd_labels
-            if variant == "e2kd_gs":
+            if variant.endswith("_pred"):
+                over["distill.explain_labels"] = "predicted"
+            if kind == "e2kd_gs":
                 over.update({"distill.explain_teacher_maps": "gradientshap",
                              "distill.teacher_views_dir": str(out.parent / "teacher_maps")})
             if a.cam_layers in LOSS_CAM_LAYER_POLICIES:  # train on the maps the table scores
@@ -151,11 +164,10 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
 
 
 def run_name(a: argparse.Namespace, variant: str, seed: int) -> str:
-    """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``; an e2KD
-    variant on the teacher's predicted labels only carries ``_pred``: ``e2kd_gs_pred_T1_s0``."""
+    """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``,
+    ``e2kd_gs_pred_T1_s0``."""
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
-    pred = "_pred" if variant.startswith("e2kd") and a.e2kd_labels == "predicted" else ""
-    return f"{variant}{pred}{t}_s{seed}"
+    return f"{variant}{t}_s{seed}"
 
 
 def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: range, epochs: tuple[int, int],
@@ -165,9 +177,9 @@ def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: ran
     base = Path(a.runs) / part
     teacher = base / "teacher"
     dirs: dict[str, list[Path]] = {"teacher": [teacher]}
-    for v in VARIANTS:
+    for v in variants(a):
         dirs[v] = [base / run_name(a, v, s) for s in range(max(seeds) + 1)]
-    jobs = [("teacher", 0, teacher)] + [(v, s, base / run_name(a, v, s)) for s in seeds for v in VARIANTS]
+    jobs = [("teacher", 0, teacher)] + [(v, s, base / run_name(a, v, s)) for s in seeds for v in variants(a)]
     for name, seed, out in jobs:
         print(f"[{time.strftime('%H:%M:%S')}] {part}: train {out.name}", flush=True)
         r = B.train_and_evaluate(run_cfg(a, out, data=data, model=a.teacher if name == "teacher" else a.student,
@@ -255,7 +267,7 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
     base = Path(a.runs) / part / "explain"
     teacher = dirs["teacher"][0]
     models: dict[str, Any] = {}
-    for name in NAMES:
+    for name in names(a):
         rows = []
         for run in dirs.get(name, []):
             if not B.is_done(run):
@@ -285,7 +297,7 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         # every model again with another method: its own maps, no teacher beside it (the Spearman column is
         # Grad-CAM's), with the randomisation check
         rows_by: dict[str, Any] = {}
-        for name in NAMES:
+        for name in names(a):
             rows = []
             for run in dirs.get(name, []):
                 if B.is_done(run):
@@ -336,7 +348,7 @@ def targets_of(m: dict[str, Any], chance: float) -> dict[str, Any]:
         out["every_label_ge_3x_chance"] = {"worst_ratio": worst[0], "worst_label": worst[1], "met": worst[0] >= 3}
         out["randomised_le_2x_chance"] = {"value": t.get("randomised_pointing_game"), "chance": chance,
                                           "met": (t.get("randomised_pointing_game") or 1) <= 2 * chance}
-    for name in ("e2kd", "e2kd_gs"):  # e2KD on the teacher's Grad-CAM, and on its GradientShap maps
+    for name in [n for n in m if n.startswith("e2kd")]:  # on the teacher's Grad-CAM or GradientShap maps, labels
         e2, sfx = m.get(name), "" if name == "e2kd" else f" [{name}]"
         if not (t and kd and e2):
             continue

@@ -95,9 +95,13 @@ def test_e2kd_gs_students_train_on_the_teachers_shared_gradientshap_maps(bench, 
 
 
 def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
-    a = bench.parse(["--e2kd-labels", "predicted"])
-    assert bench.run_name(a, "e2kd_gs", 2) == "e2kd_gs_pred_T1_s2" and bench.run_name(a, "cat", 2) == "cat_T1_s2"
-    cfg = bench.run_cfg(a, tmp_path / "x", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=2, variant="e2kd",
-                        teacher=tmp_path / "teacher")
-    assert cfg.distill.explain_labels == "predicted"
-    assert bench.run_name(bench.parse([]), "e2kd", 0) == "e2kd_T1_s0"  # the default keeps the first runs' names
+    a = bench.parse([])
+    assert bench.variants(a) == ["nokd", "kd", "e2kd", "e2kd_gs", "cat", "e2kd_pred", "e2kd_gs_pred"]
+    assert bench.variants(bench.parse(["--e2kd-labels", "all"]))[-1] == "cat"
+    assert bench.run_name(a, "e2kd_gs_pred", 2) == "e2kd_gs_pred_T1_s2" and bench.run_name(a, "e2kd", 0) == "e2kd_T1_s0"
+    cfg = bench.run_cfg(a, tmp_path / "x", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=2,
+                        variant="e2kd_gs_pred", teacher=tmp_path / "teacher")
+    d = cfg.distill
+    assert (d.explain_loss, d.explain_teacher_maps, d.explain_labels) == ("e2kd", "gradientshap", "predicted")
+    assert bench.run_cfg(a, tmp_path / "y", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0, variant="e2kd",
+                         teacher=tmp_path / "teacher").distill.explain_labels == "all"
