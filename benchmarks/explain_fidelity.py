@@ -88,6 +88,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2kd-labels", default="all,predicted",
                    help="comma-separated: the e2kd / e2kd_gs students' explained labels (distill.explain_labels): "
                         "all, and / or predicted (students e2kd_pred, e2kd_gs_pred)")
+    p.add_argument("--weight-sweep", default="0.1,0.3,1",
+                   help="explanation weights tried for e2kd_gs_pred on seed 0 (the trade-off of localisation "
+                        "against macro AUC; the validation AUC beside each)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
@@ -190,6 +193,29 @@ def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: ran
                                                                        "epoch_seconds")}
         save()
     return dirs
+
+
+def weight_sweep(a: argparse.Namespace, part: str, data: dict[str, str], res: dict[str, Any], save) -> None:
+    """e2kd_gs_pred on seed 0 at each ``--weight-sweep`` weight (the main table's weight is ``--explain-weight``):
+    validation and test macro AUC, Grad-CAM pointing game per label, strict and tolerant."""
+    import copy
+
+    base = Path(a.runs) / part
+    for w in [float(v) for v in a.weight_sweep.split(",") if v]:
+        aw = copy.copy(a)
+        aw.explain_weight = w
+        name = run_name(a, "e2kd_gs_pred", 0)
+        out = base / name if w == a.explain_weight else base / f"{name}_w{w:g}"
+        r = B.train_and_evaluate(run_cfg(aw, out, data=data, model=a.student, epochs=a.student_epochs, seed=0,
+                                         variant="e2kd_gs_pred", teacher=base / "teacher"), n_bootstrap=50)
+        s = explain(out, base / "explain" / f"{out.name}_{a.cam_layers}", teacher=None, limit=a.explain_images,
+                    cam_layers=a.cam_layers, sanity=False, faithfulness=False)
+        row = with_label_means(scores_of(s, r.get("macro_auc")))
+        res.setdefault("e2kd_weight_sweep", {})[f"{w:g}"] = {
+            "val_macro_auc": B.runs.RunDir(out).info().get("best_val_macro_auc"), "macro_auc": row["macro_auc"],
+            "pointing_game_label_mean": row["pointing_game_label_mean"],
+            "pointing_game_tolerant_label_mean": row["pointing_game_tolerant_label_mean"], "command": r.get("command")}
+        save()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -463,6 +489,14 @@ def markdown(allres: dict[str, Any]) -> str:
                       "Per label, strict / tolerant: " + ", ".join(
                           f"{lab} {fmt(d.get('pointing_game'), 2)} / {fmt(d.get('pointing_game_tolerant'), 2)}"
                           for lab, d in sorted(r["per_label"].items())) + "."]
+        if res.get("e2kd_weight_sweep"):
+            lines += ["", "e2KD on the teacher's GradientShap maps and predicted labels (`e2kd_gs_pred`), seed 0, by "
+                          "the explanation term's weight (Grad-CAM pointing game on the test maps):", "",
+                      "| weight | validation macro AUC | test macro AUC | PG / label | PG tol. / label |",
+                      "|---|---|---|---|---|"]
+            for w, r in sorted(res["e2kd_weight_sweep"].items(), key=lambda kv: float(kv[0])):
+                lines.append(f"| {w} | {fmt(r['val_macro_auc'])} | {fmt(r['macro_auc'])} | "
+                             f"{fmt(r['pointing_game_label_mean'])} | {fmt(r['pointing_game_tolerant_label_mean'])} |")
         if res.get("targets"):
             lines += ["", "Targets (issue 13):", ""]
             for name, t in res["targets"].items():
@@ -520,6 +554,8 @@ def main(argv: list[str] | None = None) -> None:
                          save)
         if a.stage != "train":
             explain_part(a, part, dirs, phantom, save, limit=a.explain_images, policies=POLICIES if seed == 0 else ())
+    if a.stage != "train":
+        weight_sweep(a, part, pdata, phantom, save)
     if not a.nih or not NIH.is_dir():
         return
     nih.update(image_size=a.image_size, what="NIH ChestX-ray14 sample (621 images, 14 findings), truth = the "

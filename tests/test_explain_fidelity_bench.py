@@ -105,3 +105,11 @@ def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
     assert (d.explain_loss, d.explain_teacher_maps, d.explain_labels) == ("e2kd", "gradientshap", "predicted")
     assert bench.run_cfg(a, tmp_path / "y", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0, variant="e2kd",
                          teacher=tmp_path / "teacher").distill.explain_labels == "all"
+
+
+def test_the_weight_sweep_is_tabled_by_weight(bench):
+    row = {"val_macro_auc": 0.93, "macro_auc": 0.92, "pointing_game_label_mean": 0.4,
+           "pointing_game_tolerant_label_mean": 0.7}
+    md = bench.markdown({"phantom": {"image_size": 128, "e2kd_weight_sweep": {
+        "1": {**row, "val_macro_auc": 0.82}, "0.1": row}}})
+    assert md.index("| 0.1 | 0.930 | 0.920 | 0.400 | 0.700 |") < md.index("| 1 | 0.820 |")
