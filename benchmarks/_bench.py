@@ -93,7 +93,13 @@ def train_and_evaluate(cfg: RunConfig, *, split: str = "test", n_bootstrap: int 
     if not run.info().get("finished"):
         resume = run.file(runs.STATE_FILE).is_file()
         if not resume and out.exists():
-            shutil.rmtree(out)  # a run that crashed before its first epoch: start again
+            # a run that crashed before its first epoch: start again, clearing it under its lock, so that a run
+            # another process is training (locked, no checkpoint yet) raises RunLockedError instead of being
+            # deleted under it; run.lock itself stays (removing it would let two processes lock two files)
+            with run.lock():
+                for p in out.iterdir():
+                    if p.name != runs.LOCK_FILE:
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
         run_training(cfg, resume=resume)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()

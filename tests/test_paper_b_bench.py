@@ -38,3 +38,23 @@ def test_a_mixed_schedule_is_its_own_set_of_runs(bench):
     assert out["schedules"]["e20"]["students"]["kdfmv"]["nokd"] == [0.93]  # the mixed runs stay out of e20
     assert out["students"]["kdfmv"]["kd"] == [0.91] and out["students"]["kdfmv"]["nokd"] == [0.88]
     assert out["teacher"]["accuracy"] == 0.957
+
+
+def test_a_run_another_process_is_starting_is_left_to_it(tmp_path):
+    """A run folder without a checkpoint is cleared for a fresh start only under its lock: while another process
+    holds the lock (training, before its first epoch ends), train_and_evaluate raises RunLockedError and deletes
+    nothing (it used to remove the folder, lock file included, so two processes trained into it at once)."""
+    from medistill import runs
+    from medistill.config import RunConfig, build
+    from medistill.runs import RunLockedError
+
+    helpers = load_benchmark("_bench")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").write_text("the other process's first lines\n")
+    cfg = build(RunConfig, overrides={"out": str(out), "data.dataset": "phantom", "data.root": str(tmp_path)})
+    with runs.RunDir(out).lock():
+        with pytest.raises(RunLockedError):
+            helpers.train_and_evaluate(cfg)
+    assert (out / "log.txt").read_text() == "the other process's first lines\n"
+    assert (out / runs.LOCK_FILE).is_file()
