@@ -406,6 +406,13 @@ def fmt(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def numbered_table(intro: str, header: str, rows: dict[str, Any], row) -> list[str]:
+    """An intro line and a Markdown table of ``header``'s columns, one ``row(key, record)`` per item of ``rows``,
+    in the numeric order of the keys (sample counts, weights)."""
+    return (["", intro, "", header, "|" + "---|" * (header.count("|") - 1)]
+            + [row(k, r) for k, r in sorted(rows.items(), key=lambda kv: float(kv[0]))])
+
+
 def markdown(allres: dict[str, Any]) -> str:
     lines = ["# Explanation fidelity: do the maps find the lesion?", "",
              f"Reproduce: `{allres.get('command', '')}`", "",
@@ -476,12 +483,12 @@ def markdown(allres: dict[str, Any]) -> str:
                     f"{fmt(r['per_label'].get(lab, {}).get('pointing_game'), 2)} / "
                     f"{fmt(r['per_label'].get(lab, {}).get('pointing_game_tolerant'), 2)}" for r in ms.values()) + " |")
         if res.get("gradientshap_samples"):
-            lines += ["", "The teacher's GradientShap maps against the number of random points per image (the "
-                          "estimator's convergence; same images and labels):", "",
-                      "| points | PG | PG / label | PG tol. / label | energy in | seconds / image |",
-                      "|---|---|---|---|---|---|"]
-            for n, r in sorted(res["gradientshap_samples"].items(), key=lambda kv: int(kv[0])):
-                lines.append(f"| {n} | {fmt(r['pointing_game'])} | {fmt(r.get('pointing_game_label_mean'))} | "
+            lines += numbered_table(
+                "The teacher's GradientShap maps against the number of random points per image (the estimator's "
+                "convergence; same images and labels):",
+                "| points | PG | PG / label | PG tol. / label | energy in | seconds / image |",
+                res["gradientshap_samples"],
+                lambda n, r: f"| {n} | {fmt(r['pointing_game'])} | {fmt(r.get('pointing_game_label_mean'))} | "
                              f"{fmt(r.get('pointing_game_tolerant_label_mean'))} | {fmt(r['energy_inside'])} | "
                              f"{fmt(r.get('seconds_per_image'), 2)} |")
         if res.get("teacher_occlusion"):
@@ -498,12 +505,12 @@ def markdown(allres: dict[str, Any]) -> str:
                           f"{lab} {fmt(d.get('pointing_game'), 2)} / {fmt(d.get('pointing_game_tolerant'), 2)}"
                           for lab, d in sorted(r["per_label"].items())) + "."]
         if res.get("e2kd_weight_sweep"):
-            lines += ["", "e2KD on the teacher's GradientShap maps and predicted labels (`e2kd_gs_pred`), seed 0, by "
-                          "the explanation term's weight (Grad-CAM pointing game on the test maps):", "",
-                      "| weight | validation macro AUC | test macro AUC | PG / label | PG tol. / label |",
-                      "|---|---|---|---|---|"]
-            for w, r in sorted(res["e2kd_weight_sweep"].items(), key=lambda kv: float(kv[0])):
-                lines.append(f"| {w} | {fmt(r['val_macro_auc'])} | {fmt(r['macro_auc'])} | "
+            lines += numbered_table(
+                "e2KD on the teacher's GradientShap maps and predicted labels (`e2kd_gs_pred`), seed 0, by the "
+                "explanation term's weight (Grad-CAM pointing game on the test maps):",
+                "| weight | validation macro AUC | test macro AUC | PG / label | PG tol. / label |",
+                res["e2kd_weight_sweep"],
+                lambda w, r: f"| {w} | {fmt(r['val_macro_auc'])} | {fmt(r['macro_auc'])} | "
                              f"{fmt(r['pointing_game_label_mean'])} | {fmt(r['pointing_game_tolerant_label_mean'])} |")
         if res.get("targets"):
             lines += ["", "Targets (issue 13):", ""]
