@@ -32,8 +32,8 @@ Results: ``benchmarks/results/explain_fidelity.json``::
         "cam_layers": {POLICY: {...}}, "by_method": {METHOD: {"models": {NAME: {...}}}}, "targets": {...}},
      "nih_boxes": {... the same shape, one seed ...}}
 
-with NAME among teacher, nokd, kd, e2kd, e2kd_gs, e2kd_pred, e2kd_gs_pred, cat (means over seeds); the Markdown beside it has the commands, the
-machine and whether it was shared. Both are rewritten after every step, so a partial benchmark leaves its numbers.
+with NAME among teacher, nokd, kd, e2kd, e2kd_gs, e2kd_pred, e2kd_gs_pred, cat (means over seeds); the Markdown
+beside it has the commands, the machine and whether it was shared. Both are rewritten after every step, so a partial benchmark leaves its numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from medistill.cam_policy import LOSS_CAM_LAYER_POLICIES  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NIH = DATA / "nih-chestxray14-sample"
 VARIANTS = ("nokd", "kd", "e2kd", "e2kd_gs", "cat")  # + e2kd_pred, e2kd_gs_pred with --e2kd-labels predicted
+POLICIES = ("model", "auto", "fuse")
 
 
 def variants(a: argparse.Namespace) -> list[str]:
@@ -65,7 +66,6 @@ def variants(a: argparse.Namespace) -> list[str]:
 
 def names(a: argparse.Namespace) -> list[str]:
     return ["teacher", *variants(a)]
-POLICIES = ("model", "auto", "fuse")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -209,8 +209,8 @@ def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: ran
 
 
 def weight_sweep(a: argparse.Namespace, part: str, data: dict[str, str], res: dict[str, Any], save) -> None:
-    """e2kd_gs_pred on seed 0 at each ``--weight-sweep`` weight (the main table's weight is ``--explain-weight``):
-    validation and test macro AUC, Grad-CAM pointing game per label, strict and tolerant."""
+    """e2kd_gs_pred on seed 0 at each ``--weight-sweep`` weight (the main table's is ``--e2kd-gs-weight``, chosen
+    from this sweep): validation and test macro AUC, Grad-CAM pointing game per label, strict and tolerant."""
     base = Path(a.runs) / part
     for w in [float(v) for v in a.weight_sweep.split(",") if v]:
         out = base / run_name(a, "e2kd_gs_pred", 0, weight=w)

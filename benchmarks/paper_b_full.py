@@ -194,7 +194,8 @@ def main() -> None:
                 record(name, cfg)
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
-    sched.update(student_epochs=a.student_epochs, image_size=a.image_size, mixup=a.mixup, cutmix=a.cutmix, mix_prob=a.mix_prob, views=a.views,
+    sched.update(student_epochs=a.student_epochs, image_size=a.image_size, mixup=a.mixup, cutmix=a.cutmix,
+                 mix_prob=a.mix_prob, views=a.views,
                  command=re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule, not one process's part
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
                                  "by": f"best validation accuracy of {first}, seed 0, over {a.grid}" if len(grid) > 1

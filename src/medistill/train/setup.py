@@ -200,21 +200,22 @@ def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputC
                 ) -> tuple[str | None, str | None, int]:
     """(student layer, teacher layer, student map side) of the explanation loss's maps, by ``distill.cam_layers``
     at each model's own input size: the layers ``explain`` hooks under the same policy, so the student is trained
-    on the maps it is judged by. (None, None, 0) without an explanation loss."""
+    on the maps it is judged by. The teacher layer is None for GradientShap teacher maps; (None, None, 0) without
+    an explanation loss."""
     from ..models.cam_layers import choose_layers
 
     if cfg.distill.explain_loss == "none":
         return None, None, 0
     policy = cfg.distill.cam_layers
     student = choose_layers(model, policy, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
-    t_in = teacher.input
-    teach = choose_layers(teacher.model, policy, input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
-    if cfg.distill.explain_teacher_maps == "gradientshap":
+    if cfg.distill.explain_teacher_maps == "gradientshap":  # the teacher's maps come from its input, not a layer
         log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
                  "attributions pooled to %d px (cam_layers %s)", student.name, student.side, student.side, policy)
-    else:
-        log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
-                 student.name, student.side, teach.name, teach.side, policy)
+        return student.name, None, student.side
+    t_in = teacher.input
+    teach = choose_layers(teacher.model, policy, input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
+    log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
+             student.name, student.side, teach.name, teach.side, policy)
     return student.name, teach.name, student.side
 
 
@@ -294,7 +295,6 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     optional = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
     if objective.needs_maps and objective.attribution is not None:
         att = objective.attribution
-        optional["map_layer"] = None  # the teacher's maps come from its input, not a layer
         optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
     if ds.mixer is not None:
         optional["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
