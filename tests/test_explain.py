@@ -293,6 +293,30 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     assert all((out / f).is_file() for f in summary["feature_map_grids"])
 
 
+def test_teacher_method_explains_the_teacher_with_another_method(run_dirs, phantom_root, tmp_path):
+    """--teacher-method: the student's Grad-CAM beside the teacher's GradientShap maps. The teacher's side must be
+    exactly what explaining the teacher alone with GradientShap gives (same images, background and seed)."""
+    from medistill.cli import main
+
+    student, teacher = run_dirs
+    common = ["--dataset", "phantom", "--root", str(phantom_root), "--split", "test", "--limit", "6", "--with-truth",
+              "--labels", "truth", "--no-faithfulness", "--feature-grid", "0", "--overlays", "0", "--n-samples", "2",
+              "--background", "4"]
+    assert main(["explain", str(student), *common, "--method", "gradcam", "--teacher-method", "shap",
+                 "--out", str(tmp_path / "mixed")]) == 0
+    # the teacher's own input is 128 px; its maps are drawn at the student's size beside the student
+    assert main(["explain", str(teacher), *common, "--method", "gradientshap", "--size", str(SIZE),
+                 "--out", str(tmp_path / "alone")]) == 0
+    mixed = json.loads((tmp_path / "mixed" / "explain.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "explain.json").read_text())
+    assert mixed["method"] == "gradcam" and mixed["teacher"]["method"] == "gradientshap"
+    assert not mixed["cam_layers"]["teacher"] and mixed["cam_layers"]["student"]  # no layer for GradientShap
+    for key in ("pointing_game", "energy_inside", "iou"):
+        assert mixed["teacher"][key] == pytest.approx(alone[key]), key
+    assert mixed["energy_inside"] != pytest.approx(alone["energy_inside"])  # the student's side is Grad-CAM's
+    assert -1.0 <= mixed["agreement_spearman"] <= 1.0
+
+
 def test_cli_explain_images_labels_and_errors(run_dirs, phantom_root, tmp_path, capsys):
     from medistill.cli import main
 

@@ -82,6 +82,25 @@ def test_other_methods_get_their_own_targets_and_table(bench):
     assert "| 16 | 0.900 |" in md
 
 
+def test_e2kd_gs_students_are_held_to_the_teachers_gradientshap_maps(bench):
+    """A student taught the teacher's GradientShap maps is also scored against them: the teacher's pointing game
+    with those maps, and the Spearman of the student's Grad-CAM to them."""
+    def model(pg, auc, **extra):
+        return {**bench.with_label_means(bench.mean_rows([bench.scores_of(summary(pg), auc)])), **extra}
+
+    gradcam = {"teacher": model(0.1, 0.95), "kd": model(0.3, 0.90),
+               "e2kd_gs_pred": model(0.6, 0.89, spearman_to_teacher_gradientshap=0.65)}
+    shap = {"teacher": model(0.8, 0.95)}  # label means: (0.5 + pg) / 2
+    t = bench.targets({"chance": 0.07, "models": gradcam, "by_method": {"gradientshap": {"models": shap}}})
+    assert t["e2kd_pg_ge_teacher_gradientshap_minus_0.05 [e2kd_gs_pred]"] == {
+        "e2kd": pytest.approx(0.55), "teacher_gradientshap": pytest.approx(0.65), "met": False}
+    assert t["e2kd_spearman_to_teacher_gradientshap_ge_0.6 [e2kd_gs_pred]"] == {"value": 0.65, "met": True}
+    assert t["e2kd_pg_ge_teacher_minus_0.05 [e2kd_gs_pred]"]["met"]  # the teacher's Grad-CAM: 0.3
+    assert not any("teacher_gradientshap" in k and "[e2kd_gs_pred]" not in k for k in t)  # only e2kd_gs students
+    md = bench.markdown({"phantom": {"image_size": 128, "models": gradcam, "targets": t}})
+    assert "Spearman to teacher GS" in md and "| 0.650 |" in md
+
+
 def test_e2kd_gs_students_train_on_the_teachers_shared_gradientshap_maps(bench, tmp_path):
     a = bench.parse(["--threads", "1"])
     base = tmp_path / "phantom"

@@ -24,6 +24,10 @@ class ExplainOptions:
     method: str = option("gradcam", "gradcam, gradcam++, hirescam, eigencam, layercam (pytorch-grad-cam); "
                                     "integrated_gradients (ig), gradientshap (shap), occlusion (captum); fmv (KD-FMV average "
                                     "feature map of the last stage)")
+    teacher_method: str | None = option(None, "the teacher's maps with another method than the student's (e.g. "
+                                              "gradientshap: the maps distill.explain_teacher_maps gradientshap "
+                                              "taught the student to match), so that the agreement scores compare "
+                                              "the student with those; None = method")
     labels: list[str] | None = option(None, "labels to explain on every image; 'truth' = each image's ground-truth "
                                             "positive labels (a dataset split; as localisation studies do); None = "
                                             "the predicted positive ones, else the top_k (single-label: the "
@@ -54,6 +58,8 @@ class ExplainOptions:
 
     def validate(self) -> None:
         self.method = canonical_method(self.method)
+        if self.teacher_method is not None:
+            self.teacher_method = canonical_method(self.teacher_method)
         if self.cam_layers not in CAM_LAYER_POLICIES:
             raise ExplainError(f"cam_layers: got {self.cam_layers!r}, expected one of {', '.join(CAM_LAYER_POLICIES)}")
         if self.labels and TRUTH_LABELS in self.labels and len(self.labels) > 1:
@@ -66,6 +72,12 @@ class ExplainOptions:
                 raise ExplainError(f"{name}: got {getattr(self, name)}, expected 0 or more")
         if self.size is not None and not 8 <= self.size <= 2048:
             raise ExplainError(f"size: got {self.size}, expected 8..2048 pixels")
+
+    def for_side(self, name: str) -> ExplainOptions:
+        """The options side ``name`` (student, teacher) is explained with: the teacher's method may differ."""
+        if name == "teacher" and self.teacher_method not in (None, self.method):
+            return dataclasses.replace(self, method=self.teacher_method)
+        return self
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ e.g. Grad-CAM's ReLU of a label scored low; they score chance); for CAMs ``cam_l
 hooked); with
 ``options.faithfulness`` ``deletion_auc`` and ``insertion_auc``; with a teacher ``agreement_spearman`` and
 ``agreement_top15_iou`` (means over maps), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
-scores; with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
+scores and ``method`` (``options.teacher_method`` when given: the student's maps compared with another method's); with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
 """
 
 from __future__ import annotations
@@ -125,13 +125,15 @@ def gradientshap_backgrounds(run_dir: Path, data: DataConfig | None, sides: list
                              options: ExplainOptions) -> dict[str, torch.Tensor | None]:
     """Per side, GradientShap's background (M, C, S, S): ``options.background`` training images (seeded) of
     ``data`` when given, else of the run's own data, preprocessed for that side; None for the other methods."""
-    if options.method != "gradientshap":
+    shap = {s.name for s in sides if options.for_side(s.name).method == "gradientshap"}
+    if not shap:
         return {s.name: None for s in sides}
     student = sides[0].record
     train = (other_split(dataclasses.replace(data, limit=None), "train") if data is not None
              else run_split(run_dir, "train", None, student))
     rows = background(train, student, options.background, options.seed)
-    return {s.name: model_inputs(s.record, dataset=train, rows=rows) for s in sides}
+    return {s.name: model_inputs(s.record, dataset=train, rows=rows) if s.name in shap else None
+            for s in sides}
 
 
 def explain_sides(student: Explained, teacher: Explained | None, pairs: list[Pair], options: ExplainOptions,
@@ -145,7 +147,8 @@ def explain_sides(student: Explained, teacher: Explained | None, pairs: list[Pai
     missing = sorted({name for _, name in pairs if name not in teacher.labels})
     if missing:
         log.warning("the teacher has no label(s) %s: those maps have no teacher side", missing)
-    compute_maps(teacher, [pairs[p] for p in teacher_pairs], options, size, backgrounds["teacher"], progress)
+    compute_maps(teacher, [pairs[p] for p in teacher_pairs], options.for_side("teacher"), size, backgrounds["teacher"],
+                 progress)
     return teacher_pairs
 
 

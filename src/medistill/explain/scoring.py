@@ -130,7 +130,8 @@ def summarise(student: Explained, teacher: Explained | None, teacher_pairs: list
         tacc = ScoreAccumulator()
         for s in teacher_scores:
             tacc.update(s)
-        summary["teacher"] = {"run": teacher.run, "model": teacher.record.get("model"), "maps": len(teacher_pairs),
+        summary["teacher"] = {"run": teacher.run, "model": teacher.record.get("model"),
+                              "method": options.for_side("teacher").method, "maps": len(teacher_pairs),
                               **tacc.aggregate()}
     summary["per_label"] = per_label(pairs, student_scores)
     return summary
