@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as B  # noqa: E402
 from medistill.cam_policy import LOSS_CAM_LAYER_POLICIES  # noqa: E402
+from medistill.config import DistillConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NIH = DATA / "nih-chestxray14-sample"
@@ -104,6 +105,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-sweep", default="16,32,64,128",
                    help="the teacher's GradientShap pointing game at each of these sample counts (convergence of "
                         "the estimator; '' = skip)")
+    p.add_argument("--teacher-gs-agreement", action=argparse.BooleanOptionalAction, default=True,
+                   help="also each student's Grad-CAM Spearman to the teacher's GradientShap maps (explain "
+                        "--teacher-method gradientshap)")
     p.add_argument("--nih", action=argparse.BooleanOptionalAction, default=True, help="also the NIH boxes part")
     p.add_argument("--nih-epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -232,7 +236,7 @@ def weight_sweep(a: argparse.Namespace, part: str, data: dict[str, str], res: di
 
 def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layers: str, sanity: bool,
             data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam",
-            n_samples: int = 16) -> dict[str, Any]:
+            n_samples: int = 16, teacher_method: str | None = None) -> dict[str, Any]:
     from medistill.explain.options import ExplainOptions
     from medistill.explain.runner import explain_run
     from medistill.utils.io import read_json
@@ -242,7 +246,7 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
     print(f"[{time.strftime('%H:%M:%S')}] explain {run} -> {out}", flush=True)
     options = ExplainOptions(method=method, labels=["truth"], with_truth=True, cam_layers=cam_layers,
                              steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32,
-                             n_samples=n_samples)
+                             n_samples=n_samples, teacher_method=teacher_method)
     return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options)
 
 
@@ -318,6 +322,18 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
             models[name] = with_label_means(mean_rows(rows))
             res["models"] = models
             save()
+    if a.teacher_gs_agreement and B.is_done(teacher):
+        # each student's Grad-CAM beside the teacher's GradientShap maps (the maps the e2kd_gs students were taught
+        # to match, with as many random points), the Spearman column for them
+        samples = DistillConfig().explain_teacher_samples
+        for name in [n for n in variants(a) if n in models]:
+            rho = [explain(run, base / f"{run.name}_{a.cam_layers}_vs_teacher_gradientshap", teacher=teacher,
+                           limit=limit, cam_layers=a.cam_layers, sanity=False, data=data, split=split,
+                           faithfulness=False, n_samples=samples, teacher_method="gradientshap"
+                           ).get("agreement_spearman") for run in dirs[name] if B.is_done(run)]
+            rho = [float(v) for v in rho if v is not None]
+            models[name]["spearman_to_teacher_gradientshap"] = sum(rho) / len(rho) if rho else None
+            save()
     for policy in policies:
         if B.is_done(teacher):
             s = explain(teacher, base / f"teacher_{policy}", teacher=None, limit=limit, cam_layers=policy,
@@ -363,6 +379,19 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
 def targets(res: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets on the Grad-CAM maps, then the same on each other method's (keys suffixed with it)."""
     out = targets_of(res.get("models", {}), res.get("chance") or 0)
+    teacher_gs = (((res.get("by_method") or {}).get("gradientshap") or {}).get("models") or {}).get("teacher")
+    for name, e2 in res.get("models", {}).items():
+        # the e2KD students taught the teacher's GradientShap maps, against those maps: the teacher's pointing game
+        # with them, and the Spearman of the student's Grad-CAM to them
+        if not name.startswith("e2kd_gs"):
+            continue
+        pg = "pointing_game_label_mean"
+        if teacher_gs:
+            out[f"e2kd_pg_ge_teacher_gradientshap_minus_0.05 [{name}]"] = {
+                "e2kd": e2[pg], "teacher_gradientshap": teacher_gs[pg], "met": e2[pg] >= teacher_gs[pg] - 0.05}
+        if e2.get("spearman_to_teacher_gradientshap") is not None:
+            out[f"e2kd_spearman_to_teacher_gradientshap_ge_0.6 [{name}]"] = {
+                "value": e2["spearman_to_teacher_gradientshap"], "met": e2["spearman_to_teacher_gradientshap"] >= 0.6}
     for method, r in (res.get("by_method") or {}).items():
         out.update({f"{k} ({method})": v for k, v in targets_of(r["models"], res.get("chance") or 0).items()
                     if "spearman" not in k})
@@ -429,16 +458,18 @@ def markdown(allres: dict[str, Any]) -> str:
                   f"{fmt(res.get('chance'))} strict, {fmt(res.get('chance_tolerant'))} tolerant.", "",
                   "Pointing game (PG; 'tol.': a hit within 15 px x size / 224 of the truth), mean over maps and "
                   "(PG / label) over labels; energy inside the truth; IoU of the half-max region; deletion (lower "
-                  "better) and insertion (higher better) AUCs; Spearman of the student's map to the teacher's; PG "
-                  "of the weight-randomised model; macro AUC on the test split. Means over seeds.", "",
+                  "better) and insertion (higher better) AUCs; Spearman of the student's map to the teacher's "
+                  "Grad-CAM, and to its GradientShap maps (the e2kd_gs students' target); PG of the "
+                  "weight-randomised model; macro AUC on the test split. Means over seeds.", "",
                   "| model | seeds | PG | PG tol. | PG / label | energy in | IoU | deletion | insertion | "
-                  "Spearman to teacher | randomised PG | blank maps | macro AUC |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "Spearman to teacher | Spearman to teacher GS | randomised PG | blank maps | macro AUC |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res.get("models", {}).items():
             lines.append(f"| {name} | {r.get('seeds')} | {fmt(r['pointing_game'])} | "
                          f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
                          f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} | {fmt(r['deletion_auc'])} | "
                          f"{fmt(r['insertion_auc'])} | {fmt(r['spearman_to_teacher'])} | "
+                         f"{fmt(r.get('spearman_to_teacher_gradientshap'))} | "
                          f"{fmt(r['randomised_pointing_game'])} | {fmt(r.get('blank_maps'))} | "
                          f"{fmt(r['macro_auc'])} |")
         models = res.get("models", {})
