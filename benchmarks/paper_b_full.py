@@ -44,6 +44,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="dataset folder (default ../shared/data/<dataset>)")
     p.add_argument("--teacher-size", type=int, default=192)
     p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--teacher-recipe", default=None, choices=("finetune",),
+                   help="fine-tune the teacher with a named recipe (label smoothing, AdamW, cosine, EMA of weights); "
+                        "default: the plain settings the brain tumour teacher was trained with")
     p.add_argument("--image-size", type=int, default=128, help="the students' input size")
     p.add_argument("--students", default="kdfmv,eeea_net_c2")
     p.add_argument("--student-epochs", type=int, default=15)
@@ -75,12 +78,13 @@ def parse() -> argparse.Namespace:
 def teacher_cfg(a: argparse.Namespace, out: Path):
     from medistill.config import build, RunConfig
 
+    recipe = {"recipe": a.teacher_recipe} if a.teacher_recipe else {}
     return build(RunConfig, overrides={
-        "out": str(out), "data.dataset": "folder", "data.root": a.data_root, "data.image_size": str(a.teacher_size),
+        **recipe, "out": str(out), "data.dataset": "folder", "data.root": a.data_root, "data.image_size": str(a.teacher_size),
         "data.augment": "light", "data.cache_dir": a.cache_dir, "model.name": "efficientnet_lite0",
         "model.pretrained": "true", "model.in_chans": "1", "train.epochs": str(a.teacher_epochs),
         "train.batch_size": "32", "train.lr": "0.001", "train.warmup_epochs": "1", "train.seed": "0",
-        "train.threads": str(a.threads)})
+        "train.threads": str(a.threads)})  # the recipe's epochs / lr / warm-up yield to these, as flags do
 
 
 def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd: tuple[float, float] | None):
@@ -134,7 +138,7 @@ def main() -> None:
     res.update({"image_size": a.image_size, "teacher_image_size": a.teacher_size, "settings": vars(a),
                 "command": "nice -n 19 .venv/bin/python benchmarks/paper_b_full.py " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                    if k not in ("runs", "cache_dir", "data_root", "results"))})
+                    if k not in ("runs", "cache_dir", "data_root", "results") and v is not None)})
     res.setdefault("runs", {})
 
     def save() -> None:

@@ -58,3 +58,18 @@ def test_a_run_another_process_is_starting_is_left_to_it(tmp_path):
             helpers.train_and_evaluate(cfg)
     assert (out / "log.txt").read_text() == "the other process's first lines\n"
     assert (out / runs.LOCK_FILE).is_file()
+
+
+def test_the_teacher_can_be_fine_tuned_with_the_named_recipe(bench, monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--dataset", "alzheimer-mri", "--teacher-recipe", "finetune",
+                                     "--teacher-epochs", "12", "--teacher-size", "128"])
+    a = bench.parse()
+    a.data_root, a.cache_dir = "/data/alzheimer-mri", "cache"
+    t = bench.teacher_cfg(a, tmp_path / "teacher")
+    # the recipe's smoothing, EMA, AdamW and dropout; the benchmark's own epochs, size and lr over the recipe's
+    assert (t.recipe, t.train.label_smoothing, t.train.ema_decay, t.train.optimizer, t.model.drop_rate) == (
+        "finetune", 0.1, 0.998, "adamw", 0.2)
+    assert (t.train.epochs, t.data.image_size, t.train.lr, t.model.pretrained) == (12, 128, 0.001, True)
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py"])
+    plain = bench.teacher_cfg(bench.parse(), tmp_path / "teacher")  # the brain tumour teacher's plain settings
+    assert (plain.recipe, plain.train.label_smoothing, plain.train.ema_decay) == (None, 0.0, 0.0)
