@@ -15,7 +15,7 @@ from medistill.data import Preprocess, build_dataset
 from medistill.models import input_config
 from medistill.train import run_training
 from medistill.train.mixing import Mixer
-from medistill.train.views import ViewCache, ViewDataset
+from medistill.train.views import ViewCache, ViewDataset, view_seed
 
 from test_train import _cfg, teacher_run  # noqa: F401  (the module fixture)
 
@@ -54,6 +54,16 @@ def test_views_are_replayed_exactly_and_cached_with_the_teachers_logits(teacher_
     np.testing.assert_allclose(cached[5, 1], direct, atol=1e-4)  # the logits of exactly that view
     row = next(csv.DictReader(open(out / "history.csv")))
     assert float(row["train_soft"]) > 0
+    # a view is what the image's augmentation draws after torch.manual_seed(its seed), the stream caches made before
+    # views seeded only the CPU generator were keyed on; and replaying it leaves the caller's RNG where it was
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    torch.manual_seed(view_seed(ds.seed, 5, 1))
+    torch.testing.assert_close(ds.base[5]["image"], a)
+    torch.random.set_rng_state(before)
+    ds.fix_view(1)
+    ds[5]
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_each_epoch_picks_one_view_per_image_reproducibly():
