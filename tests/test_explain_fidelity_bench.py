@@ -117,14 +117,14 @@ def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
     a = bench.parse([])
     assert bench.variants(a) == ["nokd", "kd", "e2kd", "e2kd_gs", "cat", "e2kd_pred", "e2kd_gs_pred"]
     assert bench.variants(bench.parse(["--e2kd-labels", "all"]))[-1] == "cat"
-    # e2kd_gs_pred trains at its validation-chosen weight (0.1), which its name carries; the others at weight 1
-    assert bench.run_name(a, "e2kd_gs_pred", 2) == "e2kd_gs_pred_T1_s2_w0.1" and bench.run_name(a, "e2kd", 0) == "e2kd_T1_s0"
+    # e2kd_gs_pred trains at its validation-chosen weight (0.15), which its name carries; the others at weight 1
+    assert bench.run_name(a, "e2kd_gs_pred", 2) == "e2kd_gs_pred_T1_s2_w0.15" and bench.run_name(a, "e2kd", 0) == "e2kd_T1_s0"
     assert bench.run_name(a, "e2kd_gs_pred", 0, weight=1.0) == "e2kd_gs_pred_T1_s0"  # the sweep's weight-1 point
     cfg = bench.run_cfg(a, tmp_path / "x", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=2,
                         variant="e2kd_gs_pred", teacher=tmp_path / "teacher")
     d = cfg.distill
     assert (d.explain_loss, d.explain_teacher_maps, d.explain_labels) == ("e2kd", "gradientshap", "predicted")
-    assert d.explain_weight == 0.1
+    assert d.explain_weight == 0.15
     assert bench.run_cfg(a, tmp_path / "y", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0, variant="e2kd",
                          teacher=tmp_path / "teacher").distill.explain_labels == "all"
 
