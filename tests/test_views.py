@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +164,29 @@ def test_caching_reports_progress_per_batch(tmp_path: Path):
                                                   lambda x: {"logits": x.mean(dim=(1, 2, 3))[:, None]},
                                                   torch.device("cpu"), on_batch=lambda *a: seen.append(a))
     assert seen == [(1, 2, 2, 5), (1, 2, 4, 5), (1, 2, 5, 5), (2, 2, 2, 5), (2, 2, 4, 5), (2, 2, 5, 5)]
+
+
+def test_a_cache_another_process_is_filling_is_waited_for_then_read(tmp_path: Path):
+    """Two runs sharing a views folder: the second waits on the cache's lock while the first fills it, then reads
+    the first one's outputs instead of running its own teacher (the lock is the OS's, so a thread shows it)."""
+    from medistill.runs import waiting_lock
+
+    def teacher(calls: list[int]):
+        def run(x: torch.Tensor) -> dict:
+            calls.append(len(x))
+            return {"logits": x.mean(dim=(1, 2, 3))[:, None].repeat(1, 2)}
+        return run
+
+    first, second, out = [], [], []
+    cache = ViewCache(tmp_path / "v.npy")
+    waiter = threading.Thread(target=lambda: out.append(ViewCache(tmp_path / "v.npy").load_or_compute(
+        "k", ViewDataset(Tiny(6), 2, 0), 4, teacher(second), torch.device("cpu"))))
+    with waiting_lock(tmp_path / "v.lock"):  # the first run, filling the cache
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not second  # waiting, not computing
+        filled = cache._load_or_compute("k", ViewDataset(Tiny(6), 2, 0), 4, teacher(first), torch.device("cpu"),
+                                        None, None)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and not second and first  # read, not recomputed
+    torch.testing.assert_close(out[0]["logits"], filled["logits"])

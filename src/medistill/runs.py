@@ -26,9 +26,10 @@ import datetime as _dt
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -199,6 +200,28 @@ class RunDir:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             handler.close()
+
+
+@contextmanager
+def waiting_lock(path: str | Path, *, poll: float = 1.0, on_wait: Callable[[], None] | None = None
+                 ) -> Iterator[None]:
+    """Hold an exclusive OS lock on the file ``path`` for the block, waiting (polling every ``poll`` s; ``on_wait``
+    called once) while another process holds it: for a cache several runs share, so that the second run reads
+    what the first computed instead of computing it again beside it. Released when the block ends or its holder
+    dies, as :meth:`RunDir.lock`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        while not _try_lock(fd):
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            time.sleep(poll)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:

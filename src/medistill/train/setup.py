@@ -311,7 +311,7 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     on_view = (lambda v, n: cb.on_message(f"teacher outputs cached on view {v}/{n}")) if cb.on_message else None
     if not main:
         dist_utils.barrier()
-    # two runs sharing teacher_views_dir may compute the same view at once: each write is atomic and equal
+    # runs sharing teacher_views_dir take turns on the cache (a lock file beside it): the second one reads it
     objective.cached = cache.load_or_compute(key, ds, cfg.train.batch_size * 2,
                                              lambda x: objective.teacher_outputs(x, need_maps=objective.needs_maps),
                                              device, on_view, getattr(cb, "on_cache", None))

@@ -129,7 +129,18 @@ class ViewCache:
         """The cached outputs as float32 tensors ``(N, V, ...)``; computes the views not cached yet, one whole view
         at a time, writing the files after each (a killed run continues from there). ``teacher`` maps a loaded
         batch to named outputs ``(B, ...)``. ``on_view(views done, V)`` after each view, ``on_batch(view, V,
-        images done, N)`` after each batch (progress bars live in the CLI)."""
+        images done, N)`` after each batch (progress bars live in the CLI). Runs sharing the cache's folder take
+        turns: while another process fills it (``<stem>.lock``), this one waits, then reads what it wrote."""
+        from ..runs import waiting_lock
+
+        with waiting_lock(self.path.with_suffix(".lock"),
+                          on_wait=lambda: log.info("waiting for another process filling %s", self.path)):
+            return self._load_or_compute(key, ds, batch_size, teacher, device, on_view, on_batch)
+
+    def _load_or_compute(self, key: str, ds: ViewDataset, batch_size: int,
+                         teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device,
+                         on_view: Callable[[int, int], None] | None,
+                         on_batch: Callable[[int, int, int, int], None] | None) -> dict[str, torch.Tensor]:
         meta = self._meta()
         n, V = len(ds), ds.views
         names = meta.get("names", [])
