@@ -24,7 +24,8 @@ e.g. Grad-CAM's ReLU of a label scored low; they score chance); for CAMs ``cam_l
 hooked); with
 ``options.faithfulness`` ``deletion_auc`` and ``insertion_auc``; with a teacher ``agreement_spearman`` and
 ``agreement_top15_iou`` (means over maps), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
-scores and ``method`` (``options.teacher_method`` when given: the student's maps compared with another method's); with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
+scores and ``method`` (``options.teacher_method`` when given: the student's maps compared with another method's);
+with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
 """
 
 from __future__ import annotations
