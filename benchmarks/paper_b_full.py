@@ -81,7 +81,8 @@ def teacher_cfg(a: argparse.Namespace, out: Path):
     recipe = {"recipe": a.teacher_recipe} if a.teacher_recipe else {}
     return build(RunConfig, overrides={
         **recipe, "out": str(out), "data.dataset": "folder", "data.root": a.data_root,
-        "data.image_size": str(a.teacher_size), "data.augment": "light", "data.cache_dir": a.cache_dir, "model.name": "efficientnet_lite0",
+        "data.image_size": str(a.teacher_size), "data.augment": "light", "data.cache_dir": a.cache_dir,
+        "model.name": "efficientnet_lite0",
         "model.pretrained": "true", "model.in_chans": "1", "train.epochs": str(a.teacher_epochs),
         "train.batch_size": "32", "train.lr": "0.001", "train.warmup_epochs": "1", "train.seed": "0",
         "train.threads": str(a.threads)})  # the recipe's epochs / lr / warm-up yield to these, as flags do
