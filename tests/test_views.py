@@ -190,3 +190,33 @@ def test_a_cache_another_process_is_filling_is_waited_for_then_read(tmp_path: Pa
     waiter.join(timeout=30)
     assert not waiter.is_alive() and not second and first  # read, not recomputed
     torch.testing.assert_close(out[0]["logits"], filled["logits"])
+
+
+def test_a_teacher_retrained_in_place_gets_a_new_cache(teacher_run: Path, phantom_root: Path, tmp_path: Path, caplog):
+    """The cache key holds a digest of the teacher's weights, not only its path: outputs cached from a teacher's
+    old weights are never replayed after it is retrained (or resumed) in place."""
+    import shutil
+
+    from medistill.train.teacher import load_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    views = tmp_path / "views"
+    _views_run(phantom_root, teacher, tmp_path / "a", **{"distill.teacher_views_dir": str(views)})
+    _views_run(phantom_root, teacher, tmp_path / "b", **{"distill.teacher_views_dir": str(views)})
+    assert len(list(views.glob("teacher_views-*.npy"))) == 1  # same weights: one cache, reused
+    model, record = runs.load_model(teacher)
+    labels = record["labels"]
+    before = load_teacher(str(teacher), labels=labels, channels=1).fingerprint()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    runs.save_model(runs.RunDir(teacher), model, labels=labels, task=record["task"])
+    assert load_teacher(str(teacher), labels=labels, channels=1).fingerprint() != before
+    _views_run(phantom_root, teacher, tmp_path / "c", **{"distill.teacher_views_dir": str(views)})
+    assert len(list(views.glob("teacher_views-*.npy"))) == 2  # new weights: a new cache, the old one untouched
+    # a teacher another process is still training is distilled from with a warning
+    with runs.RunDir(teacher).lock(), caplog.at_level("WARNING"):
+        info = json.loads((teacher / "run.json").read_text())
+        (teacher / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "finished"}))
+        load_teacher(str(teacher), labels=labels, channels=1)
+    assert "still being trained" in caplog.text

@@ -299,7 +299,7 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     if ds.mixer is not None:
         optional["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
     key = views_cache_key({**optional,
-        "teachers": [(tch.source, tch.weight, tch.input.size) for tch in objective.teachers],
+        "teachers": [(tch.source, tch.fingerprint(), tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
         "augment": cfg.data.augment, "views": views, "seed": cfg.data.split_seed, "maps": objective.needs_maps,
         "images": [str(p) for p in train_ds.data.records["path"]], "torchvision": torchvision.__version__})

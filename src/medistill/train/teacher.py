@@ -9,6 +9,7 @@ Caching the teachers' outputs (offline KD, cached consistent KD) is :mod:`.views
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import InputConfig, ModelError, create_model, input_config, load_weights, set_input_config
-from ..runs import load_model
+from ..runs import RunDir, load_model
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ class Teacher:
     def input(self) -> InputConfig:
         return input_config(self.model)
 
+    def fingerprint(self) -> str:
+        """A digest of the teacher's weights (names, shapes, values), for cache keys: a teacher retrained or resumed
+        in place keeps its path but not its fingerprint, so outputs cached from its old weights are not reused."""
+        h = hashlib.sha1()
+        for name, t in sorted(self.model.state_dict().items()):
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                     else t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
 
 def load_teacher(source: str, *, labels: list[str], channels: int, model_name: str | None = None,
                  image_size: int | None = None, device: torch.device | str = "cpu") -> Teacher:
@@ -46,6 +57,7 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
     path = Path(source)
     if path.is_dir() or (path.is_file() and (path.parent / "run.json").is_file()):
         model, record = load_model(path, device=device)
+        _warn_if_training(RunDir(path if path.is_dir() else path.parent))
     elif path.is_file():
         if not model_name:
             raise DistillError(f"teacher {path} is a bare checkpoint: name its architecture with --teacher-model")
@@ -69,6 +81,20 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
     # the NCHW time in fp32 and 0.20-0.51x with bf16 autocast (benchmarks/results/cpu_speed.md); the inputs follow
     # in DistillationObjective.teacher_outputs
     return Teacher(model.eval().to(memory_format=torch.channels_last), record, str(source))
+
+
+def _warn_if_training(run: RunDir) -> None:
+    """A teacher run another process is still training: its weights will change under the student."""
+    from ..runs import RunLockedError
+
+    if run.info().get("finished"):
+        return
+    try:
+        with run.lock():
+            return
+    except RunLockedError as e:
+        log.warning("teacher %s is still being trained (%s): distilling from the best weights it has saved so far, "
+                    "which will change", run.path, e)
 
 
 def adapt_input(x: torch.Tensor, src: InputConfig, dst: InputConfig) -> torch.Tensor:
