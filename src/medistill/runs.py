@@ -165,23 +165,21 @@ class RunDir:
         ends and by the OS when its holder dies, so the lock of a crashed run is simply taken over (its stale pid
         is overwritten). The file itself stays (removing it would let two processes lock two different files).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         path = self.file(LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if not _try_lock(fd):
-                try:
-                    holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
-                except OSError:
-                    holder = "unknown"
-                raise RunLockedError(f"{self.path}: in use by another medistill process (pid {holder}, lock "
-                                     f"{path}); wait for it to finish or choose another --out")
+
+        def refuse(fd: int) -> None:
+            try:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunLockedError(f"{self.path}: in use by another medistill process (pid {holder}, lock "
+                                 f"{path}); wait for it to finish or choose another --out")
+
+        with _file_lock(path, refuse) as fd:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode("ascii"))
             log.debug("locked %s", path)
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
 
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
@@ -209,17 +207,30 @@ def waiting_lock(path: str | Path, *, poll: float = 1.0, on_wait: Callable[[], N
     called once) while another process holds it: for a cache several runs share, so that the second run reads
     what the first computed instead of computing it again beside it. Released when the block ends or its holder
     dies, as :meth:`RunDir.lock`."""
-    path = Path(path)
+    waits = 0
+
+    def wait(_fd: int) -> None:
+        nonlocal waits
+        if not waits and on_wait is not None:
+            on_wait()
+        waits += 1
+        time.sleep(poll)
+
+    with _file_lock(Path(path), wait):
+        yield
+
+
+@contextmanager
+def _file_lock(path: Path, on_busy: Callable[[int], None]) -> Iterator[int]:
+    """An exclusive OS lock on the file ``path`` (created, with its folder, when missing) for the block, yielding
+    its descriptor; ``on_busy(fd)`` runs each time another process holds it, and either raises or waits before the
+    next try. Closing the descriptor at the end releases the lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        waited = False
         while not _try_lock(fd):
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
-            time.sleep(poll)
-        yield
+            on_busy(fd)
+        yield fd
     finally:
         os.close(fd)
 
