@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import InputConfig, ModelError, create_model, input_config, load_weights, set_input_config
-from ..runs import RunDir, load_model
+from ..runs import RunDir, RunLockedError, load_model
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ class Teacher:
         h = hashlib.sha1()
         for name, t in sorted(self.model.state_dict().items()):
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                     else t.detach().float().cpu().contiguous().numpy().tobytes())
+            h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
         return h.hexdigest()[:16]
 
 
@@ -85,8 +84,6 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
 
 def _warn_if_training(run: RunDir) -> None:
     """A teacher run another process is still training: its weights will change under the student."""
-    from ..runs import RunLockedError
-
     if run.info().get("finished"):
         return
     try:
