@@ -315,6 +315,11 @@ def test_teacher_method_explains_the_teacher_with_another_method(run_dirs, phant
         assert mixed["teacher"][key] == pytest.approx(alone[key]), key
     assert mixed["energy_inside"] != pytest.approx(alone["energy_inside"])  # the student's side is Grad-CAM's
     assert -1.0 <= mixed["agreement_spearman"] <= 1.0
+    # the student's Grad-CAM has its layer's grid, the teacher's GradientShap the pixels': agreement is also scored
+    # at the coarser, the student's
+    student_grid = mixed["agreement_grid"]
+    assert 1 < student_grid < SIZE and -1.0 <= mixed["agreement_spearman_grid"] <= 1.0
+    assert alone.get("agreement_grid") is None  # no teacher, no agreement
 
 
 def test_cli_explain_images_labels_and_errors(run_dirs, phantom_root, tmp_path, capsys):

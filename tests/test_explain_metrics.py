@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from medistill.explain import ExplainError
 from medistill.explain.metrics import (ScoreAccumulator, agreement_scores, area_fraction, deletion_insertion,
-                                       energy_inside, iou, localisation_scores, map_iou, pointing_game, spearman,
-                                       top_fraction_iou, top_region)
+                                       energy_inside, iou, localisation_scores, map_iou, pointing_game, pool_map,
+                                       spearman, top_fraction_iou, top_region)
 
 
 def box(shape=(10, 10), y=(2, 5), x=(3, 7)) -> np.ndarray:
@@ -74,7 +74,22 @@ def test_agreement_spearman_and_top15_iou():
     shifted = np.roll(lin, -20)  # top 60 now the rows 16, 17, 18 (row 19 wrapped to the bottom values)
     assert top_fraction_iou(lin, shifted) == pytest.approx(40 / 80)
     assert top_fraction_iou(lin, -lin) == 0.0
-    assert set(agreement_scores(a, b)) == {"agreement_spearman", "agreement_top15_iou"}
+    assert set(agreement_scores(a, b)) == {"agreement_spearman", "agreement_spearman_grid", "agreement_top15_iou"}
+    assert agreement_scores(a, b)["agreement_spearman_grid"] == spearman(a, b)  # no coarser grid: the pixels'
+
+
+def test_agreement_at_the_coarser_grid_ignores_the_finer_maps_pixel_noise():
+    """A 4 x 4 map upsampled to 32 px against a pixel-level map of the same 4 x 4 pattern plus pixel noise: their
+    pixels rank alike only in part, their 4 x 4 cells exactly (each cell averages 64 noisy pixels)."""
+    rng = np.random.default_rng(0)
+    coarse = rng.permutation(16).reshape(4, 4).astype(float)  # cell values 0..15, one apart
+    cam = np.kron(coarse, np.ones((8, 8)))  # the coarse map as an explanation shows it, at 32 x 32
+    pixel = cam + rng.uniform(-3, 3, size=cam.shape)  # pooled: each cell's noise averages to within about 0.4
+    s = agreement_scores(cam, pixel, grid=4)
+    assert s["agreement_spearman_grid"] == pytest.approx(1.0)
+    assert s["agreement_spearman"] == pytest.approx(spearman(cam, pixel)) and s["agreement_spearman"] < 0.97
+    assert agreement_scores(cam, pixel, grid=32)["agreement_spearman_grid"] == s["agreement_spearman"]
+    assert pool_map(cam, 4) == pytest.approx(coarse)  # area pooling of the upsampled map gives the cells back
 
 
 def test_shapes_and_fractions_are_checked():

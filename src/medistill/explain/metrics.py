@@ -4,7 +4,8 @@ Every map is a float array (H, W) >= 0 (higher = more important); truth is a boo
 shape. Plain functions score one map; :class:`ScoreAccumulator` averages named scores over many maps.
 
 Agreement (teacher vs student, same image and label)
-    ``spearman``: Spearman rank correlation of the two maps' pixels (scipy). ``top_fraction_iou``: IoU of the
+    ``spearman``: Spearman rank correlation of the two maps' pixels (scipy); ``agreement_scores`` also gives it
+    at the coarser of the two maps' own grids (``agreement_spearman_grid``). ``top_fraction_iou``: IoU of the
     two maps' top-15% pixels.
 Localisation (where the evidence is)
     ``pointing_game``: Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016: a hit when
@@ -176,9 +177,23 @@ def localisation_scores(m: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "energy_inside": energy_inside(m, truth), "iou": map_iou(m, truth)}
 
 
-def agreement_scores(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Agreement of two maps of one image and label: agreement_spearman, agreement_top15_iou."""
-    return {"agreement_spearman": spearman(a, b), "agreement_top15_iou": top_fraction_iou(a, b)}
+def pool_map(m: np.ndarray, grid: int) -> np.ndarray:
+    """(H, W) map -> (grid, grid) by area averaging (each cell the mean of the pixels it covers)."""
+    t = torch.as_tensor(np.asarray(m, dtype=np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(t, grid)[0, 0].numpy()
+
+
+def agreement_scores(a: np.ndarray, b: np.ndarray, grid: int | None = None) -> dict[str, float]:
+    """Agreement of two maps of one image and label: agreement_spearman, agreement_top15_iou (over pixels), and
+    agreement_spearman_grid: the Spearman of both maps area-pooled to ``grid`` x ``grid``, the coarser of their own
+    grids (a Grad-CAM of an 8 x 8 layer has 64 values before it is upsampled; ranking its pixels against a
+    pixel-level map also scores the finer map's pixel-to-pixel noise, which the coarse map cannot show). Without a
+    ``grid``, or one as fine as the maps, it is the pixel Spearman."""
+    rho = spearman(a, b)
+    a2 = np.asarray(a)
+    rho_grid = spearman(pool_map(a, grid), pool_map(b, grid)) if grid and grid < min(a2.shape[-2:]) else rho
+    return {"agreement_spearman": rho, "agreement_spearman_grid": rho_grid,
+            "agreement_top15_iou": top_fraction_iou(a, b)}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ over maps whose label has a non-empty truth mask), ``pointing_chance``, ``pointi
 e.g. Grad-CAM's ReLU of a label scored low; they score chance); for CAMs ``cam_layers`` (per side, the layers
 hooked); with
 ``options.faithfulness`` ``deletion_auc`` and ``insertion_auc``; with a teacher ``agreement_spearman`` and
-``agreement_top15_iou`` (means over maps), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
+``agreement_top15_iou`` (means over maps), ``agreement_spearman_grid`` (the same rank correlation with both maps
+area-pooled to ``agreement_grid``, the coarser of the two sides' own map grids: a CAM's layer side, the image side
+for pixel methods), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
 scores and ``method`` (``options.teacher_method`` when given: the student's maps compared with another method's);
 with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
 """

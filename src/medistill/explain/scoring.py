@@ -30,8 +30,9 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
     chunks = []
 
     layer = None if side.name == "teacher" else options.layer
+    side.cam_layers, side.grid = [], None
     if METHODS[options.method] == "cam" and pairs:
-        side.cam_layers = cam_layer_names(side, options, layer)
+        side.cam_layers, side.grid = cam_layers_of(side, options, layer)
 
     def maps(s: int, stop: int) -> np.ndarray:
         extra = ({"n_samples": options.n_samples, "seed": options.seed + s} if options.method == "gradientshap"
@@ -54,14 +55,17 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
     side.maps = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
 
 
-def cam_layer_names(side: Explained, options: ExplainOptions, layer: str | None) -> list[str]:
-    """Names of the layers a CAM of ``side`` hooks (``layer`` when given, else the ``cam_layers`` policy)."""
-    from ..models.cam_layers import choose_layers
+def cam_layers_of(side: Explained, options: ExplainOptions, layer: str | None) -> tuple[list[str], int]:
+    """Names of the layers a CAM of ``side`` hooks (``layer`` when given, else the ``cam_layers`` policy) and the
+    side of the finest one's map (the grid the CAM has before it is upsampled to the image)."""
+    from ..models.cam_layers import choose_layers, layer_by_name, map_sides
 
+    shape = tuple(side.x.shape[1:])
     if layer is not None:
-        return [layer]
-    return [c.name for c in choose_layers(side.model, options.cam_layers, min_size=options.cam_min_size,
-                                          input_shape=tuple(side.x.shape[1:]))]
+        module, reshape = layer_by_name(side.model, layer)
+        return [layer], map_sides(side.model, {layer: module}, reshape, shape)[layer]
+    chosen = choose_layers(side.model, options.cam_layers, min_size=options.cam_min_size, input_shape=shape)
+    return [c.name for c in chosen], max(c.side for c in chosen)
 
 
 def blank(m: np.ndarray) -> float:
@@ -86,6 +90,7 @@ def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: li
     student_scores: list[dict[str, float]] = [{} for _ in pairs]
     teacher_scores: list[dict[str, float]] = [{} for _ in pairs]
     teacher_map = {p: teacher.maps[j] for j, p in enumerate(teacher_pairs)} if teacher is not None else {}
+    grid = common_grid(student, teacher)
     for p, (i, name) in enumerate(pairs):
         truth = inputs.truth_for(i, name)
         student_scores[p]["blank"] = blank(student.maps[p])
@@ -96,7 +101,7 @@ def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: li
             if p in teacher_map:
                 teacher_scores[p].update(localisation_scores(teacher_map[p], truth))
         if p in teacher_map:
-            student_scores[p].update(agreement_scores(student.maps[p], teacher_map[p]))
+            student_scores[p].update(agreement_scores(student.maps[p], teacher_map[p], grid=grid))
     if options.faithfulness and pairs:
         d, ins = faithfulness(student, pairs, options)
         for p in range(len(pairs)):
@@ -110,6 +115,13 @@ def score_pairs(student: Explained, teacher: Explained | None, teacher_pairs: li
             if progress:
                 progress("deletion / insertion", 2, 2)
     return student_scores, teacher_scores, teacher_map
+
+
+def common_grid(student: Explained, teacher: Explained | None) -> int | None:
+    """The grid both sides' maps carry detail at: the coarser of their own grids (None when both are pixel-level,
+    or without a teacher)."""
+    grids = [s.grid for s in (student, teacher) if s is not None and s.grid]
+    return min(grids) if teacher is not None and grids else None
 
 
 def summarise(student: Explained, teacher: Explained | None, teacher_pairs: list[int], pairs: list[Pair],
@@ -127,6 +139,7 @@ def summarise(student: Explained, teacher: Explained | None, teacher_pairs: list
     summary.update(acc.aggregate())
     if teacher is not None:
         summary["teacher_seconds_per_image"] = teacher.seconds / max(n, 1)
+        summary["agreement_grid"] = common_grid(student, teacher) or (student.maps.shape[-1] if len(pairs) else None)
         tacc = ScoreAccumulator()
         for s in teacher_scores:
             tacc.update(s)

@@ -30,6 +30,7 @@ class Explained:
     maps: np.ndarray | None = None  # (P, S_display, S_display)
     seconds: float = 0.0
     cam_layers: list[str] = dataclasses.field(default_factory=list)  # the layers a CAM hooked (names)
+    grid: int | None = None  # the side of the maps' own grid (a CAM's finest hooked layer); None: pixel-level
 
     @property
     def labels(self) -> list[str]:
