@@ -184,10 +184,12 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
 
 def run_name(a: argparse.Namespace, variant: str, seed: int, weight: float | None = None) -> str:
     """``nokd_s0``; a KD variant carries its temperature unless it is 4 (the first runs' T): ``kd_T1_s0``,
-    ``e2kd_gs_pred_T1_s0``; an explanation weight other than 1 is appended: ``e2kd_gs_pred_T1_s0_w0.1``."""
+    ``e2kd_gs_pred_T1_s0``; a schedule other than the first runs' 4 epochs: ``kd_T1_e12_s0``; an explanation
+    weight other than 1 is appended: ``e2kd_gs_pred_T1_s0_w0.1``."""
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
+    e = "" if a.student_epochs == 4 else f"_e{a.student_epochs}"
     w = weight_of(a, variant, weight) if variant not in ("nokd", "kd") else 1.0
-    return f"{variant}{t}_s{seed}" + (f"_w{w:g}" if w != 1 else "")
+    return f"{variant}{t}{e}_s{seed}" + (f"_w{w:g}" if w != 1 else "")
 
 
 def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: range, epochs: tuple[int, int],
@@ -254,6 +256,7 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
 SCORES = {"pointing_game": "pointing_game", "pointing_game_tolerant": "pointing_game_tolerant",
           "energy_inside": "energy_inside", "iou": "iou", "deletion_auc": "deletion_auc",
           "insertion_auc": "insertion_auc", "agreement_spearman": "spearman_to_teacher",
+          "agreement_spearman_grid": "spearman_to_teacher_grid",
           "blank": "blank_maps"}
 
 
@@ -325,14 +328,17 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
     if a.teacher_gs_agreement and B.is_done(teacher):
         # each student's Grad-CAM beside the teacher's GradientShap maps (the maps the e2kd_gs students were taught
         # to match, with as many random points), the Spearman column for them
+        # over pixels, and at the student's CAM grid (the coarser map's, where the loss matches them)
         samples = DistillConfig().explain_teacher_samples
         for name in [n for n in variants(a) if n in models]:
-            rho = [explain(run, base / f"{run.name}_{a.cam_layers}_vs_teacher_gradientshap", teacher=teacher,
+            got = [explain(run, base / f"{run.name}_{a.cam_layers}_vs_teacher_gradientshap", teacher=teacher,
                            limit=limit, cam_layers=a.cam_layers, sanity=False, data=data, split=split,
-                           faithfulness=False, n_samples=samples, teacher_method="gradientshap"
-                           ).get("agreement_spearman") for run in dirs[name] if B.is_done(run)]
-            rho = [float(v) for v in rho if v is not None]
-            models[name]["spearman_to_teacher_gradientshap"] = sum(rho) / len(rho) if rho else None
+                           faithfulness=False, n_samples=samples, teacher_method="gradientshap")
+                   for run in dirs[name] if B.is_done(run)]
+            for key, col in (("agreement_spearman", "spearman_to_teacher_gradientshap"),
+                             ("agreement_spearman_grid", "spearman_to_teacher_gradientshap_grid")):
+                rho = [float(s[key]) for s in got if s.get(key) is not None]
+                models[name][col] = sum(rho) / len(rho) if rho else None
             save()
     for policy in policies:
         if B.is_done(teacher):
@@ -389,9 +395,11 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
         if teacher_gs:
             out[f"e2kd_pg_ge_teacher_gradientshap_minus_0.05 [{name}]"] = {
                 "e2kd": e2[pg], "teacher_gradientshap": teacher_gs[pg], "met": e2[pg] >= teacher_gs[pg] - 0.05}
-        if e2.get("spearman_to_teacher_gradientshap") is not None:
-            out[f"e2kd_spearman_to_teacher_gradientshap_ge_0.6 [{name}]"] = {
-                "value": e2["spearman_to_teacher_gradientshap"], "met": e2["spearman_to_teacher_gradientshap"] >= 0.6}
+        for col, what in (("spearman_to_teacher_gradientshap", ""), ("spearman_to_teacher_gradientshap_grid",
+                                                                       "_at_the_students_grid")):
+            if e2.get(col) is not None:
+                out[f"e2kd_spearman_to_teacher_gradientshap{what}_ge_0.6 [{name}]"] = {
+                    "value": e2[col], "met": e2[col] >= 0.6}
     for method, r in (res.get("by_method") or {}).items():
         out.update({f"{k} ({method})": v for k, v in targets_of(r["models"], res.get("chance") or 0).items()
                     if "spearman" not in k})
@@ -459,17 +467,20 @@ def markdown(allres: dict[str, Any]) -> str:
                   "Pointing game (PG; 'tol.': a hit within 15 px x size / 224 of the truth), mean over maps and "
                   "(PG / label) over labels; energy inside the truth; IoU of the half-max region; deletion (lower "
                   "better) and insertion (higher better) AUCs; Spearman of the student's map to the teacher's "
-                  "Grad-CAM, and to its GradientShap maps (the e2kd_gs students' target); PG of the "
+                  "Grad-CAM, and to its GradientShap maps (the e2kd_gs students' target) over pixels and with both "
+                  "maps area-pooled to the student's CAM grid ('grid'); PG of the "
                   "weight-randomised model; macro AUC on the test split. Means over seeds.", "",
                   "| model | seeds | PG | PG tol. | PG / label | energy in | IoU | deletion | insertion | "
-                  "Spearman to teacher | Spearman to teacher GS | randomised PG | blank maps | macro AUC |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "Spearman to teacher | Spearman to teacher GS | the same, grid | randomised PG | blank maps | "
+                  "macro AUC |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res.get("models", {}).items():
             lines.append(f"| {name} | {r.get('seeds')} | {fmt(r['pointing_game'])} | "
                          f"{fmt(r['pointing_game_tolerant'])} | {fmt(r.get('pointing_game_label_mean'))} | "
                          f"{fmt(r['energy_inside'])} | {fmt(r['iou'])} | {fmt(r['deletion_auc'])} | "
                          f"{fmt(r['insertion_auc'])} | {fmt(r['spearman_to_teacher'])} | "
                          f"{fmt(r.get('spearman_to_teacher_gradientshap'))} | "
+                         f"{fmt(r.get('spearman_to_teacher_gradientshap_grid'))} | "
                          f"{fmt(r['randomised_pointing_game'])} | {fmt(r.get('blank_maps'))} | "
                          f"{fmt(r['macro_auc'])} |")
         models = res.get("models", {})

@@ -89,16 +89,19 @@ def test_e2kd_gs_students_are_held_to_the_teachers_gradientshap_maps(bench):
         return {**bench.with_label_means(bench.mean_rows([bench.scores_of(summary(pg), auc)])), **extra}
 
     gradcam = {"teacher": model(0.1, 0.95), "kd": model(0.3, 0.90),
-               "e2kd_gs_pred": model(0.6, 0.89, spearman_to_teacher_gradientshap=0.65)}
+               "e2kd_gs_pred": model(0.6, 0.89, spearman_to_teacher_gradientshap=0.65,
+                                     spearman_to_teacher_gradientshap_grid=0.55)}
     shap = {"teacher": model(0.8, 0.95)}  # label means: (0.5 + pg) / 2
     t = bench.targets({"chance": 0.07, "models": gradcam, "by_method": {"gradientshap": {"models": shap}}})
     assert t["e2kd_pg_ge_teacher_gradientshap_minus_0.05 [e2kd_gs_pred]"] == {
         "e2kd": pytest.approx(0.55), "teacher_gradientshap": pytest.approx(0.65), "met": False}
     assert t["e2kd_spearman_to_teacher_gradientshap_ge_0.6 [e2kd_gs_pred]"] == {"value": 0.65, "met": True}
+    assert t["e2kd_spearman_to_teacher_gradientshap_at_the_students_grid_ge_0.6 [e2kd_gs_pred]"] == {
+        "value": 0.55, "met": False}
     assert t["e2kd_pg_ge_teacher_minus_0.05 [e2kd_gs_pred]"]["met"]  # the teacher's Grad-CAM: 0.3
     assert not any("teacher_gradientshap" in k and "[e2kd_gs_pred]" not in k for k in t)  # only e2kd_gs students
     md = bench.markdown({"phantom": {"image_size": 128, "models": gradcam, "targets": t}})
-    assert "Spearman to teacher GS" in md and "| 0.650 |" in md
+    assert "Spearman to teacher GS | the same, grid |" in md and "| 0.650 | 0.550 |" in md
 
 
 def test_e2kd_gs_students_train_on_the_teachers_shared_gradientshap_maps(bench, tmp_path):
@@ -120,6 +123,9 @@ def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
     # e2kd_gs_pred trains at its validation-chosen weight (0.15), which its name carries; the others at weight 1
     assert bench.run_name(a, "e2kd_gs_pred", 2) == "e2kd_gs_pred_T1_s2_w0.15" and bench.run_name(a, "e2kd", 0) == "e2kd_T1_s0"
     assert bench.run_name(a, "e2kd_gs_pred", 0, weight=1.0) == "e2kd_gs_pred_T1_s0"  # the sweep's weight-1 point
+    # a longer schedule gets its own runs beside the 4-epoch ones (the teacher and its caches are shared)
+    e12 = bench.parse(["--student-epochs", "12"])
+    assert (bench.run_name(e12, "nokd", 1), bench.run_name(e12, "kd", 0)) == ("nokd_e12_s1", "kd_T1_e12_s0")
     cfg = bench.run_cfg(a, tmp_path / "x", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=2,
                         variant="e2kd_gs_pred", teacher=tmp_path / "teacher")
     d = cfg.distill
