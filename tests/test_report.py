@@ -146,6 +146,7 @@ def make_explain(folder: Path, labels: list[str]) -> Path:
              for who in ("student", "teacher")]
     data = {"method": "gradcam", "num_images": 2, "num_maps": 4, "seconds_per_image": 0.012,
             "student_seconds_per_image": 0.012, "maps_with_truth": 4, **scores, "agreement_spearman": 0.81,
+            "agreement_spearman_grid": 0.92, "agreement_grid": 8,
             "pointing_game_tolerant": 0.9, "pointing_chance_tolerant": 0.2, "blank": 0.25,
             "cam_layers": {"student": ["stages.3"], "teacher": ["layer3", "layer4"]},
             "agreement_top15_iou": 0.6, "teacher_seconds_per_image": 0.09,
@@ -303,7 +304,8 @@ def test_report_fidelity_table_per_model_and_label(multilabel_page):
     assert '<span class="good">0.750 <span class="muted">(0.080)</span></span>' in student
     assert "0.900 <span class=\"muted\">(0.200)</span>" in student
     assert "student: tiny_cnn" in student and "stages.3" in student and "<td>0.25</td>" in student
-    assert "<td>0.810</td>" in student  # Spearman to the teacher
+    # Spearman to the teacher over pixels, then at the student's 8 x 8 CAM grid (the maps are drawn at 64 px)
+    assert '<td>0.810 <span class="muted">(0.920 at 8&times;8)</span></td>' in student
     assert "teacher: densenet121" in teacher and "layer3, layer4" in teacher and "0.800" in teacher
     assert "randomised weights" in randomised and "0.100" in randomised
     # the per-label table of the folder, and the truth outline named in the lead

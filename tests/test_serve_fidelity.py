@@ -15,7 +15,7 @@ from test_serve import BASE, LIMIT, export_tiny
 EXPLAIN = {"method": "gradcam", "num_images": 2, "maps_with_truth": 3, "model": "kdfmv",
            "pointing_game": 0.62, "pointing_chance": 0.05, "pointing_game_tolerant": 0.81,
            "pointing_chance_tolerant": 0.12, "energy_inside": 0.3, "iou": 0.2, "blank": 0.0,
-           "agreement_spearman": 0.71, "cam_layers": {"student": ["stages.4"], "teacher": ["layer3"]},
+           "agreement_spearman": 0.71, "agreement_spearman_grid": 0.83, "agreement_grid": 8, "cam_layers": {"student": ["stages.4"], "teacher": ["layer3"]},
            "teacher": {"model": "resnet18", "pointing_game": 0.7, "pointing_game_tolerant": 0.9},
            "sanity": {"pointing_game": 0.04, "blank": 0.5},
            "per_label": {"Nodule": {"maps": 2, "pointing_game": 0.5, "pointing_chance": 0.01}},
@@ -54,6 +54,8 @@ def test_explanation_beside_the_model_is_served(layout):
     assert explained["what"] == "explained model" and explained["model"] == "kdfmv"
     assert explained["pointing_game"] == 0.62 and explained["pointing_chance"] == 0.05
     assert explained["pointing_game_tolerant"] == 0.81 and explained["spearman_to_teacher"] == 0.71
+    assert (explained["spearman_to_teacher_grid"], explained["agreement_grid"]) == (0.83, 8)  # the CAM's 8 x 8 cells
+    assert teacher["spearman_to_teacher"] is None and teacher["spearman_to_teacher_grid"] is None
     assert teacher["model"] == "resnet18" and teacher["pointing_game_tolerant"] == 0.9
     assert randomised["what"] == "randomised weights" and randomised["blank"] == 0.5
     assert e["per_label"]["Nodule"]["pointing_game"] == 0.5

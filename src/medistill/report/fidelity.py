@@ -3,7 +3,8 @@ explained run, its teacher, the weight-randomised copy of the sanity check), and
 
 Figures come from ``explain.json`` (:mod:`medistill.explain.runner`): pointing game strict and tolerant (a hit
 within 15 px x size / 224 of the truth, Zhang et al. 2016), each beside its chance, energy inside the truth, IoU,
-Spearman of the student's maps to the teacher's, the share of blank maps (no positive evidence for the label),
+Spearman of the student's maps to the teacher's (over pixels, and at the coarser map's own grid when that is
+coarser: a CAM's layer side), the share of blank maps (no positive evidence for the label),
 deletion / insertion. A folder without truth (no masks or boxes) gives no row.
 """
 
@@ -39,6 +40,16 @@ def _with_chance(score: Any, chance: Any) -> str:
     return f'<span class="{cls}">{text}</span>' if cls else text
 
 
+def _agreement(s: dict[str, Any]) -> str:
+    """``0.394 (0.660 at 8x8)``: the Spearman of the two maps over pixels, and over the cells of the coarser map's
+    own grid when that is coarser than the maps drawn (a Grad-CAM's layer beside a pixel-level map)."""
+    text = _cell(s.get("agreement_spearman"))
+    rho, grid, size = num(s.get("agreement_spearman_grid")), num(s.get("agreement_grid")), num(s.get("size"))
+    if rho is None or grid is None or size is None or grid >= size:
+        return text
+    return text + f' <span class="muted">({rho:.3f} at {int(grid)}&times;{int(grid)})</span>'
+
+
 def rows_of(ex: ExplainData) -> list[list[str]]:
     """The table rows of one explanation folder: the run, its teacher and the randomised copy, where scored."""
     s = ex.summary
@@ -48,22 +59,22 @@ def rows_of(ex: ExplainData) -> list[list[str]]:
     layers = s.get("cam_layers") or {}
     chance, chance_tol = s.get("pointing_chance"), s.get("pointing_chance_tolerant")
 
-    def row(who: str, model: Any, d: dict[str, Any], spearman: Any, maps: Any) -> list[str]:
+    def row(who: str, model: Any, d: dict[str, Any], spearman: str, maps: Any) -> list[str]:
         hooked = layers.get(who) if isinstance(layers, dict) else None
         label = esc(f"{who}: {model}" if model else who) + (
             f' <span class="muted">{esc(", ".join(map(str, hooked)))}</span>' if hooked else "")
         return [name, label, esc(maps if maps is not None else "n/a"),
                 _with_chance(d.get("pointing_game"), chance), _with_chance(d.get("pointing_game_tolerant"), chance_tol),
-                _cell(d.get("energy_inside")), _cell(d.get("iou")), _cell(spearman), _cell(d.get("blank"), 2),
+                _cell(d.get("energy_inside")), _cell(d.get("iou")), spearman, _cell(d.get("blank"), 2),
                 _cell(d.get("deletion_auc")), _cell(d.get("insertion_auc"))]
 
-    out = [row("student", s.get("model"), s, s.get("agreement_spearman"), s.get("maps_with_truth"))]
+    out = [row("student", s.get("model"), s, _agreement(s), s.get("maps_with_truth"))]
     teacher = s.get("teacher")
     if isinstance(teacher, dict) and num(teacher.get("pointing_game")) is not None:
-        out.append(row("teacher", teacher.get("model"), teacher, None, teacher.get("maps")))
+        out.append(row("teacher", teacher.get("model"), teacher, "n/a", teacher.get("maps")))
     sanity = s.get("sanity")
     if isinstance(sanity, dict) and num(sanity.get("pointing_game")) is not None:
-        out.append(row("randomised weights", s.get("model"), sanity, None, None))
+        out.append(row("randomised weights", s.get("model"), sanity, "n/a", None))
     return out
 
 

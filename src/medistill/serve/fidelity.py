@@ -43,9 +43,14 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def _row(model: str, what: str, d: dict[str, Any], spearman: Any = None) -> dict[str, Any]:
+def _row(model: str, what: str, d: dict[str, Any], agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One model's row; ``agreement`` (the explained model's): its Spearman to the teacher over pixels, and over the
+    cells of the coarser map's own grid (``spearman_to_teacher_grid`` at ``agreement_grid`` cells a side)."""
+    a = agreement or {}
     return {"model": model, "what": what, **{k: _number(d.get(k)) for k in ROW_KEYS},
-            "spearman_to_teacher": _number(spearman)}
+            "spearman_to_teacher": _number(a.get("agreement_spearman")),
+            "spearman_to_teacher_grid": _number(a.get("agreement_spearman_grid")),
+            "agreement_grid": _number(a.get("agreement_grid"))}
 
 
 def _overlays(folder: Path, images: Any) -> list[dict[str, str]]:
@@ -73,7 +78,7 @@ def load_explanation(folder: Path) -> dict[str, Any]:
     s = json.loads((folder / EXPLAIN_FILE).read_text(encoding="utf-8"))
     if not isinstance(s, dict):
         raise ValueError(f"{folder / EXPLAIN_FILE}: expected a JSON object")
-    rows = [_row(str(s.get("model") or "model"), "explained model", s, s.get("agreement_spearman"))]
+    rows = [_row(str(s.get("model") or "model"), "explained model", s, s)]
     if isinstance(s.get("teacher"), dict):
         rows.append(_row(str(s["teacher"].get("model") or "teacher"), "teacher", s["teacher"]))
     if isinstance(s.get("sanity"), dict):

@@ -234,6 +234,14 @@ function fmtScore(v, chance) {
   return chance === null || chance === undefined ? v.toFixed(3) : `${v.toFixed(3)} (${chance.toFixed(3)})`;
 }
 
+function fmtAgreement(m) {
+  // the Spearman over pixels, then over the cells of the coarser map's own grid (a CAM's layer) where it differs
+  const text = fmtScore(m.spearman_to_teacher);
+  if (m.spearman_to_teacher_grid === null || m.spearman_to_teacher_grid === undefined || !m.agreement_grid ||
+      m.spearman_to_teacher_grid === m.spearman_to_teacher) return text;
+  return `${text} (${m.spearman_to_teacher_grid.toFixed(3)} at ${m.agreement_grid} × ${m.agreement_grid})`;
+}
+
 function row(cells) {
   const tr = document.createElement("tr");
   for (const text of cells) {
@@ -260,7 +268,7 @@ async function loadExplanation() {
   $("fidelity").querySelector("tbody").replaceChildren(...e.models.map((m) => row([
     `${m.what} (${m.model})`, fmtScore(m.pointing_game, m.pointing_chance),
     fmtScore(m.pointing_game_tolerant, m.pointing_chance_tolerant), fmtScore(m.energy_inside),
-    fmtScore(m.spearman_to_teacher), fmtScore(m.blank)])));
+    fmtAgreement(m), fmtScore(m.blank)])));
   $("fidelity-labels").querySelector("tbody").replaceChildren(...Object.entries(e.per_label).map(([label, d]) => row([
     label, String(d.maps ?? ""), fmtScore(d.pointing_game, d.pointing_chance),
     fmtScore(d.pointing_game_tolerant, d.pointing_chance_tolerant), fmtScore(d.energy_inside)])));
