@@ -8,7 +8,8 @@ A view is identified by ``(image index, view number)``: its augmentation runs un
 two numbers and the cache seed, so replaying it needs no stored crop boxes. The cache (:class:`ViewCache`: the
 logits ``(N, V, L)``, for explanation losses the teacher's Grad-CAM maps too, and a ``.json`` with its key and the
 views done) is keyed by the teachers (path and a digest of their weights), their precision, the image list, the
-load size, the augmentation and ``V``; a stale cache is recomputed, a partial one (killed while caching) continues from the first view not done.
+load size, the augmentation and ``V``; a stale cache is recomputed, a partial one (killed while caching) continues
+from the first view not done.
 Offline KD (no augmentation: every view is the same) is the same cache with ``V = 1``.
 
 With mixup / CutMix (Beyer et al. 2022's function matching) a view is image ``i``'s augmented view ``v`` mixed
