@@ -43,6 +43,18 @@ def test_second_lock_is_refused_naming_the_folder_and_holder(tmp_path):
         pass
 
 
+def test_holder_names_the_process_holding_the_lock_without_touching_it(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.holder() is None and not run.file(runs.LOCK_FILE).exists()  # no lock file: none is made
+    with run.lock():
+        lock_file = run.file(runs.LOCK_FILE)
+        lock_file.write_text("4242\n")  # as another process would have written it
+        assert run.holder() == "4242"
+        assert lock_file.read_text() == "4242\n"
+    assert run.holder() is None  # released
+    assert run.file(runs.LOCK_FILE).read_text() == "4242\n"  # looking did not rewrite it
+
+
 def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
     """A process holding the lock is SIGKILLed: its lock is stale and the next process takes it over."""
     folder = tmp_path / "run"

@@ -181,6 +181,24 @@ class RunDir:
             log.debug("locked %s", path)
             yield
 
+    def holder(self) -> str | None:
+        """The pid of the process holding the run's lock (another run writing into this folder now), else None.
+        Only looks: the lock file is neither created nor written."""
+        path = self.file(LOCK_FILE)
+        if not path.is_file():
+            return None
+        busy: list[str] = []
+
+        def note(fd: int) -> None:
+            busy.append(os.read(fd, 64).decode("ascii", "replace").strip() or "unknown")
+            raise RunLockedError(busy[0])
+
+        try:
+            with _file_lock(path, note):
+                return None
+        except RunLockedError:
+            return busy[0]
+
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
         """Send the ``medistill`` logger's records to ``log.txt`` for the duration of the block."""

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import InputConfig, ModelError, create_model, input_config, load_weights, set_input_config
-from ..runs import RunDir, RunLockedError, load_model
+from ..runs import RunDir, load_model
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,10 @@ def _warn_if_training(run: RunDir) -> None:
     """A teacher run another process is still training: its weights will change under the student."""
     if run.info().get("finished"):
         return
-    try:
-        with run.lock():
-            return
-    except RunLockedError as e:
-        log.warning("teacher %s is still being trained (%s): distilling from the best weights it has saved so far, "
-                    "which will change", run.path, e)
+    pid = run.holder()
+    if pid is not None:
+        log.warning("teacher %s is still being trained (by pid %s): distilling from the best weights it has saved "
+                    "so far, which will change", run.path, pid)
 
 
 def adapt_input(x: torch.Tensor, src: InputConfig, dst: InputConfig) -> torch.Tensor:
