@@ -141,3 +141,26 @@ def test_the_weight_sweep_is_tabled_by_weight(bench):
     md = bench.markdown({"phantom": {"image_size": 128, "e2kd_weight_sweep": {
         "1": {**row, "val_macro_auc": 0.82}, "0.1": row}}})
     assert md.index("| 0.1 | 0.930 | 0.920 | 0.400 | 0.700 |") < md.index("| 1 | 0.820 |")
+
+
+def test_pointing_game_targets_are_judged_strict_and_with_the_standard_tolerance(bench):
+    """Zhang et al.'s pointing game counts a hit within 15 px (at 224 px) of the truth: every pointing-game target
+    is also judged that way, beside the strict one, each against its own chance."""
+    def model(pg, auc):
+        return bench.with_label_means(bench.mean_rows([bench.scores_of(summary(pg), auc)]))
+
+    # label means: strict (0.5 + pg) / 2, tolerant (0.75 + pg) / 2
+    res = {"chance": 0.07, "chance_tolerant": 0.2,
+           "models": {"teacher": model(0.8, 0.95), "kd": model(0.2, 0.90), "e2kd": model(0.6, 0.90)}}
+    t = bench.targets(res)
+    assert t["teacher_pointing_game_ge_0.7"] == {"value": pytest.approx(0.65), "met": False}
+    assert t["teacher_pointing_game_tolerant_ge_0.7"] == {"value": pytest.approx(0.775), "met": True}
+    assert t["every_label_ge_3x_chance_tolerant"] == {"worst_ratio": pytest.approx(4.0), "worst_label": "B",
+                                                      "met": True}
+    assert t["randomised_le_2x_chance_tolerant"] == {"value": pytest.approx(0.05), "chance": 0.2, "met": True}
+    assert t["e2kd_pg_ge_teacher_minus_0.05"] == {"e2kd": pytest.approx(0.55), "teacher": pytest.approx(0.65),
+                                                  "met": False}
+    assert t["e2kd_pg_tolerant_ge_teacher_minus_0.05"]["met"] is False  # 0.675 against 0.775 - 0.05
+    assert t["e2kd_pg_tolerant_ge_kd_plus_0.1"] == {"e2kd": pytest.approx(0.675), "kd": pytest.approx(0.475),
+                                                    "met": True}
+    assert "e2kd_spearman_tolerant_ge_0.6" not in t and "e2kd_auc_within_0.01_of_kd" in t
