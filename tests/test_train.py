@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -151,8 +152,17 @@ def test_torchrun_two_cpu_processes(phantom_root: Path, tmp_path: Path):
            "train", "--dataset", "phantom", "--root", str(phantom_root), "--model", "tiny_cnn", "--image-size", "32",
            "--limit", "64", "--epochs", "1", "--augment", "none", "--cache-dir", str(tmp_path / "cache"),
            "--out", str(out)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # its own session, so that a hang kills the workers too, not only the launcher (subprocess.run's timeout would
+    # leave them running after the test)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 300 s; its stderr ends: {err[-2000:]}")
+    assert proc.returncode == 0, err[-2000:]
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and (out / "model.safetensors").is_file()
 
