@@ -39,9 +39,13 @@ def process_group(device: torch.device) -> Iterator[bool]:
     dist.init_process_group(backend=backend)
     try:
         yield True
-    finally:
-        dist.barrier()
+    except BaseException:
+        # no barrier: the other ranks may be waiting in another collective, and would wait for this one forever;
+        # leaving lets torchrun see the failure and stop them, and this rank's error reaches its stderr
         dist.destroy_process_group()
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
