@@ -168,11 +168,7 @@ class RunDir:
         path = self.file(LOCK_FILE)
 
         def refuse(fd: int) -> None:
-            try:
-                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
-            except OSError:
-                holder = "unknown"
-            raise RunLockedError(f"{self.path}: in use by another medistill process (pid {holder}, lock "
+            raise RunLockedError(f"{self.path}: in use by another medistill process (pid {_holder_pid(fd)}, lock "
                                  f"{path}); wait for it to finish or choose another --out")
 
         with _file_lock(path, refuse) as fd:
@@ -184,20 +180,14 @@ class RunDir:
     def holder(self) -> str | None:
         """The pid of the process holding the run's lock (another run writing into this folder now), else None.
         Only looks: the lock file is neither created nor written."""
-        path = self.file(LOCK_FILE)
-        if not path.is_file():
-            return None
-        busy: list[str] = []
-
-        def note(fd: int) -> None:
-            busy.append(os.read(fd, 64).decode("ascii", "replace").strip() or "unknown")
-            raise RunLockedError(busy[0])
-
         try:
-            with _file_lock(path, note):
-                return None
-        except RunLockedError:
-            return busy[0]
+            fd = os.open(self.file(LOCK_FILE), os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            return None if _try_lock(fd) else _holder_pid(fd)  # a lock taken here is released by the close
+        finally:
+            os.close(fd)
 
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
@@ -251,6 +241,14 @@ def _file_lock(path: Path, on_busy: Callable[[int], None]) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _holder_pid(fd: int) -> str:
+    """The pid a lock holder wrote into the open lock file ``fd`` ("unknown" when it cannot be read)."""
+    try:
+        return os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def _try_lock(fd: int) -> bool:
