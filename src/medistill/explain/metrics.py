@@ -190,7 +190,7 @@ def agreement_scores(a: np.ndarray, b: np.ndarray, grid: int | None = None) -> d
     pixel-level map also scores the finer map's pixel-to-pixel noise, which the coarse map cannot show). Without a
     ``grid``, or one as fine as the maps, it is the pixel Spearman."""
     rho = spearman(a, b)
-    rho_grid = spearman(pool_map(a, grid), pool_map(b, grid)) if grid and grid < min(np.shape(a)) else rho
+    rho_grid = spearman(pool_map(a, grid), pool_map(b, grid)) if grid and grid < min(np.shape(a)[-2:]) else rho
     return {"agreement_spearman": rho, "agreement_spearman_grid": rho_grid,
             "agreement_top15_iou": top_fraction_iou(a, b)}
 
