@@ -97,7 +97,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="explanation weights tried for e2kd_gs_pred on seed 0 (the trade-off of localisation "
                         "against macro AUC; the validation AUC beside each)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--explain-images", type=int, default=40, help="test images explained per model")
+    p.add_argument("--explain-images", type=int, default=40,
+                   help="test images explained per model (a count other than 40 writes to its own explain_n{N} "
+                        "folder, since a folder's explanations are reused)")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
     p.add_argument("--methods", default="gradientshap",
                    help="attribution methods scored for every model beside Grad-CAM (comma-separated; '' = none)")
