@@ -319,7 +319,9 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None 
         ts_name = getattr(ts, "name", ts)
         raise ImageReadError(name, f"DICOM pixel data cannot be decoded (transfer syntax {ts_name}): "
                                    f"{_reason(e)}") from None
-    if frames > 1 and arr.ndim >= 3:  # multi-frame (F, H, W) or (F, H, W, 3): take the first frame
+    # multi-frame (F, H, W) or (F, H, W, 3): take the first frame. pydicom also returns frames beyond the header's
+    # NumberOfFrames when the pixel data holds them, so a 3-D array whose last axis is not 3 colour samples is frames
+    if arr.ndim == 4 or (arr.ndim == 3 and (frames > 1 or arr.shape[-1] != 3)):
         arr = np.ascontiguousarray(arr[0])
     del ds  # and with it pydicom's decoded copy of the pixels
     arr *= slope  # in place: one float32 image at full size, no further copies
