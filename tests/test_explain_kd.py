@@ -61,23 +61,27 @@ def test_cat_offline_caches_the_teachers_maps(teacher_run: Path, phantom_root: P
 
 
 def test_explanation_loss_layers_follow_the_cam_layer_policy(teacher_run: Path, phantom_root: Path, tmp_path: Path):
-    """distill.cam_layers picks the maps' layers as explain's --cam-layers does; ``model`` keeps the declared one,
-    and each policy has its own teacher-map cache."""
+    """distill.cam_layers / cam_min_size pick the maps' layers as explain's --cam-layers / --cam-min-size do;
+    ``model`` keeps the declared one, a larger minimum a finer stage, and each choice has its own teacher-map
+    cache."""
     teacher, _ = runs.load_model(teacher_run)
     sides, seen = {}, set()
-    for policy in ("auto", "model"):
-        out = tmp_path / policy
+    choices = (("auto", 8), ("auto", 16), ("model", 8))
+    for policy, min_size in choices:
+        out = tmp_path / f"{policy}{min_size}"
         run_training(_cfg(phantom_root, out, **{"distill.teacher": str(teacher_run), "distill.explain_loss": "e2kd",
                                                 "distill.teacher_views": 2, "data.augment": "light",
                                                 "distill.teacher_views_dir": str(tmp_path / "shared"),
-                                                "distill.cam_layers": policy, "train.epochs": 1}))
+                                                "distill.cam_layers": policy, "distill.cam_min_size": min_size,
+                                                "train.epochs": 1}))
         new = set((tmp_path / "shared").glob("*-maps.npy")) - seen
-        assert len(new) == 1, "each policy caches its own teacher maps"
+        assert len(new) == 1, "each choice caches its own teacher maps"
         seen |= new
-        sides[policy] = np.load(new.pop()).shape[-1]
+        sides[policy, min_size] = np.load(new.pop()).shape[-1]
     inp = runs.RunDir(teacher_run).config().data.image_size
-    want = {p: choose_layers(teacher, p, input_shape=(1, inp, inp))[-1].side for p in ("auto", "model")}
-    assert sides == want and want["auto"] > want["model"]
+    want = {(p, m): choose_layers(teacher, p, min_size=m, input_shape=(1, inp, inp))[-1].side for p, m in choices}
+    assert sides == want
+    assert want["auto", 16] >= 16 > want["auto", 8] > want["model", 8]
 
 
 def test_e2kd_with_cached_views(teacher_run: Path, phantom_root: Path, tmp_path: Path):

@@ -206,14 +206,15 @@ def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputC
 
     if cfg.distill.explain_loss == "none":
         return None, None, 0
-    policy = cfg.distill.cam_layers
-    student = choose_layers(model, policy, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
+    policy, min_size = cfg.distill.cam_layers, cfg.distill.cam_min_size
+    student = choose_layers(model, policy, min_size=min_size, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
     if cfg.distill.explain_teacher_maps == "gradientshap":  # the teacher's maps come from its input, not a layer
         log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
                  "attributions pooled to %d px (cam_layers %s)", student.name, student.side, student.side, policy)
         return student.name, None, student.side
     t_in = teacher.input
-    teach = choose_layers(teacher.model, policy, input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
+    teach = choose_layers(teacher.model, policy, min_size=min_size,
+                          input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
     log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
              student.name, student.side, teach.name, teach.side, policy)
     return student.name, teach.name, student.side
