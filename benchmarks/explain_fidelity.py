@@ -48,7 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as B  # noqa: E402
-from medistill.cam_policy import LOSS_CAM_LAYER_POLICIES  # noqa: E402
+from medistill.cam_policy import DEFAULT_CAM_MIN_SIZE, LOSS_CAM_LAYER_POLICIES  # noqa: E402
 from medistill.config import DistillConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,7 +62,16 @@ def variants(a: argparse.Namespace) -> list[str]:
     labels the teacher predicts present)."""
     labels = a.e2kd_labels.split(",")
     out = [v for v in VARIANTS if not v.startswith("e2kd") or "all" in labels]
-    return out + ([f"{v}_pred" for v in VARIANTS if v.startswith("e2kd")] if "predicted" in labels else [])
+    out += [f"{v}_pred" for v in VARIANTS if v.startswith("e2kd")] if "predicted" in labels else []
+    chosen = [v for v in a.variants.split(",") if v]
+    if unknown := [v for v in chosen if v not in out]:
+        raise SystemExit(f"--variants: {', '.join(unknown)} not among this run's students {', '.join(out)}")
+    return [v for v in out if v in chosen] if chosen else out
+
+
+def cam_tag(a: argparse.Namespace) -> str:
+    """The CAM choice in explanation folder names: ``auto``, or ``auto_m16`` with ``--cam-min-size 16``."""
+    return a.cam_layers + ("" if a.cam_min_size == DEFAULT_CAM_MIN_SIZE else f"_m{a.cam_min_size}")
 
 
 def names(a: argparse.Namespace) -> list[str]:
@@ -101,6 +110,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test images explained per model (a count other than 40 writes to its own explain_n{N} "
                         "folder, since a folder's explanations are reused)")
     p.add_argument("--cam-layers", default="auto", help="the CAM-layer policy of the main table")
+    p.add_argument("--cam-min-size", type=int, default=DEFAULT_CAM_MIN_SIZE,
+                   help="cam_layers auto: the smallest map side, for the main table's maps and the explanation "
+                        "losses' (distill.cam_min_size; a value other than the default names the e2KD / CAT-KD "
+                        "runs '..._m{N}' and the explanation folders '{run}_auto_m{N}')")
+    p.add_argument("--variants", default="",
+                   help="comma-separated subset of the students to train and explain (e.g. nokd,kd,e2kd_gs_pred); "
+                        "'' = all")
     p.add_argument("--methods", default="gradientshap",
                    help="attribution methods scored for every model beside Grad-CAM (comma-separated; '' = none)")
     p.add_argument("--gradientshap-samples", type=int, default=64, help="GradientShap's random points per image")
@@ -180,7 +196,7 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
                 over.update({"distill.explain_teacher_maps": "gradientshap",
                              "distill.teacher_views_dir": str(out.parent / "teacher_maps")})
             if a.cam_layers in LOSS_CAM_LAYER_POLICIES:  # train on the maps the table scores
-                over["distill.cam_layers"] = a.cam_layers
+                over.update({"distill.cam_layers": a.cam_layers, "distill.cam_min_size": str(a.cam_min_size)})
     return build(RunConfig, overrides=over)
 
 
@@ -191,7 +207,8 @@ def run_name(a: argparse.Namespace, variant: str, seed: int, weight: float | Non
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
     e = "" if a.student_epochs == 4 else f"_e{a.student_epochs}"
     w = weight_of(a, variant, weight) if variant not in ("nokd", "kd") else 1.0
-    return f"{variant}{t}{e}_s{seed}" + (f"_w{w:g}" if w != 1 else "")
+    m = "" if variant in ("nokd", "kd") or a.cam_min_size == DEFAULT_CAM_MIN_SIZE else f"_m{a.cam_min_size}"
+    return f"{variant}{t}{e}_s{seed}" + (f"_w{w:g}" if w != 1 else "") + m
 
 
 def train_all(a: argparse.Namespace, part: str, data: dict[str, str], seeds: range, epochs: tuple[int, int],
@@ -224,8 +241,9 @@ def weight_sweep(a: argparse.Namespace, part: str, data: dict[str, str], res: di
         out = base / run_name(a, "e2kd_gs_pred", 0, weight=w)
         r = B.train_and_evaluate(run_cfg(a, out, data=data, model=a.student, epochs=a.student_epochs, seed=0,
                                          variant="e2kd_gs_pred", teacher=base / "teacher", weight=w), n_bootstrap=50)
-        s = explain(out, explain_root(base, a.explain_images) / f"{out.name}_{a.cam_layers}", teacher=None,
-                    limit=a.explain_images, cam_layers=a.cam_layers, sanity=False, faithfulness=False)
+        s = explain(out, explain_root(base, a.explain_images) / f"{out.name}_{cam_tag(a)}", teacher=None,
+                    limit=a.explain_images, cam_layers=a.cam_layers, cam_min_size=a.cam_min_size, sanity=False,
+                    faithfulness=False)
         row = with_label_means(scores_of(s, r.get("macro_auc")))
         res.setdefault("e2kd_weight_sweep", {})[f"{w:g}"] = {
             "val_macro_auc": B.runs.RunDir(out).info().get("best_val_macro_auc"), "macro_auc": row["macro_auc"],
@@ -245,7 +263,7 @@ def explain_root(part: Path, limit: int) -> Path:
 
 
 def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layers: str, sanity: bool,
-            data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam",
+            cam_min_size: int = DEFAULT_CAM_MIN_SIZE, data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam",
             n_samples: int = 16, teacher_method: str | None = None) -> dict[str, Any]:
     from medistill.explain.options import ExplainOptions
     from medistill.explain.runner import explain_run
@@ -255,7 +273,7 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
         return read_json(out / "explain.json")
     print(f"[{time.strftime('%H:%M:%S')}] explain {run} -> {out}", flush=True)
     options = ExplainOptions(method=method, labels=["truth"], with_truth=True, cam_layers=cam_layers,
-                             steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32,
+                             cam_min_size=cam_min_size, steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32,
                              n_samples=n_samples, teacher_method=teacher_method)
     return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options)
 
@@ -321,8 +339,9 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         for run in dirs.get(name, []):
             if not B.is_done(run):
                 continue
-            s = explain(run, base / f"{run.name}_{a.cam_layers}", teacher=None if name == "teacher" else teacher,
-                        limit=limit, cam_layers=a.cam_layers, sanity=True, data=data, split=split)
+            s = explain(run, base / f"{run.name}_{cam_tag(a)}", teacher=None if name == "teacher" else teacher,
+                        limit=limit, cam_layers=a.cam_layers, cam_min_size=a.cam_min_size, sanity=True, data=data,
+                        split=split)
             rows.append(scores_of(s, B.runs.RunDir(run).metrics().get("macro_auc")))
             if name == "teacher":
                 res["chance"] = s.get("pointing_chance")
@@ -339,8 +358,8 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         # over pixels, and at the student's CAM grid (the coarser map's, where the loss matches them)
         samples = DistillConfig().explain_teacher_samples
         for name in [n for n in variants(a) if n in models]:
-            got = [explain(run, base / f"{run.name}_{a.cam_layers}_vs_teacher_gradientshap", teacher=teacher,
-                           limit=limit, cam_layers=a.cam_layers, sanity=False, data=data, split=split,
+            got = [explain(run, base / f"{run.name}_{cam_tag(a)}_vs_teacher_gradientshap", teacher=teacher,
+                           limit=limit, cam_layers=a.cam_layers, cam_min_size=a.cam_min_size, sanity=False, data=data, split=split,
                            faithfulness=False, n_samples=samples, teacher_method="gradientshap")
                    for run in dirs[name] if B.is_done(run)]
             for key, col in (("agreement_spearman", "spearman_to_teacher_gradientshap"),
