@@ -18,6 +18,7 @@ in tests/test_serve.py.)
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import tempfile
@@ -819,28 +820,42 @@ def test_random_csv_text_gives_a_table_or_a_dataset_error(nih_fuzz_root: Path, t
 def test_image_cache_has_its_stated_size_and_is_memory_mapped(tmp_path: Path):
     n, c, s = 10, 1, 32
     cache = ImageCache(tmp_path, "k", n, c, s)
-    assert cache.path.stat().st_size == n * c * s * s  # uint8 (N, C, S, S): 10 KiB, as documented
-    assert cache.done_path.stat().st_size == n
+    assert cache.path.stat().st_size == n * c * s * s + n  # uint8 (N, C, S, S) then a flag per row, as documented
     calls = []
     row = cache.get(3, lambda: calls.append(1) or np.full((c, s, s), 0.5, np.float32))
     assert row.dtype == np.uint8 and row.shape == (c, s, s) and int(row[0, 0, 0]) == 128
     assert isinstance(cache._data, np.memmap)  # paged by the OS, not read into memory
-    assert cache.path.stat().st_size == n * c * s * s  # writes never grow it
+    assert cache.path.stat().st_size == n * c * s * s + n  # writes never grow it
     again = ImageCache(tmp_path, "k", n, c, s)  # a new process: the filled row is reused, not decoded again
     np.testing.assert_array_equal(again.get(3, lambda: pytest.fail("decoded twice")), row)
     assert calls == [1]
-    cache.done_path.unlink()  # a crash between creating the two files: the cache is rebuilt, not a crash
+    os.truncate(cache.path, n * c * s * s)  # another size (the older layout, a crash): rebuilt, not a crash
     rebuilt = ImageCache(tmp_path, "k", n, c, s)
     assert int(rebuilt.get(3, lambda: np.zeros((c, s, s), np.float32))[0, 0, 0]) == 0
 
 
-def test_dataset_cache_file_is_n_c_s_s_bytes(phantom_root: Path, tmp_path: Path):
+def test_image_cache_recreated_by_another_rank_leaves_an_open_one_intact(tmp_path: Path, monkeypatch):
+    """torchrun's ranks build their datasets at once, so a rank can find the cache not yet whole and create it while
+    another already has it mapped. The file is replaced, never truncated in place: the mapped one keeps its rows
+    and flags (one consistent copy) and the file in place is a fresh, whole cache."""
+    n, c, s = 4, 1, 8
+    first = ImageCache(tmp_path, "k", n, c, s)
+    first.get(0, lambda: np.ones((c, s, s), np.float32))
+    monkeypatch.setattr(ImageCache, "_whole", lambda self: False)  # the other rank looked before it was whole
+    second = ImageCache(tmp_path, "k", n, c, s)
+    assert int(first.get(0, lambda: pytest.fail("the mapped row was lost"))[0, 0, 0]) == 255
+    assert int(first.get(1, lambda: np.full((c, s, s), 0.5, np.float32))[0, 0, 0]) == 128
+    assert int(second.get(0, lambda: np.zeros((c, s, s), np.float32))[0, 0, 0]) == 0
+    assert second.path.stat().st_size == n * c * s * s + n and len(list(tmp_path.iterdir())) == 1
+
+
+def test_dataset_cache_file_is_n_c_s_s_bytes_and_a_flag_per_row(phantom_root: Path, tmp_path: Path):
     from medistill.data import Preprocess
     from medistill.data.phantom import Phantom
 
     ds = Phantom(phantom_root, "val", preprocess=Preprocess(24, 1), cache_dir=tmp_path, limit=20)
     files = list(tmp_path.glob("*.u8"))
-    assert len(files) == 1 and files[0].stat().st_size == len(ds) * 1 * 24 * 24 == 20 * 576
+    assert len(files) == 1 and files[0].stat().st_size == len(ds) * (1 * 24 * 24 + 1) == 20 * 577
 
 
 def test_building_a_dataset_decodes_nothing(tmp_path: Path, monkeypatch):

@@ -5,39 +5,47 @@ Where it lives is decided in one place, :func:`medistill.data.image_cache_dir`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..utils.io import atomic_write
 from . import images as im
 
 
 class ImageCache:
     """uint8 memory-mapped array ``(N, C, S, S)`` of decoded, resized images, filled on first access.
 
-    Size on disk is N * C * S * S bytes (e.g. 5,000 x 1 x 128 x 128 = 82 MB) and it is paged in by the OS, so
-    memory use stays bounded. A sidecar ``.done`` array marks filled rows; concurrent DataLoader workers
-    write disjoint rows.
+    One file: the N * C * S * S image bytes (e.g. 5,000 x 1 x 128 x 128 = 82 MB), then one byte per row marking it
+    filled. It is paged in by the OS, so memory use stays bounded. Concurrent DataLoader workers write disjoint
+    rows. The file is created whole under a temporary name and moved into place, never truncated in place: the
+    ranks of a ``torchrun`` job build their datasets at once, and a rank that recreated the file in place while
+    another had it open made that one's mapping fail (``mmap length is greater than file size``). A rank that
+    loses the race keeps a consistent private copy (images and flags are one inode) and only repeats some decoding.
     """
 
     def __init__(self, folder: Path, key: str, n: int, channels: int, size: int):
         folder.mkdir(parents=True, exist_ok=True)
         self.shape = (n, channels, size, size)
         self.path = folder / f"{key}-{n}x{channels}x{size}.u8"
-        self.done_path = folder / f"{key}-{n}x{channels}x{size}.done"
-        whole = (self.path.is_file() and self.path.stat().st_size == int(np.prod(self.shape))
-                 and self.done_path.is_file() and self.done_path.stat().st_size == n)
-        if not whole:  # absent, resized, or left half-made by a crash between the two files: start afresh
-            np.memmap(self.path, dtype=np.uint8, mode="w+", shape=self.shape).flush()
-            np.memmap(self.done_path, dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        self._bytes = int(np.prod(self.shape)) + n
+        if not self._whole():
+            # absent, resized, or written by an older layout (images only, flags in a .done sidecar): start afresh
+            atomic_write(self.path, lambda p: os.truncate(p, self._bytes))  # sparse zeros: no row filled
+            self.path.with_suffix(".done").unlink(missing_ok=True)
         self._data: np.memmap | None = None
         self._done: np.memmap | None = None
 
+    def _whole(self) -> bool:
+        return self.path.is_file() and self.path.stat().st_size == self._bytes
+
     def _open(self) -> None:
         if self._data is None:
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=self.shape)
-            self._done = np.memmap(self.done_path, dtype=np.uint8, mode="r+", shape=(self.shape[0],))
+            whole = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(self._bytes,))
+            self._data = whole[: self._bytes - self.shape[0]].reshape(self.shape)
+            self._done = whole[self._bytes - self.shape[0]:]
 
     def get(self, i: int, load: Callable[[], np.ndarray]) -> np.ndarray:
         """Row ``i`` as uint8 (C, S, S); ``load()`` gives the float [0, 1] (C, S, S) image when not cached."""
