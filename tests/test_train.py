@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -144,27 +145,66 @@ def test_nan_loss_stops_with_epoch_and_batch(phantom_root: Path, tmp_path: Path,
         run_training(_cfg(phantom_root, tmp_path / "nan"))
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _torchrun(args: list[str], tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` on CPU, one thread per rank. Its output goes to files, not
+    pipes, and on a timeout the workers are killed by pid: torchrun starts each in a session of its own, so
+    neither killing the launcher's group nor waiting for its pipes to close would end a hung job."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    with open(tmp_path / "torchrun.out", "w+") as out, open(tmp_path / "torchrun.err", "w+") as err:
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=err, text=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in _children(proc.pid) + [proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+            err.seek(0)
+            pytest.fail(f"torchrun did not finish in {timeout} s; its stderr ends: {err.read()[-2000:]}")
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(phantom_root: Path, tmp_path: Path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medistill",
-           "train", "--dataset", "phantom", "--root", str(phantom_root), "--model", "tiny_cnn", "--image-size", "32",
-           "--limit", "64", "--epochs", "1", "--augment", "none", "--cache-dir", str(tmp_path / "cache"),
-           "--out", str(out)]
-    # its own session, so that a hang kills the workers too, not only the launcher (subprocess.run's timeout would
-    # leave them running after the test)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 300 s; its stderr ends: {err[-2000:]}")
-    assert proc.returncode == 0, err[-2000:]
+    done = _torchrun(["-m", "medistill", "train", "--dataset", "phantom", "--root", str(phantom_root), "--model",
+                      "tiny_cnn", "--image-size", "32", "--limit", "64", "--epochs", "1", "--augment", "none",
+                      "--cache-dir", str(tmp_path / "cache"), "--out", str(out)], tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_rank_that_fails_stops_the_job_instead_of_hanging(tmp_path: Path):
+    """Rank 1 fails while rank 0 waits for it in a collective (as when rank 1 failed building its data while rank 0
+    was in DDP's constructor): process_group leaves without its closing barrier, so torchrun sees the failure,
+    stops rank 0 and reports rank 1's error; with the barrier both ranks waited for each other forever."""
+    script = tmp_path / "fail_on_rank1.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from medistill.train.distributed import process_group\n"
+        "with process_group(torch.device('cpu')):\n"
+        "    if dist.get_rank() == 1:\n"
+        "        raise RuntimeError('rank 1 could not build its dataset')\n"
+        "    dist.recv(torch.zeros(1), src=1)  # waits for rank 1, which never sends\n")
+    done = _torchrun([str(script)], tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert "rank 1 could not build its dataset" in done.stderr
 
 
 def test_resume_before_the_first_checkpoint_starts_afresh(phantom_root: Path, tmp_path: Path):
