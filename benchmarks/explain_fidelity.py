@@ -69,6 +69,12 @@ def variants(a: argparse.Namespace) -> list[str]:
     return [v for v in out if v in chosen] if chosen else out
 
 
+def loss_min_size(a: argparse.Namespace) -> int:
+    """The map side the explanation losses train on: ``--cam-min-size`` under a policy a loss can use (``auto``,
+    ``model``); the default under ``fuse`` (display only: the students are those trained at the default)."""
+    return a.cam_min_size if a.cam_layers in LOSS_CAM_LAYER_POLICIES else DEFAULT_CAM_MIN_SIZE
+
+
 def cam_tag(a: argparse.Namespace) -> str:
     """The CAM choice in explanation folder names: ``auto``, or ``auto_m16`` with ``--cam-min-size 16``."""
     return a.cam_layers + ("" if a.cam_min_size == DEFAULT_CAM_MIN_SIZE else f"_m{a.cam_min_size}")
@@ -114,6 +120,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cam_layers auto: the smallest map side, for the main table's maps and the explanation "
                         "losses' (distill.cam_min_size; a value other than the default names the e2KD / CAT-KD "
                         "runs '..._m{N}' and the explanation folders '{run}_auto_m{N}')")
+    p.add_argument("--select-cam", default="",
+                   help="CAM choices POLICY:MIN_SIZE (comma-separated, e.g. auto:8,auto:16,fuse:16,fuse:32) scored on "
+                        "the validation split for seed 0 of the kd student and each e2KD one (Grad-CAM pointing "
+                        "game on the true labels), so that --cam-layers / --cam-min-size are chosen without the "
+                        "test images; '' = skip")
     p.add_argument("--variants", default="",
                    help="comma-separated subset of the students to train and explain (e.g. nokd,kd,e2kd_gs_pred); "
                         "'' = all")
@@ -207,7 +218,7 @@ def run_name(a: argparse.Namespace, variant: str, seed: int, weight: float | Non
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
     e = "" if a.student_epochs == 4 else f"_e{a.student_epochs}"
     w = weight_of(a, variant, weight) if variant not in ("nokd", "kd") else 1.0
-    m = "" if variant in ("nokd", "kd") or a.cam_min_size == DEFAULT_CAM_MIN_SIZE else f"_m{a.cam_min_size}"
+    m = "" if variant in ("nokd", "kd") or loss_min_size(a) == DEFAULT_CAM_MIN_SIZE else f"_m{loss_min_size(a)}"
     return f"{variant}{t}{e}_s{seed}" + (f"_w{w:g}" if w != 1 else "") + m
 
 
@@ -412,6 +423,29 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         save()
 
 
+def select_cam(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], res: dict[str, Any], save) -> None:
+    """``--select-cam``: each POLICY:MIN_SIZE choice's Grad-CAM pointing game (strict and tolerant, mean over
+    labels) on the validation images with truth, for seed 0 of the kd student and each e2KD one, under
+    ``cam_selection`` (explanations in ``explain_val/``)."""
+    choices = [c.split(":") for c in a.select_cam.split(",") if c]
+    rows: dict[str, Any] = {}
+    for name in [n for n in variants(a) if n == "kd" or n.startswith("e2kd")]:
+        run = dirs[name][0]
+        if not B.is_done(run):
+            continue
+        for policy, size in choices:
+            s = explain(run, Path(a.runs) / part / "explain_val" / f"{run.name}_{policy}_m{size}", teacher=None,
+                        limit=10_000, cam_layers=policy, cam_min_size=int(size), sanity=False, faithfulness=False,
+                        split="val")
+            row = with_label_means(scores_of(s, None))
+            rows.setdefault(f"{policy}:{size}", {})[name] = {
+                k: row[k] for k in ("pointing_game_label_mean", "pointing_game_tolerant_label_mean")}
+            rows[f"{policy}:{size}"][name]["per_label"] = {lab: d["pointing_game"]
+                                                           for lab, d in row["per_label"].items()}
+    res["cam_selection"] = {"split": "val", "seed": 0, "choices": rows}
+    save()
+
+
 def targets(res: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets on the Grad-CAM maps, then the same on each other method's (keys suffixed with it).
 
@@ -594,6 +628,17 @@ def markdown(allres: dict[str, Any]) -> str:
                 res["e2kd_weight_sweep"],
                 lambda w, r: f"| {w} | {fmt(r['val_macro_auc'])} | {fmt(r['macro_auc'])} | "
                              f"{fmt(r['pointing_game_label_mean'])} | {fmt(r['pointing_game_tolerant_label_mean'])} |")
+        if res.get("cam_selection", {}).get("choices"):
+            sel = res["cam_selection"]["choices"]
+            names_ = list(next(iter(sel.values())))
+            lines += ["", "The CAM layer chosen on the validation split (seed 0; Grad-CAM pointing game on the true "
+                          "labels, strict / tolerant, mean over labels; `fuse` averages the min-max scaled maps of "
+                          "the stage at least MIN px a side and every deeper one):", "",
+                      "| policy:min px | " + " | ".join(names_) + " |", "|---|" + "---|" * len(names_)]
+            for choice, r in sel.items():
+                lines.append(f"| {choice} | " + " | ".join(
+                    f"{fmt(r.get(n, {}).get('pointing_game_label_mean'))} / "
+                    f"{fmt(r.get(n, {}).get('pointing_game_tolerant_label_mean'))}" for n in names_) + " |")
         if res.get("targets"):
             lines += ["", "Targets (issue 13):", ""]
             for name, t in res["targets"].items():
@@ -650,6 +695,8 @@ def main(argv: list[str] | None = None) -> None:
         dirs = train_all(a, part, pdata, range(seed, seed + 1), (a.teacher_epochs, a.student_epochs), phantom,
                          save)
         if a.stage != "train":
+            if seed == 0 and a.select_cam:
+                select_cam(a, part, dirs, phantom, save)
             explain_part(a, part, dirs, phantom, save, limit=a.explain_images, policies=POLICIES if seed == 0 else ())
     if a.stage != "train":
         weight_sweep(a, part, pdata, phantom, save)

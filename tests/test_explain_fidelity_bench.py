@@ -135,6 +135,35 @@ def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
                          teacher=tmp_path / "teacher").distill.explain_labels == "all"
 
 
+def test_a_finer_cam_stage_trains_its_own_students_only_under_a_loss_policy(bench, tmp_path):
+    """--cam-min-size 16 under auto: the e2KD students train on the 16 px stage (runs named _m16, their own
+    explanation folders), nokd / kd keep their runs; under fuse (display only) every student is the default one and
+    only the explanation folders differ. --variants restricts the students, refusing unknown names."""
+    m16 = bench.parse(["--cam-min-size", "16", "--e2kd-labels", "predicted", "--variants", "kd,e2kd_gs_pred"])
+    assert bench.variants(m16) == ["kd", "e2kd_gs_pred"] and bench.cam_tag(m16) == "auto_m16"
+    assert bench.run_name(m16, "e2kd_gs_pred", 0) == "e2kd_gs_pred_T1_s0_w0.15_m16"
+    assert bench.run_name(m16, "kd", 0) == "kd_T1_s0"
+    d = bench.run_cfg(m16, tmp_path / "e", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
+                      variant="e2kd_gs_pred", teacher=tmp_path / "teacher").distill
+    assert (d.cam_layers, d.cam_min_size) == ("auto", 16)
+    fuse = bench.parse(["--cam-layers", "fuse", "--cam-min-size", "16"])
+    assert bench.run_name(fuse, "e2kd_gs_pred", 0) == "e2kd_gs_pred_T1_s0_w0.15" and bench.cam_tag(fuse) == "fuse_m16"
+    d = bench.run_cfg(fuse, tmp_path / "f", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
+                      variant="e2kd_gs_pred", teacher=tmp_path / "teacher").distill
+    assert (d.cam_layers, d.cam_min_size) == ("auto", 8)
+    with pytest.raises(SystemExit, match="e2kd_gs_pred"):
+        bench.variants(bench.parse(["--e2kd-labels", "all", "--variants", "e2kd_gs_pred"]))
+
+
+def test_the_cam_choice_on_validation_is_tabled(bench):
+    row = {"pointing_game_label_mean": 0.6, "pointing_game_tolerant_label_mean": 0.9, "per_label": {"A": 0.6}}
+    res = {"phantom": {"models": {}, "cam_selection": {"split": "val", "choices": {
+        "auto:8": {"kd": {**row, "pointing_game_label_mean": 0.36}, "e2kd_gs_pred": row}, "fuse:16": {"kd": row}}}}}
+    md = bench.markdown(res)
+    assert "| policy:min px | kd | e2kd_gs_pred |" in md
+    assert "| auto:8 | 0.360 / 0.900 | 0.600 / 0.900 |" in md and "| fuse:16 | 0.600 / 0.900 | n/a / n/a |" in md
+
+
 def test_the_weight_sweep_is_tabled_by_weight(bench):
     row = {"val_macro_auc": 0.93, "macro_auc": 0.92, "pointing_game_label_mean": 0.4,
            "pointing_game_tolerant_label_mean": 0.7}
