@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -653,6 +654,18 @@ def markdown(allres: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_of(a: argparse.Namespace) -> str:
+    """The command line that reproduces ``a`` (every option spelled out; on/off flags as ``--x`` / ``--no-x``)."""
+    words = []
+    for k, v in vars(a).items():
+        if k in ("runs", "stage"):
+            continue
+        flag = k.replace("_", "-")
+        words.append((f"--{flag}" if v else f"--no-{flag}") if isinstance(v, bool)
+                     else f"--{flag} {shlex.quote(str(v))}")
+    return "nice -n 10 .venv/bin/python benchmarks/explain_fidelity.py " + " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
     import torch
@@ -660,8 +673,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     res_json = Path(a.results)
     allres: dict[str, Any] = B.read_json(res_json) if res_json.is_file() else {}
-    allres["command"] = "nice -n 10 .venv/bin/python benchmarks/explain_fidelity.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("runs", "results", "stage", "nih"))
+    allres["command"] = command_of(a)
     allres["scale_note"] = (
         f"Scale: phantom {a.images} images at {a.image_size} px; teacher {a.teacher} "
         f"({'ImageNet-initialised, ' if a.teacher_pretrained else 'from scratch, '}{a.teacher_epochs} epochs, "

@@ -193,3 +193,14 @@ def test_pointing_game_targets_are_judged_strict_and_with_the_standard_tolerance
     assert t["e2kd_pg_tolerant_ge_kd_plus_0.1"] == {"e2kd": pytest.approx(0.675), "kd": pytest.approx(0.475),
                                                     "met": True}
     assert "e2kd_spearman_tolerant_ge_0.6" not in t and "e2kd_auc_within_0.01_of_kd" in t
+
+
+def test_the_reproduce_command_parses_back_to_the_same_options(bench):
+    """The command in the results reproduces the run: empty values quoted, on/off flags spelled as flags."""
+    import shlex
+
+    a = bench.parse(["--weight-sweep", "", "--no-nih", "--cam-layers", "fuse", "--cam-min-size", "32",
+                     "--results", "x.json"])
+    words = shlex.split(bench.command_of(a))
+    assert words[:5] == ["nice", "-n", "10", ".venv/bin/python", "benchmarks/explain_fidelity.py"]
+    assert vars(bench.parse(words[5:])) == vars(a)
