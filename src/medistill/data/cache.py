@@ -22,7 +22,7 @@ class ImageCache:
     filled. It is paged in by the OS, so memory use stays bounded. Concurrent DataLoader workers write disjoint
     rows. The file is created whole under a temporary name and moved into place, never truncated in place: the
     ranks of a ``torchrun`` job build their datasets at once, and a rank that recreated the file in place while
-    another had it open made that one's mapping fail (``mmap length is greater than file size``). A rank that
+    another had it open made that one fail (``mmap length is greater than file size``, or SIGBUS). A rank that
     loses the race keeps a consistent private copy (images and flags are one inode) and only repeats some decoding.
     """
 
