@@ -275,8 +275,8 @@ def explain_root(part: Path, limit: int) -> Path:
 
 
 def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layers: str, sanity: bool,
-            cam_min_size: int = DEFAULT_CAM_MIN_SIZE, data=None, split: str = "test", faithfulness: bool = True, method: str = "gradcam",
-            n_samples: int = 16, teacher_method: str | None = None) -> dict[str, Any]:
+            cam_min_size: int = DEFAULT_CAM_MIN_SIZE, data=None, split: str = "test", faithfulness: bool = True,
+            method: str = "gradcam", n_samples: int = 16, teacher_method: str | None = None) -> dict[str, Any]:
     from medistill.explain.options import ExplainOptions
     from medistill.explain.runner import explain_run
     from medistill.utils.io import read_json
@@ -285,8 +285,9 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
         return read_json(out / "explain.json")
     print(f"[{time.strftime('%H:%M:%S')}] explain {run} -> {out}", flush=True)
     options = ExplainOptions(method=method, labels=["truth"], with_truth=True, cam_layers=cam_layers,
-                             cam_min_size=cam_min_size, steps=8, sanity=sanity, faithfulness=faithfulness, overlays=12, feature_grid=0, batch_size=32,
-                             n_samples=n_samples, teacher_method=teacher_method)
+                             cam_min_size=cam_min_size, steps=8, sanity=sanity, faithfulness=faithfulness,
+                             overlays=12, feature_grid=0, batch_size=32, n_samples=n_samples,
+                             teacher_method=teacher_method)
     return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options)
 
 
@@ -371,8 +372,8 @@ def explain_part(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], 
         samples = DistillConfig().explain_teacher_samples
         for name in [n for n in variants(a) if n in models]:
             got = [explain(run, base / f"{run.name}_{cam_tag(a)}_vs_teacher_gradientshap", teacher=teacher,
-                           limit=limit, cam_layers=a.cam_layers, cam_min_size=a.cam_min_size, sanity=False, data=data, split=split,
-                           faithfulness=False, n_samples=samples, teacher_method="gradientshap")
+                           limit=limit, cam_layers=a.cam_layers, cam_min_size=a.cam_min_size, sanity=False,
+                           data=data, split=split, faithfulness=False, n_samples=samples, teacher_method="gradientshap")
                    for run in dirs[name] if B.is_done(run)]
             for key, col in (("agreement_spearman", "spearman_to_teacher_gradientshap"),
                              ("agreement_spearman_grid", "spearman_to_teacher_gradientshap_grid")):
@@ -440,9 +441,9 @@ def select_cam(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], re
                         split="val")
             row = with_label_means(scores_of(s, None))
             rows.setdefault(f"{policy}:{size}", {})[name] = {
-                k: row[k] for k in ("pointing_game_label_mean", "pointing_game_tolerant_label_mean")}
-            rows[f"{policy}:{size}"][name]["per_label"] = {lab: d["pointing_game"]
-                                                           for lab, d in row["per_label"].items()}
+                "pointing_game_label_mean": row["pointing_game_label_mean"],
+                "pointing_game_tolerant_label_mean": row["pointing_game_tolerant_label_mean"],
+                "per_label": {lab: d["pointing_game"] for lab, d in row["per_label"].items()}}
     res["cam_selection"] = {"split": "val", "seed": 0, "choices": rows}
     save()
 

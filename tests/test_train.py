@@ -164,7 +164,7 @@ def _torchrun(args: list[str], tmp_path: Path, timeout: int) -> subprocess.Compl
     neither killing the launcher's group nor waiting for its pipes to close would end a hung job."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     with open(tmp_path / "torchrun.out", "w+") as out, open(tmp_path / "torchrun.err", "w+") as err:
-        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=err)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -30,7 +30,8 @@ class ImageCache:
         folder.mkdir(parents=True, exist_ok=True)
         self.shape = (n, channels, size, size)
         self.path = folder / f"{key}-{n}x{channels}x{size}.u8"
-        self._bytes = int(np.prod(self.shape)) + n
+        self._flags_at = int(np.prod(self.shape))  # the images' bytes, then one flag per row
+        self._bytes = self._flags_at + n
         if not self._whole():
             # absent, resized, or written by an older layout (images only, flags in a .done sidecar): start afresh
             atomic_write(self.path, lambda p: os.truncate(p, self._bytes))  # sparse zeros: no row filled
@@ -44,8 +45,8 @@ class ImageCache:
     def _open(self) -> None:
         if self._data is None:
             whole = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(self._bytes,))
-            self._data = whole[: self._bytes - self.shape[0]].reshape(self.shape)
-            self._done = whole[self._bytes - self.shape[0]:]
+            self._data = whole[: self._flags_at].reshape(self.shape)
+            self._done = whole[self._flags_at:]
 
     def get(self, i: int, load: Callable[[], np.ndarray]) -> np.ndarray:
         """Row ``i`` as uint8 (C, S, S); ``load()`` gives the float [0, 1] (C, S, S) image when not cached."""
