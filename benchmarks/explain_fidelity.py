@@ -49,7 +49,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as B  # noqa: E402
-from medistill.cam_policy import DEFAULT_CAM_MIN_SIZE, LOSS_CAM_LAYER_POLICIES  # noqa: E402
+from medistill.cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE  # noqa: E402
+
+#: the --cam-layers policies whose explanation losses train on the table's own maps when --loss-cam is not given
+#: (under fuse the table shows maps of the students trained at auto:8, as the runs before --loss-cam did)
+TABLE_TRAINS = ("auto", "model")
 from medistill.config import DistillConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -70,10 +74,35 @@ def variants(a: argparse.Namespace) -> list[str]:
     return [v for v in out if v in chosen] if chosen else out
 
 
-def loss_min_size(a: argparse.Namespace) -> int:
-    """The map side the explanation losses train on: ``--cam-min-size`` under a policy a loss can use (``auto``,
-    ``model``); the default under ``fuse`` (display only: the students are those trained at the default)."""
-    return a.cam_min_size if a.cam_layers in LOSS_CAM_LAYER_POLICIES else DEFAULT_CAM_MIN_SIZE
+def cam_choice(text: str, flag: str) -> tuple[str, int]:
+    """``POLICY:MIN_SIZE`` (e.g. ``fuse:32``) -> ("fuse", 32); SystemExit naming ``flag`` otherwise."""
+    policy, _, size = text.partition(":")
+    if policy not in CAM_LAYER_POLICIES or not size.isdigit() or int(size) < 1:
+        raise SystemExit(f"{flag}: got {text!r}, expected POLICY:MIN_SIZE with POLICY one of "
+                         f"{', '.join(CAM_LAYER_POLICIES)} (e.g. fuse:32)")
+    return policy, int(size)
+
+
+def loss_cam(a: argparse.Namespace) -> tuple[str, int]:
+    """(policy, min size) of the maps the explanation losses train on: ``--loss-cam``; without it the main table's
+    ``--cam-layers`` / ``--cam-min-size`` under auto / model, and auto at the default size under fuse."""
+    if a.loss_cam:
+        return cam_choice(a.loss_cam, "--loss-cam")
+    return (a.cam_layers, a.cam_min_size) if a.cam_layers in TABLE_TRAINS else ("auto", DEFAULT_CAM_MIN_SIZE)
+
+
+def select_choices(a: argparse.Namespace) -> list[tuple[str, int]]:
+    """The ``--select-cam`` choices, parsed."""
+    return [cam_choice(c, "--select-cam") for c in a.select_cam.split(",") if c]
+
+
+def loss_tag(a: argparse.Namespace) -> str:
+    """The loss's CAM choice in e2KD / CAT-KD run names: '' for auto at the default size, ``_m16`` for auto:16,
+    ``_fuse32`` for fuse:32, ``_model`` for the declared layer."""
+    policy, size = loss_cam(a)
+    if policy == "model":
+        return "_model"
+    return f"_fuse{size}" if policy == "fuse" else "" if size == DEFAULT_CAM_MIN_SIZE else f"_m{size}"
 
 
 def cam_tag(a: argparse.Namespace) -> str:
@@ -121,6 +150,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cam_layers auto: the smallest map side, for the main table's maps and the explanation "
                         "losses' (distill.cam_min_size; a value other than the default names the e2KD / CAT-KD "
                         "runs '..._m{N}' and the explanation folders '{run}_auto_m{N}')")
+    p.add_argument("--loss-cam", default="",
+                   help="POLICY:MIN_SIZE of the maps the e2KD / CAT-KD losses train on (distill.cam_layers / "
+                        "cam_min_size, e.g. fuse:32; names their runs '..._fuse32'); '' = the main table's choice "
+                        "under auto / model, auto:8 under fuse")
     p.add_argument("--select-cam", default="",
                    help="CAM choices POLICY:MIN_SIZE (comma-separated, e.g. auto:8,auto:16,fuse:16,fuse:32) scored on "
                         "the validation split for seed 0 of the kd student and each e2KD one (Grad-CAM pointing "
@@ -143,7 +176,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/bench/explain_fidelity", help="parent of the run directories (ignored)")
     p.add_argument("--results", default=str(B.RESULTS / "explain_fidelity.json"))
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    loss_cam(a), select_choices(a)  # refuse a malformed --loss-cam / --select-cam before anything runs
+    return a
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,8 +242,8 @@ def run_cfg(a: argparse.Namespace, out: Path, *, data: dict[str, str], model: st
             if kind == "e2kd_gs":
                 over.update({"distill.explain_teacher_maps": "gradientshap",
                              "distill.teacher_views_dir": str(out.parent / "teacher_maps")})
-            if a.cam_layers in LOSS_CAM_LAYER_POLICIES:  # train on the maps the table scores
-                over.update({"distill.cam_layers": a.cam_layers, "distill.cam_min_size": str(a.cam_min_size)})
+            policy, size = loss_cam(a)
+            over.update({"distill.cam_layers": policy, "distill.cam_min_size": str(size)})
     return build(RunConfig, overrides=over)
 
 
@@ -219,7 +254,7 @@ def run_name(a: argparse.Namespace, variant: str, seed: int, weight: float | Non
     t = "" if variant == "nokd" or a.temperature == 4 else f"_T{a.temperature:g}"
     e = "" if a.student_epochs == 4 else f"_e{a.student_epochs}"
     w = weight_of(a, variant, weight) if variant not in ("nokd", "kd") else 1.0
-    m = "" if variant in ("nokd", "kd") or loss_min_size(a) == DEFAULT_CAM_MIN_SIZE else f"_m{loss_min_size(a)}"
+    m = "" if variant in ("nokd", "kd") else loss_tag(a)
     return f"{variant}{t}{e}_s{seed}" + (f"_w{w:g}" if w != 1 else "") + m
 
 
@@ -429,7 +464,7 @@ def select_cam(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], re
     """``--select-cam``: each POLICY:MIN_SIZE choice's Grad-CAM pointing game (strict and tolerant, mean over
     labels) on the validation images with truth, for seed 0 of the kd student and each e2KD one, under
     ``cam_selection`` (explanations in ``explain_val/``)."""
-    choices = [c.split(":") for c in a.select_cam.split(",") if c]
+    choices = select_choices(a)
     rows: dict[str, Any] = {}
     for name in [n for n in variants(a) if n == "kd" or n.startswith("e2kd")]:
         run = dirs[name][0]
@@ -437,7 +472,7 @@ def select_cam(a: argparse.Namespace, part: str, dirs: dict[str, list[Path]], re
             continue
         for policy, size in choices:
             s = explain(run, Path(a.runs) / part / "explain_val" / f"{run.name}_{policy}_m{size}", teacher=None,
-                        limit=10_000, cam_layers=policy, cam_min_size=int(size), sanity=False, faithfulness=False,
+                        limit=10_000, cam_layers=policy, cam_min_size=size, sanity=False, faithfulness=False,
                         split="val")
             row = with_label_means(scores_of(s, None))
             rows.setdefault(f"{policy}:{size}", {})[name] = {

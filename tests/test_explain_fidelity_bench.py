@@ -138,7 +138,8 @@ def test_e2kd_on_predicted_labels_is_its_own_run(bench, tmp_path):
 def test_a_finer_cam_stage_trains_its_own_students_only_under_a_loss_policy(bench, tmp_path):
     """--cam-min-size 16 under auto: the e2KD students train on the 16 px stage (runs named _m16, their own
     explanation folders), nokd / kd keep their runs; under fuse (display only) every student is the default one and
-    only the explanation folders differ. --variants restricts the students, refusing unknown names."""
+    only the explanation folders differ, unless --loss-cam names the losses' own choice. --variants restricts the
+    students, refusing unknown names."""
     m16 = bench.parse(["--cam-min-size", "16", "--e2kd-labels", "predicted", "--variants", "kd,e2kd_gs_pred"])
     assert bench.variants(m16) == ["kd", "e2kd_gs_pred"] and bench.cam_tag(m16) == "auto_m16"
     assert bench.run_name(m16, "e2kd_gs_pred", 0) == "e2kd_gs_pred_T1_s0_w0.15_m16"
@@ -151,6 +152,18 @@ def test_a_finer_cam_stage_trains_its_own_students_only_under_a_loss_policy(benc
     d = bench.run_cfg(fuse, tmp_path / "f", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
                       variant="e2kd_gs_pred", teacher=tmp_path / "teacher").distill
     assert (d.cam_layers, d.cam_min_size) == ("auto", 8)
+    # --loss-cam trains the explanation losses on a choice of its own (fused maps here), in runs named for it
+    fl = bench.parse(["--cam-layers", "fuse", "--cam-min-size", "32", "--loss-cam", "fuse:32"])
+    assert bench.run_name(fl, "e2kd_gs_pred", 1) == "e2kd_gs_pred_T1_s1_w0.15_fuse32"
+    assert bench.run_name(fl, "kd", 1) == "kd_T1_s1"
+    d = bench.run_cfg(fl, tmp_path / "g", data={"data.root": "x"}, model="kdfmv", epochs=4, seed=0,
+                      variant="e2kd_gs_pred", teacher=tmp_path / "teacher").distill
+    assert (d.cam_layers, d.cam_min_size) == ("fuse", 32)
+    assert bench.run_name(bench.parse(["--cam-layers", "model"]), "cat", 0) == "cat_T1_s0_model"
+    assert "--loss-cam fuse:32" in bench.command_of(fl)
+    for bad in (["--loss-cam", "fuse"], ["--loss-cam", "fused:8"], ["--select-cam", "auto:8,fuse:x"]):
+        with pytest.raises(SystemExit, match=bad[0]):
+            bench.parse(bad)
     with pytest.raises(SystemExit, match="e2kd_gs_pred"):
         bench.variants(bench.parse(["--e2kd-labels", "all", "--variants", "e2kd_gs_pred"]))
 

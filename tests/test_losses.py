@@ -359,7 +359,7 @@ def test_e2kd_predicted_only_explains_the_labels_the_teacher_predicts_present():
     got = E2KDLoss(predicted_only=True)(s, t, m, lg)
     close(got, float(E2KDLoss()(s, t, m * keep)))
     assert not torch.isclose(got, E2KDLoss()(s, t, m))
-    with pytest.raises(LossError, match="predicted_only=True\) needs teacher_logits"):
+    with pytest.raises(LossError, match=r"predicted_only=True\) needs teacher_logits"):
         E2KDLoss(predicted_only=True)(s, t, m)
 
 
@@ -380,6 +380,42 @@ def test_golden_gradcam_of_a_gap_linear_head_is_cam():
     logits = head(feat.mean(dim=(2, 3)))
     maps = gradcam_maps(feat, logits)
     np.testing.assert_allclose(maps.detach().numpy(), EXP["gradcam_gap_linear"], rtol=1e-9, atol=1e-12)
+
+
+def test_golden_fused_maps_relu_resize_scale_average_scale():
+    """Two layers: a 4 x 4 map with one positive cell, and a 2 x 2 ramp that bilinear resizing (half-pixel
+    centres, edges clamped) spreads to 0, 1, 3, 4 along each row; each min-max scaled, averaged, scaled again."""
+    from medistill.losses import fuse_maps
+
+    fine = torch.zeros(1, 1, 4, 4)
+    fine[0, 0, 0, 3], fine[0, 0, 3, 0] = 2.0, -1.0  # the ReLU drops the negative cell
+    coarse = torch.tensor([[[[0.0, 4.0], [0.0, 4.0]]]])
+    row = torch.tensor([0.0, 0.125, 0.375, 0.5])
+    want = row.repeat(4, 1)
+    want[0, 3] = 1.0
+    torch.testing.assert_close(fuse_maps([fine, coarse])[0, 0], want)
+    # a layer with no positive evidence adds zeros, it is not blown up by its scaling
+    torch.testing.assert_close(fuse_maps([fine, -coarse])[0, 0], fine.clamp_min(0)[0, 0] / 2)
+
+
+def test_gradcam_of_several_layers_is_the_fusion_of_each_layers_gradcam_and_stays_differentiable():
+    from medistill.losses import fuse_maps, gradcam_maps
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    conv1, conv2, head = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 5, 3, stride=2, padding=1), \
+        torch.nn.Linear(5, 3)
+    a1 = torch.relu(conv1(x))
+    a2 = torch.relu(conv2(a1))
+    logits = head(a2.mean(dim=(2, 3)))
+    fused = gradcam_maps([a1, a2], logits, create_graph=True)
+    assert fused.shape == (2, 3, 8, 8)
+    each = fuse_maps([gradcam_maps(a1, logits), gradcam_maps(a2, logits)])
+    torch.testing.assert_close(fused.detach(), each)
+    fused.sum().backward()
+    assert conv1.weight.grad is not None and float(conv1.weight.grad.abs().sum()) > 0
+    with pytest.raises(LossError, match="no feature maps"):
+        gradcam_maps([], logits)
 
 
 def test_e2kd_is_zero_when_the_student_looks_where_the_teacher_looks_and_gradients_reach_the_student():

@@ -6,14 +6,13 @@ explanation-aware distillation losses (``distill.cam_layers``: the maps e2KD / C
 trained on the very maps it is later judged by.
 
 - ``auto``: the deepest of the model's feature stages whose map is at least ``cam_min_size`` px a side;
-- ``fuse``: that stage and every deeper one, their min-max scaled maps averaged (LayerCAM-style; explain only);
+- ``fuse``: that stage and every deeper one, their min-max scaled maps averaged (LayerCAM-style; the losses
+  fuse them in the graph: :func:`medistill.losses.fuse_maps`);
 - ``model``: the model's declared CAM layer (``pretrained_cfg["cam_layer"]``, often stride 32).
 """
 
 from __future__ import annotations
 
 CAM_LAYER_POLICIES = ("auto", "fuse", "model")
-#: the policies a training loss can use: one layer per model (``fuse`` averages several maps, for display)
-LOSS_CAM_LAYER_POLICIES = ("auto", "model")
 DEFAULT_CAM_LAYERS = "auto"
 DEFAULT_CAM_MIN_SIZE = 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..cam_policy import DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE, LOSS_CAM_LAYER_POLICIES
+from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 from .core import ConfigError, check_choice, check_range, option
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,9 +175,10 @@ class DistillConfig:
     cat_pool: int = option(2, "CAT-KD: side of the pooled class activation maps")
     cam_layers: str = option(DEFAULT_CAM_LAYERS, "explanation losses: which layer each model's maps come from, the "
                                                  "policy explain's --cam-layers uses: auto (the deepest feature "
-                                                 "stage at least cam_min_size px a side) or model (the declared "
+                                                 "stage at least cam_min_size px a side), fuse (that stage and "
+                                                 "every deeper one, their maps fused) or model (the declared "
                                                  "layer)")
-    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto: the smallest map side "
+    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto / fuse: the smallest map side "
                                                      "accepted (explain's --cam-min-size; a finer map can point at "
                                                      "smaller lesions)")
 
@@ -196,7 +197,7 @@ class DistillConfig:
         check_range("explain_teacher_samples", self.explain_teacher_samples, 1, 4096)
         check_choice("explain_labels", self.explain_labels, ("all", "predicted"))
         check_range("cat_pool", self.cat_pool, 1, 64)
-        check_choice("cam_layers", self.cam_layers, LOSS_CAM_LAYER_POLICIES)
+        check_choice("cam_layers", self.cam_layers, CAM_LAYER_POLICIES)
         check_range("cam_min_size", self.cam_min_size, 1, 2048)
         if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
             raise ConfigError(f"teacher_weights: got {len(self.teacher_weights)} weights for "

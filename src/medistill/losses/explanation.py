@@ -7,7 +7,8 @@ Both losses work on class activation maps at each model's CAM layer, per label, 
   ``w_lk = mean_hw d z_l / d A_k``, ``M_l = sum_k w_lk A_k``. For a network whose head is global average pooling
   and a linear layer this is exactly CAM (Zhou et al. 2016) divided by ``h w``; the gradient only runs through
   the head, so it is cheap, and with ``create_graph=True`` the student's maps stay differentiable (e2KD
-  back-propagates through its explanation).
+  back-propagates through its explanation). Given several layers' feature maps (``cam_layers fuse``) it returns
+  their fusion, :func:`fuse_maps`: the map ``explain --cam-layers fuse`` shows, so a student can be trained on it.
 - :class:`E2KDLoss`: Parchami-Araghi et al., "Good Teachers Explain: Explanation-Enhanced Knowledge
   Distillation", ECCV 2024: ``1 - cos(ReLU(M_s), ReLU(M_t))`` of the student's and the teacher's Grad-CAM, maps
   resized to the teacher's map size; averaged over the explained (image, label) pairs: for single-label data the
@@ -22,6 +23,8 @@ Shapes: maps ``(B, L, h, w)`` (student and teacher sizes may differ), mask ``(B,
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,19 +34,47 @@ from .hard import LossError, masked_mean
 EPS = 1e-8
 
 
-def gradcam_maps(features: torch.Tensor, logits: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.Tensor, *,
+                 create_graph: bool = False) -> torch.Tensor:
     """Grad-CAM of every label: features ``(B, C, h, w)`` (part of the graph that made) logits ``(B, L)`` ->
     maps ``(B, L, h, w)`` (before ReLU). One backward pass per label through the part of the network between
-    the CAM layer and the logits."""
-    if features.dim() != 4 or logits.dim() != 2 or features.shape[0] != logits.shape[0]:
-        raise LossError(f"gradcam_maps: features {tuple(features.shape)} and logits {tuple(logits.shape)}, expected "
-                        f"(B, C, h, w) and (B, L)")
-    maps = []
+    the CAM layer and the logits. A sequence of several layers' features gives their :func:`fuse_maps`
+    ``(B, L, S, S)`` at the largest layer's side (the gradients of all layers in the same backward passes)."""
+    feats = [features] if isinstance(features, torch.Tensor) else list(features)
+    if not feats:
+        raise LossError("gradcam_maps: no feature maps given")
+    for f in feats:
+        if f.dim() != 4 or logits.dim() != 2 or f.shape[0] != logits.shape[0]:
+            raise LossError(f"gradcam_maps: features {tuple(f.shape)} and logits {tuple(logits.shape)}, expected "
+                            f"(B, C, h, w) and (B, L)")
+    per_layer: list[list[torch.Tensor]] = [[] for _ in feats]
     for k in range(logits.shape[1]):
-        (g,) = torch.autograd.grad(logits[:, k].sum(), features, create_graph=create_graph, retain_graph=True)
-        w = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-        maps.append((w * features).sum(dim=1))  # (B, h, w)
-    return torch.stack(maps, dim=1)  # (B, L, h, w)
+        grads = torch.autograd.grad(logits[:, k].sum(), feats, create_graph=create_graph, retain_graph=True)
+        for maps, f, g in zip(per_layer, feats, grads):
+            w = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+            maps.append((w * f).sum(dim=1))  # (B, h, w)
+    stacked = [torch.stack(maps, dim=1) for maps in per_layer]  # each (B, L, h, w)
+    return stacked[0] if len(stacked) == 1 else fuse_maps(stacked)
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each ``(h, w)`` map of ``(B, L, h, w)`` shifted to minimum 0 and divided by its maximum (an all-equal map
+    becomes zero), differentiably."""
+    flat = maps.flatten(2)
+    lo = flat.min(dim=2).values[..., None, None]
+    span = flat.max(dim=2).values[..., None, None] - lo
+    return (maps - lo) / span.clamp_min(EPS)
+
+
+def fuse_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Several layers' class activation maps ``(B, L, h_i, w_i)`` -> one ``(B, L, H, W)`` at the largest size, as
+    pytorch-grad-cam fuses layers for ``explain --cam-layers fuse``: each map through ReLU, resized (bilinear)
+    and min-max scaled, then their mean min-max scaled again. Written here rather than called from
+    pytorch-grad-cam because that runs in NumPy, outside the graph a training loss back-propagates through."""
+    size = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
+    scaled = [_min_max(F.interpolate(F.relu(m), size=size, mode="bilinear", align_corners=False)
+                       if m.shape[-2:] != size else F.relu(m)) for m in maps]
+    return _min_max(torch.stack(scaled).mean(dim=0))
 
 
 def _check(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -163,7 +163,8 @@ class DistillationObjective(SupervisedObjective):
     """:class:`~medistill.losses.kd.KDLoss` against one or several teachers:
     ``{"loss", "hard", "soft"[, "feature"][, "explain"]}``.
 
-    ``map_layers``: (student, teacher) layer names the explanation maps come from (None: the declared CAM layer;
+    ``map_layers``: (student, teacher) layer names the explanation maps come from, a tuple per model (None: the
+    declared CAM layer; several layers: their fused map, :func:`~medistill.losses.fuse_maps`;
     :mod:`medistill.train.setup` picks them with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
     per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
@@ -175,7 +176,8 @@ class DistillationObjective(SupervisedObjective):
     def __init__(self, kd: nn.Module, teachers: list[Teacher], load_in: InputConfig, task: Task,
                  student_input: Callable[[torch.Tensor], torch.Tensor], *, temperature: float,
                  precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
-                 channels_last: bool = False, map_layers: tuple[str | None, str | None] = (None, None),
+                 channels_last: bool = False,
+                 map_layers: tuple[tuple[str | None, ...], tuple[str | None, ...]] = ((None,), (None,)),
                  attribution: AttributionMaps | None = None):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
@@ -217,10 +219,13 @@ class DistillationObjective(SupervisedObjective):
                 xt = adapt_input(x_load, self.load_in, tch.input).contiguous(memory_format=torch.channels_last)
                 cam = need_maps and i == 0 and self.attribution is None
                 if (need_features and i == 0) or cam:
-                    layers = ([None] if need_features else []) + ([self.map_layers[1]] if cam else [])
-                    feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [True] * cam)
+                    t_layers = list(self.map_layers[1]) if cam else []
+                    layers = ([None] if need_features else []) + t_layers
+                    # the graph is cut at the shallowest map layer (a frozen teacher); the deeper ones stay in it
+                    feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [
+                        k == 0 for k in range(len(t_layers))])
                     if cam:
-                        out["maps"] = gradcam_maps(feats[-1], lg).detach().float()
+                        out["maps"] = gradcam_maps(feats[len(feats) - len(t_layers):], lg).detach().float()
                     if need_features:
                         out["features"] = feats[0].detach().float().clone()
                 else:
@@ -249,14 +254,15 @@ class DistillationObjective(SupervisedObjective):
         from ..losses import gradcam_maps
 
         x = self.student_view(batch.x)
-        layers = ([None] if self.needs_features else []) + ([self.map_layers[0]] if self.needs_maps else [])
+        s_layers = list(self.map_layers[0]) if self.needs_maps else []
+        layers = ([None] if self.needs_features else []) + s_layers
         feats, logits = forward_hooked(model, x, layers) if layers else ([], model(x))
         s_feat = feats[0] if self.needs_features else None
         if self.cached is not None and not batch.mixed and not self.needs_features:
             t = self._cached_rows(batch)
         else:
             t = self.teacher_outputs(batch.x, need_features=self.needs_features, need_maps=self.needs_maps)
-        s_maps = gradcam_maps(feats[-1], logits, create_graph=True) if self.needs_maps else None
+        s_maps = gradcam_maps(feats[len(feats) - len(s_layers):], logits, create_graph=True) if s_layers else None
         return self.kd(logits.float(), t["logits"], batch.target, batch.mask,
                        student_features=s_feat.float() if self.needs_features else None,
                        teacher_features=t.get("features"), student_maps=s_maps, teacher_maps=t.get("maps"))

@@ -108,10 +108,10 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
                           feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
                           explanation_weight=cfg.distill.explain_weight).to(device)
-        s_layer, t_layer, side = _map_layers(cfg, model, teachers[0], s_in)
+        s_layers, t_layers, side = _map_layers(cfg, model, teachers[0], s_in)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
-                                          channels_last=t.channels_last, map_layers=(s_layer, t_layer),
+                                          channels_last=t.channels_last, map_layers=(s_layers, t_layers),
                                           attribution=_attribution(cfg, side, lambda: build_dataset(
                                               cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean,
                                                                             s_in.std, "none"), cache_dir=cache_dir)))
@@ -197,27 +197,27 @@ def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
 
 
 def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig
-                ) -> tuple[str | None, str | None, int]:
-    """(student layer, teacher layer, student map side) of the explanation loss's maps, by ``distill.cam_layers``
-    at each model's own input size: the layers ``explain`` hooks under the same policy, so the student is trained
-    on the maps it is judged by. The teacher layer is None for GradientShap teacher maps; (None, None, 0) without
-    an explanation loss."""
+                ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """(student layers, teacher layers, student map side) of the explanation loss's maps, by
+    ``distill.cam_layers`` at each model's own input size: the layers ``explain`` hooks under the same policy
+    (one, or several fused under ``fuse``), so the student is trained on the maps it is judged by. No teacher
+    layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
     from ..models.cam_layers import choose_layers
 
     if cfg.distill.explain_loss == "none":
-        return None, None, 0
+        return (), (), 0
     policy, min_size = cfg.distill.cam_layers, cfg.distill.cam_min_size
-    student = choose_layers(model, policy, min_size=min_size, input_shape=(s_in.channels, s_in.size, s_in.size))[-1]
+    student = choose_layers(model, policy, min_size=min_size, input_shape=(s_in.channels, s_in.size, s_in.size))
+    s_names, side = tuple(c.name for c in student), max(c.side for c in student)
     if cfg.distill.explain_teacher_maps == "gradientshap":  # the teacher's maps come from its input, not a layer
         log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
-                 "attributions pooled to %d px (cam_layers %s)", student.name, student.side, student.side, policy)
-        return student.name, None, student.side
+                 "attributions pooled to %d px (cam_layers %s)", " + ".join(s_names), side, side, policy)
+        return s_names, (), side
     t_in = teacher.input
-    teach = choose_layers(teacher.model, policy, min_size=min_size,
-                          input_shape=(t_in.channels, t_in.size, t_in.size))[-1]
+    teach = choose_layers(teacher.model, policy, min_size=min_size, input_shape=(t_in.channels, t_in.size, t_in.size))
     log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
-             student.name, student.side, teach.name, teach.side, policy)
-    return student.name, teach.name, student.side
+             " + ".join(s_names), side, " + ".join(c.name for c in teach), max(c.side for c in teach), policy)
+    return s_names, tuple(c.name for c in teach), side
 
 
 def _attribution(cfg: RunConfig, side: int, plain_train: Callable[[], Any]) -> AttributionMaps | None:
@@ -292,8 +292,10 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
 
     d = cfg.distill
     ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed, mixer=mixer)
-    # the maps' layer and the mixing are part of the key only when used (older caches keep their key)
-    optional = {"map_layer": objective.map_layers[1]} if objective.needs_maps else {}
+    # the maps' layers and the mixing are part of the key only when used (older caches keep their key: one layer
+    # by its name, GradientShap maps by None)
+    t_layers = list(objective.map_layers[1])
+    optional = {"map_layer": t_layers[0] if len(t_layers) == 1 else t_layers or None} if objective.needs_maps else {}
     if objective.needs_maps and objective.attribution is not None:
         att = objective.attribution
         optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
