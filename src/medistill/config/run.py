@@ -178,9 +178,9 @@ class DistillConfig:
                                                  "stage at least cam_min_size px a side), fuse (that stage and "
                                                  "every deeper one, their maps fused) or model (the declared "
                                                  "layer)")
-    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto / fuse: the smallest map side "
-                                                     "accepted (explain's --cam-min-size; a finer map can point at "
-                                                     "smaller lesions)")
+    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto / fuse: the smallest map "
+                                                     "side accepted (explain's --cam-min-size; a finer map can point "
+                                                     "at smaller lesions)")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))

@@ -15,6 +15,6 @@ from .feature import AttentionTransfer, FitNetsHint, attention_map, attention_tr
 from .hard import (FocalBCE, LossError, MaskedBCE, MaskedCE, build_hard_loss, class_weights_from_targets)
 from .kd import BinaryKL, KDLoss, LogitMSE, SoftmaxKL, build_kd_loss, combine_teacher_logits
 
-__all__ = ["AttentionTransfer", "BinaryKL", "CATLoss", "E2KDLoss", "FitNetsHint", "FocalBCE", "KDLoss", "LogitMSE", "LossError",
-           "MaskedBCE", "MaskedCE", "SoftmaxKL", "attention_map", "attention_transfer", "build_hard_loss",
+__all__ = ["AttentionTransfer", "BinaryKL", "CATLoss", "E2KDLoss", "FitNetsHint", "FocalBCE", "KDLoss", "LogitMSE",
+           "LossError", "MaskedBCE", "MaskedCE", "SoftmaxKL", "attention_map", "attention_transfer", "build_hard_loss",
            "build_kd_loss", "class_weights_from_targets", "combine_teacher_logits", "fuse_maps", "gradcam_maps"]
