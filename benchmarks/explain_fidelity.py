@@ -50,16 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as B  # noqa: E402
 from medistill.cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE  # noqa: E402
-
-#: the --cam-layers policies whose explanation losses train on the table's own maps when --loss-cam is not given
-#: (under fuse the table shows maps of the students trained at auto:8, as the runs before --loss-cam did)
-TABLE_TRAINS = ("auto", "model")
 from medistill.config import DistillConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NIH = DATA / "nih-chestxray14-sample"
 VARIANTS = ("nokd", "kd", "e2kd", "e2kd_gs", "cat")  # + e2kd_pred, e2kd_gs_pred with --e2kd-labels predicted
 POLICIES = ("model", "auto", "fuse")
+#: the --cam-layers policies whose explanation losses train on the table's own maps when --loss-cam is not given
+#: (under fuse the table shows maps of the students trained at auto:8, as the runs before --loss-cam did)
+TABLE_TRAINS = ("auto", "model")
 
 
 def variants(a: argparse.Namespace) -> list[str]:
