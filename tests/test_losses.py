@@ -398,6 +398,45 @@ def test_golden_fused_maps_relu_resize_scale_average_scale():
     torch.testing.assert_close(fuse_maps([fine, -coarse])[0, 0], fine.clamp_min(0)[0, 0] / 2)
 
 
+def test_golden_refined_maps_the_deep_map_picks_the_cell_the_fine_map_the_place_in_it():
+    """Poly-CAM's recursion, a 2 x 2 deep map over a 4 x 4 fine one. A fine map constant in every cell only
+    carries the deep map up (bilinear: half-pixel centres, edges clamped). A fine peak in the cell the deep map
+    holds becomes the maximum; a larger one in a cell the deep map rules out is dropped, where the mean fusion
+    ranks it level with the deep map's peak."""
+    from medistill.losses import fuse_maps, refine_maps
+
+    deep = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]]]])
+    row = torch.tensor([4.0, 3.0, 1.0, 0.0])
+    want = torch.stack([row, 0.75 * row, 0.25 * row, 0 * row]) / 4
+    torch.testing.assert_close(refine_maps([torch.full((1, 1, 4, 4), 3.0), deep])[0, 0], want)
+    fine = torch.zeros(1, 1, 4, 4)
+    fine[0, 0, 0, 1], fine[0, 0, 3, 3] = 1.0, 5.0  # in the deep map's cell / in a cell it scores 0
+    # at (0, 1): local mean 0.75 * 0.25 (cell means 0.25 and 0 along the row), deep map upsampled 3
+    want = torch.zeros(4, 4)
+    want[0, 1] = 1.0
+    torch.testing.assert_close(refine_maps([fine, deep])[0, 0], want)
+    fused = fuse_maps([fine, deep])[0, 0]
+    assert fused[3, 3] == fused.max() == 1.0  # the mean ranks the stray fine peak as high as the deep map's own
+    assert refine_maps([fine, deep]).shape == (1, 1, 4, 4)
+
+
+def test_gradcam_combines_several_layers_as_asked_and_refuses_an_unknown_combination():
+    from medistill.losses import LossError, gradcam_maps, refine_maps
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    conv1, conv2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 5, 3, stride=2, padding=1)
+    a1 = torch.relu(conv1(x))
+    a2 = torch.relu(conv2(a1))
+    logits = torch.nn.Linear(5, 3)(a2.mean(dim=(2, 3)))
+    poly = gradcam_maps([a1, a2], logits, create_graph=True, combine="poly")
+    torch.testing.assert_close(poly.detach(), refine_maps([gradcam_maps(a1, logits), gradcam_maps(a2, logits)]))
+    poly.sum().backward()
+    assert conv1.weight.grad is not None and torch.isfinite(conv1.weight.grad).all()
+    with pytest.raises(LossError, match="combine 'max'"):
+        gradcam_maps([a1, a2], logits, combine="max")
+
+
 def test_gradcam_of_several_layers_is_the_fusion_of_each_layers_gradcam_and_stays_differentiable():
     from medistill.losses import fuse_maps, gradcam_maps
 

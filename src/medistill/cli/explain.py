@@ -1,14 +1,16 @@
 """``medistill explain``: heatmaps of what a run's model (and its teacher) look at, per label, and their scores.
 
     medistill explain RUN_DIR (--images FILES... | --split S [--limit N] | --dataset D --root DIR --split S)
-                      --method M [--labels L ... | --labels truth] [--cam-layers auto|fuse|model]
+                      --method M [--labels L ... | --labels truth]
+                      [--cam-layers auto|fuse|poly|model] [--cam-min-size N]
                       [--teacher RUN_DIR] --out DIR
 
 A split of the run's own data (no --dataset, or the run's dataset at its own root) is rebuilt exactly as the run
 was trained and evaluated on it (views, labels, uncertainty policy ...). ``--labels truth`` explains each image's
 ground-truth positive labels (as localisation studies do); ``--cam-layers`` chooses the CAM layer by its map size
 (``auto``, the default: the deepest feature stage at least ``--cam-min-size`` px a side; ``fuse``: that and every
-deeper stage, LayerCAM-style; ``model``: the model's declared layer, often a 2x2 to 4x4 map at 64-128 px).
+deeper stage, LayerCAM-style; ``poly``: the same stages, the deepest map refined by the finer ones, Poly-CAM;
+``model``: the model's declared layer, often a 2x2 to 4x4 map at 64-128 px).
 Writes overlays, per-layer feature-map grids and ``explain.json`` into ``--out`` and prints the summary. Every option is also a key of a --config YAML
 file (sections ``source`` and ``options``).
 """

@@ -176,11 +176,12 @@ class DistillConfig:
     cam_layers: str = option(DEFAULT_CAM_LAYERS, "explanation losses: which layer each model's maps come from, the "
                                                  "policy explain's --cam-layers uses: auto (the deepest feature "
                                                  "stage at least cam_min_size px a side), fuse (that stage and "
-                                                 "every deeper one, their maps fused) or model (the declared "
-                                                 "layer)")
-    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto / fuse: the smallest map "
-                                                     "side accepted (explain's --cam-min-size; a finer map can point "
-                                                     "at smaller lesions)")
+                                                 "every deeper one, their maps fused), poly (the same stages, the "
+                                                 "deepest map refined by the finer ones: Poly-CAM) or model (the "
+                                                 "declared layer)")
+    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "explanation losses, cam_layers auto / fuse / poly: the "
+                                                     "smallest map side accepted (explain's --cam-min-size; a finer "
+                                                     "map can point at smaller lesions)")
 
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))

@@ -25,7 +25,8 @@ layer; ``"auto"`` takes the deepest of the model's feature stages (``pretrained_
 map is at least ``min_size`` x ``min_size`` (the declared layer when none is, or when the model declares no
 stages); ``"fuse"`` hooks every stage from that one to the deepest and averages their min-max scaled maps
 (pytorch-grad-cam's multi-layer aggregation; with ``method="layercam"`` this is LayerCAM's hierarchical fusion,
-Jiang et al. 2021). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the
+Jiang et al. 2021); ``"poly"`` hooks the same stages and refines the deepest map with each finer one, Poly-CAM's
+backward recursion (:func:`medistill.losses.refine_maps`: the deep map says which cell, the fine ones where in it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the
 explanation-aware distillation losses use it too).
 
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
@@ -52,6 +53,30 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
                "eigencam": "EigenCAM", "layercam": "LayerCAM"}
 
 
+
+
+def _poly(cam_cls: type) -> type:
+    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.losses.refine_maps` (each layer's
+    map at its own grid, as the method computes it, then refined from the deepest down) instead of
+    pytorch-grad-cam's mean of maps already resized to the input; the library has no hook for this but its
+    per-layer step, so that step is overridden (its loop, with the per-layer ``get_cam_image`` kept)."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    from ..losses import refine_maps
+
+    class Poly(cam_cls):
+        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
+            acts, grads = self.activations_and_grads.activations, self.activations_and_grads.gradients
+            if self.detach:
+                acts, grads = [a.cpu().data.numpy() for a in acts], [g.cpu().data.numpy() for g in grads]
+            per_layer = [torch.from_numpy(np.maximum(self.get_cam_image(
+                input_tensor, layer, targets, acts[i], grads[i] if i < len(grads) else None, eigen_smooth), 0)
+            ).float()[:, None] for i, layer in enumerate(self.target_layers)]  # each (B, 1, h_i, w_i)
+            refined = refine_maps(per_layer)[:, 0].numpy()
+            return [scale_cam_image(refined, self.get_target_width_height(input_tensor))[:, None, :]]
+
+    Poly.__name__ = f"Poly{cam_cls.__name__}"
+    return Poly
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None
@@ -104,6 +129,8 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, m
         device = model_device(model)
         # compute_input_gradient: the parameters are frozen inside `explaining`, so the input is what makes
         # the backward graph exist (and weight gradients are never computed).
+        if cam_layers == "poly" and layer is None and len(targets_layers) > 1:
+            cam_cls = _poly(cam_cls)
         cam = cam_cls(model=model, target_layers=targets_layers, reshape_transform=reshape)
         cam.compute_input_gradient = uses_gradients
         try:

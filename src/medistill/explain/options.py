@@ -39,9 +39,10 @@ class ExplainOptions:
                                      "student; the teacher's follows cam_layers)")
     cam_layers: str = option(DEFAULT_CAM_LAYERS, "CAM layer policy: auto (the deepest feature stage whose map is at "
                                                  "least cam_min_size px a side), fuse (that stage and every deeper "
-                                                 "one, maps averaged: LayerCAM-style), model (the model's declared "
-                                                 "CAM layer, often stride 32)")
-    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "cam_layers auto / fuse: the smallest map side accepted")
+                                                 "one, maps averaged: LayerCAM-style), poly (the same stages, the "
+                                                 "deepest map refined by the finer ones: Poly-CAM), model (the "
+                                                 "model's declared CAM layer, often stride 32)")
+    cam_min_size: int = option(DEFAULT_CAM_MIN_SIZE, "cam_layers auto / fuse / poly: the smallest map side accepted")
     faithfulness: bool = option(True, "deletion / insertion AUCs (2 x (steps + 1) forward passes per map)")
     steps: int = option(16, "deletion / insertion steps")
     background: int = option(16, "GradientShap: training images drawn as the background")

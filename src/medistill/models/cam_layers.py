@@ -66,7 +66,7 @@ def layer_by_name(model: nn.Module, name: str | None) -> tuple[nn.Module, Callab
 
 def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEFAULT_CAM_MIN_SIZE,
                   input_shape: tuple[int, ...] | None = None) -> list[CamLayer]:
-    """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``model``; see :mod:`medistill.cam_policy`),
+    """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``poly``, ``model``; see :mod:`medistill.cam_policy`),
     shallow to deep; ``input_shape`` (C, H, W) is what the model runs at (default: its declared input)."""
     if policy not in CAM_LAYER_POLICIES:
         raise ModelError(f"cam_layers: got {policy!r}, expected one of {', '.join(CAM_LAYER_POLICIES)}")
@@ -92,4 +92,4 @@ def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEF
     if not fine:
         return [own]
     first = fine[-1]  # the deepest stage fine enough
-    return stages[first:] if policy == "fuse" else [stages[first]]
+    return stages[first:] if policy in ("fuse", "poly") else [stages[first]]

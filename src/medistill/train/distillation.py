@@ -164,8 +164,9 @@ class DistillationObjective(SupervisedObjective):
     ``{"loss", "hard", "soft"[, "feature"][, "explain"]}``.
 
     ``map_layers``: (student, teacher) layer names the explanation maps come from, a tuple per model (None: the
-    declared CAM layer; several layers: their fused map, :func:`~medistill.losses.fuse_maps`;
-    :mod:`medistill.train.setup` picks them with ``distill.cam_layers``, the policy ``explain`` uses).
+    declared CAM layer; several layers: one map combined by ``map_combine``, ``"fuse"``
+    (:func:`~medistill.losses.fuse_maps`) or ``"poly"`` (:func:`~medistill.losses.refine_maps`);
+    :mod:`medistill.train.setup` picks both with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
     per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
     :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). ``attribution``: the
@@ -178,7 +179,7 @@ class DistillationObjective(SupervisedObjective):
                  precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
                  channels_last: bool = False,
                  map_layers: tuple[tuple[str | None, ...], tuple[str | None, ...]] = ((None,), (None,)),
-                 attribution: AttributionMaps | None = None):
+                 map_combine: str = "fuse", attribution: AttributionMaps | None = None):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
         self._teachers = list(teachers)
@@ -188,6 +189,7 @@ class DistillationObjective(SupervisedObjective):
         self.precision = precision
         self.cached = cached
         self.map_layers = map_layers
+        self.map_combine = map_combine
         self.attribution = attribution
 
     @property
@@ -225,7 +227,8 @@ class DistillationObjective(SupervisedObjective):
                     feats, lg = forward_hooked(tch.model, xt, layers, detach=[False] * need_features + [
                         k == 0 for k in range(len(t_layers))])
                     if cam:
-                        out["maps"] = gradcam_maps(feats[len(feats) - len(t_layers):], lg).detach().float()
+                        out["maps"] = gradcam_maps(feats[len(feats) - len(t_layers):], lg,
+                                                   combine=self.map_combine).detach().float()
                     if need_features:
                         out["features"] = feats[0].detach().float().clone()
                 else:
@@ -262,7 +265,8 @@ class DistillationObjective(SupervisedObjective):
             t = self._cached_rows(batch)
         else:
             t = self.teacher_outputs(batch.x, need_features=self.needs_features, need_maps=self.needs_maps)
-        s_maps = gradcam_maps(feats[len(feats) - len(s_layers):], logits, create_graph=True) if s_layers else None
+        s_maps = gradcam_maps(feats[len(feats) - len(s_layers):], logits, create_graph=True,
+                              combine=self.map_combine) if s_layers else None
         return self.kd(logits.float(), t["logits"], batch.target, batch.mask,
                        student_features=s_feat.float() if self.needs_features else None,
                        teacher_features=t.get("features"), student_maps=s_maps, teacher_maps=t.get("maps"))

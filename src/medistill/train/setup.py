@@ -112,6 +112,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
                                           channels_last=t.channels_last, map_layers=(s_layers, t_layers),
+                                          map_combine="poly" if cfg.distill.cam_layers == "poly" else "fuse",
                                           attribution=_attribution(cfg, side, lambda: build_dataset(
                                               cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean,
                                                                             s_in.std, "none"), cache_dir=cache_dir)))
@@ -200,7 +201,7 @@ def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputC
                 ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
     """(student layers, teacher layers, student map side) of the explanation loss's maps, by
     ``distill.cam_layers`` at each model's own input size: the layers ``explain`` hooks under the same policy
-    (one, or several fused under ``fuse``), so the student is trained on the maps it is judged by. No teacher
+    (one, or several combined under ``fuse`` / ``poly``), so the student is trained on the maps it is judged by. No teacher
     layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
     from ..models.cam_layers import choose_layers
 
@@ -296,6 +297,8 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     # by its name, GradientShap maps by None)
     t_layers = list(objective.map_layers[1])
     optional = {"map_layer": t_layers[0] if len(t_layers) == 1 else t_layers or None} if objective.needs_maps else {}
+    if objective.needs_maps and len(t_layers) > 1 and objective.map_combine != "fuse":
+        optional["map_combine"] = objective.map_combine  # the same layers combined otherwise are other maps
     if objective.needs_maps and objective.attribution is not None:
         att = objective.attribution
         optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
