@@ -26,8 +26,9 @@ map is at least ``min_size`` x ``min_size`` (the declared layer when none is, or
 stages); ``"fuse"`` hooks every stage from that one to the deepest and averages their min-max scaled maps
 (pytorch-grad-cam's multi-layer aggregation; with ``method="layercam"`` this is LayerCAM's hierarchical fusion,
 Jiang et al. 2021); ``"poly"`` hooks the same stages and refines the deepest map with each finer one, Poly-CAM's
-backward recursion (:func:`medistill.losses.refine_maps`: the deep map says which cell, the fine ones where in it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the
-explanation-aware distillation losses use it too).
+backward recursion (:func:`medistill.losses.refine_maps`: the deep map says which cell, the fine ones where in
+it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
+distillation losses use it too).
 
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
 of pairs goes through the model once forward and once backward.
