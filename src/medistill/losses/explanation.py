@@ -81,7 +81,6 @@ def fuse_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return _min_max(torch.stack(scaled).mean(dim=0))
 
 
-
 def refine_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """Several layers' class activation maps ``(B, L, h_i, w_i)``, shallow to deep -> one ``(B, L, H, W)`` at the
     largest size, refined from the deepest map down (Poly-CAM's backward recursion: Englebert et al., "Poly-CAM:

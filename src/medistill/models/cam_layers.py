@@ -66,8 +66,9 @@ def layer_by_name(model: nn.Module, name: str | None) -> tuple[nn.Module, Callab
 
 def choose_layers(model: nn.Module, policy: str = "auto", *, min_size: int = DEFAULT_CAM_MIN_SIZE,
                   input_shape: tuple[int, ...] | None = None) -> list[CamLayer]:
-    """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``poly``, ``model``; see :mod:`medistill.cam_policy`),
-    shallow to deep; ``input_shape`` (C, H, W) is what the model runs at (default: its declared input)."""
+    """The layers a CAM hooks under ``policy`` (``auto``, ``fuse``, ``poly``, ``model``; see
+    :mod:`medistill.cam_policy`), shallow to deep; ``input_shape`` (C, H, W) is what the model runs at (default: its
+    declared input)."""
     if policy not in CAM_LAYER_POLICIES:
         raise ModelError(f"cam_layers: got {policy!r}, expected one of {', '.join(CAM_LAYER_POLICIES)}")
     if min_size < 1:

@@ -201,8 +201,8 @@ def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputC
                 ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
     """(student layers, teacher layers, student map side) of the explanation loss's maps, by
     ``distill.cam_layers`` at each model's own input size: the layers ``explain`` hooks under the same policy
-    (one, or several combined under ``fuse`` / ``poly``), so the student is trained on the maps it is judged by. No teacher
-    layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
+    (one, or several combined under ``fuse`` / ``poly``), so the student is trained on the maps it is judged by.
+    No teacher layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
     from ..models.cam_layers import choose_layers
 
     if cfg.distill.explain_loss == "none":
