@@ -214,3 +214,77 @@ def test_group_by_errors_name_the_pattern(tmp_path, capsys):
         from medistill.config import DataConfig, build
 
         build(DataConfig, overrides={"dataset": "folder", "group_by": "(("})
+
+
+# --- near-identical images (slices of one scan) with no patient in their names ---------------------------------
+def scan_folder(root: Path, scans: int = 8, slices: int = 6) -> dict[str, int]:
+    """``scans`` smooth random volumes, ``slices`` images each, turning slowly from one field to another (adjacent
+    slices correlate at cos(0.1) = 0.995, the ends at 0.88), saved under shuffled names in their scan's class
+    folder; returns file name -> scan."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    names = rng.permutation(scans * slices)
+    scan_of = {}
+    for s in range(scans):
+        a, b = (gaussian_filter(rng.normal(size=(64, 64)), 4) for _ in range(2))
+        cls = root / ("mild" if s % 2 else "none")
+        cls.mkdir(parents=True, exist_ok=True)
+        for k in range(slices):
+            img = a * np.cos(0.1 * k) + b * np.sin(0.1 * k)
+            name = f"img{names[s * slices + k]}.png"
+            Image.fromarray(np.clip(128 + 400 * img, 0, 255).astype(np.uint8)).save(cls / name)
+            scan_of[name] = s
+    return scan_of
+
+
+def test_group_similar_finds_each_scan_and_keeps_it_in_one_split(tmp_path, capsys):
+    from medistill.data.folder import ImageFolder
+    from medistill.data.similar import similar_groups
+
+    scan_of = scan_folder(tmp_path / "mri")
+    paths = sorted((tmp_path / "mri").rglob("*.png"))
+    groups = similar_groups(paths, 0.98)
+    truth = np.array([scan_of[p.name] for p in paths])
+    assert len(set(groups)) == 8
+    assert all(len(set(truth[groups == g])) == 1 for g in set(groups))  # one scan per group, one group per scan
+
+    ungrouped = ImageFolder.load_table(tmp_path / "mri", seed=0, val_fraction=0.25, test_fraction=0.25)
+    scans = ungrouped.records["path"].map(lambda p: scan_of[Path(p).name])
+    assert (ungrouped.records.groupby(scans)["split"].nunique() > 1).any()  # the leak: one scan in two splits
+    table = ImageFolder.load_table(tmp_path / "mri", seed=0, val_fraction=0.25, test_fraction=0.25,
+                                   group_similar=0.98)
+    scans = table.records["path"].map(lambda p: scan_of[Path(p).name])
+    assert (table.records.groupby(scans)["split"].nunique() == 1).all()
+    assert set(table.records["split"]) == {"train", "val", "test"}
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path / "mri"), "--group-similar", "0.98",
+                         "--val-fraction", "0.25", "--test-fraction", "0.25", "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["num_patients"] == 8 and not any(s["patient_overlap"].values())
+    assert s["report"]["grouped_by"] == "similar >= 0.98"
+
+
+@pytest.mark.data
+def test_group_similar_finds_the_alzheimer_subjects_that_train_and_test_share(shared_data):
+    """The Kaggle Alzheimer set's ModerateDemented class: 52 training and 12 test slices of two subjects (32 each);
+    its file names say nothing of that."""
+    from medistill.data.similar import similar_groups
+
+    root = shared_data / "alzheimer-mri"
+    train = sorted((root / "train" / "ModerateDemented").glob("*.jpg"))
+    test = sorted((root / "test" / "ModerateDemented").glob("*.jpg"))
+    assert (len(train), len(test)) == (52, 12)
+    groups = similar_groups(train + test, 0.98)
+    assert sorted(np.bincount(groups)) == [32, 32]
+    assert set(groups[:52]) == set(groups[52:]) == {0, 1}  # each subject has slices in both folders
+
+
+def test_group_similar_errors_name_the_option(tmp_path, capsys):
+    from medistill.config import ConfigError, DataConfig, build
+
+    with pytest.raises(ConfigError, match="not both"):
+        build(DataConfig, overrides={"dataset": "folder", "group_by": "(x)", "group_similar": "0.98"})
+    with pytest.raises(ConfigError, match=r"group_similar: got 1\.5"):
+        build(DataConfig, overrides={"dataset": "folder", "group_similar": "1.5"})
+    rc, _, err = run_cli(capsys, "--dataset", "nih", "--root", str(tmp_path), "--group-similar", "0.98")
+    assert rc == 2 and "only folder datasets" in err

@@ -41,6 +41,10 @@ class DataConfig:
         None, "folder datasets: a regular expression whose first capture group names the patient or study in each "
               "file name (e.g. '^(\\d+)_' for 1234_left.jpg / 1234_right.jpg); images of one group stay in one "
               "split and count as one patient; None = each image is its own patient")
+    group_similar: float | None = option(
+        None, "folder datasets without patient names: images whose 48 px grey thumbnails correlate at this value or "
+              "more (e.g. 0.98) are one group, as are their neighbours' (the slices of one scan); groups stay in one "
+              "split and count as one patient, and groups spanning official splits are reported; None = off")
     skip_unreadable: bool = option(False, "drop unreadable images (and report how many) instead of failing")
     cache: bool = option(True, "decode each image once into a uint8 memory-mapped cache at image_size")
     cache_dir: str | None = option(
@@ -58,6 +62,14 @@ class DataConfig:
         check_choice("blank", self.blank, ("negative", "ignore"))
         check_choice("augment", self.augment, ("none", "light", "strong"))
         check_range("num_workers", self.num_workers, 0, 64)
+        if self.group_similar is not None:
+            check_range("group_similar", self.group_similar, 0.5, 0.9999)
+            if self.dataset != "folder":
+                raise ConfigError(f"group_similar: only folder datasets take a grouping (dataset is "
+                                  f"{self.dataset!r}, whose table names its patients)")
+            if self.group_by is not None:
+                raise ConfigError(f"group_similar: give either group_by ({self.group_by!r}) or group_similar "
+                                  f"({self.group_similar}), not both")
         if self.group_by is not None:
             import re
 

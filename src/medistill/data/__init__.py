@@ -53,6 +53,8 @@ def source_options(cfg: DataConfig) -> dict[str, Any]:
         opts.update(uncertainty=cfg.uncertainty, blank=cfg.blank, frontal_only=cfg.frontal_only)
     if cfg.dataset == "folder" and cfg.group_by:
         opts["group_by"] = cfg.group_by
+    if cfg.dataset == "folder" and cfg.group_similar is not None:
+        opts["group_similar"] = cfg.group_similar
     if cfg.labels:
         opts["labels"] = tuple(cfg.labels)
     return opts

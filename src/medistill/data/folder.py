@@ -9,7 +9,9 @@ leak test images into training, so they are named in a warning).
 Image folders name no patients: each image is its own patient unless ``group_by`` (a regular expression whose
 first capture group names the patient or study in each file name, e.g. ``^([0-9]+)_`` for ``1234_left.jpg`` and
 ``1234_right.jpg``) groups them; the drawn splits then keep a group together and ``data inspect`` counts patients
-by it.
+by it. Where no file name tells, ``group_similar`` groups near-identical images (the slices of one scan; see
+:mod:`.similar`) in the same way; ``data inspect``'s patient overlap then shows official split folders that share a
+scan.
 """
 
 from __future__ import annotations
@@ -95,10 +97,12 @@ class ImageFolder(MedicalDataset):
     @classmethod
     def load_table(cls, root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
                    check_duplicates: bool = True, labels: Sequence[str] | None = None, group_by: str | None = None,
-                   **options: Any) -> Table:
+                   group_similar: float | None = None, **options: Any) -> Table:
         if options:
             raise DatasetError(f"folder: unsupported options {sorted(options)}; valid: val_fraction, test_fraction, "
-                               f"labels, check_duplicates, group_by")
+                               f"labels, check_duplicates, group_by, group_similar")
+        if group_by and group_similar is not None:
+            raise DatasetError(f"folder dataset at {root}: give group_by or group_similar, not both")
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         split_dirs = {_split_name(p.name): p for p in subdirs if _split_name(p.name)}
         rows: list[dict[str, Any]] = []
@@ -125,6 +129,10 @@ class ImageFolder(MedicalDataset):
         df["image_id"] = [str(Path(p).relative_to(root)) for p in df["path"]]
         # image folders carry no patient ids: each image is its own patient, unless group_by names them
         df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
+        if group_similar is not None:
+            from .similar import similar_groups
+
+            df["patient_id"] = [f"similar-{g}" for g in similar_groups(list(df["path"]), group_similar)]
         df["view"] = ""
         if df["split"].isna().all():
             df["split"] = group_split(df["patient_id"], {"val": val_fraction, "test": test_fraction}, seed,
@@ -136,6 +144,8 @@ class ImageFolder(MedicalDataset):
         report: dict[str, Any] = {"classes": classes}
         if group_by:
             report["grouped_by"] = group_by
+        if group_similar is not None:
+            report["grouped_by"] = f"similar >= {group_similar}"
         if check_duplicates:
             report.update(cls.duplicates(df))
         y = np.array([classes.index(c) for c in df["cls"]])
