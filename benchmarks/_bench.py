@@ -145,12 +145,11 @@ def si(v: float | None) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from medistill.utils.io import to_jsonable
+    """Atomically, through a temporary file of this writer's own: two processes of one benchmark (``--phase kd``
+    beside ``--phase nokd``) write the same results file."""
+    from medistill.utils.io import atomic_write_text, to_jsonable
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any:

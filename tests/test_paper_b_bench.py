@@ -73,3 +73,25 @@ def test_the_teacher_can_be_fine_tuned_with_the_named_recipe(bench, monkeypatch,
     monkeypatch.setattr("sys.argv", ["paper_b_full.py"])
     plain = bench.teacher_cfg(bench.parse(), tmp_path / "teacher")  # the brain tumour teacher's plain settings
     assert (plain.recipe, plain.train.label_smoothing, plain.train.ema_decay) == (None, 0.0, 0.0)
+
+
+def test_group_similar_reaches_the_teacher_and_every_student(bench, monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--dataset", "alzheimer-mri", "--group-similar", "0.98"])
+    a = bench.parse()
+    a.data_root = "/data/alzheimer-mri"
+    assert bench.teacher_cfg(a, tmp_path / "teacher").data.group_similar == 0.98
+    for kd in (None, (0.0, 1.0)):
+        assert bench.student_cfg(a, tmp_path, "kdfmv", 0, kd)[1].data.group_similar == 0.98
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py"])
+    assert bench.teacher_cfg(bench.parse(), tmp_path / "teacher").data.group_similar is None
+
+
+def test_results_are_written_through_a_temporary_file_of_the_writers_own(tmp_path):
+    """Two processes of one benchmark write one results file; a fixed temporary name (results.tmp) let one move
+    the other's file away, and the second failed (FileNotFoundError) after its run had finished."""
+    helpers = load_benchmark("_bench")
+    (tmp_path / "results.tmp").mkdir()  # where the fixed name would write: taken
+    helpers.write_json(tmp_path / "results.json", {"a": 1})
+    helpers.write_json(tmp_path / "results.json", {"a": 2})
+    assert helpers.read_json(tmp_path / "results.json") == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.tmp"]
