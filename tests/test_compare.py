@@ -95,3 +95,29 @@ def test_kd_gain_refuses_runs_scored_on_other_images(three_runs: list[Path], tmp
     np.savez_compressed(f, **arrays)
     with pytest.raises(CompareError, match="different test images"):
         kd_gain(compare_runs([three_runs[0], three_runs[1], other]), n_bootstrap=10)
+
+
+def test_the_patient_bootstrap_draws_patients_not_their_images():
+    """40 patients, each seen in 8 identical images: resampling images treats the 320 as independent and gives a
+    narrower interval; resampling patients gives exactly the interval of one image per patient."""
+    from medistill.evaluate.bootstrap import resample_counts
+
+    rng = np.random.default_rng(3)
+    k, m = 40, 8
+    targets1 = np.eye(2)[rng.integers(0, 2, k)]
+    probs_a1 = np.where(rng.random((k, 1)) < 0.7, targets1, 1 - targets1)  # right on ~70 % of patients
+    probs_b1 = np.where(rng.random((k, 1)) < 0.5, targets1, 1 - targets1)
+    rep = lambda x: np.repeat(x, m, axis=0)  # noqa: E731
+    groups = np.repeat(np.arange(k), m)
+    one = paired_bootstrap_gain("multiclass", probs_a1, probs_b1, targets1, np.ones_like(targets1), n_bootstrap=500)
+    by_patient = paired_bootstrap_gain("multiclass", rep(probs_a1), rep(probs_b1), rep(targets1),
+                                       np.ones((k * m, 2)), n_bootstrap=500, groups=groups)
+    by_image = paired_bootstrap_gain("multiclass", rep(probs_a1), rep(probs_b1), rep(targets1),
+                                     np.ones((k * m, 2)), n_bootstrap=500)
+    assert by_patient == pytest.approx(one)
+    assert by_image["value"] == pytest.approx(one["value"])
+    assert by_image["ci_high"] - by_image["ci_low"] < 0.6 * (one["ci_high"] - one["ci_low"])
+    counts = next(resample_counts(k * m, 3, seed=0, groups=groups))
+    assert (counts.reshape(k, m, 3) == counts.reshape(k, m, 3)[:, :1]).all()  # a patient's images drawn together
+    with pytest.raises(ValueError, match="groups: 5 ids for 320 rows"):
+        next(resample_counts(k * m, 3, seed=0, groups=np.arange(5)))

@@ -1,4 +1,4 @@
-"""Bootstrap over images: resample counts, weighted ROC-AUC of many resamples at once, percentile intervals.
+"""Bootstrap over images (or over patients, the cluster bootstrap): resample counts, weighted ROC-AUC of many resamples at once, percentile intervals.
 
 Shared by the metrics' confidence intervals (:mod:`.metrics`) and the paired KD-gain interval (:mod:`.compare`).
 """
@@ -10,11 +10,21 @@ import warnings
 import numpy as np
 
 
-def resample_counts(n: int, n_bootstrap: int, seed: int, chunk: int | None = None):
+def resample_counts(n: int, n_bootstrap: int, seed: int, chunk: int | None = None, groups=None):
     """Yield ``(n, b)`` integer arrays: column ``j`` counts how often each of the ``n`` rows is drawn in resample j.
 
-    Resamples draw ``n`` rows uniformly with replacement (``rng.integers``), ``b`` resamples per chunk.
+    Resamples draw ``n`` rows uniformly with replacement (``rng.integers``), ``b`` resamples per chunk. With
+    ``groups`` (one id per row: the patient), they draw the groups instead, as many as there are, and each row
+    counts as often as its group is drawn (the cluster bootstrap: slices or views of one patient are not
+    independent evidence, and resampling them one by one gives intervals too narrow).
     """
+    if groups is not None:
+        _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+        if len(group_of) != n:
+            raise ValueError(f"groups: {len(group_of)} ids for {n} rows")
+        for counts in resample_counts(int(group_of.max()) + 1 if n else 0, n_bootstrap, seed, chunk):
+            yield counts[group_of]
+        return
     rng = np.random.default_rng(seed)
     chunk = chunk or max(1, min(n_bootstrap, 4_000_000 // max(n, 1)))
     done = 0

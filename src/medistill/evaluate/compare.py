@@ -67,9 +67,11 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------
 
 def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
-                          mask: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+                          mask: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0,
+                          groups: np.ndarray | None = None) -> dict[str, float]:
     """Main metric of ``a`` minus that of ``b`` on the same images ``(N, L)``: the point value and a 95 %
-    percentile CI from ``n_bootstrap`` paired resamples of the images (each resample scores both models).
+    percentile CI from ``n_bootstrap`` paired resamples of the images (each resample scores both models), or of
+    the patients when ``groups`` names each image's patient (see :func:`.bootstrap.resample_counts`).
 
     Multi-label: macro AUC (labels with both classes in the resample; the mask respected per label).
     Single-label: accuracy over kept rows.
@@ -81,7 +83,7 @@ def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.nda
     diffs = []
     if t.multilabel:
         n, L = probs_a.shape
-        for counts in resample_counts(n, n_bootstrap, seed):
+        for counts in resample_counts(n, n_bootstrap, seed, groups=groups):
             per = np.full((2, counts.shape[1], L), np.nan)
             for k in range(L):
                 rows = np.flatnonzero(valid[:, k])
@@ -97,7 +99,9 @@ def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.nda
         d = (probs_a[keep].argmax(1) == true).astype(np.float64) - (probs_b[keep].argmax(1) == true)  # (n,)
         n = len(d)
         if n:
-            diffs = [d @ counts / n for counts in resample_counts(n, n_bootstrap, seed)]
+            kept = None if groups is None else np.asarray(groups)[keep]
+            diffs = [d @ counts / np.maximum(counts.sum(0), 1)
+                     for counts in resample_counts(n, n_bootstrap, seed, groups=kept)]
     lo, hi = percentile_ci(np.concatenate(diffs)) if diffs else (float("nan"), float("nan"))
     return {"value": float(value), "ci_low": lo, "ci_high": hi}
 
@@ -110,11 +114,12 @@ def _predictions(run: Path, split: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0,
+            groups: np.ndarray | None = None) -> dict[str, Any] | None:
     """KD minus no-KD for the student model that has both kinds of run among ``rows`` (:func:`compare_runs`).
 
     ``value`` / ``ci_low`` / ``ci_high``: the first KD run against the first no-KD run (paired bootstrap on their
-    common test split). With several runs of each (seeds): ``seeds`` holds each side's values and the mean gain
+    common test split; over patients when ``groups`` names the patient of each of its images, in order). With several runs of each (seeds): ``seeds`` holds each side's values and the mean gain
     with the seeds' standard deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
     includes 0, or with seeds the mean gain is within the seeds' spread). None when there is no such pair.
     """
@@ -133,11 +138,15 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
         raise CompareError(f"{a['run']} and {b['run']} were evaluated on different {split} images (their targets "
                            f"differ): KD and no-KD must be scored on the same data")
     task = get_task(runs.RunDir(a["run"]).metrics()["task"])
+    if groups is not None and len(groups) != len(pa["targets"]):
+        raise CompareError(f"groups: {len(groups)} patient ids for the {len(pa['targets'])} {split} images of "
+                           f"{a['run']}")
+    unit = f"{split} images" if groups is None else f"{split} patients ({len(np.unique(groups))})"
     out: dict[str, Any] = {"metric": task.main_metric, "split": split, "model": a["model"], "kd_run": a["run"],
-                           "nokd_run": b["run"], "method": f"paired percentile bootstrap over {split} images, "
+                           "nokd_run": b["run"], "method": f"paired percentile bootstrap over {unit}, "
                                                            f"{n_bootstrap} resamples, seed {seed}",
                            **paired_bootstrap_gain(task, pa["probs"], pb["probs"], pa["targets"], pa["mask"],
-                                                   n_bootstrap=n_bootstrap, seed=seed)}
+                                                   n_bootstrap=n_bootstrap, seed=seed, groups=groups)}
     verdict_ci = (out["ci_low"] > 0, out["ci_high"] < 0)
     if len(kd) > 1 or len(nokd) > 1:
         kv = np.array([float(r["value"]) for r in kd], dtype=float)
