@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as B  # noqa: E402
@@ -147,7 +149,8 @@ def main() -> None:
     res.update({"image_size": a.image_size, "teacher_image_size": a.teacher_size, "settings": vars(a),
                 "command": "nice -n 19 .venv/bin/python benchmarks/paper_b_full.py " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                    if k not in ("runs", "cache_dir", "data_root", "results") and v is not None)})
+                    if k not in ("runs", "cache_dir", "data_root", "results") and v is not None)
+                + (f" --data-root {a.data_root}" if a.data_root != str(DATA / a.dataset) else "")})
     res.setdefault("runs", {})
 
     def save() -> None:
@@ -246,7 +249,18 @@ def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float
 
     kd = [runs_dir / student_cfg(a, runs_dir, model, s, best)[0] for s in range(a.seeds)]
     nokd = [runs_dir / student_cfg(a, runs_dir, model, s, None)[0] for s in range(a.seeds)]
-    return gain(compare_runs([runs_dir / "teacher", *kd, *nokd]), n_bootstrap=a.bootstrap)
+    return gain(compare_runs([runs_dir / "teacher", *kd, *nokd]), n_bootstrap=a.bootstrap,
+                groups=test_patients(student_cfg(a, runs_dir, model, 0, None)[1]) if a.group_similar else None)
+
+
+def test_patients(cfg) -> np.ndarray:
+    """The patient (group) of each test image, in the order the runs' test predictions are stored."""
+    from medistill.data import dataset_class, resolve_root, source_options
+
+    table = dataset_class(cfg.data.dataset).table(resolve_root(cfg.data), seed=cfg.data.split_seed,
+                                                  **source_options(cfg.data))
+    rec = table.records
+    return rec["patient_id"].to_numpy()[rec["split"].to_numpy() == "test"]
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
