@@ -44,7 +44,7 @@ class DataConfig:
     group_similar: float | None = option(
         None, "folder datasets without patient names: images whose 48 px grey thumbnails correlate at this value or "
               "more (e.g. 0.98) are one group, as are their neighbours' (the slices of one scan); groups stay in one "
-              "split and count as one patient, and groups spanning official splits are reported; None = off")
+              "split and count as one patient (data inspect shows split folders that share one); None = off")
     skip_unreadable: bool = option(False, "drop unreadable images (and report how many) instead of failing")
     cache: bool = option(True, "decode each image once into a uint8 memory-mapped cache at image_size")
     cache_dir: str | None = option(
