@@ -254,13 +254,13 @@ def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float
 
 
 def test_patients(cfg) -> np.ndarray:
-    """The patient (group) of each test image, in the order the runs' test predictions are stored."""
-    from medistill.data import dataset_class, resolve_root, source_options
+    """The patient (group) of each test image, in the order the runs' test predictions are stored: the test split
+    as evaluation builds it (same rows, same limit), without its image cache."""
+    import dataclasses
 
-    table = dataset_class(cfg.data.dataset).table(resolve_root(cfg.data), seed=cfg.data.split_seed,
-                                                  **source_options(cfg.data))
-    rec = table.records
-    return rec["patient_id"].to_numpy()[rec["split"].to_numpy() == "test"]
+    from medistill.data import build_dataset
+
+    return build_dataset(dataclasses.replace(cfg.data, cache=False), "test").data.records["patient_id"].to_numpy()
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:

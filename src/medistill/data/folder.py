@@ -127,12 +127,14 @@ class ImageFolder(MedicalDataset):
         if len(classes) < 2:
             raise DatasetError(f"folder dataset at {root}: found one class folder ({classes}), expected at least 2")
         df["image_id"] = [str(Path(p).relative_to(root)) for p in df["path"]]
-        # image folders carry no patient ids: each image is its own patient, unless group_by names them
-        df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
+        # image folders carry no patient ids: each image is its own patient, unless group_by or group_similar
+        # names them
         if group_similar is not None:
             from .similar import similar_groups
 
             df["patient_id"] = [f"similar-{g}" for g in similar_groups(list(df["path"]), group_similar)]
+        else:
+            df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
         df["view"] = ""
         if df["split"].isna().all():
             df["split"] = group_split(df["patient_id"], {"val": val_fraction, "test": test_fraction}, seed,

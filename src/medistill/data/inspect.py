@@ -9,7 +9,7 @@ label over all splits; for single-label sets, images per class), plus::
     masked           label -> images whose label is masked out (uncertain or missing, per the policy)
     uncertain        label -> raw uncertain (-1) values (CheXpert)
     patient_overlap  "train/val" ... -> patients found in both splits (0 for a sound split; image folders: the
-                     groups of --group-by, else each image is its own patient)
+                     groups of --group-by or --group-similar, else each image is its own patient)
     grouping_hint    image folders without --group-by whose file names look grouped (1234_left / 1234_right):
                      {images_in_groups, groups, examples, suggestion}
     views            view -> images
@@ -137,7 +137,7 @@ def summarize(cfg: DataConfig, *, readable: bool = False,
     cls = dataset_class(cfg.dataset)
     table = cls.table(root, seed=cfg.split_seed, **source_options(cfg))
     out = {"dataset": cfg.dataset, "root": str(root), **summarize_table(table)}
-    if cfg.dataset == "folder" and not cfg.group_by:
+    if cfg.dataset == "folder" and not cfg.group_by and cfg.group_similar is None:
         from .folder import grouping_hint
 
         hint = grouping_hint(list(table.records["image_id"]))

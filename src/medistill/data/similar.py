@@ -11,9 +11,9 @@ takes the connected components as groups. At 0.98 or 0.985 this finds 200 groups
 (train and test folders together), each of one class: its subjects. Splits drawn by these groups keep each subject
 in one. (With 32 px thumbnails, 0.98 chains 68 subjects into one component: 48 px keeps them apart.)
 
-Neighbours within a radius come from scikit-learn (a neighbour search over the unit-norm thumbnails, where a correlation
-of ``t`` is a Euclidean distance of ``sqrt(2 - 2t)``) and the components from SciPy's graph routines. The 6,400
-Alzheimer images take about 5 s on 2 cores, most of it reading them.
+Neighbours within a radius come from scikit-learn (a neighbour search over the unit-norm thumbnails, where a
+correlation of ``t`` is a Euclidean distance of ``sqrt(2 - 2t)``) and the components from SciPy's graph routines.
+The 6,400 Alzheimer images take about 5 s on 2 cores.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Bootstrap over images (or over patients, the cluster bootstrap): resample counts, weighted ROC-AUC of many resamples at once, percentile intervals.
+"""Bootstrap over images (or over patients, the cluster bootstrap): resample counts, weighted ROC-AUC of many
+resamples at once, percentile intervals.
 
 Shared by the metrics' confidence intervals (:mod:`.metrics`) and the paired KD-gain interval (:mod:`.compare`).
 """

@@ -119,8 +119,9 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
     """KD minus no-KD for the student model that has both kinds of run among ``rows`` (:func:`compare_runs`).
 
     ``value`` / ``ci_low`` / ``ci_high``: the first KD run against the first no-KD run (paired bootstrap on their
-    common test split; over patients when ``groups`` names the patient of each of its images, in order). With several runs of each (seeds): ``seeds`` holds each side's values and the mean gain
-    with the seeds' standard deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
+    common test split; over patients when ``groups`` names the patient of each of its images, in order). With
+    several runs of each (seeds): ``seeds`` holds each side's values and the mean gain with the seeds' standard
+    deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
     includes 0, or with seeds the mean gain is within the seeds' spread). None when there is no such pair.
     """
     kd = [r for r in rows if r["role"] == KD]
