@@ -52,6 +52,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--group-similar", type=float, default=None,
                    help="draw the validation share by groups of near-identical images (data.group_similar, e.g. "
                         "0.98: the slices of one scan), so it holds unseen patients; give it its own --runs")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="data.split_seed: which patients the drawn validation (and test) shares hold; another draw "
+                        "is another experiment, so give it its own --runs")
     p.add_argument("--image-size", type=int, default=128, help="the students' input size")
     p.add_argument("--students", default="kdfmv,eeea_net_c2")
     p.add_argument("--student-epochs", type=int, default=15)
@@ -90,11 +93,13 @@ def teacher_cfg(a: argparse.Namespace, out: Path):
         "model.name": "efficientnet_lite0",
         "model.pretrained": "true", "model.in_chans": "1", "train.epochs": str(a.teacher_epochs),
         "train.batch_size": "32", "train.lr": "0.001", "train.warmup_epochs": "1", "train.seed": "0",
-        "train.threads": str(a.threads), **grouping(a)})  # the recipe's epochs / lr / warm-up yield to these
+        "train.threads": str(a.threads), **split(a)})  # the recipe's epochs / lr / warm-up yield to these
 
 
-def grouping(a: argparse.Namespace) -> dict[str, str]:
-    return {"data.group_similar": str(a.group_similar)} if a.group_similar is not None else {}
+def split(a: argparse.Namespace) -> dict[str, str]:
+    """How the drawn splits are made: the same for the teacher and every student."""
+    over = {"data.split_seed": str(a.split_seed)}
+    return over | ({"data.group_similar": str(a.group_similar)} if a.group_similar is not None else {})
 
 
 def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd: tuple[float, float] | None):
@@ -108,7 +113,7 @@ def student_cfg(a: argparse.Namespace, runs_dir: Path, model: str, seed: int, kd
             "train.batch_size": str(a.batch_size), "train.lr": str(a.lr), "train.warmup_epochs": "1",
             "train.seed": str(seed), "train.threads": str(a.threads), "train.mixup": str(a.mixup),
             "train.cutmix": str(a.cutmix), "train.mix_prob": str(a.mix_prob), "train.channels_last": a.channels_last,
-            **grouping(a)}
+            **split(a)}
     if kd is not None:
         over.update({"distill.teacher": str(runs_dir / "teacher"), "distill.alpha": str(kd[0]),
                      "distill.temperature": str(kd[1]), "distill.teacher_views": str(a.views),

@@ -121,3 +121,42 @@ def test_the_patient_bootstrap_draws_patients_not_their_images():
     assert (counts.reshape(k, m, 3) == counts.reshape(k, m, 3)[:, :1]).all()  # a patient's images drawn together
     with pytest.raises(ValueError, match="groups: 5 ids for 320 rows"):
         next(resample_counts(k * m, 3, seed=0, groups=np.arange(5)))
+
+
+def test_evaluate_records_each_images_patient_and_compare_draws_patients(three_runs: list[Path], tmp_path: Path):
+    """The phantom's patients have 1-3 images each: evaluate stores each test image's patient, its interval and
+    compare's KD gain draw patients; runs evaluated before patients were stored fall back to images, and runs
+    whose patients differ are refused."""
+    import shutil
+
+    from medistill import runs
+    from medistill.evaluate.compare import compare_runs
+
+    with np.load(three_runs[1] / runs.predictions_file("test")) as z:
+        patients, n = z["patients"], len(z["targets"])
+    ds = runs.run_dataset(three_runs[1], "test")
+    assert patients.tolist() == ds.data.records["patient_id"].astype(str).tolist() and len(patients) == n
+    k = len(np.unique(patients))
+    assert k < n  # some patient has several test images
+    assert runs.RunDir(three_runs[1]).metrics()["auc_ci95_method"].startswith(f"percentile bootstrap over patients ({k})")
+    g = kd_gain(compare_runs(three_runs), n_bootstrap=50)
+    assert g["method"].startswith(f"paired percentile bootstrap over test patients ({k})")
+    forced = kd_gain(compare_runs(three_runs), n_bootstrap=50, groups=patients)
+    assert (g["ci_low"], g["ci_high"]) == (forced["ci_low"], forced["ci_high"])
+
+    def copy_without(name: str, change) -> Path:
+        other = tmp_path / name
+        shutil.copytree(three_runs[2], other)
+        f = other / runs.predictions_file("test")
+        with np.load(f) as z:
+            arrays = {key: z[key] for key in z.files}
+        change(arrays)
+        np.savez_compressed(f, **arrays)
+        return other
+
+    old = copy_without("old", lambda a: a.pop("patients"))
+    assert kd_gain(compare_runs([three_runs[0], three_runs[1], old]), n_bootstrap=50)["method"].startswith(
+        "paired percentile bootstrap over test images")
+    moved = copy_without("moved", lambda a: a.update(patients=np.roll(a["patients"], 1)))
+    with pytest.raises(CompareError, match="patients differ"):
+        kd_gain(compare_runs([three_runs[0], three_runs[1], moved]), n_bootstrap=10)

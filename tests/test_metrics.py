@@ -269,3 +269,35 @@ def test_bad_inputs_raise_clear_errors(mc):
         multilabel_metrics(probs, y, m, labels, thresholds=np.array([0.5, 0.5]))
     with pytest.raises(MetricError, match="expected 0 or 1"):
         multilabel_metrics(probs, y * 0.5, m, labels)
+
+
+def test_intervals_draw_patients_when_patients_have_several_images(ml):
+    """Each image repeated 4 times as one patient's: drawing patients gives exactly the intervals of one image
+    per patient (same seed), drawing images a narrower, overconfident one; the method names the unit."""
+    from medistill.evaluate.bootstrap import patient_groups
+
+    probs, y, m = ml
+    rep = lambda a: np.repeat(a, 4, axis=0)  # noqa: E731
+    patients = rep(np.array([f"p{i:03d}" for i in range(len(probs))]))  # sorted as the rows: the same draws
+    assert patient_groups(patients) is patients and patient_groups(np.arange(5)) is None
+    assert patient_groups(None) is None
+    with pytest.warns(MetricWarning):
+        one = multilabel_metrics(probs, y, m, LABELS, n_bootstrap=200, seed=1)
+    with pytest.warns(MetricWarning):
+        grouped = multilabel_metrics(rep(probs), rep(y), rep(m), LABELS, n_bootstrap=200, seed=1, groups=patients)
+    with pytest.warns(MetricWarning):
+        flat = multilabel_metrics(rep(probs), rep(y), rep(m), LABELS, n_bootstrap=200, seed=1)
+    assert grouped["auc_ci95"] == pytest.approx(one["auc_ci95"], abs=1e-12)
+    assert grouped["auc_ci95_method"] == "percentile bootstrap over patients (80), 200 resamples, seed 1"
+    assert one["auc_ci95_method"].startswith("percentile bootstrap over images")
+    assert np.diff(flat["auc_ci95"])[0] < 0.7 * np.diff(one["auc_ci95"])[0]
+
+    true = np.arange(len(probs)) % 3
+    pc, yc = np.eye(3)[(true + (probs[:, 0] > 0.7)) % 3] * 0.8 + 0.1, np.eye(3)[true]
+    mc = np.ones_like(yc)
+    mc[0] = 0  # a dropped row: the patients are taken from the kept rows
+    one = multiclass_metrics(pc[1:], yc[1:], mc[1:], None, n_bootstrap=300, seed=2)
+    grouped = multiclass_metrics(rep(pc), rep(yc), rep(mc), None, n_bootstrap=300, seed=2, groups=patients)
+    assert grouped["accuracy"] == pytest.approx(one["accuracy"])
+    assert grouped["accuracy_ci95"] == pytest.approx(one["accuracy_ci95"], abs=1e-12)
+    assert grouped["accuracy_ci95_method"].startswith("percentile bootstrap over patients (79)")

@@ -12,7 +12,7 @@ Layout of a run directory::
     model.safetensors      BEST_WEIGHTS    best weights
     last.safetensors       LAST_WEIGHTS    last weights;  state.pt (STATE_FILE): everything resume needs
     teacher_logits.npy     TEACHER_LOGITS  offline distillation: the teachers' cached logits (+ ``.key`` beside it)
-    predictions_<split>.npz  predictions_file(split)  evaluate's probabilities, logits, targets, mask
+    predictions_<split>.npz  predictions_file(split)  evaluate's probabilities, logits, targets, mask, patients
     export/                EXPORT_DIR      ``medistill export``'s default output folder
     run.lock               LOCK_FILE       locked (``flock``) while a process trains into the folder; holds its pid
 

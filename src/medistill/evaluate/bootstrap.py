@@ -65,6 +65,21 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray,
         return np.where(den > 0, u2 / (2.0 * np.where(den > 0, den, 1)), np.nan)
 
 
+def patient_groups(patients: np.ndarray | None) -> np.ndarray | None:
+    """``patients`` (one id per row) when some patient has more than one row, so that the bootstrap must draw
+    patients; None when every row is its own patient (or none are known), where drawing rows is the same thing
+    and keeps the image bootstrap's figures."""
+    if patients is None:
+        return None
+    patients = np.asarray(patients)
+    return patients if len(np.unique(patients)) < len(patients) else None
+
+
+def bootstrap_unit(groups: np.ndarray | None) -> str:
+    """What a bootstrap resample draws, for the intervals' method strings: "images" or "patients (N)"."""
+    return "images" if groups is None else f"patients ({len(np.unique(np.asarray(groups)))})"
+
+
 def percentile_ci(values: np.ndarray) -> list[float]:
     v = values[np.isfinite(values)]
     if v.size == 0:
@@ -74,15 +89,16 @@ def percentile_ci(values: np.ndarray) -> list[float]:
 
 
 def bootstrap_macro_auc(probs: np.ndarray, targets: np.ndarray, valid: np.ndarray, n_bootstrap: int = 1000,
-                        seed: int = 0) -> np.ndarray:
-    """Macro AUC of ``n_bootstrap`` resamples of the images (rows) -> ``(n_bootstrap,)``.
+                        seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """Macro AUC of ``n_bootstrap`` resamples of the images (rows), or of the patients named by ``groups`` (see
+    :func:`resample_counts`) -> ``(n_bootstrap,)``.
 
     Each resample draws N rows with replacement; each label uses its valid entries among them, and the macro
     average takes the labels with both classes in that resample (NaN if none).
     """
     n, L = probs.shape
     out = []
-    for counts in resample_counts(n, n_bootstrap, seed):
+    for counts in resample_counts(n, n_bootstrap, seed, groups=groups):
         per = np.full((counts.shape[1], L), np.nan)
         for k in range(L):
             rows = np.flatnonzero(valid[:, k])

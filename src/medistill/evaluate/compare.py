@@ -17,7 +17,7 @@ import numpy as np
 from .. import runs
 from ..errors import MedistillError
 from ..task import Task, get_task
-from .bootstrap import percentile_ci, resample_counts, weighted_auc
+from .bootstrap import bootstrap_unit, patient_groups, percentile_ci, resample_counts, weighted_auc
 from .metrics import compute_metrics
 
 KD, NOKD, TEACHER = "student (KD)", "student (no KD)", "teacher"
@@ -119,7 +119,8 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
     """KD minus no-KD for the student model that has both kinds of run among ``rows`` (:func:`compare_runs`).
 
     ``value`` / ``ci_low`` / ``ci_high``: the first KD run against the first no-KD run (paired bootstrap on their
-    common test split; over patients when ``groups`` names the patient of each of its images, in order). With
+    common test split; over patients when ``groups`` names the patient of each of its images, in order, or when
+    ``groups`` is None and the runs' predictions record patients with several images each). With
     several runs of each (seeds): ``seeds`` holds each side's values and the mean gain with the seeds' standard
     deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
     includes 0, or with seeds the mean gain is within the seeds' spread). None when there is no such pair.
@@ -142,7 +143,12 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
     if groups is not None and len(groups) != len(pa["targets"]):
         raise CompareError(f"groups: {len(groups)} patient ids for the {len(pa['targets'])} {split} images of "
                            f"{a['run']}")
-    unit = f"{split} images" if groups is None else f"{split} patients ({len(np.unique(groups))})"
+    if groups is None and "patients" in pa and "patients" in pb:  # runs evaluated before 2026-12-01 have none
+        if not np.array_equal(pa["patients"], pb["patients"]):
+            raise CompareError(f"{a['run']} and {b['run']} were evaluated on different {split} images (their "
+                               f"patients differ): KD and no-KD must be scored on the same data")
+        groups = patient_groups(pa["patients"])
+    unit = f"{split} {bootstrap_unit(groups)}"
     out: dict[str, Any] = {"metric": task.main_metric, "split": split, "model": a["model"], "kd_run": a["run"],
                            "nokd_run": b["run"], "method": f"paired percentile bootstrap over {unit}, "
                                                            f"{n_bootstrap} resamples, seed {seed}",

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import MedistillError
 from ..task import Task, TaskError, get_task
-from .bootstrap import bootstrap_macro_auc, percentile_ci, resample_counts
+from .bootstrap import bootstrap_macro_auc, bootstrap_unit, percentile_ci, resample_counts
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def choose_thresholds(probs: Any, targets: Any, mask: Any = None, *, task: "str 
 # ------------------------------------------------------------------------------------------------------------
 
 def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
-                       thresholds: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                       thresholds: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                       groups: np.ndarray | None = None) -> dict[str, Any]:
     """Multi-label metrics of ``probs`` ``(N, L)`` (a sigmoid per label) against 0/1 ``targets`` ``(N, L)``.
 
     Returns (label-keyed dicts use the names in ``labels``):
@@ -160,7 +161,8 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
       nothing to measure is NaN, an undefined F1 is 0 as scikit-learn's ``zero_division=0``), ``macro_f1`` over
       the labels with both classes;
     - ``auc_ci95`` ``[lo, hi]``: percentile bootstrap over images of the macro AUC, ``n_bootstrap`` resamples
-      seeded by ``seed`` (None when ``n_bootstrap`` is 0);
+      seeded by ``seed`` (None when ``n_bootstrap`` is 0); over patients when ``groups`` names each image's
+      patient (:func:`.bootstrap.patient_groups`), as ``auc_ci95_method`` says;
     - ``labels_without_both_classes`` ``{"count", "names"}`` (see the module's NaN policy);
     - ``ece``: expected calibration error over all valid entries (confidence = the label's probability,
       outcome = its target; 15 bins); ``per_label_positives`` / ``per_label_negatives``; ``num_images``,
@@ -201,7 +203,7 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     macro = float(auc[both].mean()) if both.any() else float("nan")
     ci = None
     if n_bootstrap > 0:
-        ci = percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed)) if both.any() else [float("nan")] * 2
+        ci = percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed, groups)) if both.any() else [float("nan")] * 2
 
     def named(a: np.ndarray) -> dict[str, float]:
         return {lab: float(a[k]) for k, lab in enumerate(labels)}
@@ -214,8 +216,8 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
         "micro_auc": micro,
         "per_label_auc": named(auc),
         "auc_ci95": ci,
-        "auc_ci95_method": None if ci is None else f"percentile bootstrap over images, {n_bootstrap} resamples, "
-                                                     f"seed {seed}",
+        "auc_ci95_method": None if ci is None else f"percentile bootstrap over {bootstrap_unit(groups)}, "
+                                                     f"{n_bootstrap} resamples, seed {seed}",
         "macro_ap": float(ap[both].mean()) if both.any() else float("nan"),
         "per_label_ap": named(ap),
         "thresholds": named(thr),
@@ -236,12 +238,13 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
 # ------------------------------------------------------------------------------------------------------------
 
 def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
-                       thresholds: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                       thresholds: np.ndarray | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                       groups: np.ndarray | None = None) -> dict[str, Any]:
     """Single-label metrics of ``probs`` ``(N, C)`` (softmax rows) against one-hot ``targets`` ``(N, C)``.
 
     The prediction is the argmax (``thresholds`` are ignored). A sample counts when its mask row is all ones; a
-    partly masked row is an error. Returns ``accuracy``, ``accuracy_ci95`` (percentile bootstrap over images;
-    None when ``n_bootstrap`` is 0), ``balanced_accuracy`` (mean recall over the classes present),
+    partly masked row is an error. Returns ``accuracy``, ``accuracy_ci95`` (percentile bootstrap over images, or
+    over the patients ``groups`` names; None when ``n_bootstrap`` is 0), ``balanced_accuracy`` (mean recall over the classes present),
     ``macro_f1`` (scikit-learn's: classes present in targets or predictions, ``zero_division=0``),
     ``per_class_recall`` (NaN for a class absent from the targets), ``per_class_support``, ``confusion_matrix``
     (list of lists, rows = true class, columns = predicted, in ``labels`` order), ``ece`` (top-label: confidence
@@ -277,8 +280,10 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     missing = [labels[c] for c in range(C) if np.isnan(auc[c])]
     _warn_one_class(missing, "classes")
     ci = None
+    kept = None if groups is None else np.asarray(groups)[keep]
     if n_bootstrap > 0:
-        ci = (percentile_ci(np.concatenate([correct @ cnt / nv for cnt in resample_counts(nv, n_bootstrap, seed)]))
+        ci = (percentile_ci(np.concatenate([correct @ cnt / np.maximum(cnt.sum(0), 1)
+                                            for cnt in resample_counts(nv, n_bootstrap, seed, groups=kept)]))
               if nv else [float("nan")] * 2)
     return {
         "task": "multiclass",
@@ -286,8 +291,8 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
         "num_valid": int(nv),
         "accuracy": float(correct.mean()) if nv else float("nan"),
         "accuracy_ci95": ci,
-        "accuracy_ci95_method": None if ci is None else f"percentile bootstrap over images, {n_bootstrap} "
-                                                           f"resamples, seed {seed}",
+        "accuracy_ci95_method": None if ci is None else f"percentile bootstrap over {bootstrap_unit(kept)}, "
+                                                           f"{n_bootstrap} resamples, seed {seed}",
         "balanced_accuracy": float(np.nanmean(recall)) if (support > 0).any() else float("nan"),
         "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)) if nv else float("nan"),
         "per_class_recall": {lab: float(recall[c]) for c, lab in enumerate(labels)},
@@ -302,7 +307,8 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
 
 def compute_metrics(task: "str | Task", probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
                     thresholds: np.ndarray | None = None, **kw: Any) -> dict[str, Any]:
-    """:func:`multilabel_metrics` or :func:`multiclass_metrics` by ``task``; ``kw``: ``n_bootstrap``, ``seed``."""
+    """:func:`multilabel_metrics` or :func:`multiclass_metrics` by ``task``; ``kw``: ``n_bootstrap``, ``seed``,
+    ``groups``."""
     if _task(task).multilabel:
         return multilabel_metrics(probs, targets, mask, labels, thresholds, **kw)
     return multiclass_metrics(probs, targets, mask, labels, thresholds, **kw)

@@ -3,7 +3,8 @@
 ``evaluate_run`` writes into the run's ``metrics.json``: the split's metrics at top level (multi-label:
 ``macro_auc``, ``per_label_auc`` ...; single-label: ``accuracy``, ``macro_f1`` ...), the per-label thresholds chosen
 on the validation split, and efficiency (``params``, ``macs``, ``size_bytes``, ``latency_ms``). Predictions are
-kept in ``predictions_<split>.npz`` for reports (ROC curves, calibration).
+kept in ``predictions_<split>.npz`` for reports (ROC curves, calibration) with each image's patient, so that the
+intervals here and in ``medistill compare`` draw patients, not images, when a patient has several images.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: in
 def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, device: str = "cpu",
                     limit: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``; ``progress(done, total)``
-    after each batch."""
+    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``, and ``patients`` (N,) (the
+    dataset's patient id of each image, as strings); ``progress(done, total)`` after each batch."""
     import torch
 
     from .predict import predict
 
     model, record = runs.load_model(run_dir, device=device)
-    _, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
-    return predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"],
-                   progress=progress).arrays()
+    ds, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
+    out = predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"],
+                  progress=progress).arrays()
+    return out | {"patients": ds.data.records["patient_id"].astype(str).to_numpy(dtype=str)}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 64, latency: bool = True,
@@ -50,6 +52,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Metrics of the run's best model on ``split`` (thresholds chosen on validation); updates metrics.json.
     ``progress(split, done, total)`` is called after each batch of each split predicted (val, then ``split``)."""
+    from ..evaluate.bootstrap import patient_groups
     from ..evaluate.efficiency import cpu_latency_ms, file_size
     from ..evaluate.metrics import choose_thresholds, compute_metrics
     from ..models import count_macs, count_params
@@ -65,7 +68,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     pred = run_predictions(run_dir, split, batch_size=batch_size, device=device,
                            progress=(lambda d, t: progress(split, d, t)) if progress else None)
     metrics = compute_metrics(task, pred["probs"], pred["targets"], pred["mask"], labels, thresholds=thresholds,
-                              n_bootstrap=n_bootstrap)
+                              n_bootstrap=n_bootstrap, groups=patient_groups(pred["patients"]))
     inp = record["input"]
     eff: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inp["size"], inp["channels"]),
                            "size_bytes": file_size(run.file(runs.BEST_WEIGHTS))}
@@ -77,7 +80,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
                    latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
     atomic_write(run.file(runs.predictions_file(split)),
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
-                                     mask=pred["mask"]))
+                                     mask=pred["mask"], patients=pred["patients"]))
     info = run.info()
     result = {**metrics, **eff, "split": split, "num_images": int(len(pred["probs"])), "task": task.name,
               "labels": labels, "model": record["model"], "kind": info.get("kind"),
