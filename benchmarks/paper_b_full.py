@@ -78,6 +78,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--runs", default="runs/bench/paper_b_full", help="parent of the run directories (git-ignored)")
     p.add_argument("--cache-dir", default="runs/bench/image-cache")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--near-copies", type=float, default=0.98,
+                   help="also score every run on the test images without a near copy in training (thumbnail "
+                        "correlation at this value or more, data.similar.near_copies) and on the copies alone; 0 = off")
     p.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "paper_b_full.json"),
                    help="results JSON (the Markdown and plots go beside it)")
     return p.parse_args()
@@ -231,6 +234,8 @@ def main() -> None:
                    for s in range(a.seeds) for kd in (None, best))
         if done:
             sched.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
+            if a.near_copies:
+                sched.setdefault("without_near_copies", {})[model] = without_near_copies(a, runs_dir, model, best)
         else:
             print(f"    {model}: not every KD and no-KD run is finished (another --phase process is on them); "
                   f"re-run when they are for the KD gain")
@@ -256,6 +261,50 @@ def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float
     nokd = [runs_dir / student_cfg(a, runs_dir, model, s, None)[0] for s in range(a.seeds)]
     return gain(compare_runs([runs_dir / "teacher", *kd, *nokd]), n_bootstrap=a.bootstrap,
                 groups=test_patients(student_cfg(a, runs_dir, model, 0, None)[1]) if a.group_similar else None)
+
+
+def near_copy_mask(cfg, threshold: float) -> np.ndarray:
+    """Per test image, in the order of the runs' test predictions: whether a training image is its near copy."""
+    import dataclasses
+
+    from medistill.data import build_dataset
+    from medistill.data.similar import near_copies
+
+    data = dataclasses.replace(cfg.data, cache=False)
+    train, test = (build_dataset(data, s).data.records["path"].tolist() for s in ("train", "test"))
+    copy, _, _ = near_copies(train + test, ["train"] * len(train) + ["test"] * len(test), threshold)
+    return copy[len(train):]
+
+
+def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
+                        best: tuple[float, float]) -> dict[str, Any]:
+    """Test accuracy of the teacher and of every KD / no-KD seed on the test images that have no near copy in
+    training (what the test says about new images) and on the copies alone (memory), with the paired bootstrap
+    KD gain of seed 0 on the former."""
+    from medistill import runs
+    from medistill.evaluate.compare import paired_bootstrap_gain
+
+    copy = near_copy_mask(student_cfg(a, runs_dir, model, 0, None)[1], a.near_copies)
+
+    def scores(run: Path) -> tuple[float, float, dict[str, np.ndarray]]:
+        with np.load(runs.RunDir(run).file(runs.predictions_file("test"))) as z:
+            p = {k: z[k] for k in ("probs", "targets", "mask")}
+        right = p["probs"].argmax(1) == p["targets"].argmax(1)
+        return (float(right[~copy].mean()), float(right[copy].mean()) if copy.any() else float("nan"),
+                {k: v[~copy] for k, v in p.items()})
+
+    out: dict[str, Any] = {"threshold": a.near_copies, "test_images": int(len(copy)),
+                           "near_copies": int(copy.sum()), "teacher": scores(runs_dir / "teacher")[:2]}
+    arrays = {}
+    for side, kd in (("kd", best), ("nokd", None)):
+        rows = [scores(runs_dir / student_cfg(a, runs_dir, model, s, kd)[0]) for s in range(a.seeds)]
+        out[side], out[f"{side}_on_copies"] = [r[0] for r in rows], [r[1] for r in rows]
+        arrays[side] = rows[0][2]
+    out["mean_gain"] = float(np.mean(out["kd"]) - np.mean(out["nokd"]))
+    k, n = arrays["kd"], arrays["nokd"]
+    out["gain_seed0"] = paired_bootstrap_gain("multiclass", k["probs"], n["probs"], k["targets"], k["mask"],
+                                              n_bootstrap=a.bootstrap)
+    return out
 
 
 def test_patients(cfg) -> np.ndarray:
@@ -336,6 +385,16 @@ def markdown(allres: dict[str, Any]) -> str:
             for model, g in (sched.get("kd_gain") or {}).items():
                 if g:
                     lines.append(f"\n{describe_gain(g)}")
+            for model, w in (sched.get("without_near_copies") or {}).items():
+                g, kd, nk = w["gain_seed0"], B.mean_std(w["kd"]), B.mean_std(w["nokd"])
+                lines += ["", f"{model} on the {w['test_images'] - w['near_copies']} test images without a near copy "
+                              f"in training ({w['near_copies']} of {w['test_images']} have one: thumbnail correlation "
+                              f">= {w['threshold']:g}): KD {B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, mean gain "
+                              f"{100 * w['mean_gain']:+.2f} points (seed 0: {100 * g['value']:+.2f}, paired bootstrap "
+                              f"CI {100 * g['ci_low']:+.2f} to {100 * g['ci_high']:+.2f}); teacher "
+                              f"{100 * w['teacher'][0]:.2f} %. On the copies alone: KD "
+                              f"{B.fmt_ms(B.mean_std(w['kd_on_copies']))} %, no KD "
+                              f"{B.fmt_ms(B.mean_std(w['nokd_on_copies']))} %, teacher {100 * w['teacher'][1]:.2f} %."]
         lines += ["", "All runs (test accuracy, best validation accuracy, epoch seconds):", "",
                   "| run | test acc (%) | val acc (%) | mode | s / epoch |", "|---|---|---|---|---|"]
         for name, row in res.get("runs", {}).items():

@@ -55,6 +55,9 @@ def test_brain_tumour_folder_json(shared_data, capsys):
     assert s["splits"]["test"]["num_images"] == 1280
     assert s["splits"]["train"]["num_images"] + s["splits"]["val"]["num_images"] == 5312
     assert s["duplicates"]["duplicates_across_splits"] == 0  # the README says they were removed
+    # ... byte for byte; saved again with other bytes, 298 test images are training images (all of one class)
+    nc = s["near_copies"]
+    assert nc["test"] == {"images": 1280, "near_copies": 298} and nc["same_class"] == 1.0
 
 
 def test_text_table_and_check_readable(tmp_path, capsys):
@@ -288,3 +291,88 @@ def test_group_similar_errors_name_the_option(tmp_path, capsys):
         build(DataConfig, overrides={"dataset": "folder", "group_similar": "1.5"})
     rc, _, err = run_cli(capsys, "--dataset", "nih", "--root", str(tmp_path), "--group-similar", "0.98")
     assert rc == 2 and "only folder datasets" in err
+
+
+def copies_folder(root: Path) -> dict[str, str]:
+    """train/ with 8 independent smooth images in two classes; test/ with 3 of them saved again as noisy JPEGs
+    (other bytes, same picture) and 3 new images; returns test file name -> the training file it copies."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+
+    def field() -> np.ndarray:
+        return np.clip(128 + 400 * gaussian_filter(rng.normal(size=(64, 64)), 4), 0, 255)
+
+    train = {}
+    for k in range(8):
+        cls = root / "train" / ("mild" if k % 2 else "none")
+        cls.mkdir(parents=True, exist_ok=True)
+        train[k] = (cls.name, field())
+        Image.fromarray(train[k][1].astype(np.uint8)).save(cls / f"tr{k}.png")
+    copies = {}
+    for j, k in enumerate((0, 3, 6)):
+        cls = root / "test" / train[k][0]
+        cls.mkdir(parents=True, exist_ok=True)
+        noisy = np.clip(train[k][1] + rng.normal(0, 3, (64, 64)), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(cls / f"te{j}.jpg", quality=85)
+        copies[f"te{j}.jpg"] = f"tr{k}.png"
+    for j in range(3, 6):
+        Image.fromarray(field().astype(np.uint8)).save(root / "test" / ("mild" if j % 2 else "none") / f"te{j}.png")
+    return copies
+
+
+def test_near_copies_of_training_images_are_counted_and_can_be_dropped(tmp_path, capsys):
+    from medistill.data.folder import ImageFolder
+    from medistill.data.similar import near_copies
+
+    copies = copies_folder(tmp_path / "mri")
+    paths = sorted((tmp_path / "mri").rglob("*.*"))
+    splits = [p.parts[-3] for p in paths]
+    copy, corr, row = near_copies(paths, splits, 0.98)
+    assert sorted(p.name for p, c in zip(paths, copy) if c) == sorted(copies)
+    assert all(paths[row[i]].name == copies[paths[i].name] and corr[i] >= 0.98 for i in np.flatnonzero(copy))
+    assert np.nanmax(np.where(copy, np.nan, corr)) < 0.9  # the new test images are nobody's copy
+
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path / "mri"), "--val-fraction", "0",
+                         "--json")
+    nc = json.loads(out)["near_copies"]
+    assert rc == 0 and nc["test"] == {"images": 6, "near_copies": 3} and nc["same_class"] == 1.0
+    assert {(e["image"].split("/")[-1], e["train_image"].split("/")[-1]) for e in nc["examples"]} == set(copies.items())
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path / "mri"), "--val-fraction", "0")
+    assert "near copies of training images (thumbnail correlation >= 0.98): test 3 of 6" in out
+    assert "--drop-near-copies 0.98" in out
+
+    table = ImageFolder.load_table(tmp_path / "mri", val_fraction=0.0, drop_near_copies=0.98)
+    kept = table.records[table.records["split"] == "test"]["image_id"].map(lambda s: Path(s).name)
+    assert sorted(kept) == ["te3.png", "te4.png", "te5.png"]
+    assert table.report["near_copies_dropped"] == {"threshold": 0.98, "val": 0, "test": 3}
+    assert len(table.targets) == len(table.records) == 11
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path / "mri"), "--val-fraction", "0",
+                         "--drop-near-copies", "0.98", "--json")
+    assert json.loads(out)["near_copies"]["test"] == {"images": 3, "near_copies": 0}
+
+
+def test_near_copy_options_name_what_is_wrong(tmp_path, capsys):
+    from medistill.config import ConfigError, DataConfig, build
+
+    with pytest.raises(ConfigError, match="drop_near_copies: only folder datasets"):
+        build(DataConfig, overrides={"dataset": "nih", "drop_near_copies": "0.98"})
+    with pytest.raises(ConfigError, match=r"drop_near_copies: got 1\.2"):
+        build(DataConfig, overrides={"dataset": "folder", "drop_near_copies": "1.2"})
+    rc, _, err = run_cli(capsys, "--dataset", "folder", "--root", str(tmp_path), "--near-copies", "0.2")
+    assert rc == 2 and "near_copies: got 0.2" in err
+
+
+@pytest.mark.data
+def test_the_brain_tumour_test_folder_holds_copies_of_training_images(shared_data):
+    """Kaggle's brain tumour MRI set: Testing/notumor/Te-no_0349.jpg is Training/notumor/Tr-no_0445.jpg saved
+    again (other bytes); a test image of another patient is not."""
+    from medistill.data.similar import near_copies
+
+    root = shared_data / "brain-tumor-mri"
+    paths = [root / "Training/notumor/Tr-no_0445.jpg", root / "Training/glioma/Tr-gl_0010.jpg",
+             root / "Testing/notumor/Te-no_0349.jpg", root / "Testing/glioma/Te-gl_0010.jpg"]
+    assert paths[2].read_bytes() != paths[0].read_bytes()
+    copy, corr, row = near_copies(paths, ["train", "train", "test", "test"], 0.98)
+    assert copy.tolist() == [False, False, True, False] and corr[2] > 0.9999 and row[2] == 0
+    assert corr[3] < 0.8

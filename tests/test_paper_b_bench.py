@@ -76,14 +76,52 @@ def test_the_teacher_can_be_fine_tuned_with_the_named_recipe(bench, monkeypatch,
 
 
 def test_group_similar_reaches_the_teacher_and_every_student(bench, monkeypatch, tmp_path):
-    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--dataset", "alzheimer-mri", "--group-similar", "0.98"])
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--dataset", "alzheimer-mri", "--group-similar", "0.98",
+                                     "--split-seed", "1"])
     a = bench.parse()
     a.data_root = "/data/alzheimer-mri"
-    assert bench.teacher_cfg(a, tmp_path / "teacher").data.group_similar == 0.98
+    t = bench.teacher_cfg(a, tmp_path / "teacher").data
+    assert (t.group_similar, t.split_seed) == (0.98, 1)
     for kd in (None, (0.0, 1.0)):
-        assert bench.student_cfg(a, tmp_path, "kdfmv", 0, kd)[1].data.group_similar == 0.98
+        d = bench.student_cfg(a, tmp_path, "kdfmv", 0, kd)[1].data
+        assert (d.group_similar, d.split_seed) == (0.98, 1)
     monkeypatch.setattr("sys.argv", ["paper_b_full.py"])
-    assert bench.teacher_cfg(bench.parse(), tmp_path / "teacher").data.group_similar is None
+    t = bench.teacher_cfg(bench.parse(), tmp_path / "teacher").data
+    assert (t.group_similar, t.split_seed) == (None, 0)
+
+
+def test_runs_are_also_scored_without_the_test_images_that_copy_training_images(bench, monkeypatch, tmp_path):
+    """8 test images, the last 3 near copies of training images: each run's accuracy on the other 5 and on the 3,
+    and the KD gain on the 5."""
+    import numpy as np
+
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--seeds", "2", "--bootstrap", "50"])
+    a = bench.parse()
+    a.data_root = "/data/brain-tumor-mri"
+    monkeypatch.setattr(bench, "near_copy_mask", lambda cfg, t: np.array([0, 0, 0, 0, 0, 1, 1, 1], bool))
+    targets = np.eye(2)[[0, 1, 0, 1, 0, 1, 0, 1]]
+
+    def run(name: str, right: list[int]) -> None:
+        (tmp_path / name).mkdir()
+        probs = np.where(np.array(right, bool)[:, None], targets, 1 - targets)
+        np.savez_compressed(tmp_path / name / "predictions_test.npz", probs=probs, targets=targets,
+                            mask=np.ones_like(targets))
+
+    run("teacher", [1, 1, 1, 1, 0, 1, 1, 1])
+    for seed, (kd, nokd) in enumerate([([1, 1, 1, 1, 0, 1, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]),
+                                       ([1, 1, 1, 0, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1, 1, 1])]):
+        run(bench.student_cfg(a, tmp_path, "kdfmv", seed, (0.0, 1.0))[0], kd)
+        run(bench.student_cfg(a, tmp_path, "kdfmv", seed, None)[0], nokd)
+    w = bench.without_near_copies(a, tmp_path, "kdfmv", (0.0, 1.0))
+    assert (w["test_images"], w["near_copies"], w["threshold"]) == (8, 3, 0.98)
+    assert w["teacher"] == (0.8, 1.0)
+    assert w["kd"] == [0.8, 0.6] and w["nokd"] == [0.4, 0.2]
+    assert w["kd_on_copies"] == [1.0, 2 / 3] and w["nokd_on_copies"] == [1.0, 1.0]
+    assert w["mean_gain"] == pytest.approx(0.4) and w["gain_seed0"]["value"] == pytest.approx(0.4)
+    md = bench.markdown({"brain-tumor-mri": {"schedules": {"e20": {"student_epochs": 20,
+                                                                    "without_near_copies": {"kdfmv": w}}}}})
+    assert ("kdfmv on the 5 test images without a near copy in training (3 of 8 have one: thumbnail correlation "
+            ">= 0.98): KD 70.00 ± 14.14 %, no KD 30.00 ± 14.14 %, mean gain +40.00 points") in md
 
 
 def test_results_are_written_through_a_temporary_file_of_the_writers_own(tmp_path):

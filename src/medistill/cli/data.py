@@ -1,5 +1,6 @@
 """``medistill data inspect``: summarise a dataset (images per split, positives per label, missing or unreadable
-files, duplicates, patient overlap between splits), as a table or as one JSON object (``--json``)."""
+files, duplicates, near copies of training images, patient overlap between splits), as a table or as one JSON
+object (``--json``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..config import DataConfig, option
+from ..config import DataConfig, check_range, option
 from .common import add_config_args, overrides_from_args, print_json, progress
 
 EXAMPLES = """examples:
@@ -27,6 +28,13 @@ class InspectOptions(DataConfig):
 
     json: bool = option(False, "print one JSON object instead of a table")
     check_readable: bool = option(False, "decode every image and report the unreadable ones (slower)")
+    near_copies: float = option(0.98, "image folders: count validation / test images whose nearest training image's "
+                                      "48 px grey thumbnail correlates at this value or more; 0 = skip")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.near_copies:
+            check_range("near_copies", self.near_copies, 0.5, 0.9999)
 
     def data(self) -> DataConfig:
         """The DataConfig part."""
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        summary = summarize(o.data(), readable=o.check_readable, progress=tick)
+        summary = summarize(o.data(), readable=o.check_readable, near_copies=o.near_copies, progress=tick)
     finally:
         if bar is not None:
             bar.close()

@@ -45,6 +45,10 @@ class DataConfig:
         None, "folder datasets without patient names: images whose 48 px grey thumbnails correlate at this value or "
               "more (e.g. 0.98) are one group, as are their neighbours' (the slices of one scan); groups stay in one "
               "split and count as one patient (data inspect shows split folders that share one); None = off")
+    drop_near_copies: float | None = option(
+        None, "folder datasets: leave out validation and test images whose nearest training image's 48 px grey "
+              "thumbnail correlates at this value or more (e.g. 0.98: a copy of a training image, so a score on it "
+              "measures memory; data inspect counts them); None = keep every image")
     skip_unreadable: bool = option(False, "drop unreadable images (and report how many) instead of failing")
     cache: bool = option(True, "decode each image once into a uint8 memory-mapped cache at image_size")
     cache_dir: str | None = option(
@@ -70,6 +74,10 @@ class DataConfig:
             if self.group_by is not None:
                 raise ConfigError(f"group_similar: give either group_by ({self.group_by!r}) or group_similar "
                                   f"({self.group_similar}), not both")
+        if self.drop_near_copies is not None:
+            check_range("drop_near_copies", self.drop_near_copies, 0.5, 0.9999)
+            if self.dataset != "folder":
+                raise ConfigError(f"drop_near_copies: only folder datasets (dataset is {self.dataset!r})")
         if self.group_by is not None:
             import re
 

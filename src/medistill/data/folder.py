@@ -97,10 +97,11 @@ class ImageFolder(MedicalDataset):
     @classmethod
     def load_table(cls, root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
                    check_duplicates: bool = True, labels: Sequence[str] | None = None, group_by: str | None = None,
-                   group_similar: float | None = None, **options: Any) -> Table:
+                   group_similar: float | None = None, drop_near_copies: float | None = None,
+                   **options: Any) -> Table:
         if options:
             raise DatasetError(f"folder: unsupported options {sorted(options)}; valid: val_fraction, test_fraction, "
-                               f"labels, check_duplicates, group_by, group_similar")
+                               f"labels, check_duplicates, group_by, group_similar, drop_near_copies")
         if group_by and group_similar is not None:
             raise DatasetError(f"folder dataset at {root}: give group_by or group_similar, not both")
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -129,10 +130,16 @@ class ImageFolder(MedicalDataset):
         df["image_id"] = [str(Path(p).relative_to(root)) for p in df["path"]]
         # image folders carry no patient ids: each image is its own patient, unless group_by or group_similar
         # names them
+        thumbs = None
+        if group_similar is not None or drop_near_copies is not None:
+            from .similar import thumbnails
+
+            thumbs = thumbnails(list(df["path"]))
         if group_similar is not None:
             from .similar import similar_groups
 
-            df["patient_id"] = [f"similar-{g}" for g in similar_groups(list(df["path"]), group_similar)]
+            df["patient_id"] = [f"similar-{g}" for g in similar_groups(list(df["path"]), group_similar,
+                                                                        thumbs=thumbs)]
         else:
             df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
         df["view"] = ""
@@ -144,6 +151,13 @@ class ImageFolder(MedicalDataset):
             assign = group_split(df["patient_id"].iloc[tr], {"val": val_fraction}, seed, strata=df["cls"].iloc[tr])
             df.loc[df.index[tr], "split"] = assign
         report: dict[str, Any] = {"classes": classes}
+        if drop_near_copies is not None:  # after the split: the test folder's copies of training images go
+            from .similar import near_copies
+
+            copy, _, _ = near_copies(list(df["path"]), list(df["split"]), drop_near_copies, thumbs=thumbs)
+            report["near_copies_dropped"] = {"threshold": drop_near_copies, **{
+                s: int((copy & (df["split"] == s).to_numpy()).sum()) for s in ("val", "test")}}
+            df = df[~copy].reset_index(drop=True)
         if group_by:
             report["grouped_by"] = group_by
         if group_similar is not None:

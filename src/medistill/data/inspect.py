@@ -15,6 +15,8 @@ label over all splits; for single-label sets, images per class), plus::
     views            view -> images
     missing_images   rows of the table whose image file is absent (skipped)
     duplicates       byte-identical images within / across splits (image folders)
+    near_copies      image folders: validation / test images with a near copy in training (thumbnail correlation
+                     >= threshold): {threshold, val / test: {images, near_copies}, same_class, examples}
     unreadable       with check_readable: {checked, count, files: [{path, reason}]}
     report           everything else the source counted (malformed rows, filters, split source ...)
 """
@@ -130,9 +132,34 @@ def check_readable(cfg: DataConfig, root: Any, *, progress: Callable[[int, int],
     return {"checked": done, "count": len(bad), "files": bad[:max_listed]}
 
 
-def summarize(cfg: DataConfig, *, readable: bool = False,
+def near_copy_summary(table: Table, threshold: float, *, max_examples: int = 3) -> dict[str, Any]:
+    """How many validation / test images of ``table`` have a near copy in its training split
+    (:func:`.similar.near_copies`), the share of those whose copy has the same labels, and the closest pairs."""
+    from .similar import near_copies
+
+    rec = table.records
+    split = rec["split"].to_numpy()
+    copy, corr, row = near_copies(list(rec["path"]), list(split), threshold)
+    out: dict[str, Any] = {"threshold": threshold}
+    for s in ("val", "test"):
+        out[s] = {"images": int((split == s).sum()), "near_copies": int((copy & (split == s)).sum())}
+    hits = np.flatnonzero(copy)
+    out["same_class"] = (float(np.mean([np.array_equal(table.targets[i], table.targets[row[i]]) for i in hits]))
+                         if hits.size else None)
+    out["examples"] = [{"image": str(rec["image_id"].iat[i]), "train_image": str(rec["image_id"].iat[row[i]]),
+                        "correlation": round(float(corr[i]), 4)} for i in hits[np.argsort(-corr[hits])][:max_examples]]
+    n = out["val"]["near_copies"] + out["test"]["near_copies"]
+    if n:
+        log.warning("%d validation / test images have a near copy in training (thumbnail correlation >= %g; e.g. %s "
+                    "and %s): scores on them measure memory, not new patients", n, threshold,
+                    out["examples"][0]["image"], out["examples"][0]["train_image"])
+    return out
+
+
+def summarize(cfg: DataConfig, *, readable: bool = False, near_copies: float = 0.0,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Summary of the dataset ``cfg`` describes (the phantom is generated first when its root is empty)."""
+    """Summary of the dataset ``cfg`` describes (the phantom is generated first when its root is empty);
+    ``near_copies`` > 0: image folders also count validation / test images with a near copy in training."""
     root = resolve_root(cfg)
     cls = dataset_class(cfg.dataset)
     table = cls.table(root, seed=cfg.split_seed, **source_options(cfg))
@@ -147,6 +174,8 @@ def summarize(cfg: DataConfig, *, readable: bool = False,
                         "own patient, so one patient's images can fall into different splits; name the patient with "
                         "--group-by REGEX (its first capture group), e.g. --group-by '%s'", hint["images_in_groups"],
                         " / ".join(hint["examples"][0]), hint["suggestion"])
+    if near_copies and cfg.dataset == "folder":
+        out["near_copies"] = near_copy_summary(table, near_copies)
     if readable:
         out["unreadable"] = check_readable(cfg, root, progress=progress)
     return out
@@ -194,6 +223,16 @@ def format_summary(s: dict[str, Any]) -> str:
         d = s["duplicates"]
         lines.append(f"duplicate images (identical bytes): {d.get('duplicate_images', 0)} within, "
                      f"{d.get('duplicates_across_splits', 0)} across splits")
+    if "near_copies" in s:
+        nc = s["near_copies"]
+        parts = [f"{x} {nc[x]['near_copies']} of {nc[x]['images']}" for x in ("val", "test") if nc[x]["images"]]
+        lines.append(f"near copies of training images (thumbnail correlation >= {nc['threshold']:g}): "
+                     + (", ".join(parts) or "no validation or test images"))
+        if nc["examples"]:
+            e = nc["examples"][0]
+            lines.append(f"warning: scores on these measure memory, not new patients (closest: {e['image']} and "
+                         f"{e['train_image']}, {e['correlation']:.3f}); leave them out with --drop-near-copies "
+                         f"{nc['threshold']:g}, and draw validation by scan with --group-similar")
     if "boxes" in s:
         lines.append(f"boxes: {s['boxes']['boxes']} on {s['boxes']['images']} images")
     if "unreadable" in s:
