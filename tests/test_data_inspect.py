@@ -376,3 +376,17 @@ def test_the_brain_tumour_test_folder_holds_copies_of_training_images(shared_dat
     copy, corr, row = near_copies(paths, ["train", "train", "test", "test"], 0.98)
     assert copy.tolist() == [False, False, True, False] and corr[2] > 0.9999 and row[2] == 0
     assert corr[3] < 0.8
+
+
+def test_flat_and_unreadable_images_are_nobodys_copy(tmp_path):
+    """Blank frames and broken files make all-zero thumbnails, which lie at one point: they must not join one
+    group, nor count as copies of each other."""
+    from medistill.data.similar import near_copies, similar_groups
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths = [tmp_path / n for n in ("a.png", "b.png", "broken.png")]
+    assert sorted(similar_groups(paths, 0.98)) == [0, 1, 2]
+    copy, corr, row = near_copies(paths, ["train", "test", "test"], 0.98)
+    assert not copy.any() and np.isnan(corr).all() and (row == -1).all()

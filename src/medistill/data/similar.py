@@ -15,7 +15,8 @@ The same thumbnails find near copies across splits (:func:`near_copies`): a vali
 training image correlates at 0.98 or more is, for a model, a training image seen again, and accuracy on it
 measures memory. The Alzheimer test folder is the other slices of the training subjects; in the Kaggle brain
 tumour MRI set (``Training/`` and ``Testing/``), 304 of the 1,280 test images (23.8 %) have such a copy in
-training, 266 of them at 0.995 or more, all of the same class. ``data inspect`` counts them, and
+``Training/``, 266 of them at 0.995 or more, all of the same class (298 in the training split that is left once
+the default validation share is drawn). ``data inspect`` counts them, and
 ``data.drop_near_copies`` leaves them out of validation and test.
 
 Neighbours within a radius come from scikit-learn (a neighbour search over the unit-norm thumbnails, where a
@@ -90,10 +91,12 @@ def similar_groups(paths: Sequence[str | Path], threshold: float, side: int = TH
     radius = float(np.sqrt(2.0 - 2.0 * threshold))
     graph = radius_neighbors_graph(x, radius, mode="connectivity", include_self=False)
     blank = np.flatnonzero(~_informative(x))
-    graph = graph.tolil()
-    graph[blank, :] = 0  # flat or unreadable images: each its own group
-    graph[:, blank] = 0
-    _, labels = connected_components(graph.tocsr(), directed=False)
+    if blank.size:  # flat or unreadable images (all at one point): each its own group
+        graph = graph.tolil()
+        graph[blank, :] = 0
+        graph[:, blank] = 0
+        graph = graph.tocsr()
+    _, labels = connected_components(graph, directed=False)
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))  # renumber by first appearance, so numbers follow the file order
     return order[inverse].astype(np.int64)
