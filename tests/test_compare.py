@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ def test_compare_text_says_whether_kd_paid(three_runs: list[Path], capsys: pytes
     assert main(["compare", *map(str, three_runs), "--bootstrap", "50"]) == 0
     text = capsys.readouterr().out
     assert "| macro AUC |" in text and "KD minus no-KD (kdfmv, macro_auc on test)" in text
+    assert re.search(r"95% CI [-+]\d\.\d{4} to [-+]\d\.\d{4} over test patients \(\d+\)\)", text)
 
 
 def test_kd_gain_refuses_runs_scored_on_other_images(three_runs: list[Path], tmp_path: Path):

@@ -500,8 +500,9 @@ def test_report_of_real_trained_and_evaluated_runs(real_runs, tmp_path):
     comp = _section(page, "comparison")
     assert comp.count("<tr>") == 4 and "student (KD)" in comp and "student (no KD)" in comp
     assert re.search(r'<span class="ci">\(\d\.\d{3}&ndash;\d\.\d{3}\)</span>', comp)  # the bootstrap CI
-    # whether KD paid, said in words with the paired bootstrap interval of KD minus no-KD
-    assert re.search(r"paired bootstrap 95% CI .*? pt</span> to .*? pt</span>: <strong>(KD helped|KD hurt|no clear "
+    # whether KD paid, said in words with the paired bootstrap interval of KD minus no-KD (the phantom's patients
+    # have 1-3 images each: the bootstrap draws patients)
+    assert re.search(r"paired bootstrap over test patients \(\d+\), 95% CI .*? pt</span> to .*? pt</span>: <strong>(KD helped|KD hurt|no clear "
                      r"difference)</strong>", comp)
     assert "Cardiomegaly" in _section(page, "per-label")
     sizes = decode_images(page)

@@ -148,8 +148,9 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
             raise CompareError(f"{a['run']} and {b['run']} were evaluated on different {split} images (their "
                                f"patients differ): KD and no-KD must be scored on the same data")
         groups = patient_groups(pa["patients"])
-    unit = f"{split} {bootstrap_unit(groups)}"
+    unit = f"{split} {bootstrap_unit(groups)}"  # e.g. "test patients (120)"
     out: dict[str, Any] = {"metric": task.main_metric, "split": split, "model": a["model"], "kd_run": a["run"],
+                           "resampled": unit,
                            "nokd_run": b["run"], "method": f"paired percentile bootstrap over {unit}, "
                                                            f"{n_bootstrap} resamples, seed {seed}",
                            **paired_bootstrap_gain(task, pa["probs"], pb["probs"], pa["targets"], pa["mask"],
@@ -170,8 +171,9 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
 
 def describe_gain(g: dict[str, Any]) -> str:
     """One honest sentence about :func:`kd_gain`'s result."""
+    over = f" over {g['resampled']}" if "resampled" in g else ""
     s = (f"KD minus no-KD ({g['model']}, {g['metric']} on {g['split']}): {g['value']:+.4f} "
-         f"(95% CI {g['ci_low']:+.4f} to {g['ci_high']:+.4f})")
+         f"(95% CI {g['ci_low']:+.4f} to {g['ci_high']:+.4f}{over})")
     if "seeds" in g:
         sd = g["seeds"]
         s += f"; over seeds {len(sd['kd'])} KD / {len(sd['nokd'])} no-KD: mean {sd['mean_gain']:+.4f}"

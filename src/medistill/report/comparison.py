@@ -98,7 +98,8 @@ def headline(page: Page) -> str:
             text += f"; KD vs the same student without KD ({esc(twin[0].name)}): {signed_pt(v - nv)}"
             g = gain if gain and gain["kd_run"] == str(s.path) else None
             if g:
-                text += (f" (paired bootstrap 95% CI {signed_pt(g['ci_low'])} to {signed_pt(g['ci_high'])}: "
+                over = f" over {esc(g['resampled'])}" if g.get("resampled") else ""
+                text += (f" (paired bootstrap{over}, 95% CI {signed_pt(g['ci_low'])} to {signed_pt(g['ci_high'])}: "
                          f"<strong>{esc(g['verdict'])}</strong>)")
         out.append(f"<li>{text}.</li>")
     return f"<ul>{''.join(out)}</ul>" if out else ""
