@@ -280,15 +280,16 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
                         best: tuple[float, float]) -> dict[str, Any]:
     """Test accuracy of the teacher and of every KD / no-KD seed on the test images that have no near copy in
     training (what the test says about new images) and on the copies alone (memory), with the paired bootstrap
-    KD gain of seed 0 on the former."""
+    KD gain of seed 0 on the former (over patients when the predictions record patients with several images)."""
     from medistill import runs
+    from medistill.evaluate.bootstrap import patient_groups
     from medistill.evaluate.compare import paired_bootstrap_gain
 
     copy = near_copy_mask(student_cfg(a, runs_dir, model, 0, None)[1], a.near_copies)
 
     def scores(run: Path) -> tuple[float, float, dict[str, np.ndarray]]:
         with np.load(runs.RunDir(run).file(runs.predictions_file("test"))) as z:
-            p = {k: z[k] for k in ("probs", "targets", "mask")}
+            p = {k: z[k] for k in ("probs", "targets", "mask", "patients") if k in z.files}
         right = p["probs"].argmax(1) == p["targets"].argmax(1)
         return (float(right[~copy].mean()), float(right[copy].mean()) if copy.any() else float("nan"),
                 {k: v[~copy] for k, v in p.items()})
@@ -303,7 +304,7 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
     out["mean_gain"] = float(np.mean(out["kd"]) - np.mean(out["nokd"]))
     k, n = arrays["kd"], arrays["nokd"]
     out["gain_seed0"] = paired_bootstrap_gain("multiclass", k["probs"], n["probs"], k["targets"], k["mask"],
-                                              n_bootstrap=a.bootstrap)
+                                              n_bootstrap=a.bootstrap, groups=patient_groups(k.get("patients")))
     return out
 
 
@@ -392,9 +393,10 @@ def markdown(allres: dict[str, Any]) -> str:
                               f">= {w['threshold']:g}): KD {B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, mean gain "
                               f"{100 * w['mean_gain']:+.2f} points (seed 0: {100 * g['value']:+.2f}, paired bootstrap "
                               f"CI {100 * g['ci_low']:+.2f} to {100 * g['ci_high']:+.2f}); teacher "
-                              f"{100 * w['teacher'][0]:.2f} %. On the copies alone: KD "
-                              f"{B.fmt_ms(B.mean_std(w['kd_on_copies']))} %, no KD "
-                              f"{B.fmt_ms(B.mean_std(w['nokd_on_copies']))} %, teacher {100 * w['teacher'][1]:.2f} %."]
+                              f"{100 * w['teacher'][0]:.2f} %."
+                              + (f" On the copies alone: KD {B.fmt_ms(B.mean_std(w['kd_on_copies']))} %, no KD "
+                                 f"{B.fmt_ms(B.mean_std(w['nokd_on_copies']))} %, teacher "
+                                 f"{100 * w['teacher'][1]:.2f} %." if w["near_copies"] else "")]
         lines += ["", "All runs (test accuracy, best validation accuracy, epoch seconds):", "",
                   "| run | test acc (%) | val acc (%) | mode | s / epoch |", "|---|---|---|---|---|"]
         for name, row in res.get("runs", {}).items():
