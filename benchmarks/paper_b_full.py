@@ -259,6 +259,8 @@ def kd_gain(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float
 
     kd = [runs_dir / student_cfg(a, runs_dir, model, s, best)[0] for s in range(a.seeds)]
     nokd = [runs_dir / student_cfg(a, runs_dir, model, s, None)[0] for s in range(a.seeds)]
+    # runs evaluated since 2026-12-01 carry their patients and kd_gain reads them; the runs this benchmark made
+    # before that (paper_b_full_alzheimer_subjects) do not, so the groups are passed
     return gain(compare_runs([runs_dir / "teacher", *kd, *nokd]), n_bootstrap=a.bootstrap,
                 groups=test_patients(student_cfg(a, runs_dir, model, 0, None)[1]) if a.group_similar else None)
 

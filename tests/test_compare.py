@@ -140,7 +140,8 @@ def test_evaluate_records_each_images_patient_and_compare_draws_patients(three_r
     assert patients.tolist() == ds.data.records["patient_id"].astype(str).tolist() and len(patients) == n
     k = len(np.unique(patients))
     assert k < n  # some patient has several test images
-    assert runs.RunDir(three_runs[1]).metrics()["auc_ci95_method"].startswith(f"percentile bootstrap over patients ({k})")
+    method = runs.RunDir(three_runs[1]).metrics()["auc_ci95_method"]
+    assert method.startswith(f"percentile bootstrap over patients ({k})")
     g = kd_gain(compare_runs(three_runs), n_bootstrap=50)
     assert g["method"].startswith(f"paired percentile bootstrap over test patients ({k})")
     forced = kd_gain(compare_runs(three_runs), n_bootstrap=50, groups=patients)

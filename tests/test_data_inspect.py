@@ -390,3 +390,5 @@ def test_flat_and_unreadable_images_are_nobodys_copy(tmp_path):
     assert sorted(similar_groups(paths, 0.98)) == [0, 1, 2]
     copy, corr, row = near_copies(paths, ["train", "test", "test"], 0.98)
     assert not copy.any() and np.isnan(corr).all() and (row == -1).all()
+    copy, corr, row = near_copies(paths[:1], ["test"], 0.98)  # no training image: nothing to be a copy of
+    assert not copy.any() and np.isnan(corr).all() and (row == -1).all()

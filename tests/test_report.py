@@ -502,7 +502,8 @@ def test_report_of_real_trained_and_evaluated_runs(real_runs, tmp_path):
     assert re.search(r'<span class="ci">\(\d\.\d{3}&ndash;\d\.\d{3}\)</span>', comp)  # the bootstrap CI
     # whether KD paid, said in words with the paired bootstrap interval of KD minus no-KD (the phantom's patients
     # have 1-3 images each: the bootstrap draws patients)
-    assert re.search(r"paired bootstrap over test patients \(\d+\), 95% CI .*? pt</span> to .*? pt</span>: <strong>(KD helped|KD hurt|no clear "
+    assert re.search(r"paired bootstrap over test patients \(\d+\), 95% CI .*? pt</span> to .*? pt</span>: "
+                     r"<strong>(KD helped|KD hurt|no clear "
                      r"difference)</strong>", comp)
     assert "Cardiomegaly" in _section(page, "per-label")
     sizes = decode_images(page)

@@ -117,14 +117,15 @@ def near_copies(paths: Sequence[str | Path], splits: Sequence[str | None], thres
                 thumbs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which non-training images have a near copy in the training split: per path, a bool (a ``val`` / ``test``
     image whose nearest ``train`` image's thumbnail correlates at ``threshold`` or more; False for training
-    images), that correlation (NaN for training images and for flat or unreadable ones) and that training image's
-    row (-1)."""
+    images), that correlation (NaN for training images, for flat or unreadable ones and when there is no training
+    image) and that training image's row (-1)."""
     _check(threshold)
     splits = np.asarray(splits, dtype=object)
     x = thumbnails(paths) if thumbs is None else thumbs
     ok = _informative(x)  # flat or unreadable images are nobody's copy
     train, other = np.flatnonzero((splits == "train") & ok), np.flatnonzero((splits != "train") & ok)
     corr, row = np.full(len(splits), np.nan), np.full(len(splits), -1, dtype=np.int64)
-    c, i = nearest(x[train], x[other])
-    corr[other], row[other] = c, np.where(i >= 0, train[np.maximum(i, 0)], -1)
+    if len(train) and len(other):  # no training image: nothing is a copy
+        c, i = nearest(x[train], x[other])
+        corr[other], row[other] = c, train[i]
     return np.nan_to_num(corr, nan=-np.inf) >= threshold, corr, row

@@ -203,7 +203,8 @@ def multilabel_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     macro = float(auc[both].mean()) if both.any() else float("nan")
     ci = None
     if n_bootstrap > 0:
-        ci = percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed, groups)) if both.any() else [float("nan")] * 2
+        ci = (percentile_ci(bootstrap_macro_auc(p, y, m, n_bootstrap, seed, groups)) if both.any()
+              else [float("nan")] * 2)
 
     def named(a: np.ndarray) -> dict[str, float]:
         return {lab: float(a[k]) for k, lab in enumerate(labels)}
@@ -244,7 +245,8 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
 
     The prediction is the argmax (``thresholds`` are ignored). A sample counts when its mask row is all ones; a
     partly masked row is an error. Returns ``accuracy``, ``accuracy_ci95`` (percentile bootstrap over images, or
-    over the patients ``groups`` names; None when ``n_bootstrap`` is 0), ``balanced_accuracy`` (mean recall over the classes present),
+    over the patients ``groups`` names; None when ``n_bootstrap`` is 0), ``balanced_accuracy`` (mean recall over
+    the classes present),
     ``macro_f1`` (scikit-learn's: classes present in targets or predictions, ``zero_division=0``),
     ``per_class_recall`` (NaN for a class absent from the targets), ``per_class_support``, ``confusion_matrix``
     (list of lists, rows = true class, columns = predicted, in ``labels`` order), ``ece`` (top-label: confidence
