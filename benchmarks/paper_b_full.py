@@ -293,7 +293,9 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
         with np.load(runs.RunDir(run).file(runs.predictions_file("test"))) as z:
             p = {k: z[k] for k in ("probs", "targets", "mask", "patients") if k in z.files}
         right = p["probs"].argmax(1) == p["targets"].argmax(1)
-        return (float(right[~copy].mean()), float(right[copy].mean()) if copy.any() else float("nan"),
+        valid = p["mask"].all(1) if "mask" in p else np.ones(len(right), bool)  # as the metrics count a sample
+        new, old = valid & ~copy, valid & copy
+        return (float(right[new].mean()), float(right[old].mean()) if old.any() else float("nan"),
                 {k: v[~copy] for k, v in p.items()})
 
     out: dict[str, Any] = {"threshold": a.near_copies, "test_images": int(len(copy)),

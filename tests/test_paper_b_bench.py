@@ -101,11 +101,11 @@ def test_runs_are_also_scored_without_the_test_images_that_copy_training_images(
     monkeypatch.setattr(bench, "near_copy_mask", lambda cfg, t: np.array([0, 0, 0, 0, 0, 1, 1, 1], bool))
     targets = np.eye(2)[[0, 1, 0, 1, 0, 1, 0, 1]]
 
-    def run(name: str, right: list[int]) -> None:
-        (tmp_path / name).mkdir()
+    def run(name: str, right: list[int], mask: np.ndarray | None = None) -> None:
+        (tmp_path / name).mkdir(exist_ok=True)
         probs = np.where(np.array(right, bool)[:, None], targets, 1 - targets)
         np.savez_compressed(tmp_path / name / "predictions_test.npz", probs=probs, targets=targets,
-                            mask=np.ones_like(targets))
+                            mask=np.ones_like(targets) if mask is None else mask)
 
     run("teacher", [1, 1, 1, 1, 0, 1, 1, 1])
     for seed, (kd, nokd) in enumerate([([1, 1, 1, 1, 0, 1, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]),
@@ -122,6 +122,11 @@ def test_runs_are_also_scored_without_the_test_images_that_copy_training_images(
                                                                     "without_near_copies": {"kdfmv": w}}}}})
     assert ("kdfmv on the 5 test images without a near copy in training (3 of 8 have one: thumbnail correlation "
             ">= 0.98): KD 70.00 ± 14.14 %, no KD 30.00 ± 14.14 %, mean gain +40.00 points") in md
+    # an image without a label (mask row of zeros) counts for no one, as in the metrics: the teacher's miss goes
+    masked = np.ones_like(targets)
+    masked[4] = 0
+    run("teacher", [1, 1, 1, 1, 0, 1, 1, 1], masked)
+    assert bench.without_near_copies(a, tmp_path, "kdfmv", (0.0, 1.0))["teacher"] == (1.0, 1.0)
 
 
 def test_results_are_written_through_a_temporary_file_of_the_writers_own(tmp_path):
