@@ -356,6 +356,24 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def recall_table(students: dict[str, Any], teacher: dict[str, Any] | None) -> list[str]:
+    """Markdown lines: each class's test recall (%) for the teacher and, mean +- sd over seeds, each student with and
+    without KD; nothing when no run recorded recalls. A class absent from the test split reads n/a."""
+    rows = [(m, s) for m, s in students.items() if any(s.get("kd_recall") or []) or any(s.get("nokd_recall") or [])]
+    if not rows:
+        return []
+    classes = next(r for _, s in rows for r in s.get("kd_recall", []) + s.get("nokd_recall", []) if r)
+    t = (teacher or {}).get("per_class_recall") or {}
+    out = ["", "Per-class test recall (%), mean ± sd over seeds:", "",
+           "| class | teacher | " + " | ".join(f"{m} KD | {m} no KD" for m, _ in rows) + " |",
+           "|---|---|" + "---|---|" * len(rows)]
+    for c in classes:
+        cells = [B.fmt_ms(B.mean_std([(r or {}).get(c) for r in s.get(side) or []]))
+                 for _, s in rows for side in ("kd_recall", "nokd_recall")]
+        out.append(f"| {c} | {'n/a' if t.get(c) is None else f'{100 * t[c]:.2f}'} | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(allres: dict[str, Any]) -> str:
     from medistill.evaluate.compare import describe_gain
 
@@ -387,6 +405,7 @@ def markdown(allres: dict[str, Any]) -> str:
                 seeds = {k: f" ({v['n']} seeds)" if v["n"] > 1 else "" for k, v in (("kd", kd), ("nk", nk))}
                 lines.append(f"| {model} | {px} | {B.si(s['macs'])} | {B.fmt_ms(kd)}{seeds['kd']} | "
                              f"{B.fmt_ms(nk)}{seeds['nk']} | {diff} |")
+            lines += recall_table(sched.get("students", {}), res.get("teacher"))
             for model, g in (sched.get("kd_gain") or {}).items():
                 if g:
                     lines.append(f"\n{describe_gain(g)}")

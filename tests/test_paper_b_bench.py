@@ -138,3 +138,14 @@ def test_results_are_written_through_a_temporary_file_of_the_writers_own(tmp_pat
     helpers.write_json(tmp_path / "results.json", {"a": 2})
     assert helpers.read_json(tmp_path / "results.json") == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.tmp"]
+
+
+def test_per_class_recall_is_tabled_for_the_teacher_and_each_student(bench):
+    """Mean and sd over seeds per class; a class missing from the test split reads n/a; no recalls, no table."""
+    students = {"kdfmv": {"kd_recall": [{"a": 0.5, "b": None}, {"a": 1.0, "b": None}],
+                          "nokd_recall": [{"a": 0.25, "b": None}, {"a": 0.25, "b": None}]}}
+    lines = bench.recall_table(students, {"per_class_recall": {"a": 0.9, "b": None}})
+    assert "| class | teacher | kdfmv KD | kdfmv no KD |" in lines
+    assert "| a | 90.00 | 75.00 ± 35.36 | 25.00 ± 0.00 |" in lines
+    assert "| b | n/a | n/a | n/a |" in lines
+    assert bench.recall_table({"kdfmv": {"kd_recall": [], "nokd_recall": [None]}}, None) == []
