@@ -173,7 +173,7 @@ def main() -> None:
                     res.setdefault("schedules", {})[key] = sched
         allres[a.dataset] = summarise(res)
         B.write_json(res_json, allres)
-        res_json.with_suffix(".md").write_text(markdown(allres))
+        res_json.with_suffix(".md").write_text(markdown(allres, res_json))
 
     def record(name: str, cfg) -> dict[str, Any] | None:
         from medistill.runs import RunLockedError
@@ -195,14 +195,14 @@ def main() -> None:
         save()
         return row
 
-    record("teacher", teacher_cfg(a, runs_dir / "teacher"))
+    if record("teacher", teacher_cfg(a, runs_dir / "teacher")):  # None: another process is training it
+        plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
+                   f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
     if a.phase == "nokd":
         for model in a.students.split(","):
             for seed in range(a.seeds):
                 record(*student_cfg(a, runs_dir, model, seed, None))
         return
-    plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
-               f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
     students = a.students.split(",")
     first = students[0]
     if a.phase == "all":
@@ -374,7 +374,8 @@ def recall_table(students: dict[str, Any], teacher: dict[str, Any] | None) -> li
     return out
 
 
-def markdown(allres: dict[str, Any]) -> str:
+def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json")) -> str:
+    """The results file ``res_json`` as markdown, naming the teacher-curve images written beside it."""
     from medistill.evaluate.compare import describe_gain
 
     lines = ["# Paper B at full scale (every image, real MRI)", ""]
@@ -383,9 +384,10 @@ def markdown(allres: dict[str, Any]) -> str:
                   f"Machine: {res.get('machine', {}).get('cpu', '')}, {res.get('machine', {}).get('shared', '')}", ""]
         t = res.get("teacher")
         if t:
+            curve = res_json.parent / f"{res_json.stem}_{ds}_teacher.png"
             lines.append(f"Teacher EfficientNet-Lite0 (ImageNet init) at {res['teacher_image_size']} px: test accuracy "
-                         f"{100 * t['accuracy']:.2f} %, {B.si(t['macs'])} MACs; validation curve: "
-                         f"`paper_b_full_{ds}_teacher.png`.")
+                         f"{100 * t['accuracy']:.2f} %, {B.si(t['macs'])} MACs"
+                         + (f"; validation curve: `{curve.name}`." if curve.is_file() else "."))
         for key, sched in sorted(res.get("schedules", {}).items(), key=lambda kv: -kv[1]["student_epochs"]):
             mix = " and ".join(f"{k} {sched[k]:g}" for k in ("mixup", "cutmix") if sched.get(k))
             mix += f" on {sched['mix_prob']:.0%} of images" if mix and sched.get("mix_prob", 1.0) != 1.0 else ""
@@ -410,16 +412,19 @@ def markdown(allres: dict[str, Any]) -> str:
                 if g:
                     lines.append(f"\n{describe_gain(g)}")
             for model, w in (sched.get("without_near_copies") or {}).items():
+                if not w["near_copies"]:
+                    lines += ["", f"None of the {w['test_images']} test images has a near copy in training (thumbnail "
+                                  f"correlation >= {w['threshold']:g})."]
+                    continue
                 g, kd, nk = w["gain_seed0"], B.mean_std(w["kd"]), B.mean_std(w["nokd"])
                 lines += ["", f"{model} on the {w['test_images'] - w['near_copies']} test images without a near copy "
                               f"in training ({w['near_copies']} of {w['test_images']} have one: thumbnail correlation "
                               f">= {w['threshold']:g}): KD {B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, mean gain "
                               f"{100 * w['mean_gain']:+.2f} points (seed 0: {100 * g['value']:+.2f}, paired bootstrap "
                               f"CI {100 * g['ci_low']:+.2f} to {100 * g['ci_high']:+.2f}); teacher "
-                              f"{100 * w['teacher'][0]:.2f} %."
-                              + (f" On the copies alone: KD {B.fmt_ms(B.mean_std(w['kd_on_copies']))} %, no KD "
-                                 f"{B.fmt_ms(B.mean_std(w['nokd_on_copies']))} %, teacher "
-                                 f"{100 * w['teacher'][1]:.2f} %." if w["near_copies"] else "")]
+                              f"{100 * w['teacher'][0]:.2f} %. On the copies alone: KD "
+                              f"{B.fmt_ms(B.mean_std(w['kd_on_copies']))} %, no KD "
+                              f"{B.fmt_ms(B.mean_std(w['nokd_on_copies']))} %, teacher {100 * w['teacher'][1]:.2f} %."]
         lines += ["", "All runs (test accuracy, best validation accuracy, epoch seconds):", "",
                   "| run | test acc (%) | val acc (%) | mode | s / epoch |", "|---|---|---|---|---|"]
         for name, row in res.get("runs", {}).items():

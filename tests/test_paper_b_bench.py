@@ -149,3 +149,12 @@ def test_per_class_recall_is_tabled_for_the_teacher_and_each_student(bench):
     assert "| a | 90.00 | 75.00 ± 35.36 | 25.00 ± 0.00 |" in lines
     assert "| b | n/a | n/a | n/a |" in lines
     assert bench.recall_table({"kdfmv": {"kd_recall": [], "nokd_recall": [None]}}, None) == []
+
+
+def test_a_test_split_without_near_copies_says_so_in_one_line(bench):
+    w = {"threshold": 0.98, "test_images": 1025, "near_copies": 0, "teacher": [0.5, None], "kd": [0.5], "nokd": [0.4],
+         "kd_on_copies": [None], "nokd_on_copies": [None], "mean_gain": 0.1, "gain_seed0": {}}
+    md = bench.markdown({"alzheimer-mri": {"schedules": {"e15": {"student_epochs": 15,
+                                                                  "without_near_copies": {"kdfmv": w}}}}})
+    assert "None of the 1025 test images has a near copy in training (thumbnail correlation >= 0.98)." in md
+    assert "without a near copy" not in md and "copies alone" not in md
