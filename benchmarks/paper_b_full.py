@@ -166,11 +166,7 @@ def main() -> None:
         if res_json.is_file():  # another dataset's run, or a --phase process beside this one, may have written
             now = B.read_json(res_json)
             allres.update({k: v for k, v in now.items() if k != a.dataset})
-            for name, row in now.get(a.dataset, {}).get("runs", {}).items():
-                res["runs"].setdefault(name, row)
-            for key, sched in now.get(a.dataset, {}).get("schedules", {}).items():  # other schedules' processes
-                if key != schedule(a):
-                    res.setdefault("schedules", {})[key] = sched
+            merge_written(res, now.get(a.dataset, {}), schedule(a))
         allres[a.dataset] = summarise(res)
         B.write_json(res_json, allres)
         res_json.with_suffix(".md").write_text(markdown(allres, res_json))
@@ -240,6 +236,23 @@ def main() -> None:
             print(f"    {model}: not every KD and no-KD run is finished (another --phase process is on them); "
                   f"re-run when they are for the KD gain")
         save()
+
+
+def merge_written(res: dict[str, Any], written: dict[str, Any], current: str) -> None:
+    """Take into ``res`` (this process's results for a dataset) what another process wrote to the same file:
+    runs this process has not recorded, other schedules whole, and for this process's schedule ``current`` the
+    students whose KD gain (or near-copy scores) only the other process computed, having trained their last run."""
+    for name, row in written.get("runs", {}).items():
+        res["runs"].setdefault(name, row)
+    for key, sched in written.get("schedules", {}).items():
+        mine = res.setdefault("schedules", {}).get(key)
+        if key != current or mine is None:
+            res["schedules"][key] = sched
+            continue
+        for part in ("kd_gain", "without_near_copies"):
+            for model, value in (sched.get(part) or {}).items():
+                if value is not None:
+                    mine.setdefault(part, {}).setdefault(model, value)
 
 
 def schedule(a: argparse.Namespace) -> str:

@@ -158,3 +158,23 @@ def test_a_test_split_without_near_copies_says_so_in_one_line(bench):
                                                                   "without_near_copies": {"kdfmv": w}}}}})
     assert "None of the 1025 test images has a near copy in training (thumbnail correlation >= 0.98)." in md
     assert "without a near copy" not in md and "copies alone" not in md
+
+
+def test_a_gain_only_the_other_process_computed_is_kept_when_this_one_saves(bench):
+    """Two --phase kd processes share a schedule's runs: the one that trained a student's last run computes its
+    gain; the other, saving later, must not drop it, nor a schedule or a run it never saw."""
+    mine = {"runs": {"a_s0": {"accuracy": 0.5}},
+            "schedules": {"e15": {"student_epochs": 15, "kd_gain": {"kdfmv": {"value": 0.05}}}}}
+    written = {"runs": {"a_s0": {"accuracy": 0.1}, "a_s1": {"accuracy": 0.6}},
+               "schedules": {"e15": {"student_epochs": 15, "kd_gain": {"eeea_net_c2": {"value": -0.03},
+                                                                        "kdfmv": {"value": 0.9}},
+                                     "without_near_copies": {"eeea_net_c2": {"near_copies": 0}}},
+                             "e20": {"student_epochs": 20}}}
+    bench.merge_written(mine, written, "e15")
+    assert mine["runs"] == {"a_s0": {"accuracy": 0.5}, "a_s1": {"accuracy": 0.6}}
+    assert mine["schedules"]["e15"]["kd_gain"] == {"kdfmv": {"value": 0.05}, "eeea_net_c2": {"value": -0.03}}
+    assert mine["schedules"]["e15"]["without_near_copies"] == {"eeea_net_c2": {"near_copies": 0}}
+    assert mine["schedules"]["e20"] == {"student_epochs": 20}
+    fresh = {"runs": {}}  # a --phase nokd process never builds the schedule: it keeps the one written
+    bench.merge_written(fresh, written, "e15")
+    assert fresh["schedules"]["e15"]["kd_gain"]["kdfmv"] == {"value": 0.9}
