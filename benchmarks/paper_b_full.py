@@ -191,7 +191,13 @@ def main() -> None:
         save()
         return row
 
-    if record("teacher", teacher_cfg(a, runs_dir / "teacher")):  # None: another process is training it
+    tcfg = teacher_cfg(a, runs_dir / "teacher")
+    teacher = record("teacher", tcfg)  # None: another process is training it
+    while teacher is None and a.phase != "nokd":  # KD needs the finished teacher, not its weights so far
+        time.sleep(60)
+        if B.is_done(tcfg.out):
+            teacher = record("teacher", tcfg)
+    if teacher:
         plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
                    f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
     if a.phase == "nokd":

@@ -178,3 +178,36 @@ def test_a_gain_only_the_other_process_computed_is_kept_when_this_one_saves(benc
     fresh = {"runs": {}}  # a --phase nokd process never builds the schedule: it keeps the one written
     bench.merge_written(fresh, written, "e15")
     assert fresh["schedules"]["e15"]["kd_gain"]["kdfmv"] == {"value": 0.9}
+
+
+def test_a_kd_process_waits_for_the_teacher_another_process_is_training(bench, monkeypatch, tmp_path):
+    """A second --phase kd process finds the teacher locked: it must wait until the teacher is finished before it
+    distils anything (it used to go on and distil from the weights saved so far)."""
+    from pathlib import Path
+
+    from medistill.runs import RunLockedError
+
+    class Student(Exception):
+        pass
+
+    state = {"sleeps": 0, "teacher_calls": 0}
+
+    def train_and_evaluate(cfg, n_bootstrap=200):
+        if cfg.out.endswith("teacher"):
+            state["teacher_calls"] += 1
+            if state["sleeps"] < 2:
+                raise RunLockedError(f"{cfg.out}: in use by another medistill process")
+            Path(cfg.out).mkdir(parents=True)
+            (Path(cfg.out) / "run.json").write_text('{"best_val_accuracy": 0.5}')
+            return {"accuracy": 0.5, "macs": 1, "skipped": True}
+        raise Student(state["sleeps"])  # the first student: stop here and report how long we waited
+
+    monkeypatch.setattr(bench.B, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(bench.B, "is_done", lambda out: state["sleeps"] >= 2)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: state.__setitem__("sleeps", state["sleeps"] + 1))
+    monkeypatch.setattr(bench, "plot_curve", lambda *a: None)
+    monkeypatch.setattr("sys.argv", ["paper_b_full.py", "--phase", "kd", "--runs", str(tmp_path / "runs"),
+                                     "--results", str(tmp_path / "r.json"), "--data-root", str(tmp_path)])
+    with pytest.raises(Student) as e:
+        bench.main()
+    assert e.value.args == (2,) and state["teacher_calls"] == 2
