@@ -28,7 +28,7 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, load and library versions, so a reader knows what the numbers were measured on."""
     import torch
 
-    from medistill.utils.runtime import machine_info
+    from medistill.utils.runtime import machine_info, package_versions
 
     info = machine_info()
     try:
@@ -37,21 +37,8 @@ def machine() -> dict[str, Any]:
         load = None
     return {"cpu": info.get("cpu_model") or info.get("processor") or "", "cores": info["cpu_count"],
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "libraries": library_versions(), "python": platform.python_version(), "gpu": info.get("gpu"),
+            "libraries": package_versions(), "python": platform.python_version(), "gpu": info.get("gpu"),
             "load_average_1_5_15": load, "shared": shared_note(load, torch.get_num_threads())}
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries besides torch that decide the numbers (decoding, models, metrics)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in ("torchvision", "timm", "numpy", "pillow", "scikit-learn", "onnxruntime", "captum", "grad-cam"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def other_jobs(load_1min: float, own_threads: int) -> bool:
