@@ -191,12 +191,19 @@ def main() -> None:
         save()
         return row
 
+    def record_when_done(name: str, cfg) -> dict[str, Any]:
+        """A run another process is training: wait until it is finished, then record it."""
+        row = None
+        while row is None:
+            time.sleep(60)
+            if B.is_done(cfg.out):
+                row = record(name, cfg)
+        return row
+
     tcfg = teacher_cfg(a, runs_dir / "teacher")
     teacher = record("teacher", tcfg)  # None: another process is training it
-    while teacher is None and a.phase != "nokd":  # KD needs the finished teacher, not its weights so far
-        time.sleep(60)
-        if B.is_done(tcfg.out):
-            teacher = record("teacher", tcfg)
+    if teacher is None and a.phase != "nokd":  # KD needs the finished teacher, not its weights so far
+        teacher = record_when_done("teacher", tcfg)
     if teacher:
         plot_curve(runs_dir / "teacher", res_json.parent / f"{res_json.stem}_{a.dataset}_teacher.png",
                    f"EfficientNet-Lite0 (ImageNet) fine-tuned on {a.dataset}, {a.teacher_size} px")
@@ -214,10 +221,8 @@ def main() -> None:
         record(*student_cfg(a, runs_dir, first, 0, kd))
     for kd in grid:  # a grid run another process is training: wait for it, then read its result
         name, cfg = student_cfg(a, runs_dir, first, 0, kd)
-        while name not in res["runs"]:
-            time.sleep(60)
-            if B.is_done(cfg.out):
-                record(name, cfg)
+        if name not in res["runs"]:
+            record_when_done(name, cfg)
     best = max(grid, key=lambda kd: res["runs"][student_cfg(a, runs_dir, first, 0, kd)[0]]["best_val_accuracy"])
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
     sched.update(student_epochs=a.student_epochs, image_size=a.image_size, mixup=a.mixup, cutmix=a.cutmix,
