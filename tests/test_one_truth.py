@@ -49,3 +49,15 @@ def test_the_quickstart_time_is_given_once():
     sub = build_parser()._subparsers._group_actions[0].choices["quickstart"]  # noqa: SLF001 - argparse internals
     others = sub.description + " ".join(a.help or "" for a in sub._actions)  # noqa: SLF001
     assert not re.search(r"\d+\s*minutes", others)
+
+
+def test_every_library_constraints_txt_pins_is_recorded_with_each_run():
+    """constraints.txt pins the libraries that decide the numbers; run.json, export reports and every benchmark's
+    machine block record their versions through one list, which must name each of them."""
+    from medistill.utils.runtime import PACKAGES, package_versions
+
+    pinned = {m.group(1).lower() for line in (README.parent / "constraints.txt").read_text().splitlines()
+              if (m := re.match(r"\s*([A-Za-z0-9_.-]+)\s*==", line))}
+    assert {"torch", "scipy", "matplotlib"} <= pinned
+    assert pinned <= set(PACKAGES)
+    assert set(package_versions()) == {"python", *PACKAGES}

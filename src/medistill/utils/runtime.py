@@ -44,8 +44,10 @@ def resolve_device(name: str = "auto"):
     return torch.device(name)
 
 
-PACKAGES = ("medistill", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "scikit-learn",
-            "onnx", "onnxruntime", "grad-cam", "captum", "pydicom", "safetensors")
+#: what run.json, export reports and benchmarks record: medistill and every library constraints.txt pins
+PACKAGES = ("medistill", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "scipy", "scikit-learn",
+            "onnx", "onnxruntime", "onnxscript", "grad-cam", "opencv-python-headless", "captum", "pydicom",
+            "safetensors", "matplotlib")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
