@@ -163,6 +163,8 @@ def main() -> None:
 
     def save() -> None:
         res["machine"] = B.machine()
+        if schedule(a) in res.get("schedules", {}):  # schedules written in other sessions keep their own machine
+            res["schedules"][schedule(a)]["machine"] = res["machine"]
         if res_json.is_file():  # another dataset's run, or a --phase process beside this one, may have written
             now = B.read_json(res_json)
             allres.update({k: v for k, v in now.items() if k != a.dataset})
@@ -398,14 +400,20 @@ def recall_table(students: dict[str, Any], teacher: dict[str, Any] | None) -> li
     return out
 
 
+def machine_line(m: dict[str, Any] | None) -> str:
+    """One line naming the CPU a result was written on and whether other jobs shared it."""
+    return f"Machine: {(m or {}).get('cpu', '')}, {(m or {}).get('shared', '')}"
+
+
 def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json")) -> str:
     """The results file ``res_json`` as markdown, naming the teacher-curve images written beside it."""
     from medistill.evaluate.compare import describe_gain
 
     lines = ["# Paper B at full scale (every image, real MRI)", ""]
     for ds, res in allres.items():
-        lines += [f"## {ds}", "",
-                  f"Machine: {res.get('machine', {}).get('cpu', '')}, {res.get('machine', {}).get('shared', '')}", ""]
+        lines += [f"## {ds}", ""]
+        if not all(s.get("machine") for s in res.get("schedules", {}).values()):
+            lines += [f"{machine_line(res.get('machine'))} (when this file was last written)", ""]
         t = res.get("teacher")
         if t:
             curve = res_json.parent / f"{res_json.stem}_{ds}_teacher.png"
@@ -420,6 +428,8 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
             lines += ["", f"### Students trained {sched['student_epochs']} epochs at {px} px{mix}"
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
                       f"Reproduce: `{sched.get('command', '')}`", ""]
+            if sched.get("machine"):
+                lines += [machine_line(sched["machine"]), ""]
             if sched.get("chosen_alpha_T"):
                 c = sched["chosen_alpha_T"]
                 lines.append(f"alpha = {c['alpha']}, T = {c['T']} ({c['by']}).")

@@ -211,3 +211,19 @@ def test_a_kd_process_waits_for_the_teacher_another_process_is_training(bench, m
     with pytest.raises(Student) as e:
         bench.main()
     assert e.value.args == (2,) and state["teacher_calls"] == 2
+
+
+def test_each_schedule_names_the_machine_it_was_written_on(bench):
+    """A results file gathers schedules from several sessions: each shows the machine of its own session, and the
+    file-wide machine (the last writer's) is shown, and said to be that, only while some schedule has none."""
+    old = {"cpu": "old CPU", "shared": "shared with 2 other jobs"}
+    new = {"cpu": "new CPU", "shared": "not shared"}
+    sched = {"e15": {"student_epochs": 15, "machine": old}, "e40": {"student_epochs": 40, "machine": new}}
+    md = bench.markdown({"alzheimer-mri": {"machine": new, "schedules": sched}})
+    assert md.index("Machine: new CPU, not shared") < md.index("### Students trained 15") \
+        < md.index("Machine: old CPU, shared with 2 other jobs")
+    assert "last written" not in md
+    del sched["e15"]["machine"]
+    md = bench.markdown({"alzheimer-mri": {"machine": new, "schedules": sched}})
+    assert "Machine: new CPU, not shared (when this file was last written)" in md
+    assert "old CPU" not in md
