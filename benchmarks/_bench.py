@@ -57,6 +57,11 @@ def shared_note(load: tuple[float, ...] | None, threads: int) -> str:
     return f"not shared when written: 1-minute load average {load[0]:.1f}, about this process's own {threads} threads"
 
 
+def machine_line(m: dict[str, Any] | None) -> str:
+    """One markdown line naming the CPU of a :func:`machine` record and whether other jobs shared it."""
+    return f"Machine: {(m or {}).get('cpu', '')}, {(m or {}).get('shared', '')}"
+
+
 def cli_command(cfg: RunConfig, *, distill: bool) -> str:
     """The ``medistill train|distill`` command line equivalent to ``cfg`` (only fields that differ from defaults)."""
     default = to_dict(RunConfig())

@@ -400,11 +400,6 @@ def recall_table(students: dict[str, Any], teacher: dict[str, Any] | None) -> li
     return out
 
 
-def machine_line(m: dict[str, Any] | None) -> str:
-    """One line naming the CPU a result was written on and whether other jobs shared it."""
-    return f"Machine: {(m or {}).get('cpu', '')}, {(m or {}).get('shared', '')}"
-
-
 def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json")) -> str:
     """The results file ``res_json`` as markdown, naming the teacher-curve images written beside it."""
     from medistill.evaluate.compare import describe_gain
@@ -413,7 +408,7 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
     for ds, res in allres.items():
         lines += [f"## {ds}", ""]
         if not all(s.get("machine") for s in res.get("schedules", {}).values()):
-            lines += [f"{machine_line(res.get('machine'))} (when this file was last written)", ""]
+            lines += [f"{B.machine_line(res.get('machine'))} (when this file was last written)", ""]
         t = res.get("teacher")
         if t:
             curve = res_json.parent / f"{res_json.stem}_{ds}_teacher.png"
@@ -429,7 +424,7 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
                       f"Reproduce: `{sched.get('command', '')}`", ""]
             if sched.get("machine"):
-                lines += [machine_line(sched["machine"]), ""]
+                lines += [B.machine_line(sched["machine"]), ""]
             if sched.get("chosen_alpha_T"):
                 c = sched["chosen_alpha_T"]
                 lines.append(f"alpha = {c['alpha']}, T = {c['T']} ({c['by']}).")

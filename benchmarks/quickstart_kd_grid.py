@@ -60,7 +60,7 @@ def main() -> None:
     out = Path(a.results)
     B.write_json(out, res)
     lines = ["# The quickstart's KD alpha / T, chosen on validation", "", f"Reproduce: `{res['command']}`", "",
-             f"Machine: {res['machine'].get('cpu', '')}, {res['machine'].get('shared', '')}", "",
+             B.machine_line(res["machine"]), "",
              "| run | best validation macro AUC | test macro AUC |", "|---|---|---|"]
     for name, row in res["runs"].items():
         lines.append(f"| {name} | {row['val_macro_auc']:.4f} | {row['test_macro_auc']:.4f} |")
