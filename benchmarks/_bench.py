@@ -57,6 +57,13 @@ def shared_note(load: tuple[float, ...] | None, threads: int) -> str:
     return f"not shared when written: 1-minute load average {load[0]:.1f}, about this process's own {threads} threads"
 
 
+def niced(command: str) -> str:
+    """``command`` behind the ``nice -n N`` this process runs under (none at the default 0), for the command a
+    results file records: what was run, not what the docs suggest."""
+    n = os.nice(0)
+    return f"nice -n {n} {command}" if n else command
+
+
 def machine_line(m: dict[str, Any] | None) -> str:
     """One markdown line naming the CPU of a :func:`machine` record and whether other jobs shared it."""
     return f"Machine: {(m or {}).get('cpu', '')}, {(m or {}).get('shared', '')}"

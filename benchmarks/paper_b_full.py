@@ -1,7 +1,7 @@
 """Paper B (KD-FMV) at full scale on the real MRI sets: does distillation pay?
 
-    nice -n 19 .venv/bin/python benchmarks/paper_b_full.py --dataset brain-tumor-mri
-    nice -n 19 .venv/bin/python benchmarks/paper_b_full.py --dataset alzheimer-mri
+    nice -n 10 .venv/bin/python benchmarks/paper_b_full.py --dataset brain-tumor-mri
+    nice -n 10 .venv/bin/python benchmarks/paper_b_full.py --dataset alzheimer-mri
 
 Every image (train / validation from ``Training/`` with a seeded stratified 10 % validation share, test =
 ``Testing/``). Steps, each a medistill run directory under ``--runs`` (a finished and evaluated run is skipped,
@@ -155,7 +155,7 @@ def main() -> None:
     allres = B.read_json(res_json) if res_json.is_file() else {}
     res: dict[str, Any] = allres.get(a.dataset, {})
     res.update({"image_size": a.image_size, "teacher_image_size": a.teacher_size, "settings": vars(a),
-                "command": "nice -n 19 .venv/bin/python benchmarks/paper_b_full.py " + " ".join(
+                "command": B.niced(".venv/bin/python benchmarks/paper_b_full.py ") + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
                     if k not in ("runs", "cache_dir", "data_root", "results") and v is not None)
                 + (f" --data-root {a.data_root}" if a.data_root != str(DATA / a.dataset) else "")})
@@ -164,7 +164,7 @@ def main() -> None:
     def save() -> None:
         res["machine"] = B.machine()
         if schedule(a) in res.get("schedules", {}):  # schedules written in other sessions keep their own machine
-            res["schedules"][schedule(a)]["machine"] = res["machine"]
+            stamp_machine(res["schedules"][schedule(a)], a.students.split(","), res["machine"])
         if res_json.is_file():  # another dataset's run, or a --phase process beside this one, may have written
             now = B.read_json(res_json)
             allres.update({k: v for k, v in now.items() if k != a.dataset})
@@ -229,7 +229,8 @@ def main() -> None:
     sched = res.setdefault("schedules", {}).setdefault(schedule(a), {})
     sched.update(student_epochs=a.student_epochs, image_size=a.image_size, mixup=a.mixup, cutmix=a.cutmix,
                  mix_prob=a.mix_prob, views=a.views,
-                 command=re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule, not one process's part
+                 command=schedule_command(re.sub(r" --phase \w+", "", res["command"]),  # the whole schedule
+                                          [*sched.get("students", {}), *students]),
                  chosen_alpha_T={"alpha": best[0], "T": best[1], "grid": a.grid,
                                  "by": f"best validation accuracy of {first}, seed 0, over {a.grid}" if len(grid) > 1
                                  else "one point, set before any run (nothing chosen on data)"})
@@ -262,10 +263,32 @@ def merge_written(res: dict[str, Any], written: dict[str, Any], current: str) ->
         if key != current or mine is None:
             res["schedules"][key] = sched
             continue
-        for part in ("kd_gain", "without_near_copies"):
+        for part in ("kd_gain", "without_near_copies", "machines"):
             for model, value in (sched.get(part) or {}).items():
                 if value is not None:
                     mine.setdefault(part, {}).setdefault(model, value)
+
+
+def schedule_command(command: str, models: list[str]) -> str:
+    """One process's command with ``--students`` naming every student of the schedule (``models``, in order, each
+    once): the students of one schedule differ in nothing else, so this one command reproduces them all, when
+    each was added by another process (or session)."""
+    if not models:
+        return command
+    return re.sub(r"--students \S+", f"--students {','.join(dict.fromkeys(models))}", command)
+
+
+def stamp_machine(sched: dict[str, Any], models: list[str], machine: dict[str, Any]) -> None:
+    """Record ``machine`` as the one the runs of ``models`` in this schedule were last written on (``machines``,
+    per student) and as the schedule's. A student written before machines were kept per student keeps the
+    schedule's machine of then."""
+    per = sched.setdefault("machines", {})
+    for old in sched.get("students", {}):
+        if old not in models and old not in per and sched.get("machine"):
+            per[old] = sched["machine"]
+    for model in models:
+        per[model] = machine
+    sched["machine"] = machine
 
 
 def schedule(a: argparse.Namespace) -> str:
@@ -422,8 +445,12 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
             px = sched.get("image_size", 128)
             lines += ["", f"### Students trained {sched['student_epochs']} epochs at {px} px{mix}"
                           f"{' (the current result)' if key == res.get('current') else ''}", "",
-                      f"Reproduce: `{sched.get('command', '')}`", ""]
-            if sched.get("machine"):
+                      f"Reproduce: `{schedule_command(sched.get('command', ''), list(sched.get('students', {})))}`",
+                      ""]
+            machines = {m: B.machine_line(v) for m, v in (sched.get("machines") or {}).items()}
+            if len(set(machines.values())) > 1:  # students of this schedule written by different sessions
+                lines += [f"{line} (for {m})" for m, line in machines.items()] + [""]
+            elif sched.get("machine"):
                 lines += [B.machine_line(sched["machine"]), ""]
             if sched.get("chosen_alpha_T"):
                 c = sched["chosen_alpha_T"]

@@ -227,3 +227,32 @@ def test_each_schedule_names_the_machine_it_was_written_on(bench):
     md = bench.markdown({"alzheimer-mri": {"machine": new, "schedules": sched}})
     assert "Machine: new CPU, not shared (when this file was last written)" in md
     assert "old CPU" not in md
+
+
+def test_a_student_added_to_a_schedule_keeps_each_students_machine_and_one_command_for_all(bench):
+    """A second student added to a schedule by a later process: the first keeps the machine it was written on, each
+    is shown with its own, and the command reproduces both students, not only the last process's."""
+    old = {"cpu": "old CPU", "shared": "shared with 2 other jobs"}
+    new = {"cpu": "new CPU", "shared": "not shared"}
+    sched = {"student_epochs": 40, "machine": old, "students": {"eeea_net_c2": {"kd": [], "nokd": [], "macs": 1}},
+             "command": "python benchmarks/paper_b_full.py --students eeea_net_c2 --student-epochs 40"}
+    bench.stamp_machine(sched, ["kdfmv"], new)
+    assert sched["machines"] == {"eeea_net_c2": old, "kdfmv": new} and sched["machine"] == new
+    bench.stamp_machine(sched, ["kdfmv"], old)  # kdfmv rewritten later: only its own entry moves
+    assert sched["machines"] == {"eeea_net_c2": old, "kdfmv": old}
+    bench.stamp_machine(sched, ["kdfmv"], new)
+    sched["students"]["kdfmv"] = {"kd": [], "nokd": [], "macs": 1}
+    md = bench.markdown({"alzheimer-mri": {"schedules": {"e40": sched}}})
+    assert "Machine: old CPU, shared with 2 other jobs (for eeea_net_c2)" in md
+    assert "Machine: new CPU, not shared (for kdfmv)" in md
+    assert "`python benchmarks/paper_b_full.py --students eeea_net_c2,kdfmv --student-epochs 40`" in md
+    assert bench.schedule_command("x --students kdfmv --seeds 3", ["kdfmv", "eeea_net_c2", "kdfmv"]) \
+        == "x --students kdfmv,eeea_net_c2 --seeds 3"
+
+
+def test_the_recorded_command_carries_the_niceness_it_ran_at(bench, monkeypatch):
+    """Commands were recorded behind a fixed "nice -n 19" whatever the process ran at."""
+    monkeypatch.setattr("os.nice", lambda n: 10)
+    assert bench.B.niced("python x.py") == "nice -n 10 python x.py"
+    monkeypatch.setattr("os.nice", lambda n: 0)
+    assert bench.B.niced("python x.py") == "python x.py"
