@@ -161,10 +161,12 @@ def main() -> None:
                 + (f" --data-root {a.data_root}" if a.data_root != str(DATA / a.dataset) else "")})
     res.setdefault("runs", {})
 
+    trained: set[str] = set()  # the students whose runs this process trained (not found done)
+
     def save() -> None:
         res["machine"] = B.machine()
         if schedule(a) in res.get("schedules", {}):  # schedules written in other sessions keep their own machine
-            stamp_machine(res["schedules"][schedule(a)], a.students.split(","), res["machine"])
+            stamp_machine(res["schedules"][schedule(a)], sorted(trained), res["machine"])
         if res_json.is_file():  # another dataset's run, or a --phase process beside this one, may have written
             now = B.read_json(res_json)
             allres.update({k: v for k, v in now.items() if k != a.dataset})
@@ -189,6 +191,8 @@ def main() -> None:
                    distill_mode=info.get("distill_mode"), seed=info.get("seed"))
         if not r.get("skipped") or name not in res["runs"]:
             res["runs"][name] = row
+        if not r.get("skipped") and name != "teacher":
+            trained.add(cfg.model.name)
         print(f"    test acc {row['accuracy']:.4f}, val {row['best_val_accuracy']:.4f}", flush=True)
         save()
         return row
@@ -246,6 +250,7 @@ def main() -> None:
             sched.setdefault("kd_gain", {})[model] = kd_gain(a, runs_dir, model, best)
             if a.near_copies:
                 sched.setdefault("without_near_copies", {})[model] = without_near_copies(a, runs_dir, model, best)
+            sched.setdefault("last_epoch", {})[model] = last_epoch(a, runs_dir, model, best)
         else:
             print(f"    {model}: not every KD and no-KD run is finished (another --phase process is on them); "
                   f"re-run when they are for the KD gain")
@@ -263,7 +268,7 @@ def merge_written(res: dict[str, Any], written: dict[str, Any], current: str) ->
         if key != current or mine is None:
             res["schedules"][key] = sched
             continue
-        for part in ("kd_gain", "without_near_copies", "machines"):
+        for part in ("kd_gain", "without_near_copies", "last_epoch", "machines"):
             for model, value in (sched.get(part) or {}).items():
                 if value is not None:
                     mine.setdefault(part, {}).setdefault(model, value)
@@ -279,9 +284,12 @@ def schedule_command(command: str, models: list[str]) -> str:
 
 
 def stamp_machine(sched: dict[str, Any], models: list[str], machine: dict[str, Any]) -> None:
-    """Record ``machine`` as the one the runs of ``models`` in this schedule were last written on (``machines``,
-    per student) and as the schedule's. A student written before machines were kept per student keeps the
-    schedule's machine of then."""
+    """Record ``machine`` as the one the runs of ``models`` (the students this process trained) in this schedule
+    were last trained on (``machines``, per student) and as the schedule's; nothing when it trained none (a re-run
+    that only reads finished runs). A student written before machines were kept per student keeps the schedule's
+    machine of then."""
+    if not models:
+        return
     per = sched.setdefault("machines", {})
     for old in sched.get("students", {}):
         if old not in models and old not in per and sched.get("machine"):
@@ -341,8 +349,7 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
     def scores(run: Path) -> tuple[float, float, dict[str, np.ndarray]]:
         with np.load(runs.RunDir(run).file(runs.predictions_file("test"))) as z:
             p = {k: z[k] for k in ("probs", "targets", "mask", "patients") if k in z.files}
-        right = p["probs"].argmax(1) == p["targets"].argmax(1)
-        valid = p["mask"].all(1) if "mask" in p else np.ones(len(right), bool)  # as the metrics count a sample
+        right, valid = correct(p)
         new, old = valid & ~copy, valid & copy
         return (float(right[new].mean()), float(right[old].mean()) if old.any() else float("nan"),
                 {k: v[~copy] for k, v in p.items()})
@@ -359,6 +366,29 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
     out["gain_seed0"] = paired_bootstrap_gain("multiclass", k["probs"], n["probs"], k["targets"], k["mask"],
                                               n_bootstrap=a.bootstrap, groups=patient_groups(k.get("patients")))
     return out
+
+
+def correct(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per test image of predictions ``p`` (probs, targets, mask): whether the top class is the true one, and
+    whether the image counts (its labels are known), as the metrics count a sample."""
+    right = p["probs"].argmax(1) == p["targets"].argmax(1)
+    return right, (p["mask"].all(1) if "mask" in p else np.ones(len(right), bool))
+
+
+def last_epoch(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any]:
+    """Test accuracy of every KD / no-KD seed with its last epoch's weights, beside the best-validation-epoch
+    weights every other figure uses: with a small validation split the best epoch is partly chance (on Alzheimer's
+    20 validation subjects some 40-epoch students peak in their first epochs), and a patient schedule means the
+    whole schedule."""
+    from medistill.evaluate.runner import run_predictions
+
+    def accuracy(run: Path) -> float:
+        right, valid = correct(run_predictions(run, "test", weights="last"))
+        return float(right[valid].mean())
+
+    out = {side: [accuracy(runs_dir / student_cfg(a, runs_dir, model, s, kd)[0]) for s in range(a.seeds)]
+           for side, kd in (("kd", best), ("nokd", None))}
+    return out | {"mean_gain": float(np.mean(out["kd"]) - np.mean(out["nokd"]))}
 
 
 def test_patients(cfg) -> np.ndarray:
@@ -467,6 +497,12 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
             for model, g in (sched.get("kd_gain") or {}).items():
                 if g:
                     lines.append(f"\n{describe_gain(g)}")
+            for model, w in (sched.get("last_epoch") or {}).items():
+                kd, nk = B.mean_std(w["kd"]), B.mean_std(w["nokd"])
+                lines += ["", f"{model} with its last epoch's weights instead of its best validation epoch's: KD "
+                              f"{B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, KD - no-KD {100 * w['mean_gain']:+.2f} "
+                              f"points (per seed: KD {', '.join(f'{100 * v:.2f}' for v in w['kd'])}; no KD "
+                              f"{', '.join(f'{100 * v:.2f}' for v in w['nokd'])})."]
             for model, w in (sched.get("without_near_copies") or {}).items():
                 if not w["near_copies"]:
                     lines += ["", f"None of the {w['test_images']} test images has a near copy in training (thumbnail "

@@ -241,6 +241,8 @@ def test_a_student_added_to_a_schedule_keeps_each_students_machine_and_one_comma
     bench.stamp_machine(sched, ["kdfmv"], old)  # kdfmv rewritten later: only its own entry moves
     assert sched["machines"] == {"eeea_net_c2": old, "kdfmv": old}
     bench.stamp_machine(sched, ["kdfmv"], new)
+    bench.stamp_machine(sched, [], {"cpu": "a re-run that trained nothing"})  # leaves every machine as it was
+    assert sched["machines"]["kdfmv"] == new and sched["machine"] == new
     sched["students"]["kdfmv"] = {"kd": [], "nokd": [], "macs": 1}
     md = bench.markdown({"alzheimer-mri": {"schedules": {"e40": sched}}})
     assert "Machine: old CPU, shared with 2 other jobs (for eeea_net_c2)" in md
@@ -256,3 +258,11 @@ def test_the_recorded_command_carries_the_niceness_it_ran_at(bench, monkeypatch)
     assert bench.B.niced("python x.py") == "nice -n 10 python x.py"
     monkeypatch.setattr("os.nice", lambda n: 0)
     assert bench.B.niced("python x.py") == "python x.py"
+
+
+def test_a_schedule_shows_its_students_at_the_last_epoch_too(bench):
+    sched = {"student_epochs": 40, "students": {"kdfmv": {"kd": [0.5], "nokd": [0.5], "macs": 1}},
+             "last_epoch": {"kdfmv": {"kd": [0.52, 0.56], "nokd": [0.5, 0.5], "mean_gain": 0.04}}}
+    md = bench.markdown({"alzheimer-mri": {"schedules": {"e40": sched}}})
+    assert ("kdfmv with its last epoch's weights instead of its best validation epoch's: KD 54.00 ± 2.83 %, no KD "
+            "50.00 ± 0.00 %, KD - no-KD +4.00 points (per seed: KD 52.00, 56.00; no KD 50.00, 50.00).") in md

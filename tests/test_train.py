@@ -52,6 +52,32 @@ def test_train_writes_a_complete_run(teacher_run: Path):
     assert record["input"]["size"] == 32 and model(torch.zeros(2, 1, 32, 32)).shape == (2, 6)
 
 
+def test_predictions_can_come_from_the_last_epochs_weights(teacher_run: Path, tmp_path: Path):
+    """Every metric uses the best validation epoch's weights; ``weights="last"`` predicts with the last epoch's (to
+    see what the validation split's choice of epoch cost). Here the copy's last weights answer a constant."""
+    import shutil
+
+    from medistill.evaluate.runner import run_predictions
+    from medistill.models.weights import save_weights
+
+    run = tmp_path / "run"
+    shutil.copytree(teacher_run, run)
+    last, _ = runs.load_model(run, which="last")
+    with torch.no_grad():
+        for param in last.parameters():
+            param.zero_()
+        for buf in last.buffers():
+            if buf.is_floating_point():
+                buf.fill_(1.0)  # BatchNorm variances stay positive
+    save_weights(last, run / runs.LAST_WEIGHTS)
+    best = run_predictions(run, "test", limit=8)
+    constant = run_predictions(run, "test", limit=8, weights="last")
+    assert np.allclose(constant["logits"], 0.0) and not np.allclose(best["logits"], 0.0)
+    assert np.array_equal(best["targets"], constant["targets"])
+    with pytest.raises(ValueError, match="'best' or 'last', not 'lsat'"):
+        runs.load_model(run, which="lsat")
+
+
 def test_resume_reproduces_uninterrupted_run(phantom_root: Path, tmp_path: Path):
     straight = tmp_path / "straight"
     run_training(_cfg(phantom_root, straight, **{"train.epochs": 2, "data.augment": "light"}))

@@ -299,6 +299,8 @@ def load_model(path: str | Path, which: str = "best", device: Any = "cpu") -> tu
     """
     from .models import InputConfig, ModelError, create_model, load_weights, set_input_config
 
+    if which not in ("best", "last"):
+        raise ValueError(f"which weights of a run: 'best' or 'last', not {which!r}")
     path = Path(path)
     run = RunDir(path if path.is_dir() else path.parent)
     info = run.info()

@@ -32,15 +32,16 @@ def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: in
 
 
 def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, device: str = "cpu",
-                    limit: int | None = None,
+                    limit: int | None = None, weights: str = "best",
                     progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Logits / probs / targets / mask (N, L) of the run's best model on ``split``, and ``patients`` (N,) (the
-    dataset's patient id of each image, as strings); ``progress(done, total)`` after each batch."""
+    """Logits / probs / targets / mask (N, L) of the run's best model (``weights="last"``: its last epoch's) on
+    ``split``, and ``patients`` (N,) (the dataset's patient id of each image, as strings); ``progress(done,
+    total)`` after each batch."""
     import torch
 
     from .predict import predict
 
-    model, record = runs.load_model(run_dir, device=device)
+    model, record = runs.load_model(run_dir, which=weights, device=device)
     ds, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
     out = predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"],
                   progress=progress).arrays()
