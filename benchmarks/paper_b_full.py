@@ -275,12 +275,15 @@ def merge_written(res: dict[str, Any], written: dict[str, Any], current: str) ->
 
 
 def schedule_command(command: str, models: list[str]) -> str:
-    """One process's command with ``--students`` naming every student of the schedule (``models``, in order, each
-    once): the students of one schedule differ in nothing else, so this one command reproduces them all, when
-    each was added by another process (or session)."""
-    if not models:
+    """One process's command with ``--students`` naming every student of the schedule: its own, in their order
+    (the first one's seed 0 chooses alpha / T on a grid), then the other ``models``, each once. The students of
+    one schedule differ in nothing else, so this one command reproduces them all when some were added by another
+    process (or session)."""
+    own = re.search(r"--students (\S+)", command)
+    if own is None:
         return command
-    return re.sub(r"--students \S+", f"--students {','.join(dict.fromkeys(models))}", command)
+    names = ",".join(dict.fromkeys([*own.group(1).split(","), *models]))
+    return command[:own.start(1)] + names + command[own.end(1):]
 
 
 def stamp_machine(sched: dict[str, Any], models: list[str], machine: dict[str, Any]) -> None:
@@ -381,14 +384,20 @@ def last_epoch(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[fl
     20 validation subjects some 40-epoch students peak in their first epochs), and a patient schedule means the
     whole schedule."""
     from medistill.evaluate.runner import run_predictions
+    from medistill.models import ModelError
 
-    def accuracy(run: Path) -> float:
-        right, valid = correct(run_predictions(run, "test", weights="last"))
+    def accuracy(run: Path) -> float | None:
+        try:
+            right, valid = correct(run_predictions(run, "test", weights="last"))
+        except ModelError as e:  # a run without last.safetensors: no figure, not a failed benchmark
+            print(f"    no last-epoch score: {e}", flush=True)
+            return None
         return float(right[valid].mean())
 
     out = {side: [accuracy(runs_dir / student_cfg(a, runs_dir, model, s, kd)[0]) for s in range(a.seeds)]
            for side, kd in (("kd", best), ("nokd", None))}
-    return out | {"mean_gain": float(np.mean(out["kd"]) - np.mean(out["nokd"]))}
+    whole = None not in out["kd"] + out["nokd"]
+    return out | {"mean_gain": float(np.mean(out["kd"]) - np.mean(out["nokd"])) if whole else None}
 
 
 def test_patients(cfg) -> np.ndarray:
@@ -460,7 +469,8 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
     lines = ["# Paper B at full scale (every image, real MRI)", ""]
     for ds, res in allres.items():
         lines += [f"## {ds}", ""]
-        if not all(s.get("machine") for s in res.get("schedules", {}).values()):
+        scheds = res.get("schedules", {}).values()
+        if res.get("machine") and not (scheds and all(s.get("machine") for s in scheds)):  # e.g. a teacher alone
             lines += [f"{B.machine_line(res.get('machine'))} (when this file was last written)", ""]
         t = res.get("teacher")
         if t:
@@ -478,7 +488,7 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
                       f"Reproduce: `{schedule_command(sched.get('command', ''), list(sched.get('students', {})))}`",
                       ""]
             machines = {m: B.machine_line(v) for m, v in (sched.get("machines") or {}).items()}
-            if len(set(machines.values())) > 1:  # students of this schedule written by different sessions
+            if len(set(machines.values())) > 1:  # students of this schedule trained under different loads or sessions
                 lines += [f"{line} (for {m})" for m, line in machines.items()] + [""]
             elif sched.get("machine"):
                 lines += [B.machine_line(sched["machine"]), ""]
@@ -499,10 +509,12 @@ def markdown(allres: dict[str, Any], res_json: Path = Path("paper_b_full.json"))
                     lines.append(f"\n{describe_gain(g)}")
             for model, w in (sched.get("last_epoch") or {}).items():
                 kd, nk = B.mean_std(w["kd"]), B.mean_std(w["nokd"])
+                gain = "n/a" if w["mean_gain"] is None else f"{100 * w['mean_gain']:+.2f}"
+                seeds = {side: ", ".join("n/a" if v is None else f"{100 * v:.2f}" for v in w[side])
+                         for side in ("kd", "nokd")}
                 lines += ["", f"{model} with its last epoch's weights instead of its best validation epoch's: KD "
-                              f"{B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, KD - no-KD {100 * w['mean_gain']:+.2f} "
-                              f"points (per seed: KD {', '.join(f'{100 * v:.2f}' for v in w['kd'])}; no KD "
-                              f"{', '.join(f'{100 * v:.2f}' for v in w['nokd'])})."]
+                              f"{B.fmt_ms(kd)} %, no KD {B.fmt_ms(nk)} %, KD - no-KD {gain} points (per seed: KD "
+                              f"{seeds['kd']}; no KD {seeds['nokd']})."]
             none_said = False  # the test images are every student's: say once that none has a copy
             for model, w in (sched.get("without_near_copies") or {}).items():
                 if not w["near_copies"]:

@@ -228,6 +228,8 @@ def test_each_schedule_names_the_machine_it_was_written_on(bench):
     md = bench.markdown({"alzheimer-mri": {"machine": new, "schedules": sched}})
     assert "Machine: new CPU, not shared (when this file was last written)" in md
     assert "old CPU" not in md
+    md = bench.markdown({"alzheimer-mri": {"machine": new}})  # a teacher alone, no student schedule yet
+    assert "Machine: new CPU, not shared (when this file was last written)" in md
 
 
 def test_a_student_added_to_a_schedule_keeps_each_students_machine_and_one_command_for_all(bench):
@@ -249,8 +251,9 @@ def test_a_student_added_to_a_schedule_keeps_each_students_machine_and_one_comma
     assert "Machine: old CPU, shared with 2 other jobs (for eeea_net_c2)" in md
     assert "Machine: new CPU, not shared (for kdfmv)" in md
     assert "`python benchmarks/paper_b_full.py --students eeea_net_c2,kdfmv --student-epochs 40`" in md
-    assert bench.schedule_command("x --students kdfmv --seeds 3", ["kdfmv", "eeea_net_c2", "kdfmv"]) \
-        == "x --students kdfmv,eeea_net_c2 --seeds 3"
+    assert bench.schedule_command("x --students kdfmv --seeds 3", ["eeea_net_c2", "kdfmv", "eeea_net_c2"]) \
+        == "x --students kdfmv,eeea_net_c2 --seeds 3"  # the command's own students first: the first chooses alpha / T
+    assert bench.schedule_command("x --seeds 3", ["kdfmv"]) == "x --seeds 3"
 
 
 def test_the_recorded_command_carries_the_niceness_it_ran_at(bench, monkeypatch):
@@ -267,3 +270,6 @@ def test_a_schedule_shows_its_students_at_the_last_epoch_too(bench):
     md = bench.markdown({"alzheimer-mri": {"schedules": {"e40": sched}}})
     assert ("kdfmv with its last epoch's weights instead of its best validation epoch's: KD 54.00 ± 2.83 %, no KD "
             "50.00 ± 0.00 %, KD - no-KD +4.00 points (per seed: KD 52.00, 56.00; no KD 50.00, 50.00).") in md
+    sched["last_epoch"]["kdfmv"] = {"kd": [0.52, None], "nokd": [0.5, 0.5], "mean_gain": None}  # a run without them
+    md = bench.markdown({"alzheimer-mri": {"schedules": {"e40": sched}}})
+    assert "KD - no-KD n/a points (per seed: KD 52.00, n/a; no KD 50.00, 50.00)" in md
