@@ -352,7 +352,8 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
     def scores(run: Path) -> tuple[float, float, dict[str, np.ndarray]]:
         with np.load(runs.RunDir(run).file(runs.predictions_file("test"))) as z:
             p = {k: z[k] for k in ("probs", "targets", "mask", "patients") if k in z.files}
-        right, valid = correct(p)
+        right = p["probs"].argmax(1) == p["targets"].argmax(1)
+        valid = p["mask"].all(1) if "mask" in p else np.ones(len(right), bool)  # as the metrics count a sample
         new, old = valid & ~copy, valid & copy
         return (float(right[new].mean()), float(right[old].mean()) if old.any() else float("nan"),
                 {k: v[~copy] for k, v in p.items()})
@@ -371,28 +372,23 @@ def without_near_copies(a: argparse.Namespace, runs_dir: Path, model: str,
     return out
 
 
-def correct(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per test image of predictions ``p`` (probs, targets, mask): whether the top class is the true one, and
-    whether the image counts (its labels are known), as the metrics count a sample."""
-    right = p["probs"].argmax(1) == p["targets"].argmax(1)
-    return right, (p["mask"].all(1) if "mask" in p else np.ones(len(right), bool))
-
-
 def last_epoch(a: argparse.Namespace, runs_dir: Path, model: str, best: tuple[float, float]) -> dict[str, Any]:
     """Test accuracy of every KD / no-KD seed with its last epoch's weights, beside the best-validation-epoch
     weights every other figure uses: with a small validation split the best epoch is partly chance (on Alzheimer's
     20 validation subjects some 40-epoch students peak in their first epochs), and a patient schedule means the
     whole schedule."""
+    from medistill.evaluate.metrics import multiclass_metrics
     from medistill.evaluate.runner import run_predictions
     from medistill.models import ModelError
 
     def accuracy(run: Path) -> float | None:
         try:
-            right, valid = correct(run_predictions(run, "test", weights="last"))
+            p = run_predictions(run, "test", weights="last")
         except ModelError as e:  # a run without last.safetensors: no figure, not a failed benchmark
             print(f"    no last-epoch score: {e}", flush=True)
             return None
-        return float(right[valid].mean())
+        # the accuracy every best-epoch figure comes from (evaluate's), without its bootstrap
+        return multiclass_metrics(p["probs"], p["targets"], p["mask"], None, n_bootstrap=0)["accuracy"]
 
     out = {side: [accuracy(runs_dir / student_cfg(a, runs_dir, model, s, kd)[0]) for s in range(a.seeds)]
            for side, kd in (("kd", best), ("nokd", None))}
