@@ -220,3 +220,21 @@ def test_a_teacher_retrained_in_place_gets_a_new_cache(teacher_run: Path, phanto
         (teacher / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "finished"}))
         load_teacher(str(teacher), labels=labels, channels=1)
     assert "still being trained" in caplog.text
+
+
+def test_several_teachers_at_another_temperature_get_another_cache(teacher_run: Path, phantom_root: Path,
+                                                                    tmp_path: Path):
+    """Several teachers' logits are combined at T before they are cached, so T is part of the key: a run at another
+    T sharing the views folder must not replay soft targets made for the first T. One teacher's raw logits do not
+    depend on T, so runs at several T share its cache."""
+    views = tmp_path / "views"
+    two = {"distill.teacher": "null", "distill.teachers": f"{teacher_run},{teacher_run}",
+           "distill.teacher_views_dir": str(views)}
+    _views_run(phantom_root, teacher_run, tmp_path / "t1", **two, **{"distill.temperature": 1.0})
+    _views_run(phantom_root, teacher_run, tmp_path / "t4", **two, **{"distill.temperature": 4.0})
+    assert len(list(views.glob("teacher_views-*.npy"))) == 2
+    single = tmp_path / "single"
+    for t in (1.0, 4.0):
+        _views_run(phantom_root, teacher_run, tmp_path / f"one{t:g}",
+                   **{"distill.teacher_views_dir": str(single), "distill.temperature": t})
+    assert len(list(single.glob("teacher_views-*.npy"))) == 1

@@ -304,6 +304,8 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
         optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
     if ds.mixer is not None:
         optional["mixing"] = [ds.mixer.mixup, ds.mixer.cutmix, ds.mixer.prob]
+    if len(objective.teachers) > 1:  # several teachers' logits are cached combined at T; one teacher's raw
+        optional["temperature"] = objective.temperature  # logits are the same at every T, so runs share them
     key = views_cache_key({**optional,
         "teachers": [(tch.source, tch.fingerprint(), tch.weight, tch.input.size) for tch in objective.teachers],
         "precision": resolve_precision(device, objective.precision), "load_size": objective.load_in.size,
