@@ -105,3 +105,27 @@ def test_packaged_imagenet_weights_recognise_a_real_photograph(name):
     with torch.no_grad():
         top5 = model(x[None]).topk(5).indices[0].tolist()
     assert 652 in top5, top5
+
+
+def test_kdfmv_width_variants_scale_every_layer_and_rebuild_from_their_name(tmp_path):
+    from medistill import runs
+    from medistill.models import count_macs
+
+    full = create_model("kdfmv", num_classes=4, in_chans=1, image_size=64)
+    half = create_model("kdfmv_w0.5", num_classes=4, in_chans=1, image_size=64)
+    quarter = create_model("kdfmv_w0.25", num_classes=4, in_chans=1, image_size=64)
+    assert [s[0].out_channels for s in quarter.stages] == [4, 8, 16, 32, 64]
+    assert [s[0].out_channels for s in half.stages] == [8, 16, 32, 64, 128]
+    assert half.medistill_name == "kdfmv_w0.5" and full.medistill_name == "kdfmv"
+    macs = [count_macs(m, 64, 1) for m in (full, half, quarter)]
+    assert macs[0] > 3 * macs[1] > 9 * macs[2]  # MACs fall with the square of the width
+    assert cam_layer(half)[0] is half.stages[4] and len(feature_stages(half)) == 5
+    run = runs.RunDir(tmp_path / "run")
+    run.path.mkdir()
+    runs.save_model(run, half, labels=["a", "b", "c", "d"], task="multiclass")
+    rebuilt, record = runs.load_model(run.path)
+    assert record["model"] == "kdfmv_w0.5" and count_params(rebuilt) == count_params(half)
+    with pytest.raises(ModelError, match="outside"):
+        create_model("kdfmv_w0", num_classes=4)
+    with pytest.raises(ModelError, match="not a medistill or timm model"):
+        create_model("resnet18_w0.5", num_classes=4)

@@ -1,7 +1,8 @@
 """Models: one registry (timm's) for timm models and medistill's own, one contract for all.
 
 ``create_model(name, num_classes=, in_chans=, pretrained=)`` builds any timm model by name or a medistill model
-(``eeea_net_c2``, ``kdfmv``, ``tiny_cnn``, registered into timm's registry). Every model then offers:
+(``eeea_net_c2``, ``kdfmv``, ``tiny_cnn``, registered into timm's registry; ``kdfmv_w0.5`` is kdfmv at half its
+width, see :mod:`.kdfmv`). Every model then offers:
 
 - ``forward_features(x) -> (B, C, h, w)`` features before pooling (token models: ``(B, N, C)``),
 - ``forward_head(f, pre_logits=False) -> (B, L)``,
@@ -43,6 +44,13 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: 
     import timm
     from timm.models import get_pretrained_cfg
 
+    try:
+        variant = _kdfmv.width_variant(name)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    full_name = name
+    if variant is not None:  # kdfmv_w0.5: the base architecture at a width multiplier
+        name, kwargs["width"] = variant
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ModelError(f"model {name!r} is not a medistill or timm model"
@@ -55,7 +63,7 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: 
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if pretrained:
         load_pretrained(model, name, in_chans=in_chans)
-    model.medistill_name = name
+    model.medistill_name = full_name
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     model.pretrained_cfg = cfg
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
