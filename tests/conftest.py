@@ -27,6 +27,34 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("phantom"), num_images=400, size=64, seed=0)
 
 
+def make_class_folder(root: Path, counts: dict[str, tuple[int, int]], size: int = 24, seed: int = 0) -> Path:
+    """An image folder ``root/{train,test}/<class>/*.png`` with ``counts[class] = (train, test)`` images: noise plus a
+    bright square whose place tells the class (learnable in an epoch or two)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, (cls, per_split) in enumerate(counts.items()):
+        for split, n in zip(("train", "test"), per_split):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                img = rng.normal(90, 25, (size, size))
+                y, x = divmod(c, 2)
+                h = size // 2
+                img[y * h + 2:y * h + h - 2, x * h + 2:x * h + h - 2] += 110
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{cls}_{split}_{k:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small imbalanced 3-class image folder (train 60 / 36 / 24, test 20 / 12 / 8 images, 24 px): single-label
+    runs in seconds, with a majority class that always answering scores 50 % on."""
+    return make_class_folder(tmp_path_factory.mktemp("classes"),
+                             {"common": (60, 20), "middle": (36, 12), "rare": (24, 8)})
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     """Tests share 2 cores; one torch thread per test keeps them predictable (and deterministic)."""

@@ -12,6 +12,13 @@ def test_single_label_leads_with_accuracy():
     assert metrics_text(m) == "Accuracy 0.9100, macro AUC 0.9800, macro F1 0.9000"
 
 
+def test_single_label_states_balanced_accuracy_and_the_majority_rate():
+    m = {"task": "multiclass", "accuracy": 0.52, "balanced_accuracy": 0.31, "majority_rate": 0.498,
+         "majority_class": "NonDemented", "chance": 0.25}
+    assert metrics_text(m) == ("Accuracy 0.5200, balanced accuracy 0.3100, majority-class rate 0.4980 "
+                               "(always 'NonDemented'; chance 0.2500)")
+
+
 def test_multi_label_leads_with_macro_auc():
     m = {"task": "multilabel", "macro_auc": 0.78, "macro_f1": 0.31, "accuracy": 0.9}
     assert metrics_text(m) == "Macro AUC 0.7800, macro F1 0.3100"  # no accuracy: not a multi-label figure

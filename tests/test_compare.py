@@ -163,3 +163,31 @@ def test_evaluate_records_each_images_patient_and_compare_draws_patients(three_r
     moved = copy_without("moved", lambda a: a.update(patients=np.roll(a["patients"], 1)))
     with pytest.raises(CompareError, match="patients differ"):
         kd_gain(compare_runs([three_runs[0], three_runs[1], moved]), n_bootstrap=10)
+
+
+def test_evaluate_states_the_majority_rate_and_chance_and_can_score_the_last_weights(class_folder, tmp_path):
+    """Single-label runs: the majority-class rate (always answering the training split's most frequent class)
+    and chance stand beside accuracy and balanced accuracy; ``weights="last"`` scores the last epoch's weights."""
+    from medistill import runs
+    from medistill.evaluate.metrics import majority_baseline
+
+    out = tmp_path / "run"
+    run_training(_cfg(class_folder, out, **{"data.dataset": "folder", "data.image_size": 16, "data.limit": "null",
+                                            "train.epochs": 3, "train.ema_decay": 0.9}))
+    assert runs.RunDir(out).info()["train_label_counts"]["common"] > runs.RunDir(out).info()[
+        "train_label_counts"]["rare"]
+    best = evaluate_run(out, "test", latency=False, n_bootstrap=0)
+    assert best["majority_class"] == "common" and best["majority_rate"] == pytest.approx(20 / 40)
+    assert best["chance"] == pytest.approx(1 / 3) and best["weights"] == "best"
+    last = evaluate_run(out, "test", latency=False, n_bootstrap=0, weights="last")
+    assert last["weights"] == "last" and runs.RunDir(out).metrics()["weights"] == "last"
+    model, _ = runs.load_model(out, which="last")
+    p = np.load(out / runs.predictions_file("test"))
+    import torch
+
+    ds = runs.run_dataset(out, "test")
+    with torch.no_grad():
+        direct = model(torch.stack([ds[i]["image"] for i in range(4)])).softmax(1).numpy()
+    np.testing.assert_allclose(p["probs"][:4], direct, atol=1e-5)
+    y = np.eye(3)[[0, 0, 1, 2]]
+    assert majority_baseline([5, 1, 1], y, np.ones_like(y), ["a", "b", "c"])["majority_rate"] == 0.5

@@ -146,8 +146,10 @@ class StageBars:
             bar.close()
 
 
-#: metrics shown after the task's main metric, when present (metrics.json keys -> titles)
-_SECONDARY = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "macro F1"}
+#: metrics shown after the task's main metric, when present (metrics.json keys -> titles); the last two only for
+#: single-label runs, where they say what accuracy must be read against
+_SECONDARY = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "macro F1",
+              "balanced_accuracy": "balanced accuracy", "majority_rate": "majority-class rate"}
 
 
 def metrics_text(m: dict[str, Any]) -> str:
@@ -162,6 +164,9 @@ def metrics_text(m: dict[str, Any]) -> str:
         return "n/a" if v is None or v != v else f"{v:.4f}"
 
     parts = [f"{task.main_metric_title} {value(task.main_metric)}"]
-    parts += [f"{title} {value(k)}" for k, title in _SECONDARY.items()
-              if k != task.main_metric and m.get(k) is not None and (k != "accuracy" or not task.multilabel)]
+    parts += [f"{title} {value(k)}" + (f" (always {m['majority_class']!r}; chance {m['chance']:.4f})"
+                                       if k == "majority_rate" and "majority_class" in m and "chance" in m else "")
+              for k, title in _SECONDARY.items()
+              if k != task.main_metric and m.get(k) is not None
+              and (not task.multilabel or k not in ("accuracy", "balanced_accuracy", "majority_rate"))]
     return ", ".join(parts)

@@ -307,6 +307,25 @@ def multiclass_metrics(probs: Any, targets: Any, mask: Any, labels: Sequence[str
     }
 
 
+def majority_baseline(train_counts: Sequence[float], targets: Any, mask: Any,
+                      labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """What a single-label model must beat to have learnt anything: ``majority_class`` (the training split's most
+    frequent class), ``majority_rate`` (the accuracy of always answering it on these ``targets`` ``(N, C)``, rows
+    with a full mask) and ``chance`` (1 / C, the accuracy and balanced accuracy of guessing). Balanced accuracy
+    (:func:`multiclass_metrics`) is the figure to read beside accuracy when classes are imbalanced: always answering
+    the majority class scores 1 / C on it whatever the imbalance."""
+    counts = np.asarray(train_counts, dtype=np.float64)
+    y, m = np.asarray(targets), np.asarray(mask)
+    if counts.ndim != 1 or counts.size != y.shape[1]:
+        raise MetricError(f"train_counts: {counts.size} counts for {y.shape[1]} classes")
+    keep = m.all(axis=1)
+    major = int(np.argmax(counts))
+    names = list(labels) if labels is not None else [str(c) for c in range(len(counts))]
+    return {"majority_class": names[major],
+            "majority_rate": float(y[keep, major].mean()) if keep.any() else float("nan"),
+            "chance": 1.0 / len(counts)}
+
+
 def compute_metrics(task: "str | Task", probs: Any, targets: Any, mask: Any, labels: Sequence[str] | None,
                     thresholds: np.ndarray | None = None, **kw: Any) -> dict[str, Any]:
     """:func:`multilabel_metrics` or :func:`multiclass_metrics` by ``task``; ``kw``: ``n_bootstrap``, ``seed``,

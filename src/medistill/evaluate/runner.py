@@ -49,30 +49,35 @@ def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, de
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 64, latency: bool = True,
-                 n_bootstrap: int = 1000, device: str = "cpu",
+                 n_bootstrap: int = 1000, device: str = "cpu", weights: str = "best",
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Metrics of the run's best model on ``split`` (thresholds chosen on validation); updates metrics.json.
-    ``progress(split, done, total)`` is called after each batch of each split predicted (val, then ``split``)."""
+    """Metrics of the run's best model (``weights="last"``: its last epoch's, the moving average's with EMA) on
+    ``split`` (thresholds chosen on validation); updates metrics.json. Single-label runs also get the majority-class
+    rate and chance (:func:`.metrics.majority_baseline`). ``progress(split, done, total)`` is called after each
+    batch of each split predicted (val, then ``split``)."""
     from ..evaluate.bootstrap import patient_groups
     from ..evaluate.efficiency import cpu_latency_ms, file_size
-    from ..evaluate.metrics import choose_thresholds, compute_metrics
+    from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
     from ..models import count_macs, count_params
 
     run = runs.RunDir(run_dir)
-    model, record = runs.load_model(run_dir, device=device)
+    model, record = runs.load_model(run_dir, which=weights, device=device)
     task, labels = get_task(record["task"]), list(record["labels"])
     thresholds = None
     if task.uses_thresholds:
-        val = run_predictions(run_dir, "val", batch_size=batch_size, device=device,
+        val = run_predictions(run_dir, "val", batch_size=batch_size, device=device, weights=weights,
                               progress=(lambda d, t: progress("val", d, t)) if progress else None)
         thresholds = choose_thresholds(val["probs"], val["targets"], val["mask"])
-    pred = run_predictions(run_dir, split, batch_size=batch_size, device=device,
+    pred = run_predictions(run_dir, split, batch_size=batch_size, device=device, weights=weights,
                            progress=(lambda d, t: progress(split, d, t)) if progress else None)
     metrics = compute_metrics(task, pred["probs"], pred["targets"], pred["mask"], labels, thresholds=thresholds,
                               n_bootstrap=n_bootstrap, groups=patient_groups(pred["patients"]))
+    if not task.multilabel:
+        metrics.update(majority_baseline(train_label_counts(run, record), pred["targets"], pred["mask"], labels))
     inp = record["input"]
     eff: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inp["size"], inp["channels"]),
-                           "size_bytes": file_size(run.file(runs.BEST_WEIGHTS))}
+                           "size_bytes": file_size(run.file(runs.BEST_WEIGHTS if weights == "best"
+                                                            else runs.LAST_WEIGHTS))}
     if latency:
         lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
         # the minimum of repeated calls (ratios between models are built from it), its spread and the machine's load
@@ -83,7 +88,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"], patients=pred["patients"]))
     info = run.info()
-    result = {**metrics, **eff, "split": split, "num_images": int(len(pred["probs"])), "task": task.name,
+    result = {**metrics, **eff, "split": split, "weights": weights, "num_images": int(len(pred["probs"])),
+              "task": task.name,
               "labels": labels, "model": record["model"], "kind": info.get("kind"),
               "teacher": info.get("teacher"), "input_size": inp["size"]}
     if thresholds is not None:
@@ -92,6 +98,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     log.info("evaluated %s on %s: %s", run.path, split,
              {k: result[k] for k in ("macro_auc", "accuracy", "macro_f1") if k in result})
     return result
+
+
+def train_label_counts(run: runs.RunDir, record: dict[str, Any]) -> list[float]:
+    """Images per label (single-label: per class) in the run's training split: the run record's
+    ``train_label_counts`` (written by training), else counted from the run's dataset (runs trained before it)."""
+    counts = record.get("train_label_counts")
+    if isinstance(counts, dict) and list(counts) == list(record["labels"]):
+        return [float(counts[lab]) for lab in record["labels"]]
+    ds = runs.run_dataset(run, "train", record=record)
+    return (ds.targets * ds.masks).sum(axis=0).astype(float).tolist()
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -85,6 +85,9 @@ def _run(cfg: RunConfig, *, resume: bool, cb: Callbacks, device: torch.device, d
     dist_utils.barrier()
     with run.logging_to_file() if main else nullcontext():
         s = setup(cfg, run, device=device, distributed=distributed, main=main, cb=cb)
+        if main:  # what evaluate's majority-class rate needs, without rebuilding the training split
+            counts = (s.train_ds.targets * s.train_ds.masks).sum(axis=0)
+            run.update_info(train_label_counts={lab: float(c) for lab, c in zip(s.labels, counts)})
         st = load_state(run, s.model, s.opt, s.sched, s.extra) if resume else TrainState()
         if resume:
             log.info("resumed %s after epoch %d (best %s %.4f)", out, st.epoch, s.task.main_metric, st.best)
