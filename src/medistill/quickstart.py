@@ -147,8 +147,8 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         else:
             say(f"{name}: evaluating on the test split")
             m = evaluate_run(cfgs[name].out, "test")
-        summary[name] = {k: m.get(k) for k in ("task", "macro_auc", "accuracy", "macro_f1", "balanced_accuracy", "majority_rate",
-                                               "majority_class", "chance", "params", "macs",
+        summary[name] = {k: m.get(k) for k in ("task", "macro_auc", "accuracy", "macro_f1", "balanced_accuracy",
+                                                "majority_rate", "majority_class", "chance", "params", "macs",
                                                 "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
     summary["kd_gain"], summary["kd_story"] = _kd_story(q, cfgs)
