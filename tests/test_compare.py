@@ -191,3 +191,23 @@ def test_evaluate_states_the_majority_rate_and_chance_and_can_score_the_last_wei
     np.testing.assert_allclose(p["probs"][:4], direct, atol=1e-5)
     y = np.eye(3)[[0, 0, 1, 2]]
     assert majority_baseline([5, 1, 1], y, np.ones_like(y), ["a", "b", "c"])["majority_rate"] == 0.5
+
+
+def test_compare_pools_as_seeds_only_runs_identical_but_for_the_seed(three_runs: list[Path], phantom_root: Path,
+                                                                      tmp_path: Path):
+    """A no-KD run with another recipe (here mixup) is another baseline, not a second seed: it is left out of the
+    seeds and named with the fields it differs in; a true second seed is pooled."""
+    from medistill.evaluate.compare import compare_runs, describe_gain
+
+    seed1, mixed = tmp_path / "nokd_s1", tmp_path / "nokd_mix"
+    run_training(_cfg(phantom_root, seed1, **{"model.name": "kdfmv", "train.seed": 1}))
+    run_training(_cfg(phantom_root, mixed, **{"model.name": "kdfmv", "train.mixup": 1.0}))
+    for r in (seed1, mixed):
+        evaluate_run(r, "test", latency=False, n_bootstrap=0)
+    g = kd_gain(compare_runs([*three_runs, seed1, mixed]), n_bootstrap=20)
+    assert g["pooled"]["nokd"] == [str(three_runs[2]), str(seed1)]
+    assert g["not_pooled"] == [{"run": str(mixed), "role": "student (no KD)", "differs_in": ["train.mixup"]}]
+    assert len(g["seeds"]["nokd"]) == 2 and len(g["seeds"]["kd"]) == 1
+    text = describe_gain(g)
+    assert "against no-KD run nokd" in text and "2 no-KD runs identical but for the seed" in text
+    assert "Not pooled: nokd_mix (student (no KD); another recipe, differs in train.mixup)" in text

@@ -6,10 +6,12 @@ The machinery for any options dataclass (:func:`option`, :func:`build`, coercion
 :mod:`medistill.config.run`. Every name is importable from here.
 """
 
-from .core import (RECIPES, ConfigError, build, check_choice, check_range, field_help, from_dict, leaf_fields,
-                   load_recipe, load_yaml, merge, option, recipe_names, to_dict, validate)
-from .run import DATASETS, FLAG_ALIASES, DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig
+from .core import (RECIPES, ConfigError, build, check_choice, check_range, differences, field_help, flat_dict,
+                   from_dict, leaf_fields, load_recipe, load_yaml, merge, option, recipe_names, to_dict, validate)
+from .run import (DATASETS, FLAG_ALIASES, NOT_RECIPE, DataConfig, DistillConfig, ModelConfig, RunConfig,
+                  TrainConfig)
 
-__all__ = ["DATASETS", "FLAG_ALIASES", "RECIPES", "ConfigError", "DataConfig", "DistillConfig", "ModelConfig",
-           "RunConfig", "TrainConfig", "build", "check_choice", "check_range", "field_help", "from_dict",
-           "leaf_fields", "load_recipe", "load_yaml", "merge", "option", "recipe_names", "to_dict", "validate"]
+__all__ = ["DATASETS", "FLAG_ALIASES", "NOT_RECIPE", "RECIPES", "ConfigError", "DataConfig", "DistillConfig",
+           "ModelConfig", "RunConfig", "TrainConfig", "build", "check_choice", "check_range", "differences",
+           "field_help", "flat_dict", "from_dict", "leaf_fields", "load_recipe", "load_yaml", "merge", "option",
+           "recipe_names", "to_dict", "validate"]

@@ -193,6 +193,31 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flat_dict(obj: Any) -> dict[str, Any]:
+    """A config (dataclass or nested dict) as ``{dotted field: value}`` over its leaves."""
+    out: dict[str, Any] = {}
+
+    def walk(d: Any, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, "")
+    return out
+
+
+def differences(a: Any, b: Any, *, ignore: typing.Iterable[str] = ()) -> list[str]:
+    """The dotted fields whose values differ between configs ``a`` and ``b`` (a field only one has counts),
+    leaving out ``ignore``."""
+    fa, fb = flat_dict(a), flat_dict(b)
+    skip = set(ignore)
+    return sorted(k for k in set(fa) | set(fb) if k not in skip and fa.get(k, _ABSENT) != fb.get(k, _ABSENT))
+
+
+_ABSENT = object()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
     p = Path(path)

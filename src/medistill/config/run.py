@@ -21,6 +21,11 @@ FLAG_ALIASES = {"model.name": "model"}
 
 DATASETS = ("phantom", "nih", "chexpert", "padchest", "medmnist", "folder")
 
+#: fields of a run's config that change where or how fast it runs, not what it learns: two runs that differ only in
+#: these (and ``train.seed``) are seeds of one recipe (``medistill compare`` pools only such runs)
+NOT_RECIPE = ("out", "recipe", "train.seed", "train.threads", "train.device", "data.num_workers", "data.cache",
+              "data.cache_dir", "distill.teacher_views_dir", "train.amp")
+
 
 @dataclasses.dataclass
 class DataConfig:

@@ -114,6 +114,23 @@ def _predictions(run: Path, split: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def seed_twins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(pooled, left out)``: the rows whose runs are identical to the first row's but for the seed (and the
+    fields of ``NOT_RECIPE``: paths, threads), and the others, each left-out row with ``differs_in`` (the config
+    fields that make it another recipe). Runs that differ in more than the seed are not seeds of one arm."""
+    from ..config import NOT_RECIPE, differences
+
+    first = runs.RunDir(rows[0]["run"]).config()
+    pooled, left = [rows[0]], []
+    for r in rows[1:]:
+        diff = differences(first, runs.RunDir(r["run"]).config(), ignore=NOT_RECIPE)
+        if diff:
+            left.append({**r, "differs_in": diff})
+        else:
+            pooled.append(r)
+    return pooled, left
+
+
 def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 0,
             groups: np.ndarray | None = None) -> dict[str, Any] | None:
     """KD minus no-KD for the student model that has both kinds of run among ``rows`` (:func:`compare_runs`).
@@ -121,15 +138,19 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
     ``value`` / ``ci_low`` / ``ci_high``: the first KD run against the first no-KD run (paired bootstrap on their
     common test split; over patients when ``groups`` names the patient of each of its images, in order, or when
     ``groups`` is None and the runs' predictions record patients with several images each). With
-    several runs of each (seeds): ``seeds`` holds each side's values and the mean gain with the seeds' standard
-    deviations. ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI
-    includes 0, or with seeds the mean gain is within the seeds' spread). None when there is no such pair.
+    several runs of each side that are identical but for the seed (:func:`seed_twins`): ``seeds`` holds each
+    side's values and the mean gain with the seeds' standard deviations; ``pooled`` names the runs pooled and
+    ``not_pooled`` the others with the fields they differ in (a no-KD run with another recipe is another baseline,
+    not another seed). ``verdict``: "KD helped", "KD hurt" or "no clear difference" (the CI includes 0, or with
+    seeds the mean gain is within the seeds' spread). None when there is no such pair.
     """
     kd = [r for r in rows if r["role"] == KD]
     nokd = [r for r in rows if r["role"] == NOKD and any(k["model"] == r["model"] for k in kd)]
     if not nokd:
         return None
     kd = [k for k in kd if k["model"] == nokd[0]["model"]]
+    kd, kd_left = seed_twins(kd)
+    nokd, nokd_left = seed_twins(nokd)
     a, b = kd[0], nokd[0]
     split = a.get("split") or "test"
     if b.get("split") != split:
@@ -155,6 +176,9 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
                                                            f"{n_bootstrap} resamples, seed {seed}",
                            **paired_bootstrap_gain(task, pa["probs"], pb["probs"], pa["targets"], pa["mask"],
                                                    n_bootstrap=n_bootstrap, seed=seed, groups=groups)}
+    out["pooled"] = {"kd": [r["run"] for r in kd], "nokd": [r["run"] for r in nokd]}
+    out["not_pooled"] = [{"run": r["run"], "role": r["role"], "differs_in": r["differs_in"]}
+                         for r in kd_left + nokd_left]
     verdict_ci = (out["ci_low"] > 0, out["ci_high"] < 0)
     if len(kd) > 1 or len(nokd) > 1:
         kv = np.array([float(r["value"]) for r in kd], dtype=float)
@@ -170,14 +194,21 @@ def kd_gain(rows: list[dict[str, Any]], *, n_bootstrap: int = 1000, seed: int = 
 
 
 def describe_gain(g: dict[str, Any]) -> str:
-    """One honest sentence about :func:`kd_gain`'s result."""
+    """One honest sentence about :func:`kd_gain`'s result, naming the baseline it was measured against and what
+    it pooled."""
     over = f" over {g['resampled']}" if "resampled" in g else ""
-    s = (f"KD minus no-KD ({g['model']}, {g['metric']} on {g['split']}): {g['value']:+.4f} "
+    against = f" against no-KD run {Path(g['nokd_run']).name}" if g.get("nokd_run") else ""
+    s = (f"KD minus no-KD ({g['model']}, {g['metric']} on {g['split']}){against}: {g['value']:+.4f} "
          f"(95% CI {g['ci_low']:+.4f} to {g['ci_high']:+.4f}{over})")
     if "seeds" in g:
         sd = g["seeds"]
-        s += f"; over seeds {len(sd['kd'])} KD / {len(sd['nokd'])} no-KD: mean {sd['mean_gain']:+.4f}"
-    return s + f": {g['verdict']}."
+        s += (f"; over seeds {len(sd['kd'])} KD / {len(sd['nokd'])} no-KD runs identical but for the seed: mean "
+              f"{sd['mean_gain']:+.4f}")
+    s += f": {g['verdict']}."
+    for r in g.get("not_pooled", []):
+        s += (f" Not pooled: {Path(r['run']).name} ({r['role']}; another recipe, differs in "
+              f"{', '.join(r['differs_in'][:4])}{' ...' if len(r['differs_in']) > 4 else ''}).")
+    return s
 
 
 # ---------------------------------------------------------------------------------------------------------
