@@ -211,3 +211,52 @@ def test_compare_pools_as_seeds_only_runs_identical_but_for_the_seed(three_runs:
     text = describe_gain(g)
     assert "against no-KD run nokd" in text and "2 no-KD runs identical but for the seed" in text
     assert "Not pooled: nokd_mix (student (no KD); another recipe, differs in train.mixup)" in text
+
+
+def test_resampled_metrics_match_sklearn_on_the_plain_sample():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from medistill.evaluate.bootstrap import resampled_metric
+
+    rng = np.random.default_rng(4)
+    true = rng.choice(3, 200, p=[0.6, 0.3, 0.1])
+    pred = np.where(rng.random(200) < 0.7, true, rng.integers(0, 3, 200))
+    y, p = np.eye(3)[true], np.eye(3)[pred] * 0.8 + 0.05
+    ones = np.ones((200, 1))
+    m = np.ones_like(y)
+    assert resampled_metric("accuracy", p, y, m, ones)[0] == pytest.approx(accuracy_score(true, pred))
+    assert resampled_metric("balanced_accuracy", p, y, m, ones)[0] == pytest.approx(
+        balanced_accuracy_score(true, pred))
+    twice = np.repeat(ones, 2, axis=1)
+    twice[:50, 1] = 0  # the second resample leaves out the first 50 rows
+    got = resampled_metric("balanced_accuracy", p, y, m, twice)
+    assert got[1] == pytest.approx(balanced_accuracy_score(true[50:], pred[50:]))
+    with pytest.raises(ValueError, match="expected one of"):
+        resampled_metric("f1", p, y, m, ones)
+
+
+def test_seed_mean_gain_holds_the_seeds_variation():
+    """Three seeds per arm: the value is the difference of the seed means; the two-level interval (patients and
+    seeds) is wider than the patients-only interval of the seed-averaged gain, and an arm against itself is 0."""
+    from medistill.evaluate.compare import seed_mean_gain
+
+    rng = np.random.default_rng(5)
+    true = rng.integers(0, 4, 400)
+    y = np.eye(4)[true]
+
+    def model(skill: float, s: int) -> np.ndarray:
+        r = np.random.default_rng(s)
+        return np.eye(4)[np.where(r.random(400) < skill, true, (true + 1) % 4)] * 0.7 + 0.075
+
+    kd = [model(0.8, 1), model(0.7, 2), model(0.9, 3)]
+    nokd = [model(0.6, 4), model(0.65, 5), model(0.55, 6)]
+    g = seed_mean_gain("multiclass", kd, nokd, y, np.ones_like(y), n_bootstrap=400)
+    acc = lambda p: (p.argmax(1) == true).mean()  # noqa: E731
+    assert g["kd"] == pytest.approx([acc(p) for p in kd]) and g["metric"] == "accuracy"
+    assert g["value"] == pytest.approx(np.mean([acc(p) for p in kd]) - np.mean([acc(p) for p in nokd]))
+    one = seed_mean_gain("multiclass", kd[:1], nokd[:1], y, np.ones_like(y), n_bootstrap=400)
+    assert g["ci_high"] - g["ci_low"] > one["ci_high"] - one["ci_low"]
+    same = seed_mean_gain("multiclass", kd, kd, y, np.ones_like(y), n_bootstrap=50, metric="balanced_accuracy")
+    assert same["value"] == 0.0 and same["ci_low"] <= 0 <= same["ci_high"]
+    with pytest.raises(CompareError, match="expected macro_auc"):
+        seed_mean_gain("multilabel", kd, nokd, y, np.ones_like(y), metric="accuracy")

@@ -65,6 +65,53 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray,
         return np.where(den > 0, u2 / (2.0 * np.where(den > 0, den, 1)), np.nan)
 
 
+#: the metrics :func:`resampled_metric` computes on resamples (a study or a KD gain is measured on one of them)
+RESAMPLED_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
+
+
+def resampled_metric(metric: str, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                     counts: np.ndarray) -> np.ndarray:
+    """``metric`` of each resample -> ``(b,)``: column j of ``counts`` ``(n, b)`` weights the rows of ``probs``,
+    ``targets`` and ``mask`` ``(n, L)`` (:func:`resample_counts`; ``np.ones((n, 1))`` gives the plain value).
+
+    - ``macro_auc``: the mean ROC-AUC of the labels with both classes in the resample (each label over its valid
+      rows; single-label: one class against the rest);
+    - ``accuracy``: single-label, the argmax's share of correct answers over rows with a full mask;
+    - ``balanced_accuracy``: single-label, the mean recall over the classes present in the resample (always
+      answering one class scores 1 / C whatever the imbalance).
+    NaN where the metric is undefined (no row, no label with both classes).
+    """
+    b = counts.shape[1]
+    if metric == "macro_auc":
+        valid = mask > 0
+        per = np.full((b, probs.shape[1]), np.nan)
+        for k in range(probs.shape[1]):
+            rows = np.flatnonzero(valid[:, k])
+            if rows.size:
+                per[:, k] = weighted_auc(probs[:, k], targets[:, k] > 0.5, counts, rows)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no defined label: NaN
+            return np.nanmean(per, axis=1)
+    if metric not in RESAMPLED_METRICS:
+        raise ValueError(f"metric: got {metric!r}, expected one of {RESAMPLED_METRICS}")
+    keep = (mask > 0).all(axis=1)
+    true = targets[keep].argmax(axis=1)
+    correct = (probs[keep].argmax(axis=1) == true).astype(np.float64)
+    c = counts[keep].astype(np.float64)  # (n_kept, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "accuracy":
+            total = c.sum(axis=0)
+            return np.where(total > 0, correct @ c / np.where(total > 0, total, 1), np.nan)
+        recalls = []
+        for k in range(targets.shape[1]):
+            in_k = (true == k).astype(np.float64)
+            n_k = in_k @ c
+            recalls.append(np.where(n_k > 0, (correct * in_k) @ c / np.where(n_k > 0, n_k, 1), np.nan))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.stack(recalls), axis=0) if recalls else np.full(b, np.nan)
+
+
 def patient_groups(patients: np.ndarray | None) -> np.ndarray | None:
     """``patients`` (one id per row) when some patient has more than one row, so that the bootstrap must draw
     patients; None when every row is its own patient (or none are known), where drawing rows is the same thing

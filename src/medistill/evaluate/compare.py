@@ -17,8 +17,7 @@ import numpy as np
 from .. import runs
 from ..errors import MedistillError
 from ..task import Task, get_task
-from .bootstrap import bootstrap_unit, patient_groups, percentile_ci, resample_counts, weighted_auc
-from .metrics import compute_metrics
+from .bootstrap import bootstrap_unit, patient_groups, percentile_ci, resample_counts
 
 KD, NOKD, TEACHER = "student (KD)", "student (no KD)", "teacher"
 
@@ -68,42 +67,57 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def paired_bootstrap_gain(task: str | Task, probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
                           mask: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0,
-                          groups: np.ndarray | None = None) -> dict[str, float]:
-    """Main metric of ``a`` minus that of ``b`` on the same images ``(N, L)``: the point value and a 95 %
-    percentile CI from ``n_bootstrap`` paired resamples of the images (each resample scores both models), or of
-    the patients when ``groups`` names each image's patient (see :func:`.bootstrap.resample_counts`).
-
-    Multi-label: macro AUC (labels with both classes in the resample; the mask respected per label).
-    Single-label: accuracy over kept rows.
+                          groups: np.ndarray | None = None, metric: str | None = None) -> dict[str, float]:
+    """``metric`` (default: the task's main metric) of ``a`` minus that of ``b`` on the same images ``(N, L)``:
+    the point value and a 95 % percentile CI from ``n_bootstrap`` paired resamples of the images (each resample
+    scores both models), or of the patients when ``groups`` names each image's patient (see
+    :func:`.bootstrap.resample_counts`). Metrics: :func:`.bootstrap.resampled_metric` (multi-label macro AUC
+    respects the mask per label; single-label accuracy counts rows with a full mask).
     """
+    g = seed_mean_gain(task, [probs_a], [probs_b], targets, mask, n_bootstrap=n_bootstrap, seed=seed,
+                       groups=groups, metric=metric)
+    return {k: g[k] for k in ("value", "ci_low", "ci_high")}
+
+
+def seed_mean_gain(task: str | Task, probs_kd: Sequence[np.ndarray], probs_nokd: Sequence[np.ndarray],
+                   targets: np.ndarray, mask: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0,
+                   groups: np.ndarray | None = None, metric: str | None = None) -> dict[str, Any]:
+    """The mean ``metric`` over the seeds of one arm (``probs_kd``: one ``(N, L)`` array per seed) minus that of
+    another (``probs_nokd``), on the same images, with a 95 % CI from a two-level bootstrap: each resample draws
+    the test patients (``groups``; else the images), shared by both arms (paired), and, within each arm, as many
+    seeds as it has with replacement, so the interval holds both the test set's and the seeds' variation.
+
+    Returns ``value``, ``ci_low``, ``ci_high``, and ``kd`` / ``nokd``: each seed's metric. With one seed per arm
+    this is the paired bootstrap of :func:`paired_bootstrap_gain`.
+    """
+    from .bootstrap import RESAMPLED_METRICS, resampled_metric
+
     t = get_task(task)
-    value = (compute_metrics(t, probs_a, targets, mask, None, n_bootstrap=0)[t.main_metric]
-             - compute_metrics(t, probs_b, targets, mask, None, n_bootstrap=0)[t.main_metric])
-    valid = mask > 0
+    metric = metric or t.main_metric
+    if metric not in RESAMPLED_METRICS or (t.multilabel and metric != "macro_auc"):
+        raise CompareError(f"metric: got {metric!r}, expected macro_auc for multi-label runs, or one of "
+                           f"{list(RESAMPLED_METRICS)} for single-label runs")
+    if not probs_kd or not probs_nokd:
+        raise CompareError("seed_mean_gain: each arm needs at least one run")
+    ones = np.ones((len(targets), 1))
+    point_a = [float(resampled_metric(metric, p, targets, mask, ones)[0]) for p in probs_kd]
+    point_b = [float(resampled_metric(metric, p, targets, mask, ones)[0]) for p in probs_nokd]
+    rng = np.random.default_rng([seed, 7])  # the seed draws; the image / patient draws use ``seed`` itself
     diffs = []
-    if t.multilabel:
-        n, L = probs_a.shape
-        for counts in resample_counts(n, n_bootstrap, seed, groups=groups):
-            per = np.full((2, counts.shape[1], L), np.nan)
-            for k in range(L):
-                rows = np.flatnonzero(valid[:, k])
-                if rows.size:
-                    per[0, :, k] = weighted_auc(probs_a[:, k], targets[:, k] > 0.5, counts, rows)
-                    per[1, :, k] = weighted_auc(probs_b[:, k], targets[:, k] > 0.5, counts, rows)
+    for counts in resample_counts(len(targets), n_bootstrap, seed, groups=groups):
+        b = counts.shape[1]
+        side = []
+        for arm in (probs_kd, probs_nokd):
+            per = np.stack([resampled_metric(metric, p, targets, mask, counts) for p in arm])  # (S, b)
+            if len(arm) > 1:
+                per = np.take_along_axis(per, rng.integers(0, len(arm), size=(len(arm), b)), axis=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                diffs.append(np.nanmean(per[0], axis=1) - np.nanmean(per[1], axis=1))
-    else:
-        keep = valid.all(axis=1)
-        true = targets[keep].argmax(1)
-        d = (probs_a[keep].argmax(1) == true).astype(np.float64) - (probs_b[keep].argmax(1) == true)  # (n,)
-        n = len(d)
-        if n:
-            kept = None if groups is None else np.asarray(groups)[keep]
-            diffs = [d @ counts / np.maximum(counts.sum(0), 1)
-                     for counts in resample_counts(n, n_bootstrap, seed, groups=kept)]
+                side.append(np.nanmean(per, axis=0))
+        diffs.append(side[0] - side[1])
     lo, hi = percentile_ci(np.concatenate(diffs)) if diffs else (float("nan"), float("nan"))
-    return {"value": float(value), "ci_low": lo, "ci_high": hi}
+    return {"value": float(np.mean(point_a) - np.mean(point_b)), "ci_low": lo, "ci_high": hi, "metric": metric,
+            "kd": point_a, "nokd": point_b}
 
 
 def _predictions(run: Path, split: str) -> dict[str, np.ndarray]:
