@@ -267,6 +267,34 @@ def test_group_similar_finds_each_scan_and_keeps_it_in_one_split(tmp_path, capsy
     assert s["report"]["grouped_by"] == "similar >= 0.98"
 
 
+def test_resplit_draws_every_split_by_patient_when_the_split_folders_share_them(tmp_path, capsys):
+    """Split folders holding other slices of the same scans (the Kaggle Alzheimer layout): data inspect shows the
+    overlap and suggests --resplit, which ignores the folders and draws train / val / test by scan."""
+    import shutil
+
+    from medistill.config import ConfigError, DataConfig, build
+    from medistill.data.folder import ImageFolder
+
+    scan_of = scan_folder(tmp_path / "flat", scans=10)
+    for path in sorted((tmp_path / "flat").rglob("*.png")):  # a third of each scan's slices in test/
+        split = "test" if int(path.stem[3:]) % 3 == 0 else "train"
+        (tmp_path / "mri" / split / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "mri" / split / path.parent.name / path.name)
+    root = str(tmp_path / "mri")
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", root, "--group-similar", "0.98")
+    assert rc == 0 and "the split folders are not split by patient" in out and "--resplit" in out
+    table = ImageFolder.load_table(tmp_path / "mri", seed=0, val_fraction=0.2, test_fraction=0.2,
+                                   group_similar=0.98, resplit=True)
+    scans = table.records["path"].map(lambda p: scan_of[Path(p).name])
+    assert (table.records.groupby(scans)["split"].nunique() == 1).all()
+    assert set(table.records["split"]) == {"train", "val", "test"} and "resplit" in table.report
+    rc, out, _ = run_cli(capsys, "--dataset", "folder", "--root", root, "--group-similar", "0.98", "--resplit",
+                         "--val-fraction", "0.2", "--test-fraction", "0.2", "--json")
+    assert rc == 0 and not any(json.loads(out)["patient_overlap"].values())
+    with pytest.raises(ConfigError, match="resplit: only folder datasets"):
+        build(DataConfig, overrides={"dataset": "nih", "resplit": "true"})
+
+
 @pytest.mark.data
 def test_group_similar_finds_the_alzheimer_subjects_that_train_and_test_share(shared_data):
     """The Kaggle Alzheimer set's ModerateDemented class: 52 training and 12 test slices of two subjects (32 each);

@@ -320,16 +320,21 @@ def load_model(path: str | Path, which: str = "best", device: Any = "cpu") -> tu
 
 
 def run_dataset(run: RunDir | str | Path, split: str, *, limit: int | None = None, augment: str = "none",
-                record: dict[str, Any] | None = None) -> Any:
+                record: dict[str, Any] | None = None, data: Any = None) -> Any:
     """Exactly the data ``run`` was trained and evaluated on (its saved ``data`` config: source, root, views,
-    labels, uncertainty policy ...), split ``split``, preprocessed as the run's model expects (its stored input
+    labels, uncertainty policy ...), or the :class:`~medistill.config.DataConfig` ``data`` when given (a teacher
+    scored on a study's splits), split ``split``, preprocessed as the run's model expects (its stored input
     size, channels, mean and std); ``limit`` caps the images (a seeded subset, as training's ``--limit`` does).
     Raises ModelError when the run's labels differ from the dataset's."""
+    import copy
+
     from .data import Preprocess, build_dataset, image_cache_dir
     from .models import InputConfig, ModelError
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = run.config()
+    if data is not None:
+        cfg.data = copy.deepcopy(data)
     record = record or run.info()
     if limit is not None:
         cfg.data.limit = limit

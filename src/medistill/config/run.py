@@ -50,6 +50,10 @@ class DataConfig:
         None, "folder datasets without patient names: images whose 48 px grey thumbnails correlate at this value or "
               "more (e.g. 0.98) are one group, as are their neighbours' (the slices of one scan); groups stay in one "
               "split and count as one patient (data inspect shows split folders that share one); None = off")
+    resplit: bool = option(
+        False, "folder datasets: ignore the split folders and draw train / val / test (test_fraction, val_fraction) "
+               "by patient or group, stratified by class: for folders whose official splits share patients (data "
+               "inspect's patient overlap, e.g. the Kaggle Alzheimer MRI set with group_similar)")
     drop_near_copies: float | None = option(
         None, "folder datasets: leave out validation and test images whose nearest training image's 48 px grey "
               "thumbnail correlates at this value or more (e.g. 0.98: a copy of a training image, so a score on it "
@@ -79,6 +83,9 @@ class DataConfig:
             if self.group_by is not None:
                 raise ConfigError(f"group_similar: give either group_by ({self.group_by!r}) or group_similar "
                                   f"({self.group_similar}), not both")
+        if self.resplit and self.dataset != "folder":
+            raise ConfigError(f"resplit: only folder datasets (dataset is {self.dataset!r}, whose source defines or "
+                              f"draws its own splits by patient)")
         if self.drop_near_copies is not None:
             check_range("drop_near_copies", self.drop_near_copies, 0.5, 0.9999)
             if self.dataset != "folder":

@@ -55,6 +55,8 @@ def source_options(cfg: DataConfig) -> dict[str, Any]:
         opts["group_by"] = cfg.group_by
     if cfg.dataset == "folder" and cfg.group_similar is not None:
         opts["group_similar"] = cfg.group_similar
+    if cfg.dataset == "folder" and cfg.resplit:
+        opts["resplit"] = True
     if cfg.dataset == "folder" and cfg.drop_near_copies is not None:
         opts["drop_near_copies"] = cfg.drop_near_copies
     if cfg.labels:

@@ -98,10 +98,10 @@ class ImageFolder(MedicalDataset):
     def load_table(cls, root: Path, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
                    check_duplicates: bool = True, labels: Sequence[str] | None = None, group_by: str | None = None,
                    group_similar: float | None = None, drop_near_copies: float | None = None,
-                   **options: Any) -> Table:
+                   resplit: bool = False, **options: Any) -> Table:
         if options:
             raise DatasetError(f"folder: unsupported options {sorted(options)}; valid: val_fraction, test_fraction, "
-                               f"labels, check_duplicates, group_by, group_similar, drop_near_copies")
+                               f"labels, check_duplicates, group_by, group_similar, drop_near_copies, resplit")
         if group_by and group_similar is not None:
             raise DatasetError(f"folder dataset at {root}: give group_by or group_similar, not both")
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -143,6 +143,8 @@ class ImageFolder(MedicalDataset):
         else:
             df["patient_id"] = groups(df["path"], group_by, root) if group_by else df["image_id"]
         df["view"] = ""
+        if resplit:  # the folders' split is not by patient: draw all three by group instead
+            df["split"] = None
         if df["split"].isna().all():
             df["split"] = group_split(df["patient_id"], {"val": val_fraction, "test": test_fraction}, seed,
                                       strata=df["cls"])
@@ -162,6 +164,8 @@ class ImageFolder(MedicalDataset):
             report["grouped_by"] = group_by
         if group_similar is not None:
             report["grouped_by"] = f"similar >= {group_similar}"
+        if resplit:
+            report["resplit"] = "split folders ignored; train / val / test drawn by patient"
         if check_duplicates:
             report.update(cls.duplicates(df))
         y = np.array([classes.index(c) for c in df["cls"]])

@@ -214,6 +214,9 @@ def format_summary(s: dict[str, Any]) -> str:
     overlap = {k: v for k, v in s["patient_overlap"].items() if v}
     lines.append("patient overlap between splits: " + (", ".join(f"{k} {v}" for k, v in overlap.items())
                                                       if overlap else "none"))
+    if overlap and s["dataset"] == "folder":
+        lines.append("warning: patients (groups) in more than one split: the split folders are not split by "
+                     "patient; draw the splits by patient with --resplit")
     if "grouping_hint" in s:
         g = s["grouping_hint"]
         lines.append(f"warning: {g['images_in_groups']} file names look grouped ({g['groups']} groups, e.g. "

@@ -22,27 +22,28 @@ from ..utils.io import atomic_write
 log = logging.getLogger(__name__)
 
 
-def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None):
+def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None,
+            data: Any = None):
     from torch.utils.data import DataLoader
 
     from ..data import collate
 
-    ds = runs.run_dataset(run, split, limit=limit, record=record)
+    ds = runs.run_dataset(run, split, limit=limit, record=record, data=data)
     return ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
 def run_predictions(run_dir: str | Path, split: str, *, batch_size: int = 64, device: str = "cpu",
-                    limit: int | None = None, weights: str = "best",
+                    limit: int | None = None, weights: str = "best", data: Any = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """Logits / probs / targets / mask (N, L) of the run's best model (``weights="last"``: its last epoch's) on
-    ``split``, and ``patients`` (N,) (the dataset's patient id of each image, as strings); ``progress(done,
-    total)`` after each batch."""
+    ``split`` of its own data (or of the DataConfig ``data``: :func:`medistill.runs.run_dataset`), and ``patients``
+    (N,) (the dataset's patient id of each image, as strings); ``progress(done, total)`` after each batch."""
     import torch
 
     from .predict import predict
 
     model, record = runs.load_model(run_dir, which=weights, device=device)
-    ds, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit)
+    ds, loader = _loader(runs.RunDir(run_dir), record, split, batch_size, limit, data)
     out = predict(model, loader, torch.device(device), task=record["task"], labels=record["labels"],
                   progress=progress).arrays()
     return out | {"patients": ds.data.records["patient_id"].astype(str).to_numpy(dtype=str)}
