@@ -43,7 +43,8 @@ def test_views_are_replayed_exactly_and_cached_with_the_teachers_logits(teacher_
     [cache_file] = list(out.glob("teacher_views-*.npy"))
     cached = np.load(cache_file)
     assert cached.shape == (96, 2, 6) and cached.dtype == np.float32
-    assert json.loads(cache_file.with_suffix(".json").read_text())["views_done"] == 2
+    meta = json.loads(cache_file.with_suffix(".json").read_text())
+    assert meta["views_done"] == 2 and meta["seconds"] > 0  # its fill time: a set-up cost of KD
     ds = _train_views(out)
     ds.fix_view(1)
     a, b = ds[5]["image"], ds[5]["image"]

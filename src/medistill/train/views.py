@@ -2,7 +2,8 @@
 ECCV 2022): the teacher's outputs on ``V`` random augmented views of every training image are computed once and
 stored with what makes each view (its seed); each epoch the student sees one of those views per image, replayed
 exactly, and reads the teacher's logits for it, so KD stays consistent (the teacher saw the very same view) while
-an epoch costs what a plain student epoch costs.
+an epoch costs what a plain student epoch costs. Filling the cache is KD's set-up cost: its ``.json`` records the
+seconds it took (``seconds``), so that a comparison with plain training can count it.
 
 A view is identified by ``(image index, view number)``: its augmentation runs under a torch RNG seeded from those
 two numbers and the cache seed, so replaying it needs no stored crop boxes. The cache (:class:`ViewCache`: the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -152,7 +154,9 @@ class ViewCache:
             done = int(meta.get("views_done", 0))
         if done >= V:
             log.info("reusing the teacher's cached outputs on %d view(s) per image (%s)", V, self.path)
+        seconds = float(meta.get("seconds", 0.0)) if done else 0.0  # the cache's cost so far (a set-up cost of KD)
         for v in range(done, V):
+            t0 = time.perf_counter()
             ds.fix_view(v)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_views)
             seen = 0
@@ -169,8 +173,10 @@ class ViewCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for name, arr in arrays.items():
                 atomic_write(self.file(name), lambda p, a=arr: _save(p, a))
+            seconds += time.perf_counter() - t0
             atomic_write_json(self.meta_path, {"key": key, "views": V, "views_done": v + 1, "names": sorted(arrays),
-                                               "shapes": {k: list(a.shape) for k, a in arrays.items()}})
+                                               "shapes": {k: list(a.shape) for k, a in arrays.items()},
+                                               "seconds": round(seconds, 3)})
             log.info("cached the teacher's outputs on view %d/%d of %d images", v + 1, V, n)
             if on_view:
                 on_view(v + 1, V)
