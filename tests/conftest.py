@@ -43,7 +43,7 @@ def make_class_folder(root: Path, counts: dict[str, tuple[int, int]], size: int 
                 y, x = divmod(c, 2)
                 h = size // 2
                 img[y * h + 2:y * h + h - 2, x * h + 2:x * h + h - 2] += 110
-                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{cls}_{split}_{k:03d}.png")
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{cls}{split}{k:03d}.png")
     return root
 
 

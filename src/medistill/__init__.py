@@ -37,6 +37,8 @@ _LAZY = {
     "load_model": "medistill.runs",
     "RunDir": "medistill.runs",
     "MedistillError": "medistill.errors",
+    "StudyConfig": "medistill.study",
+    "run_study": "medistill.study.runner",
 }
 
 

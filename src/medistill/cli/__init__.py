@@ -28,6 +28,7 @@ COMMANDS = {
     "report": "report",
     "serve": "serve",
     "quickstart": "quickstart",
+    "study": "study",
 }
 
 

@@ -18,6 +18,8 @@ class ReportOptions:
     out: str = option("report.html", "the HTML file to write")
     explain: list[str] = option(factory=list, help="an extra `medistill explain` output folder (repeatable)")
     export: list[str] = option(factory=list, help="an extra `medistill export` output folder (repeatable)")
+    study: str | None = option(None, "a `medistill study` folder: its answer and figure become the report's first "
+                                     "section")
     title: str = option("medistill report", "the report's title")
     max_images: int = option(48, "explanation overlays shown per folder")
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     o = config_from_args(ReportOptions, args)
     out = build_report(args.run_dirs, o.out, explain_dirs=o.explain, export_dirs=o.export, title=o.title,
-                       max_images=o.max_images)
+                       max_images=o.max_images, study_dir=o.study)
     size = out.stat().st_size
     print(f"report written to {Path(out).resolve()} ({size / 2**20:.1f} MiB)")
     return 0

@@ -70,6 +70,8 @@ class ReportData:
     explains: list[ExplainData]
     exports: list[ExportData]
     notes: list[str]  # warnings shown at the top of the report
+    study: dict[str, Any] | None = None  # a study's study.json (``medistill study``)
+    study_figure: bytes | None = None  # its frontier.png
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,8 +172,9 @@ def _mapping(obj: Any, path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 
 def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path] = (),
-            export_dirs: Sequence[str | Path] = ()) -> ReportData:
-    """Read the runs (ordered teacher, student (KD), student (no KD), others) and their explain / export folders.
+            export_dirs: Sequence[str | Path] = (), study_dir: str | Path | None = None) -> ReportData:
+    """Read the runs (ordered teacher, student (KD), student (no KD), others) and their explain / export folders,
+    and a study's ``study.json`` / ``frontier.png`` from ``study_dir``.
 
     Roles come from :func:`medistill.evaluate.compare.compare_runs` (evaluated runs) or
     :func:`~medistill.evaluate.compare.role_of` (runs not evaluated yet).
@@ -230,7 +233,15 @@ def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path
         if Path(d).resolve() not in used:
             exports.append(load_export(d, run=_owner(Path(d), data)))
             used.add(Path(d).resolve())
-    return ReportData(runs=data, explains=explains, exports=exports, notes=notes)
+    study, figure = None, None
+    if study_dir is not None:
+        study = read_json_file(Path(study_dir) / "study.json", "a study's results (as medistill study writes)")
+        if not isinstance(study, dict) or "sizes" not in study:
+            raise MedistillError(f"{Path(study_dir) / 'study.json'}: expected a JSON object with 'sizes', as "
+                                 f"medistill study writes")
+        png = Path(study_dir) / "frontier.png"
+        figure = png.read_bytes() if png.is_file() and png.stat().st_size <= MAX_IMAGE_BYTES else None
+    return ReportData(runs=data, explains=explains, exports=exports, notes=notes, study=study, study_figure=figure)
 
 
 def _owner(folder: Path, data: list[RunData]) -> str | None:

@@ -8,14 +8,14 @@ training curves but no ROC curves, and so on).
 The parts: :mod:`.format` (values as text), :mod:`.pieces` (tables, figures, sections), :mod:`.page` (what the
 sections share, the header), and one module per group of sections: :mod:`.comparison` (comparison, runs,
 training), :mod:`.per_label` (per-label figures, ROC, confusion, calibration), :mod:`.gallery` (explanations),
-:mod:`.exports` (on-device export).
+:mod:`.exports` (on-device export), :mod:`.study` (a study's answer).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from . import comparison, exports, gallery, per_label
+from . import comparison, exports, gallery, per_label, study
 from .collect import ReportData
 from .format import esc
 from .page import Page, header, notes, subtitle
@@ -23,7 +23,7 @@ from .template import CSS, PAGE
 
 #: the sections in page order; each returns its HTML, or "" when its inputs are missing
 SECTIONS: tuple[Callable[[Page], str], ...] = (
-    notes, comparison.comparison, comparison.runs_table, comparison.training, per_label.per_label_section,
+    notes, study.study_section, comparison.comparison, comparison.runs_table, comparison.training, per_label.per_label_section,
     per_label.roc, per_label.confusion, per_label.calibration, gallery.explanations, exports.export)
 
 

@@ -176,7 +176,7 @@ class ViewCache:
             seconds += time.perf_counter() - t0
             atomic_write_json(self.meta_path, {"key": key, "views": V, "views_done": v + 1, "names": sorted(arrays),
                                                "shapes": {k: list(a.shape) for k, a in arrays.items()},
-                                               "seconds": round(seconds, 3)})
+                                               "seconds": round(seconds, 3), "mixed": ds.mixer is not None})
             log.info("cached the teacher's outputs on view %d/%d of %d images", v + 1, V, n)
             if on_view:
                 on_view(v + 1, V)
