@@ -282,3 +282,34 @@ def test_ema_weights_are_validated_saved_and_resumed(phantom_root: Path, tmp_pat
     run_training(_cfg(phantom_root, split, **over), resume=True)
     a, b = load_file(straight / "last.safetensors"), load_file(split / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_distillation_plan_is_decided_by_the_config_and_checked_before_any_work(phantom_root: Path, tmp_path: Path,
+                                                                                    teacher_run: Path):
+    """Impossible combinations fail when the config is built (not half-way through setup), a config made in code
+    is validated by run_training too, and run.json records the plan the run followed."""
+    from medistill.config import ConfigError, DistillConfig, RunConfig
+    from medistill.train.distill_plan import DistillPlan
+
+    kd = {"distill.teacher": str(teacher_run)}
+    with pytest.raises(ConfigError, match="cache_teacher true: cannot cache teacher outputs, augmentation 'light'"):
+        _cfg(phantom_root, tmp_path / "a", **kd, **{"data.augment": "light", "distill.cache_teacher": "true"})
+    with pytest.raises(ConfigError, match="teacher_views 2: the teacher's outputs cannot be cached, the feature"):
+        _cfg(phantom_root, tmp_path / "b", **kd, **{"distill.teacher_views": 2, "distill.feature": "attention"})
+    with pytest.raises(ConfigError, match="explain_teacher_maps gradientshap"):
+        _cfg(phantom_root, tmp_path / "c", **kd, **{"data.augment": "light", "distill.explain_loss": "e2kd",
+                                                    "distill.explain_teacher_maps": "gradientshap"})
+    made = RunConfig(out=str(tmp_path / "d"), distill=DistillConfig(teacher=str(teacher_run), cache_teacher="true"))
+    made.data.augment = "strong"
+    with pytest.raises(ConfigError, match="cache_teacher true"):
+        run_training(made)
+    assert not (tmp_path / "d").exists()  # refused before the run folder was made
+    views = _cfg(phantom_root, tmp_path / "e", **kd, **{"data.augment": "light", "distill.teacher_views": 2,
+                                                         "train.mixup": 1.0})
+    plan = DistillPlan.decide(views)
+    assert (plan.mode, plan.views, plan.mixed, plan.cached) == ("views", 2, True, True)
+    assert DistillPlan.decide(_cfg(phantom_root, tmp_path / "f")).mode == "none"
+    run_training(views)
+    rec = runs.RunDir(tmp_path / "e").info()["distill_plan"]
+    assert rec["mode"] == "views" and rec["views"] == 2 and rec["mixed"] and rec["cache_key"]
+    assert rec["cache_path"].endswith(f"teacher_views-{rec['cache_key']}.npy") and rec["teacher_image_size"] == 32

@@ -248,3 +248,52 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+
+    @property
+    def teacher_sources(self) -> list[str]:
+        """Every teacher the run distils from (``distill.teacher`` first, then ``distill.teachers``)."""
+        return ([self.distill.teacher] if self.distill.teacher else []) + list(self.distill.teachers)
+
+    def distill_mode(self) -> tuple[str, str]:
+        """How the teachers' outputs reach the student, decided from the config alone: ``(mode, why)``, mode one
+        of ``none`` (no teacher), ``offline`` (every view of an image is the same: the outputs are cached once, one
+        view), ``views`` (``teacher_views`` > 0 with augmentation or mixing: the outputs on V replayed, maybe mixed,
+        views are cached once: FKD / function matching) or ``online`` (the teachers run on each batch, on the view
+        the student sees). ConfigError for combinations that cannot work, so that ``validate`` refuses them before
+        any work starts."""
+        t, d = self.train, self.distill
+        if not self.teacher_sources:
+            return "none", "no teacher"
+        mixing = t.mixup > 0 or t.cutmix > 0
+        varies = self.data.augment != "none" or mixing
+        if d.teacher_views > 0:
+            for bad, why in ((d.feature != "none", "the feature term needs the teacher's feature maps every step"),
+                             (d.cache_teacher == "false", "cache_teacher is false")):
+                if bad:
+                    raise ConfigError(f"teacher_views {d.teacher_views}: the teacher's outputs cannot be cached, "
+                                      f"{why}; set --teacher-views 0 for online KD")
+            if varies:
+                return "views", (f"the teacher's outputs on {d.teacher_views} {'mixed ' if mixing else ''}views per "
+                                 f"image are cached once and replayed, one view per image each epoch")
+        reason = None
+        if self.data.augment != "none":
+            reason = f"augmentation '{self.data.augment}' changes each view, so the teacher must see it"
+        elif mixing:
+            reason = "mixup / CutMix make new images, so the teacher must see them"
+        elif d.feature != "none":
+            reason = "the feature term needs the teacher's feature maps every step"
+        if d.cache_teacher == "false":
+            reason = "cache_teacher is false"
+        elif d.cache_teacher == "true" and reason:
+            raise ConfigError(f"cache_teacher true: cannot cache teacher outputs, {reason}")
+        if reason is None:
+            return "offline", "every view of an image is the same: the teacher's outputs are cached once"
+        if d.explain_loss != "none" and d.explain_teacher_maps == "gradientshap":
+            raise ConfigError(f"explain_teacher_maps gradientshap: the teacher's attributions are computed once into "
+                              f"a cache, but its outputs cannot be cached here ({reason}); set data.augment none, "
+                              f"or distill.teacher_views > 0 to cache them on replayed views")
+        return "online", reason
+
+    def validate(self) -> None:
+        """Checks across sections (each section checks its own fields first)."""
+        self.distill_mode()

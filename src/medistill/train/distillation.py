@@ -167,9 +167,9 @@ class DistillationObjective(SupervisedObjective):
     declared CAM layer; several layers: one map combined by ``map_combine``, ``"fuse"``
     (:func:`~medistill.losses.fuse_maps`) or ``"poly"`` (:func:`~medistill.losses.refine_maps`);
     :mod:`medistill.train.setup` picks both with ``distill.cam_layers``, the policy ``explain`` uses).
-    ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
-    per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
-    :mod:`.views`), or None to run the teachers on each batch (online, consistent KD). ``attribution``: the
+    ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, V, ...)``
+    on ``V`` replayed views of each training image (``V = 1``: offline KD; cached consistent KD, :mod:`.views`),
+    read at each batch's ``view``, or None to run the teachers on each batch (online, consistent KD). ``attribution``: the
     teacher's maps from :class:`AttributionMaps` instead of its Grad-CAM (cached outputs only). The teachers are not
     submodules: their weights are neither trained nor saved with the student's resume state.
     """
@@ -246,12 +246,8 @@ class DistillationObjective(SupervisedObjective):
         return out
 
     def _cached_rows(self, batch: Batch) -> dict[str, torch.Tensor]:
-        idx = batch.index.cpu()
-        rows = {}
-        for name, arr in self.cached.items():
-            views = arr.dim() == (3 if name == "logits" else 5)
-            rows[name] = (arr[idx, batch.view.cpu()] if views else arr[idx]).to(batch.x.device)
-        return rows
+        idx, view = batch.index.cpu(), batch.view.cpu()
+        return {name: arr[idx, view].to(batch.x.device) for name, arr in self.cached.items()}
 
     def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         from ..losses import gradcam_maps

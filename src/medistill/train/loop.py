@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .. import runs
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, validate
 from ..evaluate.predict import predict, validation_metric
 from ..utils.runtime import resolve_device, seed_everything
 from . import distributed as dist_utils
@@ -31,7 +31,6 @@ from .checkpoint import TrainingError, TrainState, load_state, save_state, unwra
 from .distillation import Batch, SupervisedObjective
 from .mixing import Mixer, smooth_targets
 from .setup import Setup, setup
-from .views import ViewDataset
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ class Callbacks:
 def run_training(cfg: RunConfig, *, resume: bool = False, callbacks: Callbacks | None = None) -> runs.RunDir:
     """Train (or, with a teacher configured, distil) a model as ``cfg`` says; returns its run directory."""
     cb = callbacks or Callbacks()
+    validate(cfg)  # a config built in code is checked as one from a file or the command line is
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -127,15 +127,14 @@ def _train_epoch(cfg: RunConfig, s: Setup, epoch: int, device: torch.device, dis
                else RandomSampler(s.train_ds, generator=g))
     if distributed:
         sampler.set_epoch(epoch)
-    if isinstance(s.train_ds, ViewDataset):
+    if s.plan.cached:  # a ViewDataset: each image's view of this epoch
         s.train_ds.set_epoch(t.seed, epoch)
     loader = DataLoader(s.train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=s.collate, drop_last=False, generator=g)
     if cb.on_epoch_start:
         cb.on_epoch_start(epoch, len(loader))
     # a view-cached run with mixing replays mixed views (the teacher's outputs are cached on them): no second mix
-    mixes_views = isinstance(s.train_ds, ViewDataset) and s.train_ds.mixer is not None
-    mixer = Mixer() if mixes_views else Mixer(t.mixup, t.cutmix, t.mix_prob)
+    mixer = Mixer() if s.plan.mixed else Mixer(t.mixup, t.cutmix, t.mix_prob)
     s.model.train()
     sums: dict[str, float] = {}
     n_seen = 0
@@ -216,6 +215,7 @@ def _finish(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir) -> None:
     if s.teacher_sources:
         record["teacher"] = str(Path(s.teacher_sources[0]).resolve())
         record["teachers"] = [str(Path(p).resolve()) for p in s.teacher_sources]
-        record["distill_mode"] = s.distill_mode
+        record["distill_mode"] = s.plan.mode
+        record["distill_plan"] = s.plan.record()
     run.update_info(**record)
     run.write_metrics({"train": {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch}})

@@ -1,10 +1,10 @@
 """Everything a training run needs before its first epoch: data, student, teachers, objective, optimiser.
 
 :func:`setup` turns a :class:`~medistill.config.RunConfig` into a :class:`Setup`; the loop only consumes it.
-The teacher-cache policy lives here: teacher logits are cached once (offline KD) only when every view of an
-image is the same (no augmentation, no mixing) and no feature term needs the teacher's maps; on V replayed (and
-maybe mixed) views per image when ``distill.teacher_views`` asks (cached consistent KD); otherwise the teachers run
-on each batch, on the very view the student sees (consistent KD).
+How the teachers reach the student is the run's :class:`~.distill_plan.DistillPlan`, decided by the config
+(``RunConfig.distill_mode``: cached once when every view of an image is the same, on V replayed and maybe mixed
+views when ``distill.teacher_views`` asks, else online on the very view the student sees); setup fills the cache
+it names and completes it with the cache's path and key.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .. import runs
-from ..config import ConfigError, RunConfig
+from ..config import RunConfig
 from ..data import Preprocess, build_dataset, collate, image_cache_dir
 from ..models import InputConfig, create_model, input_config, load_weights
 from ..task import Task, get_task
 from . import distributed as dist_utils
 from .checkpoint import unwrap
+from .distill_plan import DistillPlan
 from .distillation import (AttributionMaps, DistillationObjective, SupervisedObjective, features_and_logits,
                            resolve_precision)
 from .mixing import Mixer
@@ -54,7 +55,7 @@ class Setup:
     use_amp: bool
     extra: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules besides the student
     teacher_sources: list[str] = field(default_factory=list)
-    distill_mode: str = "none"  # none, online, offline, views
+    plan: DistillPlan = field(default_factory=lambda: DistillPlan("none", "no teacher"))
     collate: Callable = collate
     ema: Any = None  # timm ModelEmaV3 of the student when train.ema_decay > 0
 
@@ -67,7 +68,8 @@ class Setup:
 def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed: bool, main: bool,
           cb: Any) -> Setup:
     t = cfg.train
-    teacher_sources = ([cfg.distill.teacher] if cfg.distill.teacher else []) + list(cfg.distill.teachers)
+    teacher_sources = cfg.teacher_sources
+    plan = DistillPlan.decide(cfg)
     probe = build_dataset(dataclasses.replace(cfg.data, cache=False), "train", Preprocess(size=8))  # not cached
     labels, task = list(probe.labels), get_task(probe.task)
     in_chans = _in_chans(cfg, teacher_sources, probe, run)
@@ -101,7 +103,6 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective: SupervisedObjective
-    mode = "none"
     if teachers:
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
         kd = KDLoss.build(task.name, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
@@ -116,7 +117,10 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
                                           attribution=_attribution(cfg, side, lambda: build_dataset(
                                               cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean,
                                                                             s_in.std, "none"), cache_dir=cache_dir)))
-        mode, train_ds = _cache_policy(cfg, objective, run, train_ds, device, main, cb)
+        plan = plan.completed(teacher_image_size=max(tch.input.size for tch in teachers))
+        if plan.cached:
+            train_ds, plan = _cache(cfg, plan, objective, run, train_ds, device, main, cb)
+        _announce(plan, cb)
     else:
         objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
                                                         focal_gamma=t.focal_gamma).to(device),
@@ -140,8 +144,8 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     val_loader = DataLoader(val_ds, batch_size=t.batch_size * 2, shuffle=False, num_workers=cfg.data.num_workers,
                             collate_fn=collate)
     return Setup(task, labels, model, objective, train_ds, val_loader, opt, build_scheduler(cfg, opt, steps_per_epoch),
-                 torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, mode,
-                 collate_views if isinstance(train_ds, ViewDataset) else collate, ema)
+                 torch.amp.GradScaler("cuda", enabled=use_amp), params, use_amp, extra, teacher_sources, plan,
+                 collate_views if plan.cached else collate, ema)
 
 
 def _in_chans(cfg: RunConfig, teacher_sources: list[str], probe: Any, run: runs.RunDir) -> int:
@@ -235,64 +239,25 @@ def _attribution(cfg: RunConfig, side: int, plain_train: Callable[[], Any]) -> A
     return AttributionMaps(background, side, samples=d.explain_teacher_samples, seed=cfg.data.split_seed)
 
 
-def _cache_policy(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
-                  device: torch.device, main: bool, cb: Any) -> tuple[str, Any]:
-    """Decide how the teachers' outputs reach the loss; returns ``(mode, training dataset)``:
-
-    - ``offline``: every view of an image is the same (no augmentation, no mixing, no feature term): the outputs
-      of each image are computed once (``teacher_logits.npy``, one view);
-    - ``views``: ``distill.teacher_views`` > 0 with augmentation: the outputs on V replayed views per image are
-      computed once (FKD, :mod:`.views`) and the dataset replays one of those views per image each epoch;
-    - ``online``: the teachers run on each batch, on the view the student sees.
-    """
-    t, d = cfg.train, cfg.distill
-    mixing = t.mixup > 0 or t.cutmix > 0
-    if d.teacher_views > 0:
-        for bad, why in ((d.feature != "none", "the feature term needs the teacher's feature maps every step"),
-                         (d.cache_teacher == "false", "cache_teacher is false")):
-            if bad:
-                raise ConfigError(f"teacher_views {d.teacher_views}: the teacher's outputs cannot be cached, {why}; "
-                                  f"set --teacher-views 0 for online KD")
-        if cfg.data.augment != "none" or mixing:
-            ds = _cache(cfg, objective, run, train_ds, device, main, cb, d.teacher_views,
-                        Mixer(t.mixup, t.cutmix, t.mix_prob))
-            log.info("cached consistent KD: the teacher's outputs on %d %sviews per image; each epoch replays one "
-                     "view per image", d.teacher_views, "mixed (mixup / CutMix) " if ds.mixer else "")
-            return "views", ds
-        log.info("teacher_views %d with augmentation 'none': every view is the same, caching one", d.teacher_views)
-    reason = None
-    if cfg.data.augment != "none":
-        reason = f"augmentation '{cfg.data.augment}' changes each view, so the teacher must see it"
-    elif mixing:
-        reason = "mixup / CutMix make new images, so the teacher must see them"
-    elif d.feature != "none":
-        reason = "the feature term needs the teacher's feature maps every step"
-    if d.cache_teacher == "false":
-        reason = "cache_teacher is false"
-    elif d.cache_teacher == "true" and reason:
-        raise ConfigError(f"cache_teacher true: cannot cache teacher outputs, {reason}")
-    if reason is None:
-        ds = _cache(cfg, objective, run, train_ds, device, main, cb, 1)
-        log.info("offline distillation: teacher outputs cached once (%s)", run.file(runs.TEACHER_LOGITS))
-        return "offline", ds
-    log.info("online distillation: the teacher runs every step (%s)", reason)
-    if objective.attribution is not None:
-        raise ConfigError(f"explain_teacher_maps gradientshap: the teacher's attributions are computed once into a "
-                          f"cache, but its outputs cannot be cached here ({reason}); set data.augment none, or "
-                          f"distill.teacher_views > 0 to cache them on replayed views")
-    if cb.on_message:
-        cb.on_message(f"teacher runs every step: {reason}")
-    return "online", train_ds
+def _announce(plan: DistillPlan, cb: Any) -> None:
+    """Log the plan in one line (and tell the CLI when the teacher runs every step: the slow mode)."""
+    log.info("distillation %s: %s%s", plan.mode, plan.reason,
+             f" ({plan.cache_path})" if plan.cache_path is not None else "")
+    if plan.mode == "online" and cb.on_message:
+        cb.on_message(f"teacher runs every step: {plan.reason}")
 
 
-def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, train_ds: Any, device: torch.device,
-           main: bool, cb: Any, views: int, mixer: Mixer | None = None) -> Any:
-    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of ``views`` views (mixed by ``mixer`` when it is
-    enabled) and fill ``objective.cached``."""
+def _cache(cfg: RunConfig, plan: DistillPlan, objective: DistillationObjective, run: runs.RunDir, train_ds: Any,
+           device: torch.device, main: bool, cb: Any) -> tuple[Any, DistillPlan]:
+    """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of the plan's views (mixed when the plan says so), fill
+    ``objective.cached`` from the cache (computing what is missing), and return the dataset and the plan completed
+    with the cache's path and key."""
     import torchvision
 
-    d = cfg.distill
-    ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed, mixer=mixer)
+    d, t = cfg.distill, cfg.train
+    views = plan.views
+    ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed,
+                     mixer=Mixer(t.mixup, t.cutmix, t.mix_prob) if plan.mixed else None)
     # the maps' layers and the mixing are part of the key only when used (older caches keep their key: one layer
     # by its name, GradientShap maps by None)
     t_layers = list(objective.map_layers[1])
@@ -328,4 +293,4 @@ def _cache(cfg: RunConfig, objective: DistillationObjective, run: runs.RunDir, t
     if cb.on_message:
         cb.on_message("teacher outputs cached once (offline KD)" if views == 1 else
                       f"teacher outputs cached on {views} augmented views per image (FKD)")
-    return ds
+    return ds, plan.completed(cache_path=path, cache_key=key, mixed=ds.mixer is not None)
