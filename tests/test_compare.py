@@ -260,3 +260,17 @@ def test_seed_mean_gain_holds_the_seeds_variation():
     assert same["value"] == 0.0 and same["ci_low"] <= 0 <= same["ci_high"]
     with pytest.raises(CompareError, match="expected macro_auc"):
         seed_mean_gain("multilabel", kd, nokd, y, np.ones_like(y), metric="accuracy")
+
+
+def test_compare_and_the_report_state_balanced_accuracy_and_the_majority_rate(class_folder, tmp_path, capsys):
+    from medistill.report import render_report
+
+    out = tmp_path / "run"
+    run_training(_cfg(class_folder, out, **{"data.dataset": "folder", "data.image_size": 16, "data.limit": "null",
+                                            "train.epochs": 1}))
+    evaluate_run(out, "test", latency=False, n_bootstrap=0)
+    assert main(["compare", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| balanced acc. |" in text and "always answering 'common'" in text and "accuracy 0.5000" in text
+    html = render_report([out])
+    assert "always answering common" in html and "50.00 % accuracy" in html

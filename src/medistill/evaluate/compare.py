@@ -55,6 +55,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         rows.append({"run": str(p), "role": role_of(p, [o for o in paths if o != p]), "model": m.get("model"),
                      "metric": task.main_metric, "value": m.get(task.main_metric), "ci95": m.get(task.main_metric_ci),
                      "macro_auc": m.get("macro_auc"), "macro_f1": m.get("macro_f1"),
+                     "balanced_accuracy": m.get("balanced_accuracy"), "majority_rate": m.get("majority_rate"),
+                     "majority_class": m.get("majority_class"), "chance": m.get("chance"),
                      "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
                      "latency_ms": m.get("latency_ms"), "split": m.get("split"), "num_images": m.get("num_images"),
                      "seed": runs.RunDir(p).info().get("seed")})
@@ -230,19 +232,26 @@ def describe_gain(g: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`compare_runs` rows."""
-    head = ("| run | role | model | metric | value (95% CI) | macro AUC | macro F1 | params | MACs | size | "
-            "CPU latency |")
-    out = [head, "|" + "---|" * 11]
+    """A Markdown table of :func:`compare_runs` rows; single-label runs add balanced accuracy, and a line under the
+    table gives chance and the majority-class rate (what accuracy must be read against)."""
+    single = any(r.get("balanced_accuracy") is not None for r in rows)
+    head = ("| run | role | model | metric | value (95% CI) |" + (" balanced acc. |" if single else "")
+            + " macro AUC | macro F1 | params | MACs | size | CPU latency |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ci = r["ci95"]
         val = _num(r["value"])
         if ci and ci[0] is not None:
             val += f" ({ci[0]:.3f}-{ci[1]:.3f})"
         out.append(f"| {Path(r['run']).name} | {r['role']} | {r['model']} | {r['metric']} | {val} | "
-                   f"{_num(r.get('macro_auc'))} | {_num(r['macro_f1'])} | {si(r['params'])} | {si(r['macs'])} | "
+                   + (f"{_num(r.get('balanced_accuracy'))} | " if single else "")
+                   + f"{_num(r.get('macro_auc'))} | {_num(r['macro_f1'])} | {si(r['params'])} | {si(r['macs'])} | "
                    f"{si(r['size_bytes'], 'B')} | "
                    f"{'n/a' if r['latency_ms'] is None else format(r['latency_ms'], '.1f') + ' ms'} |")
+    base = next((r for r in rows if r.get("majority_rate") is not None), None)
+    if base is not None:
+        out.append(f"\nChance {base['chance']:.4f}; always answering {base['majority_class']!r} (the training "
+                   f"split's most frequent class): accuracy {base['majority_rate']:.4f}.")
     return "\n".join(out)
 
 

@@ -48,7 +48,18 @@ def comparison(page: Page) -> str:
             f"to the teacher's. Latency: PyTorch on CPU, batch 1, the minimum of repeated calls (p90 in brackets); a "
             f"ratio measured on a busy machine is marked unreliable.")
     return page.section("comparison", "Comparison", table(headers, rows, cls="compare", text_cols=2)
-                        + headline(page), lead)
+                        + baseline_note(ev) + headline(page), lead)
+
+
+def baseline_note(ev: list[RunData]) -> str:
+    """Single-label runs: chance and the majority-class rate, what accuracy must be read against (from the first
+    evaluated run that records them: every run on the same test split has the same)."""
+    m = next((r.metrics for r in ev if num(r.metrics.get("majority_rate")) is not None), None)
+    if m is None:
+        return ""
+    return (f'<p class="lead">Chance {100 * m["chance"]:.1f} % (the balanced accuracy of guessing, and of always '
+            f'giving one answer); always answering {esc(m.get("majority_class"))}, the training split\'s most '
+            f'frequent class: {100 * m["majority_rate"]:.2f} % accuracy.</p>')
 
 
 def _comparison_row(page: Page, r: RunData, optional: list[str]) -> list[str]:
