@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import DataConfig
+from ..task import get_task
 from . import dataset_class, resolve_root, source_options
 from .table import SPLITS, Table
 from .images import ImageReadError, is_colour
@@ -57,7 +58,7 @@ def summarize_table(table: Table) -> dict[str, Any]:
         "positives": _per_label(table.labels, (pos & ~masked).sum(0)),
         "masked": _per_label(table.labels, masked.sum(0)),
     }
-    if table.task == "multiclass":
+    if not get_task(table.task).multilabel:
         out["classes"] = list(table.labels)
     splits: dict[str, Any] = {}
     patients: dict[str, set[str]] = {}
@@ -189,7 +190,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("views: " + ", ".join(f"{k} {v}" for k, v in s["views"].items()))
     splits = [x for x in SPLITS if s["splits"][x]["num_images"]]
     width = max([len(lab) for lab in s["labels"]] + [16])
-    kind = "class" if s["task"] == "multiclass" else "label (positives)"
+    kind = "label (positives)" if get_task(s["task"]).multilabel else "class"
     head = f"{kind:<{width}}" + "".join(f"{x:>9}" for x in splits) + f"{'total':>9}"
     show_masked = any(s["masked"].values())
     if show_masked:
