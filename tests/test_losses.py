@@ -307,6 +307,29 @@ def test_bad_input_errors_are_clear():
         combine_teacher_logits([torch.zeros(2, 5)] * 2, [1.0, -1.0], task="multilabel")
 
 
+def test_auto_kinds_are_the_tasks_defaults():
+    """Issue 36, item 3: "auto" is what the Task says (Task.hard_loss, Task.kd_loss), a Task or its name alike."""
+    import dataclasses
+
+    from medistill.losses import BinaryKL, FocalBCE, LogitMSE, MaskedBCE, MaskedCE, SoftmaxKL
+    from medistill.task import MULTICLASS, MULTILABEL
+
+    for task, hard, soft in ((MULTILABEL, MaskedBCE, BinaryKL), (MULTICLASS, MaskedCE, SoftmaxKL)):
+        for given in (task, task.name):
+            assert type(build_hard_loss(given)) is hard and type(build_kd_loss(given, temperature=2.0)) is soft
+            kd = KDLoss.build(given, alpha=0.5, temperature=2.0)
+            assert type(kd.hard) is hard and type(kd.soft) is soft
+    other = dataclasses.replace(MULTILABEL, hard_loss="focal", kd_loss="mse")  # the fields are read, not names
+    assert type(build_hard_loss(other)) is FocalBCE and type(build_kd_loss(other, temperature=2.0)) is LogitMSE
+    z = torch.randn(2, 4, 3, dtype=torch.float64)
+    for task in (MULTILABEL, MULTICLASS):
+        torch.testing.assert_close(combine_teacher_logits(list(z), task=task),
+                                   combine_teacher_logits(list(z), task=task.name))
+        y = torch.eye(3)[[0, 1, 1, 2]]
+        torch.testing.assert_close(class_weights_from_targets(y, None, task),
+                                   class_weights_from_targets(y, None, task.name))
+
+
 def test_class_weights_from_targets():
     from sklearn.utils.class_weight import compute_class_weight
 

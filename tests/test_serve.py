@@ -200,6 +200,7 @@ def test_model_metadata(client, model_path):
 
     m = client.get("/api/model").json()
     assert m["name"] == model_path.name and m["model"] == "tiny_cnn" and m["task"] == "multilabel"
+    assert m["uses_thresholds"] is True  # the Task's answer, which the page reads instead of the task's name
     assert m["labels"] == LABELS and m["thresholds"] == {lab: THRESHOLDS.get(lab, 0.5) for lab in LABELS}
     assert m["input"]["size"] == SIZE and m["input"]["channels"] == 1 and m["maps"] is True
     assert m["file_bytes"] == model_path.stat().st_size
@@ -351,6 +352,7 @@ def test_multiclass_model_calls_the_top_label_positive(model_path, tmp_path):
     softmax = edited_model(model_path, tmp_path / "softmax.onnx", task="multiclass")
     with TestClient(create_app(softmax), base_url=BASE) as c:
         body = post(c, phantom_png()).json()
+        assert c.get("/api/model").json()["uses_thresholds"] is False
     check_prediction(body)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["positives"] == [body["ranking"][0]["label"]]

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 from . import runs
 from .config import (ConfigError, DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig, check_range,
                      option, validate)
+from .datasets import SOURCES
 from .errors import MedistillError
 from .utils.io import atomic_write_json, to_jsonable
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class QuickstartConfig:
     out: str = option("runs/quickstart", "folder of the three runs, the explanations, the export and the report")
-    dataset: str = option("phantom", "phantom (built in) or any dataset of `medistill data` with --root")
+    dataset: str = option("phantom", f"{', '.join(n for n, s in SOURCES.items() if s.generated)} (built in) or, "
+                                     f"with --root, {', '.join(n for n, s in SOURCES.items() if not s.generated)}")
     root: str | None = option(None, "dataset folder; phantom default: data/phantom (generated on first use)")
     image_size: int = option(96, "student input size (px)")
     teacher_image_size: int | None = option(

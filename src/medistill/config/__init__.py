@@ -8,8 +8,8 @@ The machinery for any options dataclass (:func:`option`, :func:`build`, coercion
 
 from .core import (RECIPES, ConfigError, build, check_choice, check_range, differences, field_help, flat_dict,
                    from_dict, leaf_fields, load_recipe, load_yaml, merge, option, recipe_names, to_dict, validate)
-from .run import (DATASETS, FLAG_ALIASES, NOT_RECIPE, DataConfig, DistillConfig, ModelConfig, RunConfig,
-                  TrainConfig)
+from ..datasets import DATASETS  # the dataset registry's names, importable from here as before
+from .run import FLAG_ALIASES, NOT_RECIPE, DataConfig, DistillConfig, ModelConfig, RunConfig, TrainConfig
 
 __all__ = ["DATASETS", "FLAG_ALIASES", "NOT_RECIPE", "RECIPES", "ConfigError", "DataConfig", "DistillConfig",
            "ModelConfig", "RunConfig", "TrainConfig", "build", "check_choice", "check_range", "differences",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
+from ..datasets import DATASETS, SOURCES, taking
 from .core import ConfigError, check_choice, check_range, option
 
 # ---------------------------------------------------------------------------------------------------------
@@ -19,8 +20,6 @@ from .core import ConfigError, check_choice, check_range, option
 #: Command-line flags that read better than the generated ``--leaf-name`` (dotted field -> flag without dashes).
 FLAG_ALIASES = {"model.name": "model"}
 
-DATASETS = ("phantom", "nih", "chexpert", "padchest", "medmnist", "folder")
-
 #: fields of a run's config that change where or how fast it runs, not what it learns: two runs that differ only in
 #: these (and ``train.seed``) are seeds of one recipe (``medistill compare`` pools only such runs)
 NOT_RECIPE = ("out", "recipe", "train.seed", "train.threads", "train.device", "data.num_workers", "data.cache",
@@ -29,7 +28,7 @@ NOT_RECIPE = ("out", "recipe", "train.seed", "train.threads", "train.device", "d
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = option("phantom", "one of DATASETS")
+    dataset: str = option("phantom", f"one of {', '.join(DATASETS)}")
     root: str | None = option(None, "dataset folder (or the .npz file for medmnist); phantom generates into it")
     image_size: int = option(128, "side of the square model input, in pixels")
     limit: int | None = option(None, "cap on images per split (smoke runs); None = all")
@@ -66,7 +65,8 @@ class DataConfig:
     num_workers: int = option(0, "DataLoader worker processes")
 
     def validate(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, SOURCES)
+        source = SOURCES[self.dataset]  # what it takes is the registry's answer, never a test of its name
         check_range("image_size", self.image_size, 8, 2048)
         check_range("limit", self.limit, 1)
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
@@ -77,25 +77,26 @@ class DataConfig:
         check_range("num_workers", self.num_workers, 0, 64)
         if self.group_similar is not None:
             check_range("group_similar", self.group_similar, 0.5, 0.9999)
-            if self.dataset != "folder":
-                raise ConfigError(f"group_similar: only folder datasets take a grouping (dataset is "
+            if not source.takes("group_similar"):
+                raise ConfigError(f"group_similar: only {taking('group_similar')} datasets take a grouping (dataset is "
                                   f"{self.dataset!r}, whose table names its patients)")
             if self.group_by is not None:
                 raise ConfigError(f"group_similar: give either group_by ({self.group_by!r}) or group_similar "
                                   f"({self.group_similar}), not both")
-        if self.resplit and self.dataset != "folder":
-            raise ConfigError(f"resplit: only folder datasets (dataset is {self.dataset!r}, whose source defines or "
-                              f"draws its own splits by patient)")
+        if self.resplit and not source.takes("resplit"):
+            raise ConfigError(f"resplit: only {taking('resplit')} datasets (dataset is {self.dataset!r}, whose source "
+                              f"defines or draws its own splits by patient)")
         if self.drop_near_copies is not None:
             check_range("drop_near_copies", self.drop_near_copies, 0.5, 0.9999)
-            if self.dataset != "folder":
-                raise ConfigError(f"drop_near_copies: only folder datasets (dataset is {self.dataset!r})")
+            if not source.takes("drop_near_copies"):
+                raise ConfigError(f"drop_near_copies: only {taking('drop_near_copies')} datasets (dataset is "
+                                  f"{self.dataset!r})")
         if self.group_by is not None:
             import re
 
-            if self.dataset != "folder":
-                raise ConfigError(f"group_by: only folder datasets take a grouping (dataset is {self.dataset!r}, "
-                                  f"whose table names its patients)")
+            if not source.takes("group_by"):
+                raise ConfigError(f"group_by: only {taking('group_by')} datasets take a grouping (dataset is "
+                                  f"{self.dataset!r}, whose table names its patients)")
             try:
                 groups = re.compile(self.group_by).groups
             except re.error as e:

@@ -1,81 +1,74 @@
 """The data layer: one dataset class per source, one sample structure for all (``dataset``); tables and splits in
 ``table``, the table-file helpers of the sources in ``sources``, the decoded-image cache in ``cache``.
 
-``build_dataset(cfg, split, preprocess)`` is the one entry point the rest of medistill uses.
+``build_dataset(cfg, split, preprocess)`` is the one entry point the rest of medistill uses. Which sources exist,
+the class reading each and the options each takes are the registry's (:mod:`medistill.datasets`), read here by
+``source_of``, ``dataset_class`` and ``source_options``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
+from ..datasets import SOURCES, Source
 from .dataset import MedicalDataset, Preprocess, collate
 from .table import DatasetError, Table
 from .images import ImageReadError, read_image
 
 __all__ = ["DatasetError", "ImageReadError", "MedicalDataset", "Preprocess", "Table", "build_dataset",
-           "collate", "dataset_class", "image_cache_dir", "read_image", "source_options"]
+           "collate", "dataset_class", "image_cache_dir", "read_image", "source_of", "source_options"]
+
+
+def source_of(name: str) -> Source:
+    """The registry entry (:mod:`medistill.datasets`) of a source name, or DatasetError listing the names."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise DatasetError(f"dataset {name!r}: expected one of {', '.join(SOURCES)}") from None
 
 
 def dataset_class(name: str) -> type[MedicalDataset]:
-    """The dataset class of a source name (imported lazily)."""
-    if name == "phantom":
-        from .phantom import Phantom
-        return Phantom
-    if name == "folder":
-        from .folder import ImageFolder
-        return ImageFolder
-    if name == "nih":
-        from .nih import NIHChestXray14
-        return NIHChestXray14
-    if name == "chexpert":
-        from .chexpert import CheXpert
-        return CheXpert
-    if name == "padchest":
-        from .padchest import PadChest
-        return PadChest
-    if name == "medmnist":
-        from .medmnist import MedMNIST
-        return MedMNIST
-    raise DatasetError(f"dataset {name!r}: expected one of phantom, nih, chexpert, padchest, medmnist, folder")
+    """The dataset class of a source name (its module imported lazily, as the registry names it)."""
+    source = source_of(name)
+    return getattr(importlib.import_module(f".{source.module}", __name__), source.class_name)
+
+
+#: DataConfig options a source is given only when set (not None, empty or False); the others it takes always are
+_WHEN_SET = ("views", "labels", "group_by", "group_similar", "resplit", "drop_near_copies")
+
+
+def _is_set(value: Any) -> bool:
+    return not (value is None or value is False or (isinstance(value, (str, list, tuple)) and not value))
 
 
 def source_options(cfg: DataConfig) -> dict[str, Any]:
-    """The options of ``cfg`` that the chosen source understands (passed to its ``load_table``)."""
+    """The options of ``cfg`` that the chosen source takes (the registry says which), passed to its
+    ``load_table``; lists as tuples."""
     opts: dict[str, Any] = {}
-    if cfg.dataset in ("folder", "nih", "medmnist", "padchest", "chexpert"):
-        opts.update(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-    if cfg.dataset in ("nih", "padchest", "chexpert") and cfg.views:
-        opts["views"] = tuple(cfg.views)
-    if cfg.dataset == "chexpert":
-        opts.update(uncertainty=cfg.uncertainty, blank=cfg.blank, frontal_only=cfg.frontal_only)
-    if cfg.dataset == "folder" and cfg.group_by:
-        opts["group_by"] = cfg.group_by
-    if cfg.dataset == "folder" and cfg.group_similar is not None:
-        opts["group_similar"] = cfg.group_similar
-    if cfg.dataset == "folder" and cfg.resplit:
-        opts["resplit"] = True
-    if cfg.dataset == "folder" and cfg.drop_near_copies is not None:
-        opts["drop_near_copies"] = cfg.drop_near_copies
-    if cfg.labels:
-        opts["labels"] = tuple(cfg.labels)
+    for name in source_of(cfg.dataset).options:
+        value = getattr(cfg, name)
+        if name in _WHEN_SET and not _is_set(value):
+            continue
+        opts[name] = tuple(value) if isinstance(value, list) else value
     return opts
 
 
 def resolve_root(cfg: DataConfig) -> Path:
-    """The dataset root; for the phantom, generate it there first when the folder is empty or absent."""
+    """The dataset root (the source's default when ``cfg.root`` is None and it has one); a generated source (the
+    phantom) is generated there first when the folder is empty or absent."""
+    source = SOURCES.get(cfg.dataset)  # None: an unknown name, refused below without a root, else by dataset_class
     if cfg.root is None:
-        if cfg.dataset == "phantom":
-            root = Path("data/phantom")
-        else:
+        if source is None or source.default_root is None:
             raise DatasetError(f"dataset {cfg.dataset!r} needs --root (the folder holding its files)")
+        root = Path(source.default_root)
     else:
         root = Path(cfg.root)
-    if cfg.dataset == "phantom":
-        from .phantom import ensure
-        ensure(root)
+    if source is not None and source.generated:
+        dataset_class(cfg.dataset).ensure_generated(root)
     return root
 
 

@@ -110,6 +110,11 @@ class MedicalDataset:
     def load_table(cls, root: Path, seed: int = 0, **options: Any) -> Table:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def ensure_generated(cls, root: str | Path) -> Path:  # pragma: no cover - only generated sources have one
+        """A source the registry marks ``generated`` draws its files into ``root`` here when they are missing."""
+        raise NotImplementedError(f"{cls.name}: not a generated source")
+
     # --- samples --------------------------------------------------------------------------------------
     @property
     def num_labels(self) -> int:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import DataConfig
-from . import dataset_class, resolve_root, source_options
+from ..task import get_task
+from . import dataset_class, resolve_root, source_of, source_options
 from .table import SPLITS, Table
 from .images import ImageReadError, is_colour
 
@@ -57,7 +58,7 @@ def summarize_table(table: Table) -> dict[str, Any]:
         "positives": _per_label(table.labels, (pos & ~masked).sum(0)),
         "masked": _per_label(table.labels, masked.sum(0)),
     }
-    if table.task == "multiclass":
+    if not get_task(table.task).multilabel:
         out["classes"] = list(table.labels)
     splits: dict[str, Any] = {}
     patients: dict[str, set[str]] = {}
@@ -162,9 +163,10 @@ def summarize(cfg: DataConfig, *, readable: bool = False, near_copies: float = 0
     ``near_copies`` > 0: image folders also count validation / test images with a near copy in training."""
     root = resolve_root(cfg)
     cls = dataset_class(cfg.dataset)
+    source = source_of(cfg.dataset)
     table = cls.table(root, seed=cfg.split_seed, **source_options(cfg))
     out = {"dataset": cfg.dataset, "root": str(root), **summarize_table(table)}
-    if cfg.dataset == "folder" and not cfg.group_by and cfg.group_similar is None:
+    if source.takes("group_by") and not cfg.group_by and cfg.group_similar is None:  # a source naming no patients
         from .folder import grouping_hint
 
         hint = grouping_hint(list(table.records["image_id"]))
@@ -174,7 +176,7 @@ def summarize(cfg: DataConfig, *, readable: bool = False, near_copies: float = 0
                         "own patient, so one patient's images can fall into different splits; name the patient with "
                         "--group-by REGEX (its first capture group), e.g. --group-by '%s'", hint["images_in_groups"],
                         " / ".join(hint["examples"][0]), hint["suggestion"])
-    if near_copies and cfg.dataset == "folder":
+    if near_copies and source.takes("drop_near_copies"):
         out["near_copies"] = near_copy_summary(table, near_copies)
     if readable:
         out["unreadable"] = check_readable(cfg, root, progress=progress)
@@ -189,7 +191,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("views: " + ", ".join(f"{k} {v}" for k, v in s["views"].items()))
     splits = [x for x in SPLITS if s["splits"][x]["num_images"]]
     width = max([len(lab) for lab in s["labels"]] + [16])
-    kind = "class" if s["task"] == "multiclass" else "label (positives)"
+    kind = "label (positives)" if get_task(s["task"]).multilabel else "class"
     head = f"{kind:<{width}}" + "".join(f"{x:>9}" for x in splits) + f"{'total':>9}"
     show_masked = any(s["masked"].values())
     if show_masked:
@@ -214,7 +216,7 @@ def format_summary(s: dict[str, Any]) -> str:
     overlap = {k: v for k, v in s["patient_overlap"].items() if v}
     lines.append("patient overlap between splits: " + (", ".join(f"{k} {v}" for k, v in overlap.items())
                                                       if overlap else "none"))
-    if overlap and s["dataset"] == "folder":
+    if overlap and source_of(s["dataset"]).takes("resplit"):
         lines.append("warning: patients (groups) in more than one split: the split folders are not split by "
                      "patient; draw the splits by patient with --resplit")
     if "grouping_hint" in s:

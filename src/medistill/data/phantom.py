@@ -154,6 +154,12 @@ class Phantom(MedicalDataset):
     default_labels = LABELS
 
     @classmethod
+    def ensure_generated(cls, root: str | Path) -> Path:
+        """Draw the phantom into ``root`` when it is empty, absent or out of date (:func:`ensure`); the registry
+        (:mod:`medistill.datasets`) marks this source generated, so ``resolve_root`` calls this."""
+        return ensure(root)
+
+    @classmethod
     def load_table(cls, root: Path, seed: int = 0, labels: Sequence[str] | None = None, **options: Any) -> Table:
         if options:
             raise DatasetError(f"phantom: unsupported options {sorted(options)}; valid: labels")

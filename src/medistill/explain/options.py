@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import option
+from ..datasets import DATASETS
 from . import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE, TRUTH_LABELS, canonical_method
 from .errors import ExplainError
 
@@ -86,7 +87,7 @@ class ExplainSource:
     """What to explain: image files, or a split of the run's own data (the default) or of another dataset."""
 
     images: list[str] = option(factory=list, help="image files (PNG, JPEG, DICOM ...) instead of a dataset split")
-    dataset: str | None = option(None, "another dataset (phantom, nih, chexpert, padchest, medmnist, folder); "
+    dataset: str | None = option(None, f"another dataset ({', '.join(DATASETS)}); "
                                        "None = the run's own data, rebuilt as it was trained on")
     root: str | None = option(None, "dataset folder; None = the run's own (with the run's dataset: its data, moved)")
     split: str | None = option(None, "split to explain: train, val, test (None = test)")

@@ -24,10 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MedistillError
+from ..task import Task, TaskError, get_task
 
 log = logging.getLogger(__name__)
 
-TASKS = ("multilabel", "multiclass")
 HARD_KINDS = ("auto", "bce", "focal", "ce")
 
 
@@ -39,10 +39,13 @@ class LossError(MedistillError):
 # shared checks
 # ------------------------------------------------------------------------------------------------------------
 
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise LossError(f"task: got {task!r}, expected one of {list(TASKS)}")
-    return task
+def as_task(task: str | Task) -> Task:
+    """The :class:`~medistill.task.Task` of ``task`` (a Task, or its name at the public entry points), or
+    LossError naming the valid tasks. The Task answers every single- / multi-label question of the losses."""
+    try:
+        return get_task(task)
+    except TaskError as e:
+        raise LossError(str(e)) from None
 
 
 def as_compute(x: torch.Tensor) -> torch.Tensor:
@@ -200,23 +203,23 @@ def _check_weights(w: torch.Tensor | None, n: int, name: str, like: torch.Tensor
     return w.to(dtype=like.dtype, device=like.device)
 
 
-def build_hard_loss(task: str, kind: str = "auto", *, class_weights: torch.Tensor | None = None,
+def build_hard_loss(task: str | Task, kind: str = "auto", *, class_weights: torch.Tensor | None = None,
                     focal_gamma: float = 2.0) -> nn.Module:
-    """The hard-label loss for ``task`` ("multilabel" or "multiclass").
+    """The hard-label loss for ``task`` (a :class:`~medistill.task.Task`, or its name).
 
-    ``kind``: ``auto`` (bce for multi-label, ce for single-label), ``bce``, ``focal`` (per-label focal BCE) or
-    ``ce``. ``class_weights`` ``(L,)``: per-class CE weights, or the per-label ``pos_weight`` of BCE / focal.
+    ``kind``: ``auto`` (the task's ``hard_loss``: bce for multi-label, ce for single-label), ``bce``, ``focal``
+    (per-label focal BCE) or ``ce``. ``class_weights`` ``(L,)``: per-class CE weights, or the per-label ``pos_weight`` of BCE / focal.
     The module's ``forward(logits, target, mask)`` returns a scalar.
     """
-    check_task(task)
+    t = as_task(task)
     if kind not in HARD_KINDS:
         raise LossError(f"hard loss kind: got {kind!r}, expected one of {list(HARD_KINDS)}")
     if kind == "auto":
-        kind = "bce" if task == "multilabel" else "ce"
-    if task == "multilabel" and kind == "ce":
+        kind = t.hard_loss
+    if t.multilabel and kind == "ce":
         raise LossError("hard loss 'ce' on multi-label targets: softmax cross-entropy assumes exactly one label per "
                         "image, but a multi-label image can have several findings or none; use 'bce' or 'focal'")
-    if task == "multiclass" and kind in ("bce", "focal"):
+    if not t.multilabel and kind in ("bce", "focal"):
         raise LossError(f"hard loss {kind!r} on single-label targets: it scores each class independently, while "
                         f"single-label logits are only defined up to a shared constant (softmax); use 'ce'")
     if class_weights is not None:
@@ -231,7 +234,7 @@ def build_hard_loss(task: str, kind: str = "auto", *, class_weights: torch.Tenso
 
 
 def class_weights_from_targets(targets: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None,
-                               task: str) -> torch.Tensor:
+                               task: str | Task) -> torch.Tensor:
     """Inverse-frequency weights from training targets ``(N, L)`` and mask ``(N, L)`` -> float32 ``(L,)``.
 
     - multi-label: ``pos_weight_j = negatives_j / positives_j`` over valid entries (BCE's ``pos_weight``);
@@ -239,7 +242,7 @@ def class_weights_from_targets(targets: torch.Tensor | np.ndarray, mask: torch.T
 
     A label with no positives (or no negatives) in the training data gets weight 1 and a logged warning.
     """
-    check_task(task)
+    t = as_task(task)
     y = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.float64)
     if y.ndim != 2:
         raise LossError(f"targets: shape {y.shape}, expected (N, L)")
@@ -248,7 +251,7 @@ def class_weights_from_targets(targets: torch.Tensor | np.ndarray, mask: torch.T
     if m.shape != y.shape:
         raise LossError(f"mask: shape {m.shape}, expected the shape of targets {y.shape}")
     valid = m > 0
-    if task == "multilabel":
+    if t.multilabel:
         pos = ((y > 0.5) & valid).sum(0).astype(np.float64)
         neg = ((y <= 0.5) & valid).sum(0).astype(np.float64)
         ok = (pos > 0) & (neg > 0)

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hard import (LossError, as_compute, build_hard_loss, check_pair, check_task, masked_mean, resolve_mask,
+from ..task import Task
+from .hard import (LossError, as_compute, as_task, build_hard_loss, check_pair, masked_mean, resolve_mask,
                    sample_mask)
 
 log = logging.getLogger(__name__)
@@ -103,24 +104,25 @@ class LogitMSE(nn.Module):
         return masked_mean((s - t) ** 2, m)
 
 
-def build_kd_loss(task: str, kind: str = "auto", *, temperature: float) -> nn.Module:
-    """The soft (distillation) loss for ``task``; ``forward(student_logits, teacher_logits, mask) -> scalar``.
+def build_kd_loss(task: str | Task, kind: str = "auto", *, temperature: float) -> nn.Module:
+    """The soft (distillation) loss for ``task`` (a :class:`~medistill.task.Task`, or its name);
+    ``forward(student_logits, teacher_logits, mask) -> scalar``.
 
-    ``kind``: ``auto`` (``kl`` for single-label, ``bce`` for multi-label), ``kl`` (:class:`SoftmaxKL`),
-    ``bce`` (:class:`BinaryKL`), ``mse`` (:class:`LogitMSE`, no ``T^2``).
+    ``kind``: ``auto`` (the task's ``kd_loss``: ``kl`` for single-label, ``bce`` for multi-label), ``kl``
+    (:class:`SoftmaxKL`), ``bce`` (:class:`BinaryKL`), ``mse`` (:class:`LogitMSE`, no ``T^2``).
     """
-    check_task(task)
+    t = as_task(task)
     if kind not in KD_KINDS:
         raise LossError(f"kd kind: got {kind!r}, expected one of {list(KD_KINDS)}")
     temperature = _check_temperature(temperature)
     if kind == "auto":
-        kind = "bce" if task == "multilabel" else "kl"
-    if kind == "kl" and task == "multilabel":
+        kind = t.kd_loss
+    if kind == "kl" and t.multilabel:
         raise LossError("kd 'kl' (softmax across labels) on multi-label targets: a softmax makes the labels compete "
                         "for one unit of probability, as if each image had exactly one finding, so a teacher that "
                         "is confident about two findings (or none) would be distilled wrongly; use 'bce' (per-label "
                         "binary KL on sigmoid(z / T)) or 'mse'")
-    if kind == "bce" and task == "multiclass":
+    if kind == "bce" and not t.multilabel:
         raise LossError("kd 'bce' (per-class sigmoid) on single-label targets: softmax logits are only defined up "
                         "to a shared constant, so per-class sigmoids of them are meaningless; use 'kl' or 'mse'")
     if kind == "kl":
@@ -161,11 +163,12 @@ class KDLoss(nn.Module):
         self.explanation_weight = float(explanation_weight)
 
     @classmethod
-    def build(cls, task: str, *, alpha: float, temperature: float, kd: str = "auto", hard: str = "auto",
+    def build(cls, task: str | Task, *, alpha: float, temperature: float, kd: str = "auto", hard: str = "auto",
               class_weights: torch.Tensor | None = None, focal_gamma: float = 2.0, feature: nn.Module | None = None,
               feature_weight: float = 1.0, explanation: nn.Module | None = None,
               explanation_weight: float = 1.0) -> "KDLoss":
         """From names: ``build_hard_loss(task, hard, ...)`` and ``build_kd_loss(task, kd, temperature=...)``."""
+        task = as_task(task)
         return cls(build_hard_loss(task, hard, class_weights=class_weights, focal_gamma=focal_gamma),
                    build_kd_loss(task, kd, temperature=temperature), alpha, feature=feature,
                    feature_weight=feature_weight, explanation=explanation, explanation_weight=explanation_weight)
@@ -203,7 +206,7 @@ class KDLoss(nn.Module):
 
 
 def combine_teacher_logits(list_of_logits: Sequence[torch.Tensor], weights: Sequence[float] | None = None, *,
-                           task: str, temperature: float = 1.0) -> torch.Tensor:
+                           task: str | Task, temperature: float = 1.0) -> torch.Tensor:
     """Several teachers' logits ``[(B, L), ...]`` -> one ``(B, L)`` whose tempered probabilities are their average.
 
     Averaging happens in probability space at temperature ``T`` (weights normalised to sum 1, equal by default):
@@ -216,7 +219,7 @@ def combine_teacher_logits(list_of_logits: Sequence[torch.Tensor], weights: Sequ
     Computed with log-sum-exp, so it stays finite for confident teachers and one teacher returns its own logits
     (single-label: up to that per-row constant). Feed the result to the KD loss with the SAME temperature.
     """
-    check_task(task)
+    t = as_task(task)
     T = _check_temperature(temperature)
     if len(list_of_logits) == 0:
         raise LossError("combine_teacher_logits: got no teacher logits, expected at least one (B, L) tensor")
@@ -236,7 +239,7 @@ def combine_teacher_logits(list_of_logits: Sequence[torch.Tensor], weights: Sequ
         w = w / w.sum()
     z = torch.stack([as_compute(x.detach()) for x in list_of_logits])  # (K, B, L)
     log_w = torch.log(w).to(z.dtype).view(-1, 1, 1)  # (K, 1, 1); -inf for a zero weight drops that teacher
-    if task == "multiclass":
+    if not t.multilabel:
         log_p = torch.logsumexp(log_w + F.log_softmax(z / T, dim=2), dim=0)  # (B, L)
         return T * log_p
     log_p = torch.logsumexp(log_w + F.logsigmoid(z / T), dim=0)  # (B, L), log p

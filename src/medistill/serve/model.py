@@ -106,7 +106,8 @@ class ServedModel:
         with open(self.path, "rb") as f:
             for block in iter(lambda: f.read(2**20), b""):
                 digest.update(block)
-        return {"name": self.path.name, "model": info.model, "task": info.task, "labels": info.labels,
+        return {"name": self.path.name, "model": info.model, "task": info.task,
+                "uses_thresholds": self.predictor.task.uses_thresholds, "labels": info.labels,
                 "thresholds": {lab: info.thresholds.get(lab, 0.5) for lab in info.labels},
                 "input": {"size": info.size, "channels": info.channels, "mean": info.mean, "std": info.std,
                           "intensity": info.intensity, "training_stats": info.input_stats},

@@ -82,6 +82,8 @@ class ModelResponse(BaseModel):
     name: str = Field(description="the model file's name")
     model: str = Field(description="architecture")
     task: str
+    uses_thresholds: bool = Field(description="per-label thresholds call the positives (multi-label); false: the "
+                                              "most probable class is the prediction (single-label)")
     labels: list[str]
     thresholds: dict[str, float]
     input: InputSpec

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .. import runs
 from ..config import DataConfig, RunConfig, build, differences, flat_dict, to_dict
+from ..datasets import taking
 from ..errors import MedistillError
 from ..models.kdfmv import width_name
 from ..utils.io import atomic_write_json, read_json_object
@@ -43,15 +44,15 @@ class StudyError(MedistillError):
 
 def prepare_data(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[DataConfig, list[str]]:
     """The study's data config after ``data inspect``'s advice, and one sentence per decision taken."""
-    from ..data import DatasetError
+    from ..data import DatasetError, source_of
     from ..data.inspect import summarize
 
     data = copy.deepcopy(cfg.data)
     notes: list[str] = []
-    folder = data.dataset == "folder"
+    source = source_of(data.dataset)  # the registry says which sources take a grouping and drop near copies
     summary = summarize(data)
     hint = summary.get("grouping_hint")
-    if hint and folder:
+    if hint and source.takes("group_by"):
         example = " / ".join(hint["examples"][0])
         if cfg.suggested_grouping:
             data.group_by = hint["suggestion"]
@@ -71,8 +72,9 @@ def prepare_data(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[DataConf
     if overlap:
         raise StudyError(f"{sum(overlap.values())} patients (or groups) are in more than one split "
                          f"({', '.join(f'{k}: {v}' for k, v in overlap.items())}): a score on them is not a score on "
-                         f"new patients; draw the splits by patient (folder datasets: --resplit)")
-    if folder and data.drop_near_copies is None and cfg.near_copies is not None:
+                         f"new patients; draw the splits by patient ({taking('resplit')} datasets: --resplit)")
+    copies = source.takes("drop_near_copies")  # image folders: near copies are looked for and can be left out
+    if copies and data.drop_near_copies is None and cfg.near_copies is not None:
         summary = summarize(data, near_copies=cfg.near_copies)
         nc = summary["near_copies"]
         n = nc["val"]["near_copies"] + nc["test"]["near_copies"]
@@ -85,10 +87,10 @@ def prepare_data(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[DataConf
         else:
             notes.append(f"no validation or test image has a near copy in training (thumbnail correlation >= "
                          f"{cfg.near_copies:g})")
-    elif folder and data.drop_near_copies is not None:
+    elif copies and data.drop_near_copies is not None:
         notes.append(f"validation / test images with a near copy in training (>= {data.drop_near_copies:g}) are left "
                      f"out (--drop-near-copies)")
-    elif folder:
+    elif copies:
         notes.append("near copies of training images are kept in validation and test (--near-copies null): scores "
                      "on them measure memory")
     else:

@@ -239,7 +239,7 @@ class DistillationObjective(SupervisedObjective):
                         out["maps"] = self.attribution(tch.model, xt.float(), bg.float(), lg.shape[1]).float()
                 logits.append(lg.detach().float())
         if len(logits) > 1:
-            out["logits"] = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task.name,
+            out["logits"] = combine_teacher_logits(logits, [t.weight for t in self._teachers], task=self.task,
                                                    temperature=self.temperature)
         else:
             out["logits"] = logits[0].clone()

@@ -97,7 +97,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
 
     from ..losses import KDLoss, build_hard_loss, class_weights_from_targets
 
-    cw = class_weights_from_targets(torch.from_numpy(train_ds.targets), torch.from_numpy(train_ds.masks), task.name) \
+    cw = class_weights_from_targets(torch.from_numpy(train_ds.targets), torch.from_numpy(train_ds.masks), task) \
         if t.class_weights else None
     model.to(device).train()
     if t.channels_last:
@@ -105,7 +105,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     objective: SupervisedObjective
     if teachers:
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
-        kd = KDLoss.build(task.name, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
+        kd = KDLoss.build(task, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
                           feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
                           explanation_weight=cfg.distill.explain_weight).to(device)
@@ -122,7 +122,7 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
             train_ds, plan = _cache(cfg, plan, objective, run, train_ds, device, main, cb)
         _announce(plan, cb)
     else:
-        objective = SupervisedObjective(build_hard_loss(task.name, t.loss, class_weights=cw,
+        objective = SupervisedObjective(build_hard_loss(task, t.loss, class_weights=cw,
                                                         focal_gamma=t.focal_gamma).to(device),
                                         student_input, channels_last=t.channels_last)
     trainable = objective.trainable() if isinstance(objective, DistillationObjective) else {}

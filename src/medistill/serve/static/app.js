@@ -25,6 +25,12 @@ function setStatus(text, isError) {
   el.classList.toggle("error", Boolean(isError));
 }
 
+// Single- or multi-label is the server's Task to answer (medistill.task; GET /api/model's uses_thresholds): the
+// page asks this one helper and never compares task names. Until the model is described, thresholds are shown.
+function usesThresholds() {
+  return !state.model || state.model.uses_thresholds !== false;
+}
+
 async function loadModel() {
   try {
     const res = await fetch("/api/model");
@@ -96,7 +102,7 @@ async function showResult() {
   $("results").hidden = false;
   $("file-name").textContent = `${r.file} (${r.image.format.toUpperCase()}, ${r.image.width} × ${r.image.height})`;
   $("positives").textContent = r.positives.length
-    ? (r.task === "multiclass" ? "Predicted: " : "Positive: ") + r.positives.join(", ")
+    ? (usesThresholds() ? "Positive: " : "Predicted: ") + r.positives.join(", ")
     : "No label at or above its threshold";
   const warnings = $("input-warnings");
   warnings.replaceChildren(...(r.warnings || []).map((text) => {
@@ -125,7 +131,7 @@ async function showResult() {
     bar.append(fill);
     prob.append(bar, document.createTextNode(s.probability.toFixed(3)));
     const thr = document.createElement("td");
-    thr.textContent = r.task === "multiclass" ? "top" : s.threshold.toFixed(3);
+    thr.textContent = usesThresholds() ? s.threshold.toFixed(3) : "top";
     tr.append(name, prob, thr);
     tr.addEventListener("click", () => chooseLabel(s.label));
     tbody.append(tr);
