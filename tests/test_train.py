@@ -306,10 +306,18 @@ def test_the_distillation_plan_is_decided_by_the_config_and_checked_before_any_w
     assert not (tmp_path / "d").exists()  # refused before the run folder was made
     views = _cfg(phantom_root, tmp_path / "e", **kd, **{"data.augment": "light", "distill.teacher_views": 2,
                                                          "train.mixup": 1.0})
-    plan = DistillPlan.decide(views)
+    from medistill.task import MULTICLASS, MULTILABEL
+
+    plan = DistillPlan.decide(views, MULTILABEL)
     assert (plan.mode, plan.views, plan.mixed, plan.cached) == ("views", 2, True, True)
-    assert DistillPlan.decide(_cfg(phantom_root, tmp_path / "f")).mode == "none"
+    # one default T, the task's: 1 for a sigmoid per label, 4 for a softmax; a given T wins
+    assert plan.temperature == 1.0 and DistillPlan.decide(views, MULTICLASS).temperature == 4.0
+    views.distill.temperature = 2.0
+    assert DistillPlan.decide(views, MULTICLASS).temperature == 2.0
+    views.distill.temperature = None
+    assert DistillPlan.decide(_cfg(phantom_root, tmp_path / "f"), MULTILABEL).mode == "none"
     run_training(views)
     rec = runs.RunDir(tmp_path / "e").info()["distill_plan"]
     assert rec["mode"] == "views" and rec["views"] == 2 and rec["mixed"] and rec["cache_key"]
+    assert rec["temperature"] == 1.0  # the phantom is multi-label
     assert rec["cache_path"].endswith(f"teacher_views-{rec['cache_key']}.npy") and rec["teacher_image_size"] == 32

@@ -59,9 +59,8 @@ class QuickstartConfig:
     lr: float = option(0.002, "peak learning rate (AdamW, cosine)")
     limit: int | None = option(1000, "cap on images per split (keeps the default run short: its time is in the README); None = all")
     alpha: float = option(0.5, "KD: weight of the hard loss")
-    temperature: float = option(1.0, "KD temperature (multi-label KD matches each label's sigmoid: at T = 4 they "
-                                     "all flatten towards 0.5; T = 1 from a grid on the phantom's validation "
-                                     "split: benchmarks/quickstart_kd_grid.py)")
+    temperature: float | None = option(None, "KD temperature; None = the task's default (1 on the multi-label "
+                                            "phantom: benchmarks/quickstart_kd_grid.py)")
     augment: str = option("light", "training augmentation of every run (none, light, strong)")
     teacher_views: int = option(2, "KD student: the teacher's outputs on this many augmented views per image, cached "
                                    "once (consistent KD at the cost of plain training); 0 = the teacher runs online")

@@ -1,8 +1,8 @@
 """The task a model solves: multi-label (one sigmoid per label) or single-label (one softmax over classes).
 
 One object answers every question that depends on the task, so no other module compares task strings:
-probabilities from logits, the main metric and its title, how positives are called, the default thresholds
-and the default hard / KD loss kinds. Torch-free (``predict`` and ``serve`` use it without torch); the
+probabilities from logits, the main metric and its title, how positives are called, the default thresholds,
+the default hard / KD loss kinds and the default KD temperature. Torch-free (``predict`` and ``serve`` use it without torch); the
 probability functions accept numpy arrays and torch tensors alike.
 
     task = get_task("multilabel")
@@ -51,6 +51,9 @@ class Task:
     main_metric_ci: str  # the metrics.json key of its bootstrap confidence interval
     hard_loss: str  # default hard-label loss kind (losses.hard)
     kd_loss: str  # default soft-label loss kind (losses.kd)
+    kd_temperature: float  # default KD temperature: 4 for a softmax (Hinton et al. 2015); 1 for one sigmoid per
+    # label, which T = 4 flattens towards 0.5 (on the phantom's validation split T 0.5-1 led, T 4 was last:
+    # benchmarks/quickstart_kd_grid.py)
 
     def probabilities(self, logits: Any) -> Any:
         """Logits ``(B, L)`` -> probabilities ``(B, L)`` (numpy in, numpy out; torch in, torch out)."""
@@ -88,8 +91,8 @@ class Task:
         return self.name
 
 
-MULTILABEL = Task("multilabel", True, "multi-label", "macro_auc", "Macro AUC", "auc_ci95", "bce", "bce")
-MULTICLASS = Task("multiclass", False, "single-label", "accuracy", "Accuracy", "accuracy_ci95", "ce", "kl")
+MULTILABEL = Task("multilabel", True, "multi-label", "macro_auc", "Macro AUC", "auc_ci95", "bce", "bce", 1.0)
+MULTICLASS = Task("multiclass", False, "single-label", "accuracy", "Accuracy", "accuracy_ci95", "ce", "kl", 4.0)
 TASKS: dict[str, Task] = {t.name: t for t in (MULTILABEL, MULTICLASS)}
 
 

@@ -181,7 +181,9 @@ class DistillConfig:
     teacher_model: str | None = option(None, "architecture of a bare checkpoint (a run directory knows its own)")
     kd: str = option("auto", "soft loss: auto (softmax KL single-label, binary KL multi-label), kl, bce, mse")
     alpha: float = option(0.5, "weight of the hard-label loss; (1 - alpha) * T^2 weights the soft loss")
-    temperature: float = option(4.0, "softening temperature T")
+    temperature: float | None = option(
+        None, "softening temperature T; None = the task's default (4 single-label, Hinton et al. 2015; 1 multi-label, "
+              "where T = 4 flattens every label's sigmoid towards 0.5)")
     feature: str = option("none", "feature distillation: none, fitnets (1x1 projector hint), attention (AT)")
     feature_weight: float = option(1.0, "weight of the feature term")
     teacher_image_size: int | None = option(None, "teacher input size when it differs from the student's")
@@ -219,7 +221,8 @@ class DistillConfig:
     def validate(self) -> None:
         check_choice("kd", self.kd, ("auto", "kl", "bce", "mse"))
         check_range("alpha", self.alpha, 0.0, 1.0)
-        check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
+        if self.temperature is not None:
+            check_range("temperature", self.temperature, 0.0, 100.0, lo_open=True)
         check_choice("feature", self.feature, ("none", "fitnets", "attention"))
         check_range("teacher_image_size", self.teacher_image_size, 8, 2048)
         check_choice("cache_teacher", self.cache_teacher, ("auto", "true", "false"))

@@ -159,7 +159,9 @@ def _distillation_text(r: RunData, names: dict[str, str]) -> str:
     d = r.config.get("distill") or {}
     teacher = i.get("teacher") or d.get("teacher")
     tname = names.get(str(teacher), Path(str(teacher)).name if teacher else "?")
-    parts = [f"teacher: {tname}", f"\u03b1={fmt(num(d.get('alpha')))}", f"T={fmt(num(d.get('temperature')))}"]
+    plan = i.get("distill_plan") if isinstance(i.get("distill_plan"), dict) else {}
+    t = plan.get("temperature", d.get("temperature"))  # the T the run used (the task's default when not given)
+    parts = [f"teacher: {tname}", f"\u03b1={fmt(num(d.get('alpha')))}", f"T={fmt(num(t))}"]
     if d.get("kd") not in (None, "auto"):
         parts.append(f"loss {d['kd']}")
     if d.get("feature") not in (None, "none"):

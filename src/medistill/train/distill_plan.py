@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..task import Task
 
 MODES = ("none", "online", "offline", "views")
 
@@ -31,13 +32,15 @@ class DistillPlan:
     cache_key: str | None = None  # everything that changes the cached soft targets, hashed
 
     @classmethod
-    def decide(cls, cfg: RunConfig) -> "DistillPlan":
-        """The plan as the config decides it (the cache's path and key come with :meth:`with_cache`)."""
+    def decide(cls, cfg: RunConfig, task: Task) -> "DistillPlan":
+        """The plan as the config decides it for ``task`` (its T: ``distill.temperature``, else the task's
+        default); the teachers' size and the cache's path and key come with :meth:`completed`."""
         mode, reason = cfg.distill_mode()
         d, t = cfg.distill, cfg.train
         views = {"views": d.teacher_views, "offline": 1}.get(mode, 0)
+        temperature = None if mode == "none" else d.temperature if d.temperature is not None else task.kd_temperature
         return cls(mode, reason, views=views, mixed=mode == "views" and (t.mixup > 0 or t.cutmix > 0),
-                   temperature=d.temperature if mode != "none" else None)
+                   temperature=temperature)
 
     @property
     def cached(self) -> bool:

@@ -69,9 +69,9 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
           cb: Any) -> Setup:
     t = cfg.train
     teacher_sources = cfg.teacher_sources
-    plan = DistillPlan.decide(cfg)
     probe = build_dataset(dataclasses.replace(cfg.data, cache=False), "train", Preprocess(size=8))  # not cached
     labels, task = list(probe.labels), get_task(probe.task)
+    plan = DistillPlan.decide(cfg, task)
     in_chans = _in_chans(cfg, teacher_sources, probe, run)
     model = create_model(cfg.model.name, num_classes=len(labels), in_chans=in_chans,
                          pretrained=cfg.model.pretrained, image_size=cfg.data.image_size,
@@ -105,13 +105,13 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     objective: SupervisedObjective
     if teachers:
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
-        kd = KDLoss.build(task, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, kd=cfg.distill.kd,
+        kd = KDLoss.build(task, alpha=cfg.distill.alpha, temperature=plan.temperature, kd=cfg.distill.kd,
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
                           feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
                           explanation_weight=cfg.distill.explain_weight).to(device)
         s_layers, t_layers, side = _map_layers(cfg, model, teachers[0], s_in)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
-                                          temperature=cfg.distill.temperature, precision=cfg.distill.teacher_precision,
+                                          temperature=plan.temperature, precision=cfg.distill.teacher_precision,
                                           channels_last=t.channels_last, map_layers=(s_layers, t_layers),
                                           map_combine="poly" if cfg.distill.cam_layers == "poly" else "fuse",
                                           attribution=_attribution(cfg, side, lambda: build_dataset(
