@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -422,9 +423,13 @@ def study_machine(d: dict[str, Any]) -> str:
 
 
 def full_command(recorded: str, script: str, name: str, settings: dict[str, Any] | None) -> str:
-    """``recorded`` with the ``--runs`` / ``--results`` it needs to rewrite ``name`` (older runs did not record
-    them; without them the command would read other runs or write the script's default file)."""
-    cmd = recorded
+    """``recorded`` as the script takes it today: with the ``--runs`` / ``--results`` it needs to rewrite ``name``
+    (older runs did not record them; without them the command would read other runs or write the script's default
+    file), on / off flags as ``--x`` / ``--no-x`` (older runs recorded ``--x True``) and an empty value quoted
+    (older runs recorded ``--weight-sweep`` followed by nothing)."""
+    cmd = re.sub(r"(--[\w-]+) True\b", r"\1", recorded)
+    cmd = re.sub(r"--([\w-]+) False\b", r"--no-\1", cmd)
+    cmd = re.sub(r"(--[\w-]+)  (?=--)", r"\1 '' ", cmd)
     runs = (settings or {}).get("runs")
     if script in DEFAULT_RUNS and runs and runs != DEFAULT_RUNS[script] and "--runs" not in cmd:
         cmd += f" --runs {runs}"
@@ -555,7 +560,8 @@ def markdown(es: list[Entry]) -> str:
         "(\"KD helped\" only when seed 0's paired bootstrap CI is above zero and the mean gain over seeds exceeds the "
         "larger seed spread), else \"no clear difference\" when the mean gain is within the larger seed standard "
         "deviation. Accuracies are test accuracies at each run's best validation epoch unless the claim says "
-        "otherwise. Dates a file does not record are the day it was last committed.",
+        "otherwise. Dates a file does not record are the day it was last committed. Commands are as recorded, in the "
+        "script's current flag syntax and with the `--runs` / `--results` that older runs did not record.",
         "",
         "| file | script | date | claim |",
         "|---|---|---|---|",

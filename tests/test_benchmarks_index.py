@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -120,3 +121,41 @@ def test_kd_verdicts(index):
     assert index.verdict([0.95, 0.95, 0.96], [0.90, 0.91, 0.90]) == "KD ahead beyond the seeds' spread"
     assert index.verdict([0.80, 0.81], [0.90, 0.91]) == "KD behind beyond the seeds' spread"
     assert index.verdict([0.95, 0.96], [0.90, 0.91], {"verdict": "KD helped"}) == "KD helped"  # compare's, with CI
+
+
+def script_parsers() -> dict[str, object]:
+    """``benchmarks/<script>.py`` -> its module, for the scripts whose options a ``parse()`` function reads."""
+    out = {}
+    sys.path.insert(0, str(BENCH))
+    try:
+        for path in sorted(BENCH.glob("*.py")):
+            if "def parse(" not in path.read_text(encoding="utf-8") or path.name == "index.py":
+                continue
+            spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            out[path.name] = mod
+    finally:
+        sys.path.remove(str(BENCH))
+    return out
+
+
+@pytest.mark.slow
+def test_every_index_command_parses_with_its_script(index, monkeypatch):
+    """The command INDEX.md gives for a file is one the script takes today (not a flag it dropped or renamed)."""
+    parsers = script_parsers()
+    checked = 0
+    for e in index.entries():
+        for _, command, _, _ in e.runs:
+            words = shlex.split(command)
+            script = next((w.split("/")[-1] for w in words if w.startswith("benchmarks/") and w.endswith(".py")), None)
+            if script not in parsers:
+                continue
+            monkeypatch.setattr(sys, "argv", [script, *words[words.index(f"benchmarks/{script}") + 1:]])
+            try:
+                parsers[script].parse()
+            except SystemExit:
+                pytest.fail(f"{e.name}: benchmarks/{script} does not take `{command}`")
+            checked += 1
+    assert checked >= 30
