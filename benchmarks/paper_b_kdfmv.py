@@ -88,13 +88,16 @@ def gradcam_seconds(run_dir: str, n: int = 16) -> dict[str, Any]:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from torch.utils.data import DataLoader
+
     from medistill import runs
-    from medistill.evaluate.runner import _loader
+    from medistill.data import collate
     from medistill.models import cam_layer
 
     model, record = runs.load_model(run_dir)
     model.eval()
-    _, loader = _loader(runs.RunDir(run_dir), record, "test", 1, limit=n)
+    loader = DataLoader(runs.run_dataset(run_dir, "test", limit=n, record=record), batch_size=1, shuffle=False,
+                        collate_fn=collate)
     layer, reshape = cam_layer(model)
     images = [b["image"] for _, b in zip(range(n), loader)]
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
