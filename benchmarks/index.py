@@ -64,6 +64,7 @@ DATES = {
     "kd_speed.json": "2026-11-30", "paper_b_full.json": "2026-11-30",
     "paper_b_full_alzheimer_grouped.json": "2026-12-01", "paper_b_full_alzheimer_subjects.json": "2026-12-01",
     "paper_b_full_alzheimer_subjects_plain.json": "2026-12-01",
+    "paper_b_full_alzheimer_subjects_px64.json": "2026-12-01",
     "paper_b_full_alzheimer_subjects_px64_eeea.json": "2026-12-01",
     "paper_b_full_alzheimer_subjects_split1.json": "2026-12-01",
     "paper_b_full_alzheimer_subjects_split1_px64.json": "2026-12-01",
@@ -137,8 +138,11 @@ def kd_vs_nokd(sched: dict[str, Any], model: str) -> str:
     s = sched["students"][model]
     gain = (sched.get("kd_gain") or {}).get(model)
     diff = 100 * (mean_sd(s["kd"])[0] - mean_sd(s["nokd"])[0])
+    mixed = (f" (the no-KD arm mixed {'on every image' if sched.get('mix_prob', 1.0) >= 1 else 'too'}, as KD's "
+             f"function matching needed: not the best no-KD recipe)" if sched.get("mixup", 0) or sched.get("cutmix", 0)
+             else "")
     return (f"KD {acc_text(s['kd'])} against no KD {acc_text(s['nokd'])}: {diff:+.2f} points, "
-            f"{verdict(s['kd'], s['nokd'], gain)}")
+            f"{verdict(s['kd'], s['nokd'], gain)}{mixed}")
 
 
 def only(d: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +169,15 @@ def subjects_px64(d: dict[str, Any]) -> str:
     for key in sorted(part["schedules"], key=lambda k: part["schedules"][k]["student_epochs"]):
         sched = part["schedules"][key]
         for model in ("kdfmv", "eeea_net_c2"):
-            parts.append(f"{model} {sched['student_epochs']} epochs: {kd_vs_nokd(sched, model)}; "
-                         f"{last_epoch_text(sched, model)}")
+            if model not in sched.get("students", {model: None}) and model not in sched.get("last_epoch", {}):
+                continue
+            try:
+                text = kd_vs_nokd(sched, model)
+            except KeyError:  # the file holds no run of this student for this schedule
+                continue
+            last = f"; {last_epoch_text(sched, model)}" if model in sched.get("last_epoch", {}) else \
+                "; no last-epoch reading recorded"
+            parts.append(f"{model} {sched['student_epochs']} epochs: {text}{last}")
     return (f"Alzheimer, 40 unseen test subjects (split seed {part['settings']['split_seed']}), 64 px students with "
             f"function matching, teacher {pct(part['teacher']['accuracy'])}: " + ". ".join(parts) + ".")
 
@@ -378,6 +389,7 @@ CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
         "Alzheimer MRI, 40 unseen test subjects (split seed 0), kdfmv at 128 px with plain cached KD (no mixing)"),
     "paper_b_full_alzheimer_subjects_split1.json": _one_schedule(
         "Alzheimer MRI, 40 unseen test subjects (split seed 1), kdfmv at 128 px with function matching"),
+    "paper_b_full_alzheimer_subjects_px64.json": subjects_px64,
     "paper_b_full_alzheimer_subjects_px64_eeea.json": subjects_px64,
     "paper_b_full_alzheimer_subjects_split1_px64.json": subjects_px64,
     "paper_b_full_alzheimer_subjects_split2_px64.json": subjects_px64,
