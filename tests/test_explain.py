@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from medistill.config import DataConfig, RunConfig
 from medistill.data import Preprocess, build_dataset
 from medistill.explain import METHODS, ExplainError, explain_maps
-from medistill.explain.base import hook_count
 from medistill.explain.featuremaps import average_feature_maps
 from medistill.explain.metrics import ScoreAccumulator, localisation_scores
 from medistill.explain.sanity import randomized_copy
+from medistill.maps.base import hook_count
 from medistill.models import create_model, input_config
 
 SIZE = 96

@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 
 from ..cam_policy import DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
 from ..models.cam_layers import choose_layers
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 
 from ..config import DataConfig
 from ..data import images as im
-from .errors import ExplainError
+from ..maps.errors import ExplainError
 
 #: run record (``run.json``; at least its ``input``) -> the split's dataset, preprocessed for that model
 DatasetFor = Callable[[dict[str, Any]], Any]

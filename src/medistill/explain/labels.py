@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..maps.errors import ExplainError
 from ..task import Task, get_task
 from . import TRUTH_LABELS
 from ..utils.runtime import eval_mode
-from .errors import ExplainError
 from .sides import Explained
 
 

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
 from ..task import MULTILABEL, Task, TaskError, get_task
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from ..maps.errors import ExplainError
 from ..utils.io import atomic_write_json
 from . import EXPLAIN_FILE, LABEL_AGNOSTIC
-from .errors import ExplainError
 from .figures import draw_overlay, safe_name, write_feature_grids
 from .inputs import (Inputs, background, load_images, load_run_split, load_split, model_inputs, other_split,
                      run_split, same_data)

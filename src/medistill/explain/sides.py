@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..maps.errors import ExplainError
 from ..runs import RUN_FILE
 from ..task import MULTILABEL, Task, get_task
-from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 

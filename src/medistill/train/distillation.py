@@ -132,7 +132,7 @@ class AttributionMaps:
     teacher's Grad-CAM finds the evidence. EfficientNet's does not on the phantom (every layer's pointing game is
     at chance, its peaks on the border) while its GradientShap maps point at the lesion (``benchmarks/
     explain_fidelity.py``). So the teacher's map of each label is its GradientShap attribution
-    (:func:`medistill.explain.attributions.attribution_maps`: absolute values summed over channels, divided by the
+    (:func:`medistill.maps.attributions.attribution_maps`: absolute values summed over channels, divided by the
     maximum), area-pooled to the student's map grid ``side``. ``background``: loaded training images ``(M, C, S,
     S)`` at the load size, normalised (GradientShap's baselines). One map costs ``samples`` forward and backward
     passes of the teacher, so these maps are only computed into a cache (offline KD or cached views), never per
@@ -149,7 +149,7 @@ class AttributionMaps:
         adapted to the same input."""
         import torch.nn.functional as F
 
-        from ..explain.attributions import attribution_maps
+        from ..maps.attributions import attribution_maps
 
         rows = x.repeat_interleave(labels, dim=0)  # image-major: (image 0, label 0), (image 0, label 1), ...
         maps = attribution_maps(model, rows, list(range(labels)) * len(x), method="gradientshap",
