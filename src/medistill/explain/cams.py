@@ -26,8 +26,8 @@ map is at least ``min_size`` x ``min_size`` (the declared layer when none is, or
 stages); ``"fuse"`` hooks every stage from that one to the deepest and averages their min-max scaled maps
 (pytorch-grad-cam's multi-layer aggregation; with ``method="layercam"`` this is LayerCAM's hierarchical fusion,
 Jiang et al. 2021); ``"poly"`` hooks the same stages and refines the deepest map with each finer one, Poly-CAM's
-backward recursion (:func:`medistill.losses.refine_maps`: the deep map says which cell, the fine ones where in
-it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
+backward recursion (:func:`medistill.maps.combine.refine_maps`: the deep map says which cell, the fine ones
+where in it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
 distillation losses use it too).
 
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
@@ -57,13 +57,13 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
 
 
 def _poly(cam_cls: type) -> type:
-    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.losses.refine_maps` (each layer's
+    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each layer's
     map at its own grid, as the method computes it, then refined from the deepest down) instead of
     pytorch-grad-cam's mean of maps already resized to the input; the library has no hook for this but its
     per-layer step, so that step is overridden (its loop, with the per-layer ``get_cam_image`` kept)."""
     from pytorch_grad_cam.utils.image import scale_cam_image
 
-    from ..losses import refine_maps
+    from ..maps.combine import refine_maps
 
     class Poly(cam_cls):
         def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):

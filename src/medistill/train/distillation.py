@@ -165,7 +165,7 @@ class DistillationObjective(SupervisedObjective):
 
     ``map_layers``: (student, teacher) layer names the explanation maps come from, a tuple per model (None: the
     declared CAM layer; several layers: one map combined by ``map_combine``, ``"fuse"``
-    (:func:`~medistill.losses.fuse_maps`) or ``"poly"`` (:func:`~medistill.losses.refine_maps`);
+    (:func:`~medistill.maps.combine.fuse_maps`) or ``"poly"`` (:func:`~medistill.maps.combine.refine_maps`);
     :mod:`medistill.train.setup` picks both with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, ...)``
     per training image (offline KD), ``(N, V, ...)`` on ``V`` replayed views of each (cached consistent KD,
