@@ -61,7 +61,7 @@ def test_efficiency_report(tiny, tmp_path):
 
 def test_latency_on_a_busy_machine_is_marked_unreliable(tiny, monkeypatch):
     """Issue 15, item 7: the machine's load is recorded and a busy machine makes the figure unreliable."""
-    import medistill.timing as timing
+    import medistill.inference.timing as timing
 
     busy = {"load_1min": 7.8, "cpus": 2, "load_per_cpu": 3.9, "busy": True}
     monkeypatch.setattr(timing, "machine_load", lambda: busy)

@@ -9,8 +9,8 @@ model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided by the measur
 BLAS and torch, the best of both): no implementation can beat it, so ``latency / flop limit`` says how far from the
 hardware a runtime is.
 
-The timing loop itself is ``medistill.timing`` (shared with ``export.quantize``); torch is imported by the
-functions that need it.
+The timing loop itself is ``medistill.inference.timing`` (shared with ``export.quantize``); torch is imported by
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import MedistillError
-from .timing import measure_interleaved, measure_latency, torch_threads
+from .inference.timing import measure_interleaved, measure_latency, torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -60,16 +60,16 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
                    warmup: int = 5, runs: int = 30, threads: int | None = None,
                    min_seconds: float = 0.5) -> dict[str, Any]:
     """Wall-clock CPU latency of one forward pass on a zero ``(batch, channels, size, size)`` input, by the one
-    timing loop (:func:`medistill.timing.measure_latency`).
+    timing loop (:func:`medistill.inference.timing.measure_latency`).
 
     Runs ``warmup`` untimed then at least ``runs`` timed passes (and ``min_seconds`` in all) under
     ``torch.inference_mode`` in eval mode, with ``threads`` torch threads (None = the current setting). Returns
     milliseconds ``{"min", "median", "p90", "spread"}`` (the minimum is the figure least disturbed by other
     processes on a shared machine: ratios are built from it; spread = p90 / min - 1), ``runs``, and
-    :func:`medistill.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on another device is
-    measured on a CPU copy; the caller's thread count and model mode are restored.
+    :func:`medistill.inference.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on
+    another device is measured on a CPU copy; the caller's thread count and model mode are restored.
     """
-    from ..timing import machine_load, measure_latency, reliability
+    from ..inference.timing import machine_load, measure_latency, reliability
 
     size, channels = _input_shape(model, size, channels)
     if batch < 1 or runs < 1 or warmup < 0:

@@ -266,13 +266,13 @@ class Results:
     # --- latency ---------------------------------------------------------------------------------------------
     def time_latency(self) -> dict[str, Any]:
         """Every student size and every teacher member exported to ONNX (fp32) and timed in turns in ONNX Runtime
-        at batch 1 (:func:`medistill.timing.measure_interleaved`), so all see the same machine; an ensemble's
-        time is its members' sum."""
+        at batch 1 (:func:`medistill.inference.timing.measure_interleaved`), so all see the same machine; an
+        ensemble's time is its members' sum."""
         import onnxruntime
 
         from ..export.onnx import export_onnx
         from ..inference import INPUT, open_session
-        from ..timing import machine_load, measure_interleaved
+        from ..inference.timing import machine_load, measure_interleaved
 
         folder = self.plan.out / "latency"
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Torch-free prediction with an exported ONNX model: onnxruntime, numpy, Pillow (and pydicom for DICOM).
+"""The torch-free runtime: prediction with an exported ONNX model here (onnxruntime, numpy, Pillow, and pydicom
+for DICOM), the one latency loop in :mod:`.timing`.
 
-``medistill predict`` and ``medistill serve`` use this module; it must never import torch (a test runs
+``medistill predict`` and ``medistill serve`` use this package; it must never import torch (a test runs
 ``medistill predict`` where importing torch fails). An exported model carries everything needed to use it in its
 ONNX ``metadata_props`` (see :class:`ModelInfo`): label names, task, input size, channels, mean / std and
 per-label thresholds, the intensity rule of training (``medistill.data.images``) and the training images' input
@@ -24,9 +25,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import images as im
-from .errors import MedistillError
-from .task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
+from ..data import images as im
+from ..errors import MedistillError
+from ..task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def save_overlays(pred: Prediction, labels: Sequence[str], out: str | Path, *, i
     labels, or the most probable one when none is) or all. Returns the written paths."""
     from PIL import Image
 
-    from .utils.io import atomic_write
+    from ..utils.io import atomic_write
 
     if pred.maps is None or pred.image is None:
         return []

@@ -120,7 +120,7 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, 
 def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, output_names: Sequence[str] | None = None,
                 **kwargs: Any) -> dict[str, float]:
     """``measure_latency`` of one ONNX Runtime call on input ``x`` (B, C, S, S) with ``threads`` intra-op threads."""
-    from .inference import INPUT, open_session
+    from . import INPUT, open_session
 
     sess = open_session(path, threads=threads)
     feed = {INPUT: np.ascontiguousarray(x, np.float32)}
@@ -146,7 +146,7 @@ def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kw
     """``measure_latency`` of an eager PyTorch forward (eval mode, no_grad; mode restored) on ``x``."""
     import torch
 
-    from .utils.runtime import eval_mode
+    from ..utils.runtime import eval_mode
 
     t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     with torch_threads(threads), eval_mode(model), torch.inference_mode():
