@@ -57,24 +57,34 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
 
 
 def _poly(cam_cls: type) -> type:
-    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each layer's
-    map at its own grid, as the method computes it, then refined from the deepest down) instead of
-    pytorch-grad-cam's mean of maps already resized to the input; the library has no hook for this but its
-    per-layer step, so that step is overridden (its loop, with the per-layer ``get_cam_image`` kept)."""
+    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each
+    layer's map at its own grid, as the method computes it, then refined from the deepest down) instead of
+    pytorch-grad-cam's mean of maps already resized to the input. Through two public methods of the library's
+    ``BaseCAM``: ``get_cam_image`` (one layer's map, the step its own LayerCAM, HiResCAM and EigenCAM override)
+    is extended to keep each layer's map before the library resizes it, and ``aggregate_multi_layers`` (the
+    combination of the layers' maps) refines those instead of averaging the resized ones."""
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     from ..maps.combine import refine_maps
 
     class Poly(cam_cls):
-        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
-            acts, grads = self.activations_and_grads.activations, self.activations_and_grads.gradients
-            if self.detach:
-                acts, grads = [a.cpu().data.numpy() for a in acts], [g.cpu().data.numpy() for g in grads]
-            per_layer = [torch.from_numpy(np.maximum(self.get_cam_image(
-                input_tensor, layer, targets, acts[i], grads[i] if i < len(grads) else None, eigen_smooth), 0)
-            ).float()[:, None] for i, layer in enumerate(self.target_layers)]  # each (B, 1, h_i, w_i)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.layer_maps: list[torch.Tensor] = []  # this forward pass's maps so far, each (B, 1, h_i, w_i)
+
+        def get_cam_image(self, *args, **kwargs):
+            cam = super().get_cam_image(*args, **kwargs)  # (B, h_i, w_i) at the layer's grid
+            self.layer_maps.append(torch.from_numpy(np.maximum(cam, 0)).float()[:, None])
+            return cam
+
+        def aggregate_multi_layers(self, cam_per_target_layer):
+            per_layer, self.layer_maps = self.layer_maps, []
+            if len(per_layer) != len(self.target_layers):
+                raise ExplainError(f"poly: got {len(per_layer)} per-layer maps for {len(self.target_layers)} "
+                                   f"layers")
             refined = refine_maps(per_layer)[:, 0].numpy()
-            return [scale_cam_image(refined, self.get_target_width_height(input_tensor))[:, None, :]]
+            size = cam_per_target_layer[0].shape[-1], cam_per_target_layer[0].shape[-2]  # (width, height)
+            return super().aggregate_multi_layers([scale_cam_image(refined, size)[:, None, :]])
 
     Poly.__name__ = f"Poly{cam_cls.__name__}"
     return Poly
