@@ -1,8 +1,8 @@
 """On-device cost of a model: parameters, MACs, weight-file size and CPU latency.
 
 Parameters and MACs come from :func:`medistill.models.count_params` / :func:`~medistill.models.count_macs`
-(``torch.utils.flop_counter``); this module adds the file size and a CPU latency measurement, and one report
-combining them. Nothing here changes the caller's model: its mode, device and torch's thread count are as before.
+(``torch.utils.flop_counter``); this module adds the file size and a CPU latency measurement, and the report
+combining them that ``evaluate_run`` writes. Nothing here changes the caller's model: its mode, device and torch's thread count are as before.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..models import count_macs, count_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["count_macs", "count_params", "cpu_latency_ms", "efficiency_report", "file_size", "state_dict_size"]
+__all__ = ["count_macs", "count_params", "cpu_latency_ms", "efficiency_report", "file_size"]
 
 
 def file_size(path: str | Path) -> int:
@@ -31,14 +31,6 @@ def file_size(path: str | Path) -> int:
     if not p.is_file():
         raise MedistillError(f"weights file {str(p)!r} does not exist (or is not a file)")
     return int(os.stat(p).st_size)
-
-
-def state_dict_size(model: nn.Module) -> int:
-    """Bytes the model's weights take as a safetensors file (computed in memory, nothing written)."""
-    from safetensors.torch import save
-
-    sd = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    return len(save(sd))
 
 
 def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tuple[int, int]:
@@ -102,30 +94,22 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
     return out
 
 
-def efficiency_report(model: nn.Module, weights_path: str | Path | None = None, *, size: int | None = None,
+def efficiency_report(model: nn.Module, weights_path: str | Path, *, size: int | None = None,
                       channels: int | None = None, latency: bool = True, **latency_kw: Any) -> dict[str, Any]:
-    """``{params, macs, size_bytes, latency_ms_min, latency_ms_median, latency_ms_p90, latency_reliable}`` of
-    ``model`` at batch 1.
+    """The model's cost at batch 1 as ``evaluate_run`` writes it into ``metrics.json``: ``params``, ``macs`` and
+    ``size_bytes`` (of the file ``weights_path``); with ``latency``, :func:`cpu_latency_ms`'s minimum as
+    ``latency_ms`` (ratios between models are built from it), ``latency_ms_median``, ``latency_ms_p90``,
+    ``latency_spread``, ``latency_reliable``, ``latency_unreliable_reason`` and ``machine_load``.
 
-    ``size_bytes`` is the size of ``weights_path`` when given, else of the weights serialised as safetensors
-    (``size_source`` says which). ``latency=False`` skips the timing (both latency values None);
-    ``latency_kw`` goes to :func:`cpu_latency_ms` (``runs``, ``warmup``, ``threads``, ``batch``).
+    ``size`` / ``channels``: the input (default: the model's input config); ``latency_kw`` goes to
+    :func:`cpu_latency_ms` (``runs``, ``warmup``, ``threads``, ``min_seconds``).
     """
     size, channels = _input_shape(model, size, channels)
-    report: dict[str, Any] = {
-        "params": count_params(model),
-        "macs": count_macs(model, size, channels),
-        "size_bytes": file_size(weights_path) if weights_path is not None else state_dict_size(model),
-        "size_source": "file" if weights_path is not None else "safetensors in memory",
-        "input_size": size,
-        "input_channels": channels,
-        "latency_ms_min": None,
-        "latency_ms_median": None,
-        "latency_ms_p90": None,
-        "latency_reliable": None,
-    }
+    report: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, size, channels),
+                              "size_bytes": file_size(weights_path)}
     if latency:
-        lat = cpu_latency_ms(model, size, channels, **latency_kw)
-        report.update(latency_ms_min=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
-                      latency_reliable=lat["reliable"], machine_load=lat["machine_load"])
+        lat = cpu_latency_ms(model, size, channels, batch=1, **latency_kw)
+        report.update(latency_ms=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
+                      latency_spread=lat["spread"], latency_reliable=lat["reliable"],
+                      latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
     return report

@@ -57,9 +57,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     rate and chance (:func:`.metrics.majority_baseline`). ``progress(split, done, total)`` is called after each
     batch of each split predicted (val, then ``split``)."""
     from ..evaluate.bootstrap import patient_groups
-    from ..evaluate.efficiency import cpu_latency_ms, file_size
+    from ..evaluate.efficiency import efficiency_report
     from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
-    from ..models import count_macs, count_params
 
     run = runs.RunDir(run_dir)
     model, record = runs.load_model(run_dir, which=weights, device=device)
@@ -76,15 +75,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     if not task.multilabel:
         metrics.update(majority_baseline(train_label_counts(run, record), pred["targets"], pred["mask"], labels))
     inp = record["input"]
-    eff: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inp["size"], inp["channels"]),
-                           "size_bytes": file_size(run.file(runs.BEST_WEIGHTS if weights == "best"
-                                                            else runs.LAST_WEIGHTS))}
-    if latency:
-        lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
-        # the minimum of repeated calls (ratios between models are built from it), its spread and the machine's load
-        eff.update(latency_ms=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
-                   latency_spread=lat["spread"], latency_reliable=lat["reliable"],
-                   latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
+    eff = efficiency_report(model, run.file(runs.BEST_WEIGHTS if weights == "best" else runs.LAST_WEIGHTS),
+                            size=inp["size"], channels=inp["channels"], latency=latency)
     atomic_write(run.file(runs.predictions_file(split)),
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"], patients=pred["patients"]))
