@@ -23,7 +23,6 @@ from medistill.explain import METHODS, ExplainError, explain_maps
 from medistill.explain.featuremaps import average_feature_maps
 from medistill.explain.metrics import ScoreAccumulator, localisation_scores
 from medistill.explain.sanity import randomized_copy
-from medistill.maps.base import hook_count
 from medistill.models import create_model, input_config
 
 SIZE = 96
@@ -105,6 +104,12 @@ def test_per_label_maps_differ_between_labels(trained):
     again = explain_maps(model, x[:1].repeat(2, 1, 1, 1), [0, 0], "gradcam")
     np.testing.assert_allclose(again[0], again[1], atol=1e-5)
     np.testing.assert_allclose(again[0], maps[0], atol=1e-5)
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward / backward (pre-)hooks registered on ``model`` and its submodules (torch's per-module dicts)."""
+    return sum(len(getattr(m, attr)) for m in model.modules()
+               for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
 
 
 def small_model() -> nn.Module:
