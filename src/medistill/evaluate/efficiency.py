@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import MedistillError
-from ..models import count_macs, count_params
+from ..inference import timing
+from ..models import ModelError, count_macs, count_params, input_config
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ def file_size(path: str | Path) -> int:
 
 
 def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tuple[int, int]:
-    from ..models import ModelError, input_config
-
     try:
         cfg = input_config(model)
     except ModelError:
@@ -61,8 +59,6 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
     :func:`medistill.inference.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on
     another device is measured on a CPU copy; the caller's thread count and model mode are restored.
     """
-    from ..inference.timing import machine_load, measure_latency, reliability
-
     size, channels = _input_shape(model, size, channels)
     if batch < 1 or runs < 1 or warmup < 0:
         raise MedistillError(f"cpu_latency_ms: got batch={batch}, runs={runs}, warmup={warmup}, expected "
@@ -76,18 +72,18 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
     x = torch.zeros(batch, channels, size, size, dtype=dtype)
     old_threads = torch.get_num_threads()
     was_training = model.training
-    load_before = machine_load()
+    load_before = timing.machine_load()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         net.eval()
         with torch.inference_mode():
-            t = measure_latency(lambda: net(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
+            t = timing.measure_latency(lambda: net(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)
     out: dict[str, Any] = {"min": t["min_ms"], "median": t["median_ms"], "p90": t["p90_ms"], "spread": t["spread"],
-                           "runs": t["runs"], **reliability(t, load_before, machine_load())}
+                           "runs": t["runs"], **timing.reliability(t, load_before, timing.machine_load())}
     log.info("CPU latency of %s at batch %d, %d px, %d threads: min %.2f ms, median %.2f ms, p90 %.2f ms%s",
              type(model).__name__, batch, size, threads or old_threads, out["min"], out["median"], out["p90"],
              "" if out["reliable"] else f" (unreliable: {out['reason']})")

@@ -40,11 +40,16 @@ import logging
 from typing import Callable, Sequence
 
 import numpy as np
+import pytorch_grad_cam
 import torch
 import torch.nn as nn
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..cam_policy import DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
 from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..maps.combine import refine_maps
+from ..models import cam_layer
 from ..models.cam_layers import choose_layers
 
 log = logging.getLogger(__name__)
@@ -63,10 +68,6 @@ def _poly(cam_cls: type) -> type:
     ``BaseCAM``: ``get_cam_image`` (one layer's map, the step its own LayerCAM, HiResCAM and EigenCAM override)
     is extended to keep each layer's map before the library resizes it, and ``aggregate_multi_layers`` (the
     combination of the layers' maps) refines those instead of averaging the resized ones."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    from ..maps.combine import refine_maps
-
     class Poly(cam_cls):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -93,8 +94,6 @@ def _poly(cam_cls: type) -> type:
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None
                   ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The module to explain and its reshape: ``layer`` by name or module, else ``models.cam_layer(model)``."""
-    from ..models import cam_layer
-
     if layer is None:
         return cam_layer(model)
     if isinstance(layer, str):
@@ -118,9 +117,6 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, m
     ReLU of a negative weighted sum: typical for a label the model scores low). The caller's model keeps its mode,
     gradients and hooks (``explaining``).
     """
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     if method not in CAM_METHODS:
         raise ExplainError(f"method {method!r}: expected one of {sorted(CAM_METHODS)}")
     labels = check_inputs(images, labels, getattr(model, "num_classes", None))

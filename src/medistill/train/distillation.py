@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ..losses import combine_teacher_logits, gradcam_maps
+from ..maps.attributions import attribution_maps
 from ..models import InputConfig
 from ..models.cam_layers import layer_by_name
 from ..task import Task
@@ -147,10 +150,6 @@ class AttributionMaps:
     def __call__(self, model: nn.Module, x: torch.Tensor, background: torch.Tensor, labels: int) -> torch.Tensor:
         """Maps ``(B, labels, side, side)`` of ``model`` on its input ``x`` ``(B, C, H, W)``, ``background``
         adapted to the same input."""
-        import torch.nn.functional as F
-
-        from ..maps.attributions import attribution_maps
-
         rows = x.repeat_interleave(labels, dim=0)  # image-major: (image 0, label 0), (image 0, label 1), ...
         maps = attribution_maps(model, rows, list(range(labels)) * len(x), method="gradientshap",
                                 background=background, n_samples=self.samples, seed=self.seed,
@@ -211,8 +210,6 @@ class DistillationObjective(SupervisedObjective):
         ``"maps"`` ``(B, L, h, w)`` (Grad-CAM, or :class:`AttributionMaps` when set). Runs in the teacher precision,
         under ``inference_mode`` unless maps are needed (Grad-CAM's gradients run through the teacher's head
         only); results are plain tensors the student's loss can save for backward."""
-        from ..losses import combine_teacher_logits, gradcam_maps
-
         out: dict[str, torch.Tensor] = {}
         logits = []
         grad_ctx = torch.enable_grad() if need_maps else torch.inference_mode()
@@ -254,8 +251,6 @@ class DistillationObjective(SupervisedObjective):
         return rows
 
     def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        from ..losses import gradcam_maps
-
         x = self.student_view(batch.x)
         s_layers = list(self.map_layers[0]) if self.needs_maps else []
         layers = ([None] if self.needs_features else []) + s_layers
