@@ -7,6 +7,7 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 from .core import ConfigError, check_choice, check_range, option
@@ -91,8 +92,6 @@ class DataConfig:
             if self.dataset != "folder":
                 raise ConfigError(f"drop_near_copies: only folder datasets (dataset is {self.dataset!r})")
         if self.group_by is not None:
-            import re
-
             if self.dataset != "folder":
                 raise ConfigError(f"group_by: only folder datasets take a grouping (dataset is {self.dataset!r}, "
                                   f"whose table names its patients)")

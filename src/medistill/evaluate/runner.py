@@ -16,6 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import runs
+from ..data import collate
+from ..evaluate.bootstrap import patient_groups
+from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
 from ..task import get_task
 from ..utils.io import atomic_write
 
@@ -25,8 +28,6 @@ log = logging.getLogger(__name__)
 def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None,
             data: Any = None):
     from torch.utils.data import DataLoader
-
-    from ..data import collate
 
     ds = runs.run_dataset(run, split, limit=limit, record=record, data=data)
     return ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
@@ -56,9 +57,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     ``split`` (thresholds chosen on validation); updates metrics.json. Single-label runs also get the majority-class
     rate and chance (:func:`.metrics.majority_baseline`). ``progress(split, done, total)`` is called after each
     batch of each split predicted (val, then ``split``)."""
-    from ..evaluate.bootstrap import patient_groups
     from ..evaluate.efficiency import efficiency_report
-    from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
 
     run = runs.RunDir(run_dir)
     model, record = runs.load_model(run_dir, which=weights, device=device)

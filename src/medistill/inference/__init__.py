@@ -16,6 +16,7 @@ Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S,
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import numpy as np
 from ..data import images as im
 from ..errors import MedistillError
 from ..task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
+from ..utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +182,9 @@ def input_warnings(stat: dict[str, Any], training: dict[str, Any] | None) -> lis
 
 
 def medistill_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("medistill")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return importlib.metadata.version("medistill")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without install
         return "unknown"
 
 
@@ -403,8 +403,6 @@ def save_overlays(pred: Prediction, labels: Sequence[str], out: str | Path, *, i
     """Write ``<stem>.<label>.png`` overlays of ``pred``'s maps into ``out``; ``which`` = positive (the positive
     labels, or the most probable one when none is) or all. Returns the written paths."""
     from PIL import Image
-
-    from ..utils.io import atomic_write
 
     if pred.maps is None or pred.image is None:
         return []

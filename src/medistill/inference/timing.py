@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import INPUT, open_session
+
 log = logging.getLogger(__name__)
 
 
@@ -120,8 +122,6 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, 
 def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, output_names: Sequence[str] | None = None,
                 **kwargs: Any) -> dict[str, float]:
     """``measure_latency`` of one ONNX Runtime call on input ``x`` (B, C, S, S) with ``threads`` intra-op threads."""
-    from . import INPUT, open_session
-
     sess = open_session(path, threads=threads)
     feed = {INPUT: np.ascontiguousarray(x, np.float32)}
     names = list(output_names) if output_names else None
