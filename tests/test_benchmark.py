@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medistill.benchmark import _ratios
-from medistill.timing import measure_interleaved, measure_latency
+from medistill.inference.timing import measure_interleaved, measure_latency
 
 
 def test_measure_latency_counts_and_orders():

@@ -1,4 +1,4 @@
-"""Efficiency: file size, CPU latency (restoring the caller's state) and the combined report."""
+"""Efficiency: file size, CPU latency (restoring the caller's state) and the combined report evaluate_run writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from medistill.errors import MedistillError
-from medistill.evaluate.efficiency import cpu_latency_ms, efficiency_report, file_size, state_dict_size
+from medistill.evaluate.efficiency import cpu_latency_ms, efficiency_report, file_size
 from medistill.models import count_macs, count_params, create_model, save_weights
 
 
@@ -47,21 +47,23 @@ def test_latency_needs_a_size_for_foreign_models():
 
 
 def test_efficiency_report(tiny, tmp_path):
+    """The efficiency fields of metrics.json: evaluate_run writes what efficiency_report returns."""
     path = save_weights(tiny, tmp_path / "best.safetensors")
     rep = efficiency_report(tiny, path, runs=3, warmup=1)
     assert rep["params"] == count_params(tiny)
     assert rep["macs"] == count_macs(tiny, 32, 1) > 0
-    assert rep["size_bytes"] == path.stat().st_size and rep["size_source"] == "file"
-    assert 0 < rep["latency_ms_median"] <= rep["latency_ms_p90"]
-    rep = efficiency_report(tiny, latency=False)
-    assert rep["size_bytes"] == state_dict_size(tiny)
-    assert abs(rep["size_bytes"] - path.stat().st_size) < 1024  # the same serialisation (metadata aside)
-    assert rep["latency_ms_median"] is None and rep["latency_ms_p90"] is None
+    assert rep["size_bytes"] == path.stat().st_size
+    assert 0 < rep["latency_ms"] <= rep["latency_ms_median"] <= rep["latency_ms_p90"]
+    assert rep["latency_spread"] == pytest.approx(rep["latency_ms_p90"] / rep["latency_ms"] - 1)
+    assert isinstance(rep["latency_reliable"], bool) and set(rep["machine_load"]) == {"before", "after"}
+    assert (rep["latency_unreliable_reason"] is None) == rep["latency_reliable"]
+    rep = efficiency_report(tiny, path, latency=False)
+    assert set(rep) == {"params", "macs", "size_bytes"}  # no latency keys at all, as evaluate --no-latency writes
 
 
 def test_latency_on_a_busy_machine_is_marked_unreliable(tiny, monkeypatch):
     """Issue 15, item 7: the machine's load is recorded and a busy machine makes the figure unreliable."""
-    import medistill.timing as timing
+    import medistill.inference.timing as timing
 
     busy = {"load_1min": 7.8, "cpus": 2, "load_per_cpu": 3.9, "busy": True}
     monkeypatch.setattr(timing, "machine_load", lambda: busy)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from medistill.config import DataConfig, RunConfig
 from medistill.data import Preprocess, build_dataset
 from medistill.explain import METHODS, ExplainError, explain_maps
-from medistill.explain.base import hook_count
 from medistill.explain.featuremaps import average_feature_maps
 from medistill.explain.metrics import ScoreAccumulator, localisation_scores
 from medistill.explain.sanity import randomized_copy
@@ -105,6 +104,12 @@ def test_per_label_maps_differ_between_labels(trained):
     again = explain_maps(model, x[:1].repeat(2, 1, 1, 1), [0, 0], "gradcam")
     np.testing.assert_allclose(again[0], again[1], atol=1e-5)
     np.testing.assert_allclose(again[0], maps[0], atol=1e-5)
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward / backward (pre-)hooks registered on ``model`` and its submodules (torch's per-module dicts)."""
+    return sum(len(getattr(m, attr)) for m in model.modules()
+               for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
 
 
 def small_model() -> nn.Module:
@@ -210,6 +215,56 @@ def test_occlusion_peaks_where_the_evidence_is_and_is_zero_elsewhere():
         assert m[outside].max() == 0.0 and m.max() == pytest.approx(1.0)
     with pytest.raises(ExplainError, match="occlusion window: got 40 px, expected 0 .automatic. to 32"):
         explain_maps(model, x, [0, 1], "occlusion", window=40)
+
+
+def _poly_reference(model: nn.Module, x: torch.Tensor, labels: list[int], method: str) -> np.ndarray:
+    """Poly-CAM maps as specified, computed outside ``cams``: each chosen layer's map from pytorch-grad-cam's
+    ``get_cam_image`` at the layer's own grid, through ReLU, refined from the deepest down by ``refine_maps``,
+    resized to the input and min-max scaled (twice, as pytorch-grad-cam's layer step and multi-layer step do)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from medistill.explain.cams import CAM_METHODS
+    from medistill.maps.base import explaining
+    from medistill.maps.combine import refine_maps
+    from medistill.models.cam_layers import choose_layers
+
+    with explaining(model):
+        chosen = choose_layers(model, "poly", min_size=16, input_shape=tuple(x.shape[1:]))
+        layers = [c.module for c in chosen]
+        cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=layers,
+                                                             reshape_transform=chosen[-1].reshape)
+        cam.compute_input_gradient = method != "eigencam"
+        targets = [ClassifierOutputTarget(k) for k in labels]
+        try:
+            with torch.enable_grad():
+                cam(input_tensor=x, targets=targets)
+            acts = [a.numpy() for a in cam.activations_and_grads.activations]
+            grads = [g.numpy() for g in cam.activations_and_grads.gradients]
+            per_layer = [torch.from_numpy(np.maximum(cam.get_cam_image(
+                x, layer, targets, acts[i], grads[i] if grads else None, False), 0)).float()[:, None]
+                for i, layer in enumerate(layers)]  # each (N, 1, h_i, w_i)
+        finally:
+            cam.activations_and_grads.release()
+    refined = refine_maps(per_layer)[:, 0].numpy()
+    return scale_cam_image(scale_cam_image(refined, (x.shape[-1], x.shape[-2]))).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"])
+def test_poly_cam_maps_equal_the_refined_per_layer_maps(method):
+    """``cam_layers poly``: the maps equal Poly-CAM's recursion on pytorch-grad-cam's per-layer maps (pins the
+    maps across the move from overriding its per-layer step to its public hooks, issue 36)."""
+    from medistill.explain.cams import cam_maps
+
+    torch.manual_seed(0)
+    model = create_model("kdfmv", num_classes=3, in_chans=1).eval()
+    x = torch.randn(2, 1, 64, 64).repeat_interleave(3, dim=0)
+    labels = [0, 1, 2] * 2
+    shown = cam_maps(model, x, labels, method=method, cam_layers="poly", min_size=16)  # (6, 64, 64)
+    want = _poly_reference(model, x, labels, method)
+    assert shown.shape == want.shape == (6, 64, 64) and shown.max() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(shown, want, rtol=0, atol=1e-6)
 
 
 def test_gradientshap_is_seeded():

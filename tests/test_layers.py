@@ -198,6 +198,26 @@ def test_torch_free_modules_stay_torch_free():
     assert not problems, "\n".join(problems)
 
 
+def test_modules_importing_torch_import_at_the_top():
+    """Imports inside functions belong to the torch-free boundary and optional extras; a module that imports torch
+    at module level needs neither, so every import of it is at the top (DEVELOPERS.md)."""
+    inner = []
+    for name, (path, _) in modules().items():
+        if not imports(name)[2]:
+            continue
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if _type_checking(child):
+                    continue
+                if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                    inner.append(f"{name}:{child.lineno}")
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+        visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    assert not inner, "imports inside functions of modules importing torch at module level:\n" + "\n".join(inner)
+
+
 @pytest.mark.parametrize("source,expected", [
     ("from ..models import create_model\n", {"models"}),
     ("def f():\n    from .contract import ModelError\n", {"models.contract"}),

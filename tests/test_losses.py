@@ -408,7 +408,7 @@ def test_golden_gradcam_of_a_gap_linear_head_is_cam():
 def test_golden_fused_maps_relu_resize_scale_average_scale():
     """Two layers: a 4 x 4 map with one positive cell, and a 2 x 2 ramp that bilinear resizing (half-pixel
     centres, edges clamped) spreads to 0, 1, 3, 4 along each row; each min-max scaled, averaged, scaled again."""
-    from medistill.losses import fuse_maps
+    from medistill.maps.combine import fuse_maps
 
     fine = torch.zeros(1, 1, 4, 4)
     fine[0, 0, 0, 3], fine[0, 0, 3, 0] = 2.0, -1.0  # the ReLU drops the negative cell
@@ -426,7 +426,7 @@ def test_golden_refined_maps_the_deep_map_picks_the_cell_the_fine_map_the_place_
     carries the deep map up (bilinear: half-pixel centres, edges clamped). A fine peak in the cell the deep map
     holds becomes the maximum; a larger one in a cell the deep map rules out is dropped, where the mean fusion
     ranks it level with the deep map's peak."""
-    from medistill.losses import fuse_maps, refine_maps
+    from medistill.maps.combine import fuse_maps, refine_maps
 
     deep = torch.tensor([[[[4.0, 0.0], [0.0, 0.0]]]])
     row = torch.tensor([4.0, 3.0, 1.0, 0.0])
@@ -444,7 +444,8 @@ def test_golden_refined_maps_the_deep_map_picks_the_cell_the_fine_map_the_place_
 
 
 def test_gradcam_combines_several_layers_as_asked_and_refuses_an_unknown_combination():
-    from medistill.losses import LossError, gradcam_maps, refine_maps
+    from medistill.losses import LossError, gradcam_maps
+    from medistill.maps.combine import refine_maps
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 8, 8, generator=g)
@@ -461,7 +462,8 @@ def test_gradcam_combines_several_layers_as_asked_and_refuses_an_unknown_combina
 
 
 def test_gradcam_of_several_layers_is_the_fusion_of_each_layers_gradcam_and_stays_differentiable():
-    from medistill.losses import fuse_maps, gradcam_maps
+    from medistill.losses import gradcam_maps
+    from medistill.maps.combine import fuse_maps
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 8, 8, generator=g)

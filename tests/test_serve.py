@@ -458,7 +458,7 @@ def test_temporary_folder_holds_spooled_uploads_and_is_removed(model_path, tmp_p
         assert list(spool.iterdir()) == []  # and deleted after its request
         assert list(system_tmp.iterdir()) == [spool]  # nothing else written to the temp folder
     assert not spool.exists() and list(system_tmp.iterdir()) == []
-    assert served.spool_dir_if_open is None
+    assert served._tmp is None  # closed: a later spool_dir makes a new folder
 
 
 # --- torch-free ----------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ model's FLOPs (2 x MACs from ``torch.utils.flop_counter``) divided by the measur
 BLAS and torch, the best of both): no implementation can beat it, so ``latency / flop limit`` says how far from the
 hardware a runtime is.
 
-The timing loop itself is ``medistill.timing`` (shared with ``export.quantize``); torch is imported by the
-functions that need it.
+The timing loop itself is ``medistill.inference.timing`` (shared with ``export.quantize``); torch is imported by
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import MedistillError
-from .timing import measure_interleaved, measure_latency, torch_threads
+from .export import load_split_inputs
+from .export.quantize import quantize_int8
+from .inference import CAMS, INPUT, LOGITS, Predictor, open_session
+from .inference.timing import measure_interleaved, measure_latency, torch_threads
+from .runs import RunDir, load_model
+from .utils.runtime import eval_mode, machine_info, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,6 @@ def _load_target(target: Path) -> tuple[Any, dict[str, Any], Path | None]:
     (latency does not depend on the weights).
     """
     from .models import InputConfig, create_model, set_input_config
-    from .runs import RunDir, load_model
 
     if target.is_dir():
         if not RunDir(target).exists() and (target / "model.onnx").is_file():
@@ -89,7 +93,6 @@ def _load_target(target: Path) -> tuple[Any, dict[str, Any], Path | None]:
             return model, record, None
     if not target.is_file():
         raise BenchmarkError(f"{target}: expected a run directory or an exported .onnx model")
-    from .inference import Predictor
 
     info = Predictor(target).info
     try:
@@ -110,7 +113,6 @@ def _logits_only(path: Path, out: Path) -> Path:
     import onnx
 
     from .export.onnx import copy_metadata
-    from .inference import INPUT, LOGITS
 
     onnx.utils.extract_model(str(path), str(out), [INPUT], [LOGITS])
     sub = onnx.load(str(out))
@@ -124,8 +126,6 @@ def _calibration(record: dict[str, Any], run: Path | None, n: int) -> tuple[np.n
     inp = record["input"]
     if run is not None:
         try:
-            from .export import load_split_inputs
-
             x, _, _ = load_split_inputs(run, "train", limit=n, record=record)
             return x, "the run's training split"
         except Exception as e:  # noqa: BLE001 - the benchmark only needs ranges; say why and go on
@@ -138,7 +138,6 @@ def _calibration(record: dict[str, Any], run: Path | None, n: int) -> tuple[np.n
 
 def _teacher(spec: str | None, inp: dict[str, Any], num_classes: int) -> tuple[Any, str] | None:
     from .models import create_model
-    from .runs import load_model
 
     if spec is None or spec.lower() == "none":
         return None
@@ -165,10 +164,7 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
     import torch
 
     from .export.onnx import export_onnx
-    from .export.quantize import quantize_int8
-    from .inference import CAMS, INPUT, open_session
     from .models import count_macs, count_params
-    from .utils.runtime import eval_mode, machine_info, package_versions
 
     say = progress or (lambda msg: log.info(msg))
     threads = int(threads or os.cpu_count() or 1)

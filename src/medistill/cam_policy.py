@@ -7,10 +7,10 @@ trained on the very maps it is later judged by.
 
 - ``auto``: the deepest of the model's feature stages whose map is at least ``cam_min_size`` px a side;
 - ``fuse``: that stage and every deeper one, their min-max scaled maps averaged (LayerCAM-style; the losses
-  fuse them in the graph: :func:`medistill.losses.fuse_maps`);
+  fuse them in the graph: :func:`medistill.maps.combine.fuse_maps`);
 - ``poly``: the same stages as ``fuse``, the deepest map refined by each finer one (Poly-CAM's backward
-  recursion, :func:`medistill.losses.refine_maps`): the deep map says which cell holds the evidence, the fine maps
-  where in that cell;
+  recursion, :func:`medistill.maps.combine.refine_maps`): the deep map says which cell holds the evidence, the
+  fine maps where in that cell;
 - ``model``: the model's declared CAM layer (``pretrained_cfg["cam_layer"]``, often stride 32).
 """
 

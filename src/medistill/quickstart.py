@@ -12,6 +12,9 @@ quickstart makes can be inspected, re-run or continued by hand with that command
     <out>/student/export   export_run          (medistill export: ONNX fp32, INT8, explain graph)
                            + benchmark          (medistill benchmark -> benchmark.json)
     <out>/report.html      build_report        (medistill report)
+
+Importing this module does not import torch (``medistill --help`` imports it for its options); each step imports
+the modules it runs when it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .config import (ConfigError, DataConfig, DistillConfig, ModelConfig, RunCon
                      option, validate)
 from .datasets import SOURCES
 from .errors import MedistillError
+from .explain.options import ExplainOptions
 from .utils.io import atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -218,7 +222,6 @@ def _step_log(path: Path) -> Iterator[Callable[[str], None]]:
 
 
 def _explain(q: QuickstartConfig, root: Path, student: Path, teacher: str) -> dict[str, object]:
-    from .explain.options import ExplainOptions
     from .explain.runner import explain_run
 
     data = DataConfig(dataset=q.dataset, root=str(root), limit=q.explain_images)

@@ -18,10 +18,14 @@ Layout of a run directory::
 
 Readers (:meth:`RunDir.config`, :meth:`RunDir.info`, :meth:`RunDir.metrics`) raise one MedistillError naming the
 file and what was expected when a record is corrupt (not UTF-8, not JSON / YAML, not a mapping).
+
+Importing this module does not import torch (``medistill --help``, ``compare`` and ``report`` read run folders):
+the functions that build a model or a dataset import ``models`` and ``data`` when called.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import logging
 import os
@@ -326,8 +330,6 @@ def run_dataset(run: RunDir | str | Path, split: str, *, limit: int | None = Non
     scored on a study's splits), split ``split``, preprocessed as the run's model expects (its stored input
     size, channels, mean and std); ``limit`` caps the images (a seeded subset, as training's ``--limit`` does).
     Raises ModelError when the run's labels differ from the dataset's."""
-    import copy
-
     from .data import Preprocess, build_dataset, image_cache_dir
     from .models import InputConfig, ModelError
 

@@ -14,6 +14,8 @@ import importlib
 import logging
 import sys
 
+from ..errors import MedistillError
+
 # subcommand -> module under medistill.cli
 COMMANDS = {
     "data": "data",
@@ -53,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..errors import MedistillError
 
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import sys
 
-from ..config import option
-from .common import add_config_args, config_from_args
+from ..config import ConfigError, option
+from ..utils.io import atomic_write_json
+from .common import add_config_args, config_from_args, print_json
 
 HELP = ("latency of the student (PyTorch, ONNX Runtime fp32 / INT8, explain graph) vs the teacher, against the "
         "measured matmul peak")
@@ -41,8 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _batches(text: str) -> list[int]:
-    from ..config import ConfigError
-
     try:
         out = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
@@ -54,8 +53,6 @@ def _batches(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import benchmark
-    from ..utils.io import atomic_write_json
-    from .common import print_json
 
     o = config_from_args(BenchmarkOptions, args)
     res = benchmark(args.target, threads=o.threads, batches=_batches(o.batch), teacher=o.teacher, runs=o.runs,

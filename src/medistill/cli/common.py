@@ -8,7 +8,9 @@ import sys
 import typing
 from typing import Any, TypeVar
 
-from ..config import FLAG_ALIASES, build, field_help, leaf_fields
+from ..config import FLAG_ALIASES, ConfigError, build, field_help, leaf_fields
+from ..task import get_task
+from ..utils.io import to_jsonable
 
 T = TypeVar("T")
 
@@ -95,8 +97,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             out[k[5:].replace("__", ".")] = v
     for item in getattr(args, "set", []) or []:
         if "=" not in item:
-            from ..config import ConfigError
-
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         out[key.strip()] = value
@@ -111,8 +111,6 @@ def config_from_args(cls: type[T], args: argparse.Namespace, *, base: dict[str, 
 
 
 def print_json(obj: Any) -> None:
-    from ..utils.io import to_jsonable
-
     json.dump(to_jsonable(obj), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
@@ -155,8 +153,6 @@ _SECONDARY = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "mac
 def metrics_text(m: dict[str, Any]) -> str:
     """``Accuracy 0.9100, macro F1 0.9000, macro AUC 0.9800``: the task's main metric first (``Task.main_metric``,
     the one rule every table follows), then the other headline metrics present in ``m`` (a metrics.json)."""
-    from ..task import get_task
-
     task = get_task(m.get("task"), default="multilabel")
 
     def value(key: str) -> str:

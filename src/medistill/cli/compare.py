@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from ..config import option
-from .common import add_config_args, config_from_args
+from ..utils.io import atomic_write_json, atomic_write_text
+from .common import add_config_args, config_from_args, print_json
 
 HELP = "compare evaluated runs (teacher, student, student without KD) and say whether KD paid"
 
@@ -29,11 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..evaluate.compare import compare_runs, describe_gain, format_table, kd_gain
-    from ..utils.io import atomic_write_json, atomic_write_text
-    from .common import print_json
 
     o = config_from_args(CompareOptions, args)
     rows = compare_runs(args.run_dirs)

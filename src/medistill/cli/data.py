@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ..config import DataConfig, check_range, option
+from ..config import DataConfig, build, check_range, load_yaml, option
 from .common import add_config_args, overrides_from_args, print_json, progress
 
 EXAMPLES = """examples:
@@ -54,8 +54,6 @@ def register(sub: Any) -> None:
 
 def inspect_options(args: argparse.Namespace) -> InspectOptions:
     """The options of ``--config`` (a data-only YAML, or a run config's ``data:`` section) and the flags."""
-    from ..config import build, load_yaml
-
     base: dict[str, Any] = {}
     if getattr(args, "config", None):
         base = load_yaml(args.config)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from .common import add_config_args, config_from_args
+from .train import train_with_progress
 
 HELP = "distil a teacher into a student (alpha * hard + (1 - alpha) * T^2 * soft(T))"
 
@@ -20,9 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from .train import train_with_progress
-
     cfg = config_from_args(RunConfig, args)
     if not (cfg.distill.teacher or cfg.distill.teachers):
         raise ConfigError("distill needs a teacher: --teacher RUN_DIR (or distill.teachers in the config)")

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 
 from ..config import option
-from .common import add_config_args, config_from_args
+from ..task import get_task
+from .common import StageBars, add_config_args, config_from_args, metrics_text, print_json
 
 HELP = "evaluate a run on a split (per-label AUC / accuracy, CIs, calibration, params, MACs, latency)"
 
@@ -32,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.runner import evaluate_run
-    from ..task import get_task
-    from .common import StageBars, metrics_text, print_json
 
     o = config_from_args(EvaluateOptions, args)
     bars = StageBars("predicting ")

@@ -18,12 +18,16 @@ file (sections ``source`` and ``options``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError, DataConfig, from_dict
+from ..explain import ExplainError
 from ..explain.options import ExplainConfig
-from .common import add_config_args, config_from_args
+from ..runs import RunDir
+from .common import add_config_args, config_from_args, print_json, progress
 
 HELP = "explain a run's predictions (Grad-CAM, SHAP, feature maps ...) and score them"
 
@@ -42,12 +46,6 @@ def data_to_explain(run_dir: str | Path, cfg: ExplainConfig) -> Any:
     No ``dataset``, or the run's own dataset: the run's data (its views, labels, uncertainty policy ...), at
     ``root`` when that names another folder (the same data, moved); another dataset: its defaults.
     """
-    import dataclasses
-
-    from ..config import ConfigError, DataConfig, from_dict
-    from ..explain import ExplainError
-    from ..runs import RunDir
-
     s = cfg.source
     if s.images:
         return None
@@ -62,7 +60,6 @@ def data_to_explain(run_dir: str | Path, cfg: ExplainConfig) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..explain.runner import EXPLAIN_FILE, explain_run
-    from .common import print_json, progress
 
     cfg = config_from_args(ExplainConfig, args)
     s = cfg.source

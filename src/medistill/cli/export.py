@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Literal
 
 from ..config import check_choice, option
-from .common import add_config_args, config_from_args
+from .common import add_config_args, config_from_args, print_json
 
 HELP = "export a run to ONNX (+ INT8, + in-graph Grad-CAM maps) with a PyTorch parity report"
 
@@ -50,10 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..export import export_run
-    from .common import print_json
 
     o = config_from_args(ExportOptions, args)
     out = Path(o.out) if o.out else Path(args.run_dir) / "export"

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 from ..config import check_choice, option
+from ..errors import MedistillError
 from .common import add_config_args, config_from_args
 
 HELP = "predict images (PNG, JPEG, 16-bit PNG, DICOM, folders) with an exported ONNX model, without torch"
@@ -41,11 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from ..data.images import list_images
-    from ..errors import MedistillError
     from ..inference import Predictor, save_overlays
 
     o = config_from_args(PredictOptions, args)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
-from ..quickstart import QuickstartConfig
-from .common import add_config_args, config_from_args
+from ..quickstart import QuickstartConfig, run_quickstart
+from .common import add_config_args, config_from_args, metrics_text
+from .train import progress_callbacks
 
 HELP = "train a teacher, distil a student (and a no-KD student), evaluate, explain, export, benchmark, report"
 
@@ -19,13 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
-    from ..quickstart import run_quickstart
-    from .common import metrics_text
-    from .train import progress_callbacks
-
     q = config_from_args(QuickstartConfig, args)
     t0 = time.perf_counter()
 

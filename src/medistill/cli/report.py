@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from ..config import ConfigError, option
 from .common import add_config_args, config_from_args
@@ -37,8 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..report import build_report
 
     o = config_from_args(ReportOptions, args)

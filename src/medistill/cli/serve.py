@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import logging
 import sys
 
 from ..config import ConfigError, option
@@ -55,9 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ipaddress
-    import logging
-
     from ..serve import create_app, require
     from ..serve.guards import allowed_hosts_for
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
 from ..study import StudyConfig
 from .common import add_config_args, config_from_args
@@ -24,10 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    import time
-    from pathlib import Path
-
     from ..study.runner import run_study
 
     cfg = config_from_args(StudyConfig, args)

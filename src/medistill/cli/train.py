@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
+from . import common
 from .common import add_config_args, config_from_args
 
 HELP = "train a model (a teacher, or a student without KD)"
@@ -26,8 +28,6 @@ _DISTILL_FIELDS = tuple(f"distill.{f}" for f in ("teacher", "teachers", "teacher
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(RunConfig, args)
     if not args.distill and (cfg.distill.teacher or cfg.distill.teachers):
-        from ..config import ConfigError
-
         raise ConfigError("the config names a teacher: use `medistill distill` to distil, or remove distill.teacher")
     return train_with_progress(cfg, resume=args.resume)
 
@@ -35,18 +35,15 @@ def run(args: argparse.Namespace) -> int:
 def progress_callbacks(name: str, epochs: int | None = None, batch_size: int | None = None):
     """Callbacks drawing a tqdm bar per epoch (in images when ``batch_size`` is given: images/s and the epoch's ETA)
     and printing one line per epoch and each message, e.g. the teacher caching's (stderr)."""
-    import sys
-
     from ..train import Callbacks
-    from .common import progress
 
     bar: dict = {}
 
     def start(epoch: int, n: int) -> None:
         desc = f"{name} epoch {epoch + 1}" + (f"/{epochs}" if epochs else "")
         # n batches; unit_scale turns the count and the rate into images (the last batch may be smaller)
-        bar["b"] = progress(total=n, desc=desc, leave=False, unit="img" if batch_size else "batch",
-                            unit_scale=batch_size or False)
+        bar["b"] = common.progress(total=n, desc=desc, leave=False, unit="img" if batch_size else "batch",
+                                   unit_scale=batch_size or False)
 
     def batch(epoch: int, i: int, loss: float) -> None:
         bar["b"].update(1)
@@ -66,8 +63,8 @@ def progress_callbacks(name: str, epochs: int | None = None, batch_size: int | N
         if done == 0 or "c" not in bar or bar.get("view") != view:
             if "c" in bar:
                 bar["c"].close()
-            bar["c"] = progress(total=total, desc=f"{name}: caching the teacher's outputs, view {view}/{views}",
-                                leave=False, unit="img")
+            bar["c"] = common.progress(total=total, leave=False, unit="img",
+                                       desc=f"{name}: caching the teacher's outputs, view {view}/{views}")
             bar["view"] = view
         bar["c"].update(done - bar["c"].n)
         if done >= total:

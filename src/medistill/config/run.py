@@ -7,6 +7,7 @@ before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 from ..datasets import DATASETS, SOURCES, taking
@@ -92,8 +93,6 @@ class DataConfig:
                 raise ConfigError(f"drop_near_copies: only {taking('drop_near_copies')} datasets (dataset is "
                                   f"{self.dataset!r})")
         if self.group_by is not None:
-            import re
-
             if not source.takes("group_by"):
                 raise ConfigError(f"group_by: only {taking('group_by')} datasets take a grouping (dataset is "
                                   f"{self.dataset!r}, whose table names its patients)")

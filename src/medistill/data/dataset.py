@@ -27,6 +27,7 @@ import numpy as np
 from . import images as im
 from .cache import ImageCache
 from .table import DatasetError, Table, canonical_split, limit_rows
+from .transforms import train_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ class MedicalDataset:
 
     def _augmenter(self):
         if self._augment is None:
-            from .transforms import train_augmentation
-
             self._augment = train_augmentation(self.preprocess.augment, self.preprocess.size)
         return self._augment
 

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from .dataset import MedicalDataset
+from .images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from .similar import near_copies, similar_groups, thumbnails
 from .sources import resolve_labels
 from .table import SPLIT_ALIASES, DatasetError, Table, group_split
-from .images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,8 @@ class ImageFolder(MedicalDataset):
         # names them
         thumbs = None
         if group_similar is not None or drop_near_copies is not None:
-            from .similar import thumbnails
-
             thumbs = thumbnails(list(df["path"]))
         if group_similar is not None:
-            from .similar import similar_groups
-
             df["patient_id"] = [f"similar-{g}" for g in similar_groups(list(df["path"]), group_similar,
                                                                         thumbs=thumbs)]
         else:
@@ -154,8 +151,6 @@ class ImageFolder(MedicalDataset):
             df.loc[df.index[tr], "split"] = assign
         report: dict[str, Any] = {"classes": classes}
         if drop_near_copies is not None:  # after the split: the test folder's copies of training images go
-            from .similar import near_copies
-
             copy, _, _ = near_copies(list(df["path"]), list(df["split"]), drop_near_copies, thumbs=thumbs)
             report["near_copies_dropped"] = {"threshold": drop_near_copies, **{
                 s: int((copy & (df["split"] == s).to_numpy()).sum()) for s in ("val", "test")}}

@@ -32,8 +32,10 @@ import numpy as np
 from ..config import DataConfig
 from ..task import get_task
 from . import dataset_class, resolve_root, source_of, source_options
-from .table import SPLITS, Table
+from .folder import grouping_hint
 from .images import ImageReadError, is_colour
+from .similar import near_copies
+from .table import SPLITS, Table
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,6 @@ def check_readable(cfg: DataConfig, root: Any, *, progress: Callable[[int, int],
 def near_copy_summary(table: Table, threshold: float, *, max_examples: int = 3) -> dict[str, Any]:
     """How many validation / test images of ``table`` have a near copy in its training split
     (:func:`.similar.near_copies`), the share of those whose copy has the same labels, and the closest pairs."""
-    from .similar import near_copies
-
     rec = table.records
     split = rec["split"].to_numpy()
     copy, corr, row = near_copies(list(rec["path"]), list(split), threshold)
@@ -167,8 +167,6 @@ def summarize(cfg: DataConfig, *, readable: bool = False, near_copies: float = 0
     table = cls.table(root, seed=cfg.split_seed, **source_options(cfg))
     out = {"dataset": cfg.dataset, "root": str(root), **summarize_table(table)}
     if source.takes("group_by") and not cfg.group_by and cfg.group_similar is None:  # a source naming no patients
-        from .folder import grouping_hint
-
         hint = grouping_hint(list(table.records["image_id"]))
         if hint:
             out["grouping_hint"] = hint

@@ -15,9 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import runs
+from ..config import NOT_RECIPE, differences
 from ..errors import MedistillError
 from ..task import Task, get_task
-from .bootstrap import bootstrap_unit, patient_groups, percentile_ci, resample_counts
+from .bootstrap import (RESAMPLED_METRICS, bootstrap_unit, patient_groups, percentile_ci, resample_counts,
+                        resampled_metric)
 
 KD, NOKD, TEACHER = "student (KD)", "student (no KD)", "teacher"
 
@@ -92,8 +94,6 @@ def seed_mean_gain(task: str | Task, probs_kd: Sequence[np.ndarray], probs_nokd:
     Returns ``value``, ``ci_low``, ``ci_high``, and ``kd`` / ``nokd``: each seed's metric. With one seed per arm
     this is the paired bootstrap of :func:`paired_bootstrap_gain`.
     """
-    from .bootstrap import RESAMPLED_METRICS, resampled_metric
-
     t = get_task(task)
     metric = metric or t.main_metric
     if metric not in RESAMPLED_METRICS or (t.multilabel and metric != "macro_auc"):
@@ -134,8 +134,6 @@ def seed_twins(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
     """``(pooled, left out)``: the rows whose runs are identical to the first row's but for the seed (and the
     fields of ``NOT_RECIPE``: paths, threads), and the others, each left-out row with ``differs_in`` (the config
     fields that make it another recipe). Runs that differ in more than the seed are not seeds of one arm."""
-    from ..config import NOT_RECIPE, differences
-
     first = runs.RunDir(rows[0]["run"]).config()
     pooled, left = [rows[0]], []
     for r in rows[1:]:

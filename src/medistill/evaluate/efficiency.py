@@ -1,8 +1,8 @@
 """On-device cost of a model: parameters, MACs, weight-file size and CPU latency.
 
 Parameters and MACs come from :func:`medistill.models.count_params` / :func:`~medistill.models.count_macs`
-(``torch.utils.flop_counter``); this module adds the file size and a CPU latency measurement, and one report
-combining them. Nothing here changes the caller's model: its mode, device and torch's thread count are as before.
+(``torch.utils.flop_counter``); this module adds the file size and a CPU latency measurement, and the report
+combining them that ``evaluate_run`` writes. Nothing here changes the caller's model: its mode, device and torch's thread count are as before.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import MedistillError
-from ..models import count_macs, count_params
+from ..inference import timing
+from ..models import ModelError, count_macs, count_params, input_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["count_macs", "count_params", "cpu_latency_ms", "efficiency_report", "file_size", "state_dict_size"]
+__all__ = ["count_macs", "count_params", "cpu_latency_ms", "efficiency_report", "file_size"]
 
 
 def file_size(path: str | Path) -> int:
@@ -33,17 +33,7 @@ def file_size(path: str | Path) -> int:
     return int(os.stat(p).st_size)
 
 
-def state_dict_size(model: nn.Module) -> int:
-    """Bytes the model's weights take as a safetensors file (computed in memory, nothing written)."""
-    from safetensors.torch import save
-
-    sd = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    return len(save(sd))
-
-
 def _input_shape(model: nn.Module, size: int | None, channels: int | None) -> tuple[int, int]:
-    from ..models import ModelError, input_config
-
     try:
         cfg = input_config(model)
     except ModelError:
@@ -60,17 +50,15 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
                    warmup: int = 5, runs: int = 30, threads: int | None = None,
                    min_seconds: float = 0.5) -> dict[str, Any]:
     """Wall-clock CPU latency of one forward pass on a zero ``(batch, channels, size, size)`` input, by the one
-    timing loop (:func:`medistill.timing.measure_latency`).
+    timing loop (:func:`medistill.inference.timing.measure_latency`).
 
     Runs ``warmup`` untimed then at least ``runs`` timed passes (and ``min_seconds`` in all) under
     ``torch.inference_mode`` in eval mode, with ``threads`` torch threads (None = the current setting). Returns
     milliseconds ``{"min", "median", "p90", "spread"}`` (the minimum is the figure least disturbed by other
     processes on a shared machine: ratios are built from it; spread = p90 / min - 1), ``runs``, and
-    :func:`medistill.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on another device is
-    measured on a CPU copy; the caller's thread count and model mode are restored.
+    :func:`medistill.inference.timing.reliability`'s ``reliable``, ``reason`` and ``machine_load``. A model on
+    another device is measured on a CPU copy; the caller's thread count and model mode are restored.
     """
-    from ..timing import machine_load, measure_latency, reliability
-
     size, channels = _input_shape(model, size, channels)
     if batch < 1 or runs < 1 or warmup < 0:
         raise MedistillError(f"cpu_latency_ms: got batch={batch}, runs={runs}, warmup={warmup}, expected "
@@ -84,48 +72,40 @@ def cpu_latency_ms(model: nn.Module, size: int | None = None, channels: int | No
     x = torch.zeros(batch, channels, size, size, dtype=dtype)
     old_threads = torch.get_num_threads()
     was_training = model.training
-    load_before = machine_load()
+    load_before = timing.machine_load()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         net.eval()
         with torch.inference_mode():
-            t = measure_latency(lambda: net(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
+            t = timing.measure_latency(lambda: net(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)
     out: dict[str, Any] = {"min": t["min_ms"], "median": t["median_ms"], "p90": t["p90_ms"], "spread": t["spread"],
-                           "runs": t["runs"], **reliability(t, load_before, machine_load())}
+                           "runs": t["runs"], **timing.reliability(t, load_before, timing.machine_load())}
     log.info("CPU latency of %s at batch %d, %d px, %d threads: min %.2f ms, median %.2f ms, p90 %.2f ms%s",
              type(model).__name__, batch, size, threads or old_threads, out["min"], out["median"], out["p90"],
              "" if out["reliable"] else f" (unreliable: {out['reason']})")
     return out
 
 
-def efficiency_report(model: nn.Module, weights_path: str | Path | None = None, *, size: int | None = None,
+def efficiency_report(model: nn.Module, weights_path: str | Path, *, size: int | None = None,
                       channels: int | None = None, latency: bool = True, **latency_kw: Any) -> dict[str, Any]:
-    """``{params, macs, size_bytes, latency_ms_min, latency_ms_median, latency_ms_p90, latency_reliable}`` of
-    ``model`` at batch 1.
+    """The model's cost at batch 1 as ``evaluate_run`` writes it into ``metrics.json``: ``params``, ``macs`` and
+    ``size_bytes`` (of the file ``weights_path``); with ``latency``, :func:`cpu_latency_ms`'s minimum as
+    ``latency_ms`` (ratios between models are built from it), ``latency_ms_median``, ``latency_ms_p90``,
+    ``latency_spread``, ``latency_reliable``, ``latency_unreliable_reason`` and ``machine_load``.
 
-    ``size_bytes`` is the size of ``weights_path`` when given, else of the weights serialised as safetensors
-    (``size_source`` says which). ``latency=False`` skips the timing (both latency values None);
-    ``latency_kw`` goes to :func:`cpu_latency_ms` (``runs``, ``warmup``, ``threads``, ``batch``).
+    ``size`` / ``channels``: the input (default: the model's input config); ``latency_kw`` goes to
+    :func:`cpu_latency_ms` (``runs``, ``warmup``, ``threads``, ``min_seconds``).
     """
     size, channels = _input_shape(model, size, channels)
-    report: dict[str, Any] = {
-        "params": count_params(model),
-        "macs": count_macs(model, size, channels),
-        "size_bytes": file_size(weights_path) if weights_path is not None else state_dict_size(model),
-        "size_source": "file" if weights_path is not None else "safetensors in memory",
-        "input_size": size,
-        "input_channels": channels,
-        "latency_ms_min": None,
-        "latency_ms_median": None,
-        "latency_ms_p90": None,
-        "latency_reliable": None,
-    }
+    report: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, size, channels),
+                              "size_bytes": file_size(weights_path)}
     if latency:
-        lat = cpu_latency_ms(model, size, channels, **latency_kw)
-        report.update(latency_ms_min=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
-                      latency_reliable=lat["reliable"], machine_load=lat["machine_load"])
+        lat = cpu_latency_ms(model, size, channels, batch=1, **latency_kw)
+        report.update(latency_ms=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
+                      latency_spread=lat["spread"], latency_reliable=lat["reliable"],
+                      latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
     return report

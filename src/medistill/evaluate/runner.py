@@ -16,6 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import runs
+from ..data import collate
+from ..evaluate.bootstrap import patient_groups
+from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
 from ..task import get_task
 from ..utils.io import atomic_write
 
@@ -25,8 +28,6 @@ log = logging.getLogger(__name__)
 def _loader(run: runs.RunDir, record: dict[str, Any], split: str, batch_size: int, limit: int | None = None,
             data: Any = None):
     from torch.utils.data import DataLoader
-
-    from ..data import collate
 
     ds = runs.run_dataset(run, split, limit=limit, record=record, data=data)
     return ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
@@ -56,10 +57,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     ``split`` (thresholds chosen on validation); updates metrics.json. Single-label runs also get the majority-class
     rate and chance (:func:`.metrics.majority_baseline`). ``progress(split, done, total)`` is called after each
     batch of each split predicted (val, then ``split``)."""
-    from ..evaluate.bootstrap import patient_groups
-    from ..evaluate.efficiency import cpu_latency_ms, file_size
-    from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
-    from ..models import count_macs, count_params
+    from ..evaluate.efficiency import efficiency_report
 
     run = runs.RunDir(run_dir)
     model, record = runs.load_model(run_dir, which=weights, device=device)
@@ -76,15 +74,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     if not task.multilabel:
         metrics.update(majority_baseline(train_label_counts(run, record), pred["targets"], pred["mask"], labels))
     inp = record["input"]
-    eff: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inp["size"], inp["channels"]),
-                           "size_bytes": file_size(run.file(runs.BEST_WEIGHTS if weights == "best"
-                                                            else runs.LAST_WEIGHTS))}
-    if latency:
-        lat = cpu_latency_ms(model, inp["size"], inp["channels"], batch=1)
-        # the minimum of repeated calls (ratios between models are built from it), its spread and the machine's load
-        eff.update(latency_ms=lat["min"], latency_ms_median=lat["median"], latency_ms_p90=lat["p90"],
-                   latency_spread=lat["spread"], latency_reliable=lat["reliable"],
-                   latency_unreliable_reason=lat["reason"], machine_load=lat["machine_load"])
+    eff = efficiency_report(model, run.file(runs.BEST_WEIGHTS if weights == "best" else runs.LAST_WEIGHTS),
+                            size=inp["size"], channels=inp["channels"], latency=latency)
     atomic_write(run.file(runs.predictions_file(split)),
                  lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
                                      mask=pred["mask"], patients=pred["patients"]))

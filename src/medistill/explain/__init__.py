@@ -1,7 +1,8 @@
 """Explanations: what a model looks at, per label, and how to measure it.
 
 - ``cams``: Grad-CAM, Grad-CAM++, HiResCAM, EigenCAM, LayerCAM (pytorch-grad-cam).
-- ``attributions``: Integrated Gradients and GradientShap (captum).
+- ``medistill.maps.attributions``: Integrated Gradients, GradientShap and occlusion (captum), shared with the
+  explanation-aware losses.
 - ``featuremaps``: KD-FMV per-layer average feature maps.
 - ``metrics``: teacher/student agreement, localisation against truth, deletion/insertion faithfulness.
 - ``sanity``: the weight-randomisation sanity check.
@@ -24,8 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ExplainError
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
+from ..maps.errors import ExplainError
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
@@ -69,7 +70,7 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
         return cam_maps(model, images, labels, method=method, layer=layer, size=size, batch_size=batch_size or 32,
                         cam_layers=cam_layers, min_size=cam_min_size)
     if kind == "attribution":
-        from .attributions import attribution_maps
+        from ..maps.attributions import attribution_maps
 
         return attribution_maps(model, images, labels, method=method, background=background, size=size,
                                 batch_size=batch_size or 32, **options)
@@ -79,8 +80,8 @@ def explain_maps(model: Any, images: Any, labels: Sequence[int], method: str = "
 
 
 def __getattr__(name: str) -> Any:
-    if name == "explaining":  # lazily: base imports torch
-        from .base import explaining
+    if name == "explaining":  # lazily: maps.base imports torch
+        from ..maps.base import explaining
 
         return explaining
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

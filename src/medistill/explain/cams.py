@@ -26,8 +26,8 @@ map is at least ``min_size`` x ``min_size`` (the declared layer when none is, or
 stages); ``"fuse"`` hooks every stage from that one to the deepest and averages their min-max scaled maps
 (pytorch-grad-cam's multi-layer aggregation; with ``method="layercam"`` this is LayerCAM's hierarchical fusion,
 Jiang et al. 2021); ``"poly"`` hooks the same stages and refines the deepest map with each finer one, Poly-CAM's
-backward recursion (:func:`medistill.losses.refine_maps`: the deep map says which cell, the fine ones where in
-it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
+backward recursion (:func:`medistill.maps.combine.refine_maps`: the deep map says which cell, the fine ones
+where in it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
 distillation losses use it too).
 
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
@@ -40,12 +40,17 @@ import logging
 from typing import Callable, Sequence
 
 import numpy as np
+import pytorch_grad_cam
 import torch
 import torch.nn as nn
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..cam_policy import DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..maps.combine import refine_maps
+from ..models import cam_layer
 from ..models.cam_layers import choose_layers
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +62,30 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
 
 
 def _poly(cam_cls: type) -> type:
-    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.losses.refine_maps` (each layer's
-    map at its own grid, as the method computes it, then refined from the deepest down) instead of
-    pytorch-grad-cam's mean of maps already resized to the input; the library has no hook for this but its
-    per-layer step, so that step is overridden (its loop, with the per-layer ``get_cam_image`` kept)."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    from ..losses import refine_maps
-
+    """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each
+    layer's map at its own grid, as the method computes it, then refined from the deepest down) instead of
+    pytorch-grad-cam's mean of maps already resized to the input. Through two public methods of the library's
+    ``BaseCAM``: ``get_cam_image`` (one layer's map, the step its own LayerCAM, HiResCAM and EigenCAM override)
+    is extended to keep each layer's map before the library resizes it, and ``aggregate_multi_layers`` (the
+    combination of the layers' maps) refines those instead of averaging the resized ones."""
     class Poly(cam_cls):
-        def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
-            acts, grads = self.activations_and_grads.activations, self.activations_and_grads.gradients
-            if self.detach:
-                acts, grads = [a.cpu().data.numpy() for a in acts], [g.cpu().data.numpy() for g in grads]
-            per_layer = [torch.from_numpy(np.maximum(self.get_cam_image(
-                input_tensor, layer, targets, acts[i], grads[i] if i < len(grads) else None, eigen_smooth), 0)
-            ).float()[:, None] for i, layer in enumerate(self.target_layers)]  # each (B, 1, h_i, w_i)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.layer_maps: list[torch.Tensor] = []  # this forward pass's maps so far, each (B, 1, h_i, w_i)
+
+        def get_cam_image(self, *args, **kwargs):
+            cam = super().get_cam_image(*args, **kwargs)  # (B, h_i, w_i) at the layer's grid
+            self.layer_maps.append(torch.from_numpy(np.maximum(cam, 0)).float()[:, None])
+            return cam
+
+        def aggregate_multi_layers(self, cam_per_target_layer):
+            per_layer, self.layer_maps = self.layer_maps, []
+            if len(per_layer) != len(self.target_layers):
+                raise ExplainError(f"poly: got {len(per_layer)} per-layer maps for {len(self.target_layers)} "
+                                   f"layers")
             refined = refine_maps(per_layer)[:, 0].numpy()
-            return [scale_cam_image(refined, self.get_target_width_height(input_tensor))[:, None, :]]
+            size = cam_per_target_layer[0].shape[-1], cam_per_target_layer[0].shape[-2]  # (width, height)
+            return super().aggregate_multi_layers([scale_cam_image(refined, size)[:, None, :]])
 
     Poly.__name__ = f"Poly{cam_cls.__name__}"
     return Poly
@@ -83,8 +94,6 @@ def _poly(cam_cls: type) -> type:
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None = None
                   ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The module to explain and its reshape: ``layer`` by name or module, else ``models.cam_layer(model)``."""
-    from ..models import cam_layer
-
     if layer is None:
         return cam_layer(model)
     if isinstance(layer, str):
@@ -108,9 +117,6 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, m
     ReLU of a negative weighted sum: typical for a label the model scores low). The caller's model keeps its mode,
     gradients and hooks (``explaining``).
     """
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     if method not in CAM_METHODS:
         raise ExplainError(f"method {method!r}: expected one of {sorted(CAM_METHODS)}")
     labels = check_inputs(images, labels, getattr(model, "num_classes", None))

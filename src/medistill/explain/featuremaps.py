@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..models import cam_layer, feature_stages
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def average_feature_maps(model: nn.Module, images: torch.Tensor, *, size: int | 
 
     S = ``size`` or the input size. Stages come from ``models.feature_stages(model)``.
     """
-    from ..models import cam_layer, feature_stages
-
     check_inputs(images, [0] * images.shape[0], None)
     if batch_size < 1:
         raise ExplainError(f"batch_size: got {batch_size}, expected at least 1")

@@ -14,9 +14,15 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.ndimage import binary_erosion
 
 from ..data import images as im
+from ..inference import overlay
+from .featuremaps import average_feature_maps
 from .inputs import Inputs
 from .options import ExplainOptions
 from .sides import Explained
@@ -32,8 +38,6 @@ def _display(raw: np.ndarray, size: int) -> np.ndarray:
 
 def _colour(values: np.ndarray, cmap: str) -> np.ndarray:
     """(S, S) in [0, 1] -> (S, S, 3) RGB through a matplotlib colormap."""
-    import matplotlib
-
     return matplotlib.colormaps[cmap](np.clip(values, 0, 1))[..., :3]
 
 
@@ -42,10 +46,6 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, truth: np.ndarray | None =
     """(S, S, 3) in [0, 1]: ``image`` (S, S, 3) blended with the jet-coloured ``heat`` (S, S) by
     :func:`medistill.inference.overlay`; the truth outlined in white and the map's maximum marked with a white
     cross (unless the map is constant)."""
-    from scipy.ndimage import binary_erosion
-
-    from ..inference import overlay
-
     out = overlay(image, heat, alpha=alpha, colormap="jet").astype(np.float64) / 255.0  # (S, S, 3)
     if truth is not None and truth.any():
         out[truth & ~binary_erosion(truth)] = 1.0
@@ -60,9 +60,6 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, truth: np.ndarray | None =
 def draw_panel(path: Path, cells: list[list[np.ndarray | None]], titles: list[list[str]], title: str = "",
                cell_inches: float = 1.9) -> Path:
     """Write a PNG of a grid of (S, S, 3) RGB cells (None = blank) with a title above each cell."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     nrows, ncols = len(cells), max(len(r) for r in cells)
     titles = [list(t) for t in titles] + [[] for _ in range(nrows - len(titles))]
     s = next(c for r in cells for c in r if c is not None).shape[0]
@@ -122,8 +119,6 @@ def draw_feature_grid(path: Path, raw: list[np.ndarray], stages: list[tuple[str,
 def write_feature_grids(out: Path, inputs: Inputs, sides: list[Explained], options: ExplainOptions,
                         size: int) -> list[str]:
     """KD-FMV average feature maps of the first ``options.feature_grid`` images, one grid PNG per model."""
-    from .featuremaps import average_feature_maps
-
     k = min(options.feature_grid, len(inputs.raw))
     files = []
     for side in sides if k else []:

@@ -23,8 +23,11 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from ..data import Preprocess, build_dataset
 from ..data import images as im
-from .errors import ExplainError
+from ..maps.errors import ExplainError
+from ..models import InputConfig
+from ..runs import RunDir, run_dataset
 
 #: run record (``run.json``; at least its ``input``) -> the split's dataset, preprocessed for that model
 DatasetFor = Callable[[dict[str, Any]], Any]
@@ -65,7 +68,6 @@ def model_inputs(record: dict[str, Any], *, raw: Sequence[np.ndarray] = (), data
     if dataset is not None:
         ds = dataset(record)
         return torch.stack([ds[int(i)]["image"] for i in rows])
-    from ..models import InputConfig
 
     return prepare(raw, InputConfig.from_dict(record["input"]))
 
@@ -108,8 +110,6 @@ def run_split(run: str | Path, split: str, limit: int | None, student: dict[str,
     The student's record is checked against the data's labels (:func:`medistill.runs.run_dataset`); another
     model (the teacher) only borrows the records, preprocessed for its own input.
     """
-    from ..runs import run_dataset
-
     def dataset(record: dict[str, Any]) -> Any:
         checked = record if record is student else {"input": record["input"]}
         return run_dataset(run, split, limit=limit, record=checked)
@@ -119,9 +119,6 @@ def run_split(run: str | Path, split: str, limit: int | None, student: dict[str,
 
 def other_split(data: DataConfig, split: str) -> DatasetFor:
     """Split ``split`` of ``data`` (no cache, no augmentation) per model record; the root must exist."""
-    from ..data import Preprocess, build_dataset
-    from ..models import InputConfig
-
     if data.root is None:
         raise ExplainError(f"dataset {data.dataset!r}: no root folder given (--root DIR)")
     if not Path(data.root).exists():
@@ -153,8 +150,6 @@ def load_run_split(run: str | Path, split: str, size: int, student: dict[str, An
                    with_truth: bool = False) -> Inputs:
     """``limit`` images of split ``split`` of the run's own data (see :func:`load_split`); with ``with_truth``
     the images with truth are searched among the whole split as the run had it (its own ``data.limit``)."""
-    from ..runs import RunDir
-
     data = RunDir(run).config().data
     inputs = split_inputs(run_split(run, split, None if with_truth else limit, student), student, size,
                           limit=limit, with_truth=with_truth, where=f"{data.dataset} data of run {run}")

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..maps.errors import ExplainError
+from ..runs import RunDir
 from ..task import Task, get_task
-from . import TRUTH_LABELS
 from ..utils.runtime import eval_mode
-from .errors import ExplainError
+from . import TRUTH_LABELS
 from .sides import Explained
 
 
@@ -34,8 +35,6 @@ def predict(side: Explained, batch_size: int) -> np.ndarray:
 
 def thresholds(run_dir: Path, record: dict[str, Any], labels: list[str]) -> np.ndarray:
     """Per-label decision thresholds (L,): stored ``thresholds`` in run.json or metrics.json, else 0.5."""
-    from ..runs import RunDir
-
     out = np.full(len(labels), 0.5)
     stored = record.get("thresholds") or RunDir(run_dir).metrics().get("thresholds")
     if isinstance(stored, dict):

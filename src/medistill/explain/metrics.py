@@ -38,9 +38,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from scipy.ndimage import distance_transform_edt
+from scipy.stats import spearmanr
+from torchvision.transforms.functional import gaussian_blur
 
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
 from ..task import MULTILABEL, Task, TaskError, get_task
-from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,6 @@ def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two (H, W) maps' pixels, in [-1, 1]; NaN when either map is constant."""
-    from scipy.stats import spearmanr
-
     a, b = _check_pair(a, b, "spearman")
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
@@ -112,7 +113,6 @@ def _near(truth: np.ndarray, tolerance: float) -> np.ndarray:
     """bool (H, W): pixels within ``tolerance`` px (Euclidean) of the truth; the truth itself when 0."""
     if tolerance <= 0:
         return truth
-    from scipy.ndimage import distance_transform_edt
 
     return distance_transform_edt(~truth) <= tolerance
 
@@ -201,8 +201,6 @@ def agreement_scores(a: np.ndarray, b: np.ndarray, grid: int | None = None) -> d
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
     """RISE's insertion start: a Gaussian blur (sigma 5 px at 224 px, scaled with the image)."""
-    from torchvision.transforms.functional import gaussian_blur
-
     sigma = max(1.0, x.shape[-1] / 45.0)
     k = 2 * int(math.ceil(2 * sigma)) + 1
     return gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])

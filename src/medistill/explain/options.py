@@ -12,8 +12,8 @@ import dataclasses
 
 from ..config import option
 from ..datasets import DATASETS
+from ..maps.errors import ExplainError
 from . import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE, TRUTH_LABELS, canonical_method
-from .errors import ExplainError
 
 
 @dataclasses.dataclass

@@ -41,9 +41,11 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from ..maps.errors import ExplainError
+from ..runs import RunDir
 from ..utils.io import atomic_write_json
+from ..utils.runtime import resolve_device
 from . import EXPLAIN_FILE, LABEL_AGNOSTIC
-from .errors import ExplainError
 from .figures import draw_overlay, safe_name, write_feature_grids
 from .inputs import (Inputs, background, load_images, load_run_split, load_split, model_inputs, other_split,
                      run_split, same_data)
@@ -69,9 +71,6 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
     own limit. The run's ``config.yaml`` must be readable (as ``evaluate`` and ``export`` require).
     Returns the summary written to ``out/explain.json`` (see the module docstring).
     """
-    from ..runs import RunDir
-    from ..utils.runtime import resolve_device
-
     options = options or ExplainOptions()
     options.validate()
     if images is not None and data is not None:

@@ -12,10 +12,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..models.cam_layers import choose_layers, layer_by_name, map_sides
 from . import METHODS, explain_maps
 from .inputs import Inputs
 from .metrics import ScoreAccumulator, agreement_scores, deletion_insertion, localisation_scores
 from .options import ExplainOptions
+from .sanity import randomized_copy
 from .sides import Explained
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -58,8 +60,6 @@ def compute_maps(side: Explained, pairs: list[Pair], options: ExplainOptions, si
 def cam_layers_of(side: Explained, options: ExplainOptions, layer: str | None) -> tuple[list[str], int]:
     """Names of the layers a CAM of ``side`` hooks (``layer`` when given, else the ``cam_layers`` policy) and the
     side of the finest one's map (the grid the CAM has before it is upsampled to the image)."""
-    from ..models.cam_layers import choose_layers, layer_by_name, map_sides
-
     shape = tuple(side.x.shape[1:])
     if layer is not None:
         module, reshape = layer_by_name(side.model, layer)
@@ -163,8 +163,6 @@ def per_label(pairs: list[Pair], scores: list[dict[str, float]]) -> dict[str, di
 def sanity_scores(student: Explained, pairs: list[Pair], inputs: Inputs, options: ExplainOptions,
                   size: int, background: torch.Tensor | None) -> dict[str, Any]:
     """Localisation of a weight-shuffled copy of the student on the same pairs (Adebayo et al. 2018)."""
-    from .sanity import randomized_copy
-
     shuffled = Explained("randomized", randomized_copy(student.model, options.seed), student.record, student.run,
                          x=student.x)
     compute_maps(shuffled, pairs, options, size, background, None)

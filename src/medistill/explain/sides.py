@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..runs import RUN_FILE
+from ..maps.errors import ExplainError
+from ..models import input_config
+from ..runs import RUN_FILE, load_model
 from ..task import MULTILABEL, Task, get_task
-from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,11 @@ class Explained:
 
     @property
     def input(self):
-        from ..models import input_config
-
         return input_config(self.model)
 
 
 def load_side(name: str, run: Path, device: Any) -> Explained:
     """The model of run directory (or weights file) ``run`` on ``device``, in eval mode."""
-    from ..runs import load_model
-
     model, record = load_model(run, device=device)
     return Explained(name, model, record, str(run))
 

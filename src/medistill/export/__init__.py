@@ -24,8 +24,14 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data.images import LEGACY_INTENSITY_RULE
+from ..errors import MedistillError
+from ..evaluate.metrics import choose_thresholds, compute_metrics
+from ..inference import image_statistics, input_statistics
+from ..runs import METRICS_FILE, RunDir, load_model, run_dataset
 from ..task import Task, get_task
 from ..utils.io import atomic_write_json
+from ..utils.runtime import package_versions
+from .quantize import compare, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,6 @@ def load_split_inputs(run: Any, split: str, *, limit: int | None = None, seed: i
     """Normalised inputs (N, C, S, S), targets (N, L) and mask (N, L) of ``split`` of the data ``run`` was trained
     on (``runs.run_dataset``: its dataset, options and model input; no augmentation); a seeded subset of
     ``limit`` images when set."""
-    from ..runs import run_dataset
-
     ds = run_dataset(run, split, record=record)
     idx = np.arange(len(ds))
     if limit is not None and len(idx) > limit:
@@ -61,8 +65,6 @@ def load_split_inputs(run: Any, split: str, *, limit: int | None = None, seed: i
 def validation_metric(task: str | Task, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
                       labels: list[str]) -> dict[str, Any]:
     """``{"name", "value"}``: the task's main metric (macro AUC or accuracy) by ``evaluate.metrics``."""
-    from ..evaluate.metrics import compute_metrics
-
     t = get_task(task)
     m = compute_metrics(t, t.probabilities(logits), targets, mask, labels, n_bootstrap=0)
     value = m.get(t.main_metric)
@@ -72,9 +74,6 @@ def validation_metric(task: str | Task, logits: np.ndarray, targets: np.ndarray,
 def thresholds_for(run: Any, task: str | Task, labels: list[str], logits: np.ndarray, targets: np.ndarray,
                    mask: np.ndarray) -> tuple[dict[str, float], str]:
     """Per-label thresholds and where they came from: ``metrics.json`` of the run, else chosen on validation."""
-    from ..evaluate.metrics import choose_thresholds
-    from ..runs import METRICS_FILE
-
     t = get_task(task)
     stored = run.metrics().get("thresholds") or {}
     if isinstance(stored, dict) and all(lab in stored and stored[lab] is not None for lab in labels):
@@ -90,9 +89,6 @@ def training_input_statistics(run: Any, record: dict[str, Any], *, images: int =
     """The input statistics of up to ``images`` training images of ``run`` (a seeded subset), as
     :func:`medistill.inference.input_statistics` gives them: stored in the ONNX metadata so that ``serve`` can say
     when an input is unlike the training data."""
-    from ..inference import image_statistics, input_statistics
-    from ..runs import run_dataset
-
     ds = run_dataset(run, "train", record=record)
     idx = np.arange(len(ds))
     if len(idx) > images:
@@ -125,9 +121,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
                per_channel: bool | str = "auto", calibration_method: str = "minmax", threads: int | None = None,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export run ``run_dir`` into folder ``out`` (see module docstring); returns the ``export.json`` report."""
-    from ..errors import MedistillError
-    from ..runs import RunDir, load_model
-    from ..utils.runtime import package_versions
     from .onnx import export_onnx, ort_outputs, parity
 
     if fmt != "onnx":
@@ -177,8 +170,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
         report.update(cp, cam_correlation_target=CAM_CORRELATION_TARGET,
                       cam_within_target=cp["cam_correlation_min"] >= CAM_CORRELATION_TARGET)
     if int8:
-        from .quantize import compare, quantize_int8
-
         say(f"quantizing to INT8 ({calibration_images} training images)")
         x_cal, _, _ = load_split_inputs(run, "train", limit=calibration_images, seed=1, record=record)
         int8_path = out / INT8_FILE

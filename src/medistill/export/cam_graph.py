@@ -27,10 +27,13 @@ import copy
 import dataclasses
 import logging
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..models import ModelError, cam_layer, input_config
 
@@ -220,11 +223,6 @@ def gradcam_reference(model: nn.Module, x: torch.Tensor, labels: list[int] | Non
     Runs on an eval-mode copy of ``model`` (GradCAM switches the model to eval and leaves it there), with the
     hooks released by GradCAM's context manager.
     """
-    try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError:  # pragma: no cover - grad-cam is a core dependency
-        raise ModelError("the Grad-CAM reference needs pytorch-grad-cam (pip install grad-cam)") from None
     ref = copy.deepcopy(model).eval()
     layer, reshape = cam_layer(ref)
     n_labels = ref.num_classes if labels is None else len(labels)
@@ -238,8 +236,6 @@ def gradcam_reference(model: nn.Module, x: torch.Tensor, labels: list[int] | Non
 
 def upsample_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(B, L, h, w) maps -> (B, L, H, W) with OpenCV's bilinear resize, as pytorch-grad-cam resizes its maps."""
-    import cv2
-
     h, w = size
     out = np.empty(cams.shape[:2] + (h, w), np.float32)
     for i in range(cams.shape[0]):

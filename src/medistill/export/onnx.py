@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
 
@@ -24,6 +25,7 @@ from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistil
 from ..models import ModelError, input_config
 from ..utils.io import atomic_write
 from ..utils.runtime import eval_mode
+from .cam_graph import CamGraph
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
     Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
     caller's model is not modified (its train/eval mode is restored).
     """
-    import onnx
-
     info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra,
                       intensity=intensity, input_stats=input_stats)
     p = next(model.parameters())
@@ -84,8 +84,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
     batch = torch.export.Dim("batch", min=1, max=4096)
     with eval_mode(model):
         if explain:
-            from .cam_graph import CamGraph
-
             module: nn.Module = _Explain(CamGraph(model))
             outputs = [LOGITS, CAMS]
         else:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import MedistillError
 from ..inference import CAMS, INPUT, LOGITS
+from ..inference.timing import ort_latency
 from ..utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,6 @@ def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, *,
     ``metric`` maps logits (N, L) to ``{"name": str, "value": float, ...}`` (for example the validation macro AUC).
     ``int8_slower`` says whether INT8 ran slower than fp32 on this CPU, ``int8_speedup`` = fp32 / INT8 latency.
     """
-    from ..timing import ort_latency
     from .onnx import ort_outputs
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)

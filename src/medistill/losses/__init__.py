@@ -10,12 +10,11 @@
 Shapes: logits, targets and masks ``(B, L)``; feature maps ``(B, C, h, w)`` with a per-sample mask ``(B,)``.
 """
 
-from .explanation import CATLoss, E2KDLoss, fuse_maps, gradcam_maps, refine_maps
+from .explanation import CATLoss, E2KDLoss, gradcam_maps
 from .feature import AttentionTransfer, FitNetsHint, attention_map, attention_transfer
 from .hard import (FocalBCE, LossError, MaskedBCE, MaskedCE, build_hard_loss, class_weights_from_targets)
 from .kd import BinaryKL, KDLoss, LogitMSE, SoftmaxKL, build_kd_loss, combine_teacher_logits
 
 __all__ = ["AttentionTransfer", "BinaryKL", "CATLoss", "E2KDLoss", "FitNetsHint", "FocalBCE", "KDLoss", "LogitMSE",
            "LossError", "MaskedBCE", "MaskedCE", "SoftmaxKL", "attention_map", "attention_transfer", "build_hard_loss",
-           "build_kd_loss", "class_weights_from_targets", "combine_teacher_logits", "fuse_maps", "gradcam_maps",
-           "refine_maps"]
+           "build_kd_loss", "class_weights_from_targets", "combine_teacher_logits", "gradcam_maps"]

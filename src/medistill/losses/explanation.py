@@ -8,8 +8,9 @@ Both losses work on class activation maps at each model's CAM layer, per label, 
   and a linear layer this is exactly CAM (Zhou et al. 2016) divided by ``h w``; the gradient only runs through
   the head, so it is cheap, and with ``create_graph=True`` the student's maps stay differentiable (e2KD
   back-propagates through its explanation). Given several layers' feature maps (``cam_layers fuse`` or ``poly``)
-  it returns their combination, :func:`fuse_maps` or :func:`refine_maps`: the map ``explain`` shows under the same
-  policy, so a student can be trained on it.
+  it returns their combination, :func:`~medistill.maps.combine.fuse_maps` or
+  :func:`~medistill.maps.combine.refine_maps`: the map ``explain`` shows under the same policy, so a student can
+  be trained on it.
 - :class:`E2KDLoss`: Parchami-Araghi et al., "Good Teachers Explain: Explanation-Enhanced Knowledge
   Distillation", ECCV 2024: ``1 - cos(ReLU(M_s), ReLU(M_t))`` of the student's and the teacher's Grad-CAM, maps
   resized to the teacher's map size; averaged over the explained (image, label) pairs: for single-label data the
@@ -30,9 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..maps.combine import EPS, fuse_maps, refine_maps
 from .hard import LossError, masked_mean
-
-EPS = 1e-8
 
 
 def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.Tensor, *,
@@ -41,7 +41,8 @@ def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.
     maps ``(B, L, h, w)`` (before ReLU). One backward pass per label through the part of the network between
     the CAM layer and the logits. A sequence of several layers' features (shallow to deep) gives one map
     ``(B, L, S, S)`` at the largest layer's side (the gradients of all layers in the same backward passes),
-    combined by ``combine``: ``"fuse"`` (:func:`fuse_maps`) or ``"poly"`` (:func:`refine_maps`)."""
+    combined by ``combine``: ``"fuse"`` (:func:`~medistill.maps.combine.fuse_maps`) or ``"poly"``
+    (:func:`~medistill.maps.combine.refine_maps`)."""
     if combine not in COMBINE:
         raise LossError(f"gradcam_maps: combine {combine!r}, expected one of {', '.join(COMBINE)}")
     feats = [features] if isinstance(features, torch.Tensor) else list(features)
@@ -59,49 +60,6 @@ def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.
             maps.append((w * f).sum(dim=1))  # (B, h, w)
     stacked = [torch.stack(maps, dim=1) for maps in per_layer]  # each (B, L, h, w)
     return stacked[0] if len(stacked) == 1 else COMBINE[combine](stacked)
-
-
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``(h, w)`` map of ``(B, L, h, w)`` shifted to minimum 0 and divided by its maximum (an all-equal map
-    becomes zero), differentiably."""
-    flat = maps.flatten(2)
-    lo = flat.min(dim=2).values[..., None, None]
-    span = flat.max(dim=2).values[..., None, None] - lo
-    return (maps - lo) / span.clamp_min(EPS)
-
-
-def fuse_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Several layers' class activation maps ``(B, L, h_i, w_i)`` -> one ``(B, L, H, W)`` at the largest size, as
-    pytorch-grad-cam fuses layers for ``explain --cam-layers fuse``: each map through ReLU, resized (bilinear)
-    and min-max scaled, then their mean min-max scaled again. Written here rather than called from
-    pytorch-grad-cam because that runs in NumPy, outside the graph a training loss back-propagates through."""
-    size = max((m.shape[-2:] for m in maps), key=lambda hw: hw[0] * hw[1])
-    scaled = [_min_max(F.interpolate(F.relu(m), size=size, mode="bilinear", align_corners=False)
-                       if m.shape[-2:] != size else F.relu(m)) for m in maps]
-    return _min_max(torch.stack(scaled).mean(dim=0))
-
-
-def refine_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Several layers' class activation maps ``(B, L, h_i, w_i)``, shallow to deep -> one ``(B, L, H, W)`` at the
-    largest size, refined from the deepest map down (Poly-CAM's backward recursion: Englebert et al., "Poly-CAM:
-    High resolution class activation map for convolutional neural networks", ICPR 2022): starting from the
-    deepest map ``P``, each finer map ``A`` (after ReLU) is divided by its own local mean over the cells of ``P``'s
-    grid (averaged over each cell, then bilinear back up) and multiplied by ``P`` upsampled, so the coarse map decides
-    which cell holds the evidence and the finer map only where within that cell (a layer no finer than the map
-    so far is passed over; a cell where a finer map is all zero ends at zero). The result is min-max scaled.
-    Unlike :func:`fuse_maps`, a fine layer cannot outvote the deep one elsewhere in the image. Written here, not
-    taken from pytorch-grad-cam (which has no such fusion), and in torch so that a loss can back-propagate
-    through it; ``explain --cam-layers poly`` calls it on pytorch-grad-cam's per-layer maps."""
-    out = F.relu(maps[-1])
-    for fine in reversed(maps[:-1]):
-        if fine.shape[-2] * fine.shape[-1] <= out.shape[-2] * out.shape[-1]:
-            continue  # a layer no finer than the map so far has nothing to place within its cells
-        fine = F.relu(fine)
-        local = F.interpolate(F.adaptive_avg_pool2d(fine, out.shape[-2:]), size=fine.shape[-2:], mode="bilinear",
-                              align_corners=False)
-        up = F.interpolate(out, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        out = F.relu(fine / local.clamp_min(EPS) * up)
-    return _min_max(out)
 
 
 #: how :func:`gradcam_maps` combines several layers' maps, by the CAM-layer policy's name

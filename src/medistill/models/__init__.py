@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import timm
 import torch.nn as nn
+from timm.models import get_pretrained_cfg
 
 from . import eeea as _eeea  # noqa: F401 - registers eeea_net_c2
 from . import kdfmv as _kdfmv  # noqa: F401 - registers kdfmv, tiny_cnn
@@ -41,9 +43,6 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, pretrained: 
     ``pretrained=True`` loads ImageNet weights from a file shipped in a Python package (EfficientNet-Lite0 here);
     model hubs are not contacted, and a model without offline weights raises ModelError saying so.
     """
-    import timm
-    from timm.models import get_pretrained_cfg
-
     try:
         variant = _kdfmv.width_variant(name)
     except ValueError as e:

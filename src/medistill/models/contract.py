@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import MedistillError
 from ..utils.runtime import eval_mode
@@ -150,8 +151,6 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, size: int | None = None, channels: int | None = None) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (``torch.utils.flop_counter``; FLOPs / 2), at the
     model's own input size and channels unless given."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     if size is None or channels is None:
         inp = input_config(model)
         size, channels = size or inp.size, channels or inp.channels

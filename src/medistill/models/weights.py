@@ -11,13 +11,17 @@ trained ones.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
 
+from ..utils.io import atomic_write
 from .contract import ModelError
 
 log = logging.getLogger(__name__)
@@ -34,8 +38,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError and others
@@ -92,10 +94,6 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Save the model's state dict as safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    from ..utils.io import atomic_write
-
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda p: save_file(sd, str(p), metadata=metadata))
 
@@ -112,8 +110,6 @@ PRETRAINED_PACKAGES = {
 
 
 def _packaged_state(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    import importlib
-
     module, cls, pypi = PRETRAINED_PACKAGES[name]
     try:
         path = getattr(importlib.import_module(module), cls).get_model_file_path()
@@ -143,8 +139,6 @@ def load_pretrained(model: nn.Module, name: str, *, in_chans: int = 3) -> None:
     sd = _packaged_state(model, name)
     own = model.state_dict()
     if in_chans != 3:  # timm's stem adaptation: RGB filters summed for grayscale, repeated and rescaled otherwise
-        from timm.models import adapt_input_conv
-
         sd["conv_stem.weight"] = adapt_input_conv(in_chans, sd["conv_stem.weight"])
     for k in ("classifier.weight", "classifier.bias"):
         if sd[k].shape != own[k].shape:

@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from ..utils.io import atomic_write_text
 from .collect import ReportData, collect
+from .html import render
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,6 @@ def render_report(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str 
                   export_dirs: Sequence[str | Path] = (), title: str = "medistill report",
                   max_images: int = 48, study_dir: str | Path | None = None) -> str:
     """The report's HTML (a string) for ``run_dirs`` plus extra explanation / export folders and a study."""
-    from .html import render
-
     data = collect(list(run_dirs), explain_dirs=list(explain_dirs), export_dirs=list(export_dirs),
                    study_dir=study_dir)
     return render(data, title=title, max_images=max_images)
@@ -36,8 +36,6 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, explain_dir
                  export_dirs: Sequence[str | Path] = (), title: str = "medistill report",
                  max_images: int = 48, study_dir: str | Path | None = None) -> Path:
     """Write the report for ``run_dirs`` (and the study in ``study_dir``) to ``out`` atomically; returns ``out``."""
-    from ..utils.io import atomic_write_text
-
     page = render_report(run_dirs, explain_dirs=explain_dirs, export_dirs=export_dirs, title=title,
                          max_images=max_images, study_dir=study_dir)
     path = atomic_write_text(out, page)

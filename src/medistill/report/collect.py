@@ -21,6 +21,7 @@ import yaml
 
 from .. import runs
 from ..errors import MedistillError
+from ..evaluate.compare import compare_runs, role_of
 from ..explain import EXPLAIN_FILE
 from ..export import REPORT_FILE
 from ..utils.io import JsonFileError, read_json
@@ -179,8 +180,6 @@ def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path
     Roles come from :func:`medistill.evaluate.compare.compare_runs` (evaluated runs) or
     :func:`~medistill.evaluate.compare.role_of` (runs not evaluated yet).
     """
-    from ..evaluate.compare import compare_runs, role_of
-
     if not run_dirs:
         raise MedistillError("no run directories given; expected at least one (e.g. runs/teacher runs/student)")
     paths = [Path(p) for p in run_dirs]

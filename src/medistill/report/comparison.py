@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MedistillError
+from ..evaluate.compare import kd_gain
 from ..task import MULTILABEL
 from . import plots
 from .collect import RunData
@@ -119,9 +121,6 @@ def headline(page: Page) -> str:
 def _kd_gain(page: Page) -> dict[str, Any] | None:
     """:func:`medistill.evaluate.compare.kd_gain` of the page's evaluated runs; None when it cannot be computed
     (no KD / no-KD pair, predictions missing or on other images): the headline then gives the plain difference."""
-    from ..errors import MedistillError
-    from ..evaluate.compare import kd_gain
-
     rows = [r.row for r in page.runs if r.evaluated and r.row]
     try:
         return kd_gain(rows)

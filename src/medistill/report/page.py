@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..task import Task, TaskError, get_task
+from ..utils.runtime import git_commit, machine_info, package_versions
 from . import plots
 from .collect import ReportData, RunData
 from .format import esc, fmt, machine_text
@@ -85,8 +86,6 @@ def union_labels(runs: Sequence[RunData]) -> list[str]:
 
 def header(page: Page) -> str:
     """When and where the report and the runs were made, on which data, evaluated how."""
-    from ..utils.runtime import git_commit, machine_info, package_versions
-
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")
     items = [("Generated", f"{now} by medistill {package_versions(('medistill',)).get('medistill') or ''}"
               f" (commit {(git_commit() or 'unknown')[:10]})"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import numpy as np
+
 from .format import esc
 from .page import Page
 from .pieces import figure, table
@@ -20,7 +22,6 @@ def _num(v: Any, metric: str) -> str:
 def _arm(side: dict[str, Any] | None, metric: str) -> str:
     if not side or not side.get("test"):
         return "pending"
-    import numpy as np
 
     vals = side["test"]
     sd = f" ± {_num(float(np.std(vals, ddof=1)), metric)}" if len(vals) > 1 else ""

@@ -7,6 +7,7 @@ FastAPI, uvicorn and python-multipart come with the ``serve`` extra (``pip insta
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ..errors import MedistillError
@@ -18,8 +19,6 @@ SERVE_MODULES = {"fastapi": "fastapi", "starlette": "fastapi", "python_multipart
 
 def require(module: str) -> Any:
     """Import one of the ``serve`` extra's modules, or a MedistillError naming the extra to install."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:

@@ -91,10 +91,6 @@ class ServedModel:
             log.debug("temporary folder %s", self._tmp.name)
         return Path(self._tmp.name)
 
-    @property
-    def spool_dir_if_open(self) -> Path | None:
-        return Path(self._tmp.name) if self._tmp is not None else None
-
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -24,6 +24,7 @@ import logging
 import socket
 from typing import Any
 
+from ..errors import MedistillError
 from .guards import error_body, printable, send_error
 
 log = logging.getLogger("medistill.serve")
@@ -158,8 +159,6 @@ def build_server(app: Any, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); port 0 picks a free port."""
-    from ..errors import MedistillError
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)

@@ -5,9 +5,15 @@ and the chosen arms, with the study's section first)."""
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..report import build_report
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
 from .plan import Plan
 
@@ -27,8 +33,6 @@ def write_outputs(plan: Plan, summary: dict[str, Any], *, report: bool) -> None:
     figure = out / FRONTIER_PNG if plot_frontier(summary, out / FRONTIER_PNG) else None
     atomic_write_text(out / STUDY_MD, markdown(summary, figure.name if figure else None))
     if report:
-        from ..report import build_report
-
         dirs = [Path(p) for p in summary["teacher"]["runs"]]
         for s in summary["sizes"]:
             for side in ("kd", "nokd"):
@@ -39,10 +43,6 @@ def write_outputs(plan: Plan, summary: dict[str, Any], *, report: bool) -> None:
 
 def command_line() -> str:
     """The command this process runs (as ``run.json`` records ``sys.argv``), behind its ``nice`` level if any."""
-    import os
-    import shlex
-    import sys
-
     cmd = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     n = os.nice(0)
     return f"nice -n {n} {cmd}" if n else cmd
@@ -58,8 +58,6 @@ def _mean_sd(side: dict[str, Any] | None, metric: str, key: str = "test") -> str
     if not side or not side.get(key):
         return "pending"
     vals = side[key]
-    import numpy as np
-
     mean = float(np.mean(vals))
     sd = f" ± {_num(float(np.std(vals, ddof=1)), metric)}" if len(vals) > 1 else ""
     return f"{_num(mean, metric)}{sd}"
@@ -150,11 +148,12 @@ def plot_frontier(s: dict[str, Any], path: Path) -> bool:
     sizes = [x for x in s["sizes"] if x.get("macs") and (x["kd"] or x["nokd"])]
     if not sizes:
         return False
+    # here, not at the top: pyplot binds a backend when imported, so Agg is chosen first and only when a figure
+    # is drawn (importing the study leaves the process's matplotlib backend alone)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     metric, t = s["metric"], s["teacher"]
     scale = 100 if metric != "macro_auc" else 1

@@ -14,15 +14,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from timm.models import get_pretrained_cfg
+
 from .. import runs
 from ..config import DataConfig, RunConfig, build, differences, flat_dict, to_dict
+from ..data import DatasetError, source_of
+from ..data.inspect import summarize
 from ..datasets import taking
 from ..errors import MedistillError
 from ..models.kdfmv import width_name
+from ..train import run_training
 from ..utils.io import atomic_write_json, read_json_object
 from .options import ARMS, StudyConfig
 
@@ -44,9 +50,6 @@ class StudyError(MedistillError):
 
 def prepare_data(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[DataConfig, list[str]]:
     """The study's data config after ``data inspect``'s advice, and one sentence per decision taken."""
-    from ..data import DatasetError, source_of
-    from ..data.inspect import summarize
-
     data = copy.deepcopy(cfg.data)
     notes: list[str] = []
     source = source_of(data.dataset)  # the registry says which sources take a grouping and drop near copies
@@ -113,7 +116,6 @@ def teacher_runs(cfg: StudyConfig, data: DataConfig, say: Callable[[str], None])
                                  f"{runs.RUN_FILE})")
             check_same_splits(p, run.config().data, data)
         return paths
-    from ..train import run_training
 
     out = []
     for name in cfg.teacher_models:
@@ -131,10 +133,6 @@ def teacher_runs(cfg: StudyConfig, data: DataConfig, say: Callable[[str], None])
 
 def teacher_config(cfg: StudyConfig, data: DataConfig, name: str) -> RunConfig:
     """The fine-tuning config of teacher ``name`` on the study's data (all cores, seed 0)."""
-    import os
-
-    from timm.models import get_pretrained_cfg
-
     size = cfg.teacher_image_size
     if size is None:
         pre = get_pretrained_cfg(name)

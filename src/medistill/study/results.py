@@ -10,15 +10,24 @@ seed_mean_gain`'s two-level bootstrap (test patients and seeds).
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 
 from .. import runs
 from ..evaluate.bootstrap import bootstrap_unit, patient_groups, resampled_metric
 from ..evaluate.compare import seed_mean_gain
+from ..evaluate.metrics import majority_baseline
+from ..evaluate.runner import run_predictions
+from ..export.onnx import export_onnx
+from ..inference import INPUT, open_session
+from ..inference.timing import machine_load, measure_interleaved
+from ..models import count_macs, count_params
 from ..task import get_task
 from .options import ARMS
 from .plan import Plan, PlannedRun, Size, StudyError
@@ -49,8 +58,6 @@ def load_scores(run_dir: Path, metric: str, task: str) -> dict[str, Any]:
         out.update(accuracy=metric_value("accuracy", test), balanced_accuracy=metric_value("balanced_accuracy", test))
     history = runs.RunDir(run_dir).file(runs.HISTORY_FILE)
     if history.is_file():
-        import csv
-
         with open(history, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         out["train_seconds"] = float(sum(float(r.get("seconds") or 0) for r in rows))
@@ -61,9 +68,6 @@ def load_scores(run_dir: Path, metric: str, task: str) -> dict[str, Any]:
 def teacher_scores(plan: Plan, *, weights: str = "best") -> dict[str, Any]:
     """The teacher's predictions on the study's validation and test images (an ensemble: its members' mean
     probabilities), with its task, MACs and parameters (summed over members)."""
-    from ..evaluate.runner import run_predictions
-    from ..models import count_macs, count_params
-
     members, preds = [], {"val": [], "test": []}
     task = None
     for path in plan.teachers:
@@ -111,8 +115,6 @@ class Results:
                              f"runs and teacher must share the test split")
         self._scores[r] = s
         if r.size.key not in self._model:
-            from ..models import count_macs, count_params
-
             model, record = runs.load_model(self.plan.run_dir(r))
             inp = record["input"]
             self._model[r.size.key] = {"macs": count_macs(model, inp["size"], inp["channels"]),
@@ -228,8 +230,6 @@ class Results:
         return out
 
     def _majority(self) -> dict[str, Any]:
-        from ..evaluate.metrics import majority_baseline
-
         if not self._scores:
             return {}
         any_run = runs.RunDir(next(iter(self._scores.values()))["run"])
@@ -244,8 +244,6 @@ class Results:
     def _costs(self) -> dict[str, Any]:
         """The teacher-view caches' fill time (KD's set-up cost) and the teachers' training time; seconds per
         epoch of each arm at each size are in the sizes' ``arms``."""
-        import json
-
         caches = {}
         for meta in sorted(self.plan.views_dir().glob("teacher_views-*.json")):
             try:
@@ -257,8 +255,6 @@ class Results:
         for path in self.plan.teachers:
             h = runs.RunDir(path).file(runs.HISTORY_FILE)
             if h.is_file():
-                import csv
-
                 with open(h, newline="", encoding="utf-8") as f:
                     teacher_seconds.append(sum(float(r.get("seconds") or 0) for r in csv.DictReader(f)))
         return {"view_caches": caches, "teacher_train_seconds": teacher_seconds}
@@ -266,14 +262,8 @@ class Results:
     # --- latency ---------------------------------------------------------------------------------------------
     def time_latency(self) -> dict[str, Any]:
         """Every student size and every teacher member exported to ONNX (fp32) and timed in turns in ONNX Runtime
-        at batch 1 (:func:`medistill.timing.measure_interleaved`), so all see the same machine; an ensemble's
-        time is its members' sum."""
-        import onnxruntime
-
-        from ..export.onnx import export_onnx
-        from ..inference import INPUT, open_session
-        from ..timing import machine_load, measure_interleaved
-
+        at batch 1 (:func:`medistill.inference.timing.measure_interleaved`), so all see the same machine; an
+        ensemble's time is its members' sum."""
         folder = self.plan.out / "latency"
         folder.mkdir(parents=True, exist_ok=True)
         models: dict[str, Path] = {}

@@ -20,6 +20,8 @@ from typing import Any, Callable
 from .. import runs
 from ..config import RunConfig, from_dict, to_dict
 from ..errors import MedistillError
+from ..evaluate.runner import evaluate_run
+from ..train import run_training
 from .options import StudyConfig
 from .output import write_outputs
 from .plan import Plan, PlannedRun, StudyError, prepare_data, teacher_runs
@@ -47,9 +49,6 @@ def is_scored(run_dir: Path, weights: str) -> bool:
 def train_and_score(config: dict[str, Any], weights: str) -> dict[str, Any]:
     """Train (or resume) the run ``config`` describes unless it finished, then score ``weights`` on validation and
     test; returns ``{"seconds": wall time of this call}``. Top-level, so that worker processes can run it."""
-    from ..evaluate.runner import evaluate_run
-    from ..train import run_training
-
     t0 = time.perf_counter()
     cfg = from_dict(RunConfig, config)
     if not runs.RunDir(cfg.out).info().get("finished"):

@@ -19,6 +19,8 @@ import torch.nn as nn
 
 from .. import runs
 from ..errors import MedistillError
+from ..models import load_weights
+from ..models.weights import load_checkpoint
 from ..utils.io import atomic_write, atomic_write_text
 
 HISTORY_FILE = runs.HISTORY_FILE
@@ -63,9 +65,6 @@ def save_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, s
 def load_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                extra: dict[str, nn.Module]) -> TrainState:
     """Restore what :func:`save_state` wrote (``torch.load`` with ``weights_only``: a crafted file runs nothing)."""
-    from ..models import load_weights
-    from ..models.weights import load_checkpoint
-
     path = run.file(runs.STATE_FILE)
     state = load_checkpoint(path)
     if not isinstance(state, dict) or not {"epoch", "optimizer", "scheduler"} <= set(state):

@@ -21,7 +21,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ..losses import combine_teacher_logits, gradcam_maps
+from ..maps.attributions import attribution_maps
 from ..models import InputConfig
 from ..models.cam_layers import layer_by_name
 from ..task import Task
@@ -132,7 +135,7 @@ class AttributionMaps:
     teacher's Grad-CAM finds the evidence. EfficientNet's does not on the phantom (every layer's pointing game is
     at chance, its peaks on the border) while its GradientShap maps point at the lesion (``benchmarks/
     explain_fidelity.py``). So the teacher's map of each label is its GradientShap attribution
-    (:func:`medistill.explain.attributions.attribution_maps`: absolute values summed over channels, divided by the
+    (:func:`medistill.maps.attributions.attribution_maps`: absolute values summed over channels, divided by the
     maximum), area-pooled to the student's map grid ``side``. ``background``: loaded training images ``(M, C, S,
     S)`` at the load size, normalised (GradientShap's baselines). One map costs ``samples`` forward and backward
     passes of the teacher, so these maps are only computed into a cache (offline KD or cached views), never per
@@ -147,10 +150,6 @@ class AttributionMaps:
     def __call__(self, model: nn.Module, x: torch.Tensor, background: torch.Tensor, labels: int) -> torch.Tensor:
         """Maps ``(B, labels, side, side)`` of ``model`` on its input ``x`` ``(B, C, H, W)``, ``background``
         adapted to the same input."""
-        import torch.nn.functional as F
-
-        from ..explain.attributions import attribution_maps
-
         rows = x.repeat_interleave(labels, dim=0)  # image-major: (image 0, label 0), (image 0, label 1), ...
         maps = attribution_maps(model, rows, list(range(labels)) * len(x), method="gradientshap",
                                 background=background, n_samples=self.samples, seed=self.seed,
@@ -165,7 +164,7 @@ class DistillationObjective(SupervisedObjective):
 
     ``map_layers``: (student, teacher) layer names the explanation maps come from, a tuple per model (None: the
     declared CAM layer; several layers: one map combined by ``map_combine``, ``"fuse"``
-    (:func:`~medistill.losses.fuse_maps`) or ``"poly"`` (:func:`~medistill.losses.refine_maps`);
+    (:func:`~medistill.maps.combine.fuse_maps`) or ``"poly"`` (:func:`~medistill.maps.combine.refine_maps`);
     :mod:`medistill.train.setup` picks both with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, V, ...)``
     on ``V`` replayed views of each training image (``V = 1``: offline KD; cached consistent KD, :mod:`.views`),
@@ -211,8 +210,6 @@ class DistillationObjective(SupervisedObjective):
         ``"maps"`` ``(B, L, h, w)`` (Grad-CAM, or :class:`AttributionMaps` when set). Runs in the teacher precision,
         under ``inference_mode`` unless maps are needed (Grad-CAM's gradients run through the teacher's head
         only); results are plain tensors the student's loss can save for backward."""
-        from ..losses import combine_teacher_logits, gradcam_maps
-
         out: dict[str, torch.Tensor] = {}
         logits = []
         grad_ctx = torch.enable_grad() if need_maps else torch.inference_mode()
@@ -250,8 +247,6 @@ class DistillationObjective(SupervisedObjective):
         return {name: arr[idx, view].to(batch.x.device) for name, arr in self.cached.items()}
 
     def forward(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        from ..losses import gradcam_maps
-
         x = self.student_view(batch.x)
         s_layers = list(self.map_layers[0]) if self.needs_maps else []
         layers = ([None] if self.needs_features else []) + s_layers

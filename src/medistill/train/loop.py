@@ -58,7 +58,6 @@ def run_training(cfg: RunConfig, *, resume: bool = False, callbacks: Callbacks |
     with dist_utils.process_group(device) as distributed:
         if distributed and device.type == "cuda":
             device = resolve_device("auto")
-        from contextlib import nullcontext
 
         # one process per run folder: a second training into the same --out is refused (runs.RunDir.lock)
         with runs.RunDir(cfg.out).lock() if dist_utils.is_main() else nullcontext():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.data.mixup import cutmix_bbox_and_lam
 
 from ..task import Task
 
@@ -48,8 +49,6 @@ class Mixer:
         use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or np.random.rand() < 0.5)
         flip = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
         if use_cutmix:
-            from timm.data.mixup import cutmix_bbox_and_lam
-
             lam = float(np.random.beta(self.cutmix, self.cutmix))
             (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, lam, correct_lam=True)
             x = x.clone()

@@ -19,12 +19,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+import torchvision
+from timm.utils.model_ema import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from .. import runs
 from ..config import RunConfig
 from ..data import Preprocess, build_dataset, collate, image_cache_dir
+from ..data.images import INTENSITY_RULE
+from ..data.inspect import detect_channels
+from ..losses import (AttentionTransfer, CATLoss, E2KDLoss, FitNetsHint, KDLoss, build_hard_loss,
+                      class_weights_from_targets)
 from ..models import InputConfig, create_model, input_config, load_weights
+from ..models.cam_layers import choose_layers
 from ..task import Task, get_task
 from . import distributed as dist_utils
 from .checkpoint import unwrap
@@ -95,8 +102,6 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
              f", loaded at {load_in.size} px for the teacher" if load_in.size != s_in.size else "")
     student_input = (lambda x: adapt_input(x, load_in, s_in)) if load_in.size != s_in.size else (lambda x: x)
 
-    from ..losses import KDLoss, build_hard_loss, class_weights_from_targets
-
     cw = class_weights_from_targets(torch.from_numpy(train_ds.targets), torch.from_numpy(train_ds.masks), task) \
         if t.class_weights else None
     model.to(device).train()
@@ -129,8 +134,6 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     extra = dict(trainable)  # modules whose state resume restores besides the student
     ema = None
     if t.ema_decay > 0:
-        from timm.utils.model_ema import ModelEmaV3
-
         # warm-up: the average starts from the current weights instead of being dominated by the initial ones
         ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True)
         ema.module.requires_grad_(False)
@@ -152,9 +155,6 @@ def _in_chans(cfg: RunConfig, teacher_sources: list[str], probe: Any, run: runs.
     """The student's input channels: ``model.in_chans`` when given; for ``auto``, the first teacher run's (teacher
     and student must agree), else detected from a sample of the training images. Logged, and stored in the run
     record with the intensity rule the images are decoded by."""
-    from ..data.images import INTENSITY_RULE
-    from ..data.inspect import detect_channels
-
     if cfg.model.in_chans != "auto":
         chans, why = int(cfg.model.in_chans), "given (model.in_chans)"
     else:
@@ -175,8 +175,6 @@ def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: Inpu
                   device: torch.device) -> nn.Module | None:
     """The feature loss KDLoss adds: a FitNets hint (its 1x1 projector sized from one dummy forward of each
     network) or attention transfer; None without one."""
-    from ..losses import AttentionTransfer, FitNetsHint
-
     if cfg.distill.feature == "attention":
         return AttentionTransfer()
     if cfg.distill.feature != "fitnets":
@@ -192,8 +190,6 @@ def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: Inpu
 
 def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
     """e2KD (the teacher's predicted class for single-label data, every valid label for multi-label) or CAT-KD."""
-    from ..losses import CATLoss, E2KDLoss
-
     if cfg.distill.explain_loss == "e2kd":
         return E2KDLoss(single_label=not task.multilabel, predicted_only=cfg.distill.explain_labels == "predicted")
     if cfg.distill.explain_loss == "cat":
@@ -207,8 +203,6 @@ def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputC
     ``distill.cam_layers`` at each model's own input size: the layers ``explain`` hooks under the same policy
     (one, or several combined under ``fuse`` / ``poly``), so the student is trained on the maps it is judged by.
     No teacher layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
-    from ..models.cam_layers import choose_layers
-
     if cfg.distill.explain_loss == "none":
         return (), (), 0
     policy, min_size = cfg.distill.cam_layers, cfg.distill.cam_min_size
@@ -252,8 +246,6 @@ def _cache(cfg: RunConfig, plan: DistillPlan, objective: DistillationObjective, 
     """Wrap ``train_ds`` in a :class:`~.views.ViewDataset` of the plan's views (mixed when the plan says so), fill
     ``objective.cached`` from the cache (computing what is missing), and return the dataset and the plan completed
     with the cache's path and key."""
-    import torchvision
-
     d, t = cfg.distill, cfg.train
     views = plan.views
     ds = ViewDataset(train_ds, views, seed=cfg.data.split_seed,

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate
+from ..runs import waiting_lock
 from ..utils.io import atomic_write, atomic_write_json
 from .mixing import Mixer
 
@@ -134,8 +135,6 @@ class ViewCache:
         batch to named outputs ``(B, ...)``. ``on_view(views done, V)`` after each view, ``on_batch(view, V,
         images done, N)`` after each batch (progress bars live in the CLI). Runs sharing the cache's folder take
         turns: while another process fills it (``<stem>.lock``), this one waits, then reads what it wrote."""
-        from ..runs import waiting_lock
-
         with waiting_lock(self.path.with_suffix(".lock"),
                           on_wait=lambda: log.info("waiting for another process filling %s", self.path)):
             return self._load_or_compute(key, ds, batch_size, teacher, device, on_view, on_batch)

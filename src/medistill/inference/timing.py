@@ -1,8 +1,8 @@
 """Latency measurement: one timing loop for every runtime (ONNX Runtime, eager PyTorch, anything callable).
 
 ``measure_interleaved`` times several callables in turns so that all of them see the same load of a shared
-machine; ``measure_latency`` is the same loop with one callable. ``ort_latency`` and ``torch_latency`` wrap them for
-an ONNX file and a PyTorch model. Used by ``export.quantize`` (INT8 vs fp32) and ``benchmark``.
+machine; ``measure_latency`` is the same loop with one callable; ``ort_latency`` wraps it for an ONNX file. Used by
+``export.quantize`` (INT8 vs fp32), ``benchmark``, ``study`` and ``evaluate.efficiency`` (a PyTorch forward).
 
 Every summary carries the minimum (the figure least disturbed by other processes: ratios between models are built
 from it), the median and p90, and the ``spread`` (p90 / min - 1). :func:`machine_load` records how busy the machine
@@ -10,7 +10,7 @@ was; :func:`reliability` calls a measurement unreliable when the machine was bus
 :data:`BUSY_LOAD_PER_CPU`) or the calls spread widely (above :data:`WIDE_SPREAD`): on a shared machine the same
 model measured 105 ms and 15.7 ms in two runs.
 
-Torch-free at import: torch is imported by the functions that time PyTorch.
+Torch-free at import: :func:`torch_threads` imports torch when called.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+from . import INPUT, open_session
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,6 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, runs: int = 50, 
 def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, output_names: Sequence[str] | None = None,
                 **kwargs: Any) -> dict[str, float]:
     """``measure_latency`` of one ONNX Runtime call on input ``x`` (B, C, S, S) with ``threads`` intra-op threads."""
-    from .inference import INPUT, open_session
-
     sess = open_session(path, threads=threads)
     feed = {INPUT: np.ascontiguousarray(x, np.float32)}
     names = list(output_names) if output_names else None
@@ -140,14 +140,3 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def torch_latency(model: Any, x: np.ndarray, *, threads: int | None = None, **kwargs: Any) -> dict[str, float]:
-    """``measure_latency`` of an eager PyTorch forward (eval mode, no_grad; mode restored) on ``x``."""
-    import torch
-
-    from .utils.runtime import eval_mode
-
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    with torch_threads(threads), eval_mode(model), torch.inference_mode():
-        return measure_latency(lambda: model(t), **kwargs)

@@ -35,7 +35,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from captum.attr import GradientShap, IntegratedGradients, Occlusion
 
+from ..models import ModelError, input_config
 from .base import ExplainError, check_inputs, explaining, model_device, resize_maps
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,6 @@ def occlusion_window(side: int, window: int = 0, stride: int = 0) -> tuple[int, 
 
 def black_baseline(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W): a black image (0 in [0, 1]) normalised with the model's mean and std; zeros if unknown."""
-    from ..models import ModelError, input_config
-
     c = images.shape[1]
     try:
         cfg = input_config(model)
@@ -109,8 +109,6 @@ def attribution_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[in
     square and its step in pixels (0: :func:`occlusion_window`).
     Returns float32 (N, S, S) in [0, 1], S = ``size`` or the input size.
     """
-    from captum.attr import GradientShap, IntegratedGradients
-
     if method not in ATTRIBUTION_METHODS:
         raise ExplainError(f"method {method!r}: expected one of {list(ATTRIBUTION_METHODS)}")
     labels = check_inputs(images, labels, getattr(model, "num_classes", None))
@@ -159,8 +157,6 @@ def _occlusion_maps(model: nn.Module, images: torch.Tensor, labels: list[int], *
                     batch_size: int, window: tuple[int, int]) -> np.ndarray:
     """Occlusion maps (see the module docstring): one image at a time, ``batch_size`` window positions per
     forward pass; positive part, max-normalised."""
-    from captum.attr import Occlusion
-
     w, st = window
     c = images.shape[1]
     out = []

@@ -24,7 +24,7 @@ from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExplainError", "check_inputs", "explaining", "hook_count", "model_device", "resize_maps"]
+__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "resize_maps"]
 
 # the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -38,11 +38,6 @@ def _hook_keys(model: nn.Module) -> dict[tuple[str, str], set[int]]:
             if hooks is not None:
                 out[(name, attr)] = set(hooks.keys())
     return out
-
-
-def hook_count(model: nn.Module) -> int:
-    """Number of forward/backward (pre-)hooks registered on ``model`` and its submodules."""
-    return sum(len(v) for v in _hook_keys(model).values())
 
 
 @contextmanager

@@ -1,6 +1,7 @@
-"""Torch-free prediction with an exported ONNX model: onnxruntime, numpy, Pillow (and pydicom for DICOM).
+"""The torch-free runtime: prediction with an exported ONNX model here (onnxruntime, numpy, Pillow, and pydicom
+for DICOM), the one latency loop in :mod:`.timing`.
 
-``medistill predict`` and ``medistill serve`` use this module; it must never import torch (a test runs
+``medistill predict`` and ``medistill serve`` use this package; it must never import torch (a test runs
 ``medistill predict`` where importing torch fails). An exported model carries everything needed to use it in its
 ONNX ``metadata_props`` (see :class:`ModelInfo`): label names, task, input size, channels, mean / std and
 per-label thresholds, the intensity rule of training (``medistill.data.images``) and the training images' input
@@ -15,6 +16,7 @@ Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S,
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -24,9 +26,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import images as im
-from .errors import MedistillError
-from .task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
+from ..data import images as im
+from ..errors import MedistillError
+from ..task import TASKS, get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
+from ..utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +182,9 @@ def input_warnings(stat: dict[str, Any], training: dict[str, Any] | None) -> lis
 
 
 def medistill_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("medistill")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return importlib.metadata.version("medistill")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without install
         return "unknown"
 
 
@@ -402,8 +403,6 @@ def save_overlays(pred: Prediction, labels: Sequence[str], out: str | Path, *, i
     """Write ``<stem>.<label>.png`` overlays of ``pred``'s maps into ``out``; ``which`` = positive (the positive
     labels, or the most probable one when none is) or all. Returns the written paths."""
     from PIL import Image
-
-    from .utils.io import atomic_write
 
     if pred.maps is None or pred.image is None:
         return []

@@ -1,4 +1,5 @@
-"""The explanation package's error (torch-free, so that options and the CLI can raise it without torch)."""
+"""The error of explanations and their maps (torch-free, so that ``explain``'s options and the CLI can raise it
+without torch)."""
 
 from __future__ import annotations
 
