@@ -321,7 +321,7 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     student, _ = run_dirs
     out = tmp_path / "explain"
     rc = main(["explain", str(student), "--dataset", "phantom", "--root", str(phantom_root), "--split", "test",
-               "--limit", "16", "--method", "gradcam", "--out", str(out), "--steps", "4", "--sanity"])
+               "--limit", "16", "--method", "gradcam", "--out", str(out), "--steps", "4"])
     assert rc == 0
     summary = json.loads((out / "explain.json").read_text())
     assert summary["method"] == "gradcam"
@@ -339,8 +339,12 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     for key in ("energy_inside", "iou", "deletion_auc", "insertion_auc"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["num_maps"] == sum(len(e["maps"]) for e in summary["images"])
-    assert 0.0 <= summary["sanity"]["pointing_game"] <= 1.0  # the weight-shuffled copy, scored the same way
-    assert "spearman_to_trained" in summary["sanity"]  # null when the shuffled maps are flat (no ranking)
+    # the randomisation check runs by default, for every method used: the student's and the teacher's
+    for block in (summary["sanity"], summary["teacher"]["sanity"]):
+        assert block["method"] == "gradcam" and block["maps"] >= 1
+        assert 0.0 <= block["pointing_game"] <= 1.0  # the weight-shuffled copy, scored the same way
+        assert "spearman_to_trained" in block  # null when the shuffled maps are flat (no ranking)
+        assert block["passed"] in (True, False) and isinstance(block["reasons"], list)
     first = summary["images"][0]
     assert (out / first["overlay"]).is_file()
     assert all(0.0 <= m["prob"] <= 1.0 and m["label"] in summary["labels"] for m in first["maps"])
@@ -375,6 +379,51 @@ def test_teacher_method_explains_the_teacher_with_another_method(run_dirs, phant
     student_grid = mixed["agreement_grid"]
     assert 1 < student_grid < SIZE and -1.0 <= mixed["agreement_spearman_grid"] <= 1.0
     assert alone.get("agreement_grid") is None  # no teacher, no agreement
+
+
+def test_sanity_check_flags_the_method_whose_maps_survive_randomised_weights(run_dirs, phantom_root, tmp_path,
+                                                                            capsys):
+    """Every explanation run states the weight-randomisation check of each method it used. GradientShap multiplies
+    its gradients by (image - background): on the phantom its maps of a weight-shuffled model keep the image's
+    structure (Spearman to the trained maps 0.5 or more) and still hit the lesions above twice chance, so it is
+    flagged and its overlays are framed as not evidence; Grad-CAM's maps of the shuffled model lose the lesions."""
+    from medistill.cli import main
+    from medistill.explain.sanity import MAX_CHANCE_RATIO, MAX_SPEARMAN
+
+    student, teacher = run_dirs
+    common = ["--dataset", "phantom", "--root", str(phantom_root), "--split", "test", "--limit", "24",
+              "--with-truth", "--labels", "truth", "--no-faithfulness", "--feature-grid", "0", "--overlays", "1",
+              "--n-samples", "8", "--background", "8"]
+    assert main(["explain", str(student), *common, "--method", "gradcam", "--teacher-method", "gradientshap",
+                 "--out", str(tmp_path / "both")]) == 0
+    err = capsys.readouterr().err
+    s = json.loads((tmp_path / "both" / "explain.json").read_text())
+    cam, shap = s["sanity"], s["teacher"]["sanity"]
+    assert cam["method"] == "gradcam" and cam["passed"] is True and cam["reasons"] == []
+    assert cam["pointing_game"] <= MAX_CHANCE_RATIO * cam["pointing_chance"]
+    assert shap["method"] == "gradientshap" and shap["passed"] is False
+    assert shap["spearman_to_trained"] >= MAX_SPEARMAN or shap["pointing_game"] > MAX_CHANCE_RATIO * shap["pointing_chance"]
+    assert "sanity check of gradcam (student): passed" in err
+    assert "sanity check of gradientshap (teacher): FAILED, not evidence" in err
+    # --no-sanity: no block, and the run says its maps were not checked
+    assert main(["explain", str(student), *common, "--method", "gradcam", "--no-sanity", "--teacher",
+                 str(teacher), "--out", str(tmp_path / "unchecked")]) == 0
+    unchecked = json.loads((tmp_path / "unchecked" / "explain.json").read_text())
+    assert "sanity" not in unchecked and "sanity" not in unchecked["teacher"]
+    assert "sanity check of gradcam (student): not run" in capsys.readouterr().err
+
+
+def test_sanity_verdict_thresholds():
+    from medistill.explain.sanity import verdict
+
+    assert verdict({"spearman_to_trained": 0.1, "pointing_game": 0.05, "pointing_chance": 0.03}) == \
+        {"passed": True, "reasons": []}
+    v = verdict({"spearman_to_trained": 0.7, "pointing_game": 0.07, "pointing_chance": 0.03})
+    assert v["passed"] is False and len(v["reasons"]) == 2 and "Spearman 0.70" in v["reasons"][0]
+    assert "0.070 > 2 x chance 0.030" in v["reasons"][1]
+    # no truth: the Spearman alone decides; neither figure (flat maps, no truth): not judged
+    assert verdict({"spearman_to_trained": 0.2})["passed"] is True
+    assert verdict({"spearman_to_trained": float("nan")}) == {"passed": None, "reasons": []}
 
 
 def test_cli_explain_images_labels_and_errors(run_dirs, phantom_root, tmp_path, capsys):

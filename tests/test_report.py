@@ -152,7 +152,9 @@ def make_explain(folder: Path, labels: list[str]) -> Path:
             "agreement_top15_iou": 0.6, "teacher_seconds_per_image": 0.09,
             "teacher": {"run": "/runs/teacher", "model": "densenet121", "maps": 4, **scores, "pointing_game": 0.8},
             "sanity": {"test": "model parameter randomisation (Adebayo et al. 2018)", **scores, "pointing_game": 0.1,
-                       "spearman_to_trained": 0.05},
+                       "spearman_to_trained": 0.05, "method": "gradcam", "maps": 4, "passed": False,
+                       "reasons": ["the randomised model's maps still find the truth (pointing game 0.100 > 2 x "
+                                   "chance 0.080)"]},
             "per_label": {lab: {"maps": 2, **scores} for lab in labels[1:3]},
             "run": str(folder.parent), "model": "tiny_cnn", "labels": labels, "task": "multilabel", "size": 64,
             "source": {"dataset": "phantom"}, "label_agnostic_method": False, "feature_map_grids": grids,
@@ -294,7 +296,7 @@ def test_report_escapes_inputs_and_marks_undefined_auc(multilabel_page):
 
 def test_report_fidelity_table_per_model_and_label(multilabel_page):
     ex = _section(multilabel_page, "explanations")
-    fid = ex[ex.index("<h3>Fidelity</h3>"):ex.index("<h3>explain ")]
+    fid = ex[ex.index("<h3>Fidelity</h3>"):ex.index("<h3>Sanity checks</h3>")]
     assert "<th>pointing game (chance)</th><th>tolerant (chance)</th>" in fid
     rows = re.findall(r"<tr>(.*?)</tr>", fid, re.S)[1:]
     assert len(rows) == 4  # explain/: student, its teacher, the weight-randomised copy; explain_pairs/: its one
@@ -308,6 +310,20 @@ def test_report_fidelity_table_per_model_and_label(multilabel_page):
     assert '<td>0.810 <span class="muted">(0.920 at 8&times;8)</span></td>' in student
     assert "teacher: densenet121" in teacher and "layer3, layer4" in teacher and "0.800" in teacher
     assert "randomised weights" in randomised and "0.100" in randomised
+    # each method's randomisation check: the student's failed (explain.json says so), the teacher's was not run
+    assert '<span class="bad">FAILED: not evidence</span>' in student and '<span class="muted">not run</span>' in teacher
+    # the sanity table: every method of every folder (explain_pairs/ names its method but ran no check)
+    sanity = ex[ex.index("<h3>Sanity checks</h3>"):ex.index("<h3>explain ")]
+    checks = re.findall(r"<tr>(.*?)</tr>", sanity, re.S)[1:]
+    assert len(checks) == 3
+    assert "student: tiny_cnn" in checks[0] and ">gradcam</td>" in checks[0] and "<td>0.050</td>" in checks[0]
+    assert "still find the truth" in checks[0] and '<span class="muted">(0.080)</span>' in checks[0]
+    assert "teacher: densenet121" in checks[1] and "not run" in checks[1]
+    assert "explain_pairs" in checks[2] and ">gradcam++</td>" in checks[2] and "not run" in checks[2]
+    # above the folder's overlays: its maps are not evidence
+    block = ex[ex.index("<h3>explain "):ex.index("<h3>explain_pairs")]
+    assert "The student&#x27;s gradcam maps FAILED the weight-randomisation check" in block
+    assert "were not checked against a weight-randomised model" in block  # the teacher's
     # the per-label table of the folder, and the truth outline named in the lead
     assert ">label</th><th>maps</th><th>pointing game (chance)</th>" in ex
     assert "outlined in white" in ex

@@ -18,7 +18,8 @@ EXPLAIN = {"method": "gradcam", "num_images": 2, "maps_with_truth": 3, "model": 
            "agreement_spearman": 0.71, "agreement_spearman_grid": 0.83, "agreement_grid": 8,
            "cam_layers": {"student": ["stages.4"], "teacher": ["layer3"]},
            "teacher": {"model": "resnet18", "pointing_game": 0.7, "pointing_game_tolerant": 0.9},
-           "sanity": {"pointing_game": 0.04, "blank": 0.5},
+           "sanity": {"pointing_game": 0.04, "blank": 0.5, "passed": False, "spearman_to_trained": 0.7,
+                      "reasons": ["maps barely change when the weights are randomised (Spearman 0.70 >= 0.5)"]},
            "per_label": {"Nodule": {"maps": 2, "pointing_game": 0.5, "pointing_chance": 0.01}},
            "images": [{"name": "ph_1", "overlay": "overlays/0000_ph_1.png", "maps": [{"label": "Nodule"}]},
                       {"name": "ph_2", "overlay": "../outside.png", "maps": []}]}
@@ -59,6 +60,12 @@ def test_explanation_beside_the_model_is_served(layout):
     assert teacher["spearman_to_teacher"] is None and teacher["spearman_to_teacher_grid"] is None
     assert teacher["model"] == "resnet18" and teacher["pointing_game_tolerant"] == 0.9
     assert randomised["what"] == "randomised weights" and randomised["blank"] == 0.5
+    # each method's randomisation check: the explained model's failed, the teacher's was not run
+    assert explained["sanity"]["checked"] is True and explained["sanity"]["passed"] is False
+    assert explained["sanity"]["method"] == "gradcam" and explained["sanity"]["spearman_to_trained"] == 0.7
+    assert "barely change" in explained["sanity"]["reasons"][0]
+    assert teacher["sanity"] == {"method": None, "checked": False, "passed": None, "reasons": []}
+    assert randomised["sanity"] is None
     assert e["per_label"]["Nodule"]["pointing_game"] == 0.5
     # only files inside the explanation folder are embedded
     assert [o["image"] for o in e["overlays"]] == ["ph_1"]

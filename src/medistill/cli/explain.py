@@ -60,6 +60,7 @@ def data_to_explain(run_dir: str | Path, cfg: ExplainConfig) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..explain.runner import EXPLAIN_FILE, explain_run
+    from ..explain.sanity import describe
 
     cfg = config_from_args(ExplainConfig, args)
     s = cfg.source
@@ -80,5 +81,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     shown = {k: v for k, v in summary.items() if k not in ("images", "per_label", "labels")}
     print_json(shown)
+    for line in describe(summary):
+        print(line, file=sys.stderr)
     print(f"written to {Path(args.out) / EXPLAIN_FILE}", file=sys.stderr)
     return 0

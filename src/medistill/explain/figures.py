@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import matplotlib
 import numpy as np
@@ -28,6 +28,7 @@ from .options import ExplainOptions
 from .sides import Explained
 
 OVERLAY_ALPHA = 0.45  # weight of the heatmap in the blend
+FAILED_COLOUR = (0.85, 0.1, 0.1)  # the frame of maps whose method failed the randomisation check
 
 
 def _display(raw: np.ndarray, size: int) -> np.ndarray:
@@ -98,13 +99,28 @@ def safe_name(name: str) -> str:
 Cell = tuple[str, float, np.ndarray, Optional[np.ndarray]]  # (label, probability, map (S, S), truth (S, S))
 
 
-def draw_overlay(path: Path, raw: np.ndarray, rows: list[tuple[str, list[Cell]]], size: int) -> Path:
-    """One PNG: per row (model name, [(label, prob, map (S, S), truth (S, S) | None)]) the image then heatmaps."""
+def frame(cell: np.ndarray, colour: tuple[float, float, float] = FAILED_COLOUR) -> np.ndarray:
+    """(S, S, 3): ``cell`` with a border of ``colour`` (a few px wide, scaled with the cell)."""
+    out = cell.copy()
+    w = max(2, cell.shape[0] // 32)
+    out[:w], out[-w:], out[:, :w], out[:, -w:] = colour, colour, colour, colour
+    return out
+
+
+def draw_overlay(path: Path, raw: np.ndarray, rows: list[tuple[str, list[Cell]]], size: int,
+                 not_evidence: Collection[str] = ()) -> Path:
+    """One PNG: per row (model name, [(label, prob, map (S, S), truth (S, S) | None)]) the image then heatmaps.
+    The maps of a row named in ``not_evidence`` (its method failed the weight-randomisation check) are framed in
+    red and titled so: they are drawn, but not as evidence."""
     image = _display(raw, size)
-    cells = [[image] + [heat_overlay(image, heat, truth) for _, _, heat, truth in row] for _, row in rows]
+    cells = [[image] + [frame(c) if name in not_evidence else c
+                        for c in (heat_overlay(image, heat, truth) for _, _, heat, truth in row)]
+             for name, row in rows]
     # a blank map (all zero: no positive evidence for the label) says so instead of showing a plain image
-    titles = [[name] + [f"{label}\np={prob:.2f}" + (", blank" if not np.any(heat > 0) else "")
-                        for label, prob, heat, _ in row] for name, row in rows]
+    titles = [[name + ("\nnot evidence" if name in not_evidence else "")]
+              + [f"{label}\np={prob:.2f}" + (", blank" if not np.any(heat > 0) else "")
+                 + (", fails sanity" if name in not_evidence else "")
+                 for label, prob, heat, _ in row] for name, row in rows]
     return draw_panel(path, cells, titles)
 
 

@@ -51,7 +51,10 @@ class ExplainOptions:
     n_steps: int = option(32, "Integrated Gradients: path steps")
     occlusion_window: int = option(0, "occlusion: side of the occluding square in px; 0 = a tenth of the image")
     occlusion_stride: int = option(0, "occlusion: its step in px; 0 = a third of the window")
-    sanity: bool = option(False, "also explain a weight-shuffled copy of the student (Adebayo et al. 2018)")
+    sanity: bool = option(True, "the weight-randomisation check of every method used (Adebayo et al. 2018): a "
+                                "weight-shuffled copy of the student (and of the teacher) explained the same way; a "
+                                "method whose maps barely change, or still find the truth, is flagged as not "
+                                "evidence (--no-sanity skips it, and the outputs say it was not checked)")
     with_truth: bool = option(False, "dataset split: only the images that have ground truth (phantom masks, NIH boxes)")
     overlays: int = option(64, "write overlay PNGs for at most this many images")
     feature_grid: int = option(4, "images (rows) in the feature-map grids; 0 = no grids")

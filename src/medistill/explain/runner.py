@@ -27,7 +27,10 @@ hooked); with
 area-pooled to ``agreement_grid``, the coarser of the two sides' own map grids: a CAM's layer side, the image side
 for pixel methods), ``teacher_seconds_per_image`` and a ``teacher`` block with its own
 scores and ``method`` (``options.teacher_method`` when given: the student's maps compared with another method's);
-with ``options.sanity`` a ``sanity`` block (the same scores for a weight-shuffled copy of the student).
+with ``options.sanity`` (the default) a ``sanity`` block for the student's method and one in the ``teacher`` block for
+the teacher's: the same scores for a weight-shuffled copy of that model, ``spearman_to_trained`` (each map against
+the trained model's), and the verdict ``passed`` / ``reasons`` (:mod:`.sanity`); a side that fails has its overlays
+framed in red and titled "not evidence".
 """
 
 from __future__ import annotations
@@ -107,8 +110,11 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
     student_scores, teacher_scores, teacher_map = score_pairs(student, teacher_side, teacher_pairs, pairs, inputs,
                                                               options, progress)
     summary = summarise(student, teacher_side, teacher_pairs, pairs, student_scores, teacher_scores, n, options)
-    if options.sanity and pairs:
+    if options.sanity and pairs:  # every method used: the student's, and the teacher's (its own method)
         summary["sanity"] = sanity_scores(student, pairs, inputs, options, size, backgrounds["student"])
+        if teacher_side is not None and teacher_pairs:
+            summary["teacher"]["sanity"] = sanity_scores(teacher_side, [pairs[p] for p in teacher_pairs], inputs,
+                                                         options.for_side("teacher"), size, backgrounds["teacher"])
     if student.cam_layers:
         summary["cam_layers"] = {s.name: s.cam_layers for s in sides}
     summary.update({"run": str(run_dir), "model": student.record.get("model"), "labels": student.labels,
@@ -116,7 +122,7 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
                     "label_agnostic_method": options.method in LABEL_AGNOSTIC})
     out.mkdir(parents=True, exist_ok=True)
     summary["images"] = write_images(out, inputs, student, teacher_side, teacher_map, pairs, student_scores,
-                                     teacher_scores, options, size)
+                                     teacher_scores, options, size, failed_sanity(summary))
     summary["feature_map_grids"] = write_feature_grids(out, inputs, sides, options, size)
     atomic_write_json(out / EXPLAIN_FILE, summary)
     log.info("explain: %d maps in %.2f s per image; written to %s", len(pairs), summary["seconds_per_image"], out)
@@ -154,11 +160,18 @@ def explain_sides(student: Explained, teacher: Explained | None, pairs: list[Pai
     return teacher_pairs
 
 
+def failed_sanity(summary: dict[str, Any]) -> set[str]:
+    """The sides (``student``, ``teacher``) whose maps failed the weight-randomisation check."""
+    blocks = {"student": summary.get("sanity"), "teacher": (summary.get("teacher") or {}).get("sanity")}
+    return {side for side, b in blocks.items() if isinstance(b, dict) and b.get("passed") is False}
+
+
 def write_images(out: Path, inputs: Inputs, student: Explained, teacher: Explained | None,
                  teacher_map: dict[int, np.ndarray], pairs: list[Pair],
                  student_scores: list[dict[str, float]], teacher_scores: list[dict[str, float]],
-                 options: ExplainOptions, size: int) -> list[dict[str, Any]]:
-    """Overlay PNGs (first ``options.overlays`` images) and the per-image entries of ``explain.json``."""
+                 options: ExplainOptions, size: int, not_evidence: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Overlay PNGs (first ``options.overlays`` images) and the per-image entries of ``explain.json``; the maps of
+    the sides in ``not_evidence`` (failed the randomisation check) are drawn framed in red and titled so."""
     by_image: dict[int, list[int]] = {}
     for p, (i, _) in enumerate(pairs):
         by_image.setdefault(i, []).append(p)
@@ -188,7 +201,7 @@ def write_images(out: Path, inputs: Inputs, student: Explained, teacher: Explain
                                          for p, m in zip(ps, maps) if p in teacher_map]))
                 rows = [r for r in rows if r[1]]
             file = out / "overlays" / f"{i:04d}_{safe_name(inputs.names[i])}.png"
-            draw_overlay(file, inputs.raw[i], rows, size)
+            draw_overlay(file, inputs.raw[i], rows, size, not_evidence=not_evidence)
             entry["overlay"] = str(file.relative_to(out))
         entries.append(entry)
     return entries

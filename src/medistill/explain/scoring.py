@@ -17,7 +17,7 @@ from . import METHODS, explain_maps
 from .inputs import Inputs
 from .metrics import ScoreAccumulator, agreement_scores, deletion_insertion, localisation_scores
 from .options import ExplainOptions
-from .sanity import randomized_copy
+from .sanity import TEST_NAME, randomized_copy, verdict
 from .sides import Explained
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -160,11 +160,13 @@ def per_label(pairs: list[Pair], scores: list[dict[str, float]]) -> dict[str, di
     return {name: {"maps": n[name], **acc.aggregate()} for name, acc in accs.items()}
 
 
-def sanity_scores(student: Explained, pairs: list[Pair], inputs: Inputs, options: ExplainOptions,
-                  size: int, background: torch.Tensor | None) -> dict[str, Any]:
-    """Localisation of a weight-shuffled copy of the student on the same pairs (Adebayo et al. 2018)."""
-    shuffled = Explained("randomized", randomized_copy(student.model, options.seed), student.record, student.run,
-                         x=student.x)
+def sanity_scores(side: Explained, pairs: list[Pair], inputs: Inputs, options: ExplainOptions, size: int,
+                  background: torch.Tensor | None) -> dict[str, Any]:
+    """The weight-randomisation check of ``side``'s maps (Adebayo et al. 2018): a weight-shuffled copy of its model
+    explained on the same ``pairs`` (those of ``side.maps``, in order) with the same method and layers, scored the
+    same way, each map's Spearman to the trained model's map (``spearman_to_trained``), and the verdict
+    (:func:`medistill.explain.sanity.verdict`: ``passed``, ``reasons``)."""
+    shuffled = Explained(side.name, randomized_copy(side.model, options.seed), side.record, side.run, x=side.x)
     compute_maps(shuffled, pairs, options, size, background, None)
     acc = ScoreAccumulator()
     for p, (i, name) in enumerate(pairs):
@@ -172,5 +174,6 @@ def sanity_scores(student: Explained, pairs: list[Pair], inputs: Inputs, options
         acc.update({"blank": blank(shuffled.maps[p])})
         if truth is not None and truth.any():
             acc.update(localisation_scores(shuffled.maps[p], truth))
-        acc.update({"spearman_to_trained": agreement_scores(shuffled.maps[p], student.maps[p])["agreement_spearman"]})
-    return {"test": "model parameter randomisation (Adebayo et al. 2018)", **acc.aggregate()}
+        acc.update({"spearman_to_trained": agreement_scores(shuffled.maps[p], side.maps[p])["agreement_spearman"]})
+    scores = acc.aggregate()
+    return {"test": TEST_NAME, "method": options.method, "maps": len(pairs), **scores, **verdict(scores)}

@@ -6,6 +6,12 @@ within 15 px x size / 224 of the truth, Zhang et al. 2016), each beside its chan
 Spearman of the student's maps to the teacher's (over pixels, and at the coarser map's own grid when that is
 coarser: a CAM's layer side), the share of blank maps (no positive evidence for the label),
 deletion / insertion. A folder without truth (no masks or boxes) gives no row.
+
+The sanity table states, for every folder and each method used there (the explained run's and its teacher's), the
+weight-randomisation check ``medistill explain`` ran (:mod:`medistill.explain.sanity`): the Spearman of the maps
+before and after the weights are shuffled, the randomised model's pointing game beside chance where truth exists,
+and the verdict written in ``explain.json``; a method that failed is flagged, and its overlays are introduced as
+not evidence (:func:`sanity_warning`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from .format import esc, num
 from .pieces import table
 
 HEADERS = ("explanation", "model", "maps", "pointing game (chance)", "tolerant (chance)", "energy inside", "IoU",
-           "Spearman to teacher", "blank maps", "deletion", "insertion")
+           "Spearman to teacher", "blank maps", "deletion", "insertion", "sanity check")
+SANITY_HEADERS = ("explanation", "model", "method", "maps", "Spearman before / after randomisation",
+                  "randomised pointing game (chance)", "verdict")
 LABEL_HEADERS = ("label", "maps", "pointing game (chance)", "tolerant (chance)", "energy inside",
                  "Spearman to teacher")
 
@@ -59,23 +67,86 @@ def rows_of(ex: ExplainData) -> list[list[str]]:
     layers = s.get("cam_layers") or {}
     chance, chance_tol = s.get("pointing_chance"), s.get("pointing_chance_tolerant")
 
-    def row(who: str, model: Any, d: dict[str, Any], spearman: str, maps: Any) -> list[str]:
+    def row(who: str, model: Any, d: dict[str, Any], spearman: str, maps: Any, check: str) -> list[str]:
         hooked = layers.get(who) if isinstance(layers, dict) else None
         label = esc(f"{who}: {model}" if model else who) + (
             f' <span class="muted">{esc(", ".join(map(str, hooked)))}</span>' if hooked else "")
         return [name, label, esc(maps if maps is not None else "n/a"),
                 _with_chance(d.get("pointing_game"), chance), _with_chance(d.get("pointing_game_tolerant"), chance_tol),
                 _cell(d.get("energy_inside")), _cell(d.get("iou")), spearman, _cell(d.get("blank"), 2),
-                _cell(d.get("deletion_auc")), _cell(d.get("insertion_auc"))]
+                _cell(d.get("deletion_auc")), _cell(d.get("insertion_auc")), check]
 
-    out = [row("student", s.get("model"), s, _agreement(s), s.get("maps_with_truth"))]
+    out = [row("student", s.get("model"), s, _agreement(s), s.get("maps_with_truth"), _verdict(s.get("sanity")))]
     teacher = s.get("teacher")
     if isinstance(teacher, dict) and num(teacher.get("pointing_game")) is not None:
-        out.append(row("teacher", teacher.get("model"), teacher, "n/a", teacher.get("maps")))
+        out.append(row("teacher", teacher.get("model"), teacher, "n/a", teacher.get("maps"),
+                       _verdict(teacher.get("sanity"))))
     sanity = s.get("sanity")
     if isinstance(sanity, dict) and num(sanity.get("pointing_game")) is not None:
-        out.append(row("randomised weights", s.get("model"), sanity, "n/a", None))
+        out.append(row("randomised weights", s.get("model"), sanity, "n/a", None, ""))
     return out
+
+
+def _verdict(block: Any) -> str:
+    """The randomisation check's verdict as a cell: passed, FAILED (not evidence), not judged, or not run."""
+    if not isinstance(block, dict):
+        return '<span class="muted">not run</span>'
+    passed = block.get("passed")
+    if passed is True:
+        return '<span class="good">passed</span>'
+    if passed is False:
+        return '<span class="bad">FAILED: not evidence</span>'
+    return '<span class="muted">not judged</span>'
+
+
+def sides(summary: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """(side, model, method, sanity block or None) of each method used in one ``explain.json``: the explained
+    run's, and its teacher's when it was explained."""
+    out = [("student", summary.get("model"), summary.get("method"), summary.get("sanity"))]
+    teacher = summary.get("teacher")
+    if isinstance(teacher, dict):
+        out.append(("teacher", teacher.get("model"), teacher.get("method"), teacher.get("sanity")))
+    return out
+
+
+def sanity_table(explains: Sequence[ExplainData]) -> str:
+    """Every folder's randomisation check, per method used ("" when no folder has an ``explain.json`` summary)."""
+    rows = []
+    for ex in explains:
+        if "method" not in ex.summary:  # no summary, or not one medistill explain wrote
+            continue
+        name = esc(ex.path.name + (f" ({ex.run})" if ex.run else ""))
+        for who, model, method, block in sides(ex.summary):
+            b = block if isinstance(block, dict) else {}
+            reasons = "; ".join(str(r) for r in b.get("reasons") or [])
+            rows.append([name, esc(f"{who}: {model}" if model else who), esc(method or "n/a"), esc(b.get("maps", "n/a")),
+                         _cell(b.get("spearman_to_trained")),
+                         _with_chance(b.get("pointing_game"), b.get("pointing_chance")) if b else "n/a",
+                         _verdict(block) + (f' <span class="muted">{esc(reasons)}</span>' if reasons else "")])
+    if not rows:
+        return ""
+    lead = ("<p>Sanity check of every method used (Adebayo et al. 2018): the model's weights shuffled, the same "
+            "images and labels explained again. A method whose maps barely change (Spearman of the maps before and "
+            "after) or still find the truth (the randomised model's pointing game above twice chance) shows the "
+            "image rather than what the model learned: it is flagged, and its maps are not evidence.</p>")
+    return "<h3>Sanity checks</h3>" + lead + table(SANITY_HEADERS, rows, text_cols=3)
+
+
+def sanity_warning(summary: dict[str, Any]) -> str:
+    """A warning above one folder's overlays naming each method whose randomisation check failed or did not run
+    ("" when every method used passed)."""
+    if "method" not in summary:  # not written by medistill explain
+        return ""
+    notes = []
+    for who, _model, method, block in sides(summary):
+        if not isinstance(block, dict):
+            notes.append(f"The {who}'s {method} maps were not checked against a weight-randomised model "
+                         f"(explain --no-sanity): read them with care.")
+        elif block.get("passed") is False:
+            notes.append(f"The {who}'s {method} maps FAILED the weight-randomisation check "
+                         f"({'; '.join(str(r) for r in block.get('reasons') or [])}): they are framed in red and are "
+                         f"not evidence of what the model uses.")
+    return "".join(f'<p class="bad">{esc(n)}</p>' for n in notes)
 
 
 def fidelity_table(explains: Sequence[ExplainData]) -> str:

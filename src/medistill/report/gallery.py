@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..explain import EXPLAIN_FILE
 from .collect import MAX_IMAGE_BYTES
-from .fidelity import fidelity_table, per_label_table
+from .fidelity import fidelity_table, per_label_table, sanity_table, sanity_warning
 from .folders import ExplainData, Overlay
 from .format import esc
 from .page import Page
@@ -27,7 +27,8 @@ WIDE_SIDE = 1000  # the same for whole-image panels (every label, teacher and st
 def explanations(page: Page) -> str:
     if not page.data.explains:
         return ""
-    parts = [fidelity_table(page.data.explains)] + [explain_block(page, ex) for ex in page.data.explains]
+    parts = ([fidelity_table(page.data.explains), sanity_table(page.data.explains)]
+             + [explain_block(page, ex) for ex in page.data.explains])
     lead = ("Where each model looks: overlays from <code>medistill explain</code>, teacher and student side by "
             "side on the same image and label when both exist, the ground truth (mask or box) outlined in white "
             "and each map's maximum marked with a white cross, with the explanation metrics from "
@@ -40,7 +41,8 @@ def explain_block(page: Page, ex: ExplainData) -> str:
     """One folder: scores, teacher / student pairs per label, single overlays per label, whole-image panels, other
     figures, what was left out, and every field of its ``explain.json``."""
     owner = f" (run {ex.run})" if ex.run else ""
-    out = [f"<h3>{esc(ex.path.name)}{esc(owner)}</h3>", per_label_table(ex.summary), summary_tables(ex.summary)]
+    out = [f"<h3>{esc(ex.path.name)}{esc(owner)}</h3>", sanity_warning(ex.summary) if ex.summary else "",
+           per_label_table(ex.summary), summary_tables(ex.summary)]
     problems: list[str] = []
     pairs, rest = pair_overlays(ex.overlays)  # separate teacher / student files of the same image and label
     budget = page.max_images

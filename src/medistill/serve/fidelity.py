@@ -43,14 +43,30 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def _row(model: str, what: str, d: dict[str, Any], agreement: dict[str, Any] | None = None) -> dict[str, Any]:
+def _sanity(block: Any, method: Any) -> dict[str, Any]:
+    """The weight-randomisation check of one method as ``medistill explain`` judged it: ``checked`` (false when it
+    was not run), ``passed`` (true / false / null: not judged), ``reasons``, ``spearman_to_trained`` (the maps before
+    and after the weights are shuffled) and the randomised model's pointing game beside chance."""
+    if not isinstance(block, dict):
+        return {"method": method, "checked": False, "passed": None, "reasons": []}
+    passed = block.get("passed")
+    return {"method": method, "checked": True, "passed": passed if isinstance(passed, bool) else None,
+            "reasons": [str(r) for r in block.get("reasons") or []],
+            "spearman_to_trained": _number(block.get("spearman_to_trained")),
+            "pointing_game": _number(block.get("pointing_game")),
+            "pointing_chance": _number(block.get("pointing_chance"))}
+
+
+def _row(model: str, what: str, d: dict[str, Any], agreement: dict[str, Any] | None = None,
+         sanity: dict[str, Any] | None = None) -> dict[str, Any]:
     """One model's row; ``agreement`` (the explained model's): its Spearman to the teacher over pixels, and over the
-    cells of the coarser map's own grid (``spearman_to_teacher_grid`` at ``agreement_grid`` cells a side)."""
+    cells of the coarser map's own grid (``spearman_to_teacher_grid`` at ``agreement_grid`` cells a side);
+    ``sanity``: its method's randomisation check (:func:`_sanity`; None for the randomised copy's own row)."""
     a = agreement or {}
     return {"model": model, "what": what, **{k: _number(d.get(k)) for k in ROW_KEYS},
             "spearman_to_teacher": _number(a.get("agreement_spearman")),
             "spearman_to_teacher_grid": _number(a.get("agreement_spearman_grid")),
-            "agreement_grid": _number(a.get("agreement_grid"))}
+            "agreement_grid": _number(a.get("agreement_grid")), "sanity": sanity}
 
 
 def _overlays(folder: Path, images: Any) -> list[dict[str, str]]:
@@ -73,14 +89,17 @@ def _overlays(folder: Path, images: Any) -> list[dict[str, str]]:
 
 def load_explanation(folder: Path) -> dict[str, Any]:
     """The fidelity answer of an explanation folder: per model (the explained run, its teacher, the randomised
-    copy) the pointing game strict and tolerant with their chance, energy inside, Spearman to the teacher ...;
-    per label the same; a few overlays (the truth outlined in white)."""
+    copy) the pointing game strict and tolerant with their chance, energy inside, Spearman to the teacher ... and
+    its method's randomisation check (``sanity``); per label the same; a few overlays (the truth outlined in white;
+    a method that failed the check framed in red)."""
     s = json.loads((folder / EXPLAIN_FILE).read_text(encoding="utf-8"))
     if not isinstance(s, dict):
         raise ValueError(f"{folder / EXPLAIN_FILE}: expected a JSON object")
-    rows = [_row(str(s.get("model") or "model"), "explained model", s, s)]
+    rows = [_row(str(s.get("model") or "model"), "explained model", s, s, _sanity(s.get("sanity"), s.get("method")))]
     if isinstance(s.get("teacher"), dict):
-        rows.append(_row(str(s["teacher"].get("model") or "teacher"), "teacher", s["teacher"]))
+        t = s["teacher"]
+        rows.append(_row(str(t.get("model") or "teacher"), "teacher", t, sanity=_sanity(t.get("sanity"),
+                                                                                          t.get("method"))))
     if isinstance(s.get("sanity"), dict):
         rows.append(_row(str(s.get("model") or "model"), "randomised weights", s["sanity"]))
     per_label = {lab: {k: _number(d.get(k)) for k in LABEL_KEYS}

@@ -248,6 +248,29 @@ function fmtAgreement(m) {
   return `${text} (${m.spearman_to_teacher_grid.toFixed(3)} at ${m.agreement_grid} × ${m.agreement_grid})`;
 }
 
+function fmtSanity(s) {
+  // the weight-randomisation check of the row's method, as `medistill explain` judged it
+  if (!s) return "";
+  if (!s.checked) return `${s.method}: not checked`;
+  if (s.passed === true) return `${s.method}: passed`;
+  if (s.passed === false) return `${s.method}: FAILED, not evidence`;
+  return `${s.method}: not judged`;
+}
+
+function sanityWarnings(models) {
+  // one warning per method that failed the check or was not checked, above the gallery
+  return models.filter((m) => m.sanity && (m.sanity.passed === false || !m.sanity.checked)).map((m) => {
+    const p = document.createElement("p");
+    p.className = "warning";
+    p.textContent = m.sanity.checked
+      ? `The ${m.what}'s ${m.sanity.method} maps FAILED the weight-randomisation check ` +
+        `(${m.sanity.reasons.join("; ")}): they are framed in red and are not evidence of what the model uses.`
+      : `The ${m.what}'s ${m.sanity.method} maps were not checked against a weight-randomised model: read them ` +
+        "with care.";
+    return p;
+  });
+}
+
 function row(cells) {
   const tr = document.createElement("tr");
   for (const text of cells) {
@@ -274,7 +297,8 @@ async function loadExplanation() {
   $("fidelity").querySelector("tbody").replaceChildren(...e.models.map((m) => row([
     `${m.what} (${m.model})`, fmtScore(m.pointing_game, m.pointing_chance),
     fmtScore(m.pointing_game_tolerant, m.pointing_chance_tolerant), fmtScore(m.energy_inside),
-    fmtAgreement(m), fmtScore(m.blank)])));
+    fmtAgreement(m), fmtScore(m.blank), fmtSanity(m.sanity)])));
+  $("sanity-warnings").replaceChildren(...sanityWarnings(e.models));
   $("fidelity-labels").querySelector("tbody").replaceChildren(...Object.entries(e.per_label).map(([label, d]) => row([
     label, String(d.maps ?? ""), fmtScore(d.pointing_game, d.pointing_chance),
     fmtScore(d.pointing_game_tolerant, d.pointing_chance_tolerant), fmtScore(d.energy_inside)])));
