@@ -1,6 +1,8 @@
 """Atomic writes: a temporary file in the same folder, fsync, then ``os.replace``.
 
-A crash (even SIGKILL) leaves either the old file or the new one, never a half-written file.
+A crash (even SIGKILL) leaves either the old file or the new one, never a half-written file. The file's
+permissions are what the umask gives any new file (``0666 & ~umask``, as ``open(path, "w")`` creates it):
+``tempfile.mkstemp`` would make every model and record 0600, unreadable by a service account that serves it.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,11 +22,12 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then atomically move ``tmp_path`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)  # 0666 & ~umask
     try:
         writer(tmp_path)
+        if stat.S_IMODE(tmp_path.stat().st_mode) != mode:  # a writer that made its own file (safetensors: 0600)
+            os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -31,6 +35,20 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_temp(path: Path) -> Path:
+    """A new empty hidden file ``.NAME.<random>.tmp`` beside ``path``, created ``0666 & ~umask`` (``mkstemp``'s
+    0600 ignores the umask)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")  # pragma: no cover
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
