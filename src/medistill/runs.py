@@ -192,7 +192,7 @@ class RunDir:
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
         """Send the ``medistill`` logger's records to ``log.txt`` for the duration of the block."""
-        handler = logging.FileHandler(self.file(LOG_FILE), encoding="utf-8")
+        handler = _RunLogHandler(self.file(LOG_FILE), encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
         logger = logging.getLogger("medistill")
@@ -206,6 +206,20 @@ class RunDir:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             handler.close()
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``log.txt``'s handler: a record that cannot be written (a full disk) is said once, in one line, instead of
+    logging's traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            err = sys.exc_info()[1]
+            print(f"medistill: warning: cannot append to {self.baseFilename} ({err}); its log stops here",
+                  file=sys.stderr)
 
 
 @contextmanager

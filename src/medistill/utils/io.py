@@ -7,10 +7,12 @@ permissions are what the umask gives any new file (``0666 & ~umask``, as ``open(
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import secrets
+import shutil
 import stat
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +20,13 @@ from typing import Any, Callable
 from ..errors import MedistillError
 
 
-def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` then atomically move ``tmp_path`` onto ``path``."""
+class DiskFullError(MedistillError):
+    """A write failed because its file system is full (or the user's quota is spent)."""
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None], *, shown_as: str | Path | None = None) -> Path:
+    """Call ``writer(tmp_path)`` then atomically move ``tmp_path`` onto ``path``; a full disk raises
+    :class:`DiskFullError` naming ``shown_as`` (default ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _new_temp(path)
@@ -31,10 +38,45 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(e, shown_as or path)
+        if full is not None:
+            raise full from None
         raise
     return path
+
+
+#: errno values of a full file system or a spent quota, and how libraries that wrap them (safetensors' Rust, a
+#: torch zip writer) word them
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_FULL_TEXTS = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
+
+
+def disk_full_error(e: BaseException, path: str | Path) -> DiskFullError | None:
+    """The :class:`DiskFullError` that ``e``, raised while writing ``path``, stands for (None when ``e`` is about
+    something else): one line naming the file and the space left on its file system."""
+    if not isinstance(e, Exception):
+        return None
+    if not (isinstance(e, OSError) and e.errno in _FULL_ERRNOS or any(t in str(e).lower() for t in _FULL_TEXTS)):
+        return None
+    path = Path(path)
+    what = "disk quota exceeded" if isinstance(e, OSError) and e.errno == getattr(errno, "EDQUOT", None) \
+        or "quota" in str(e).lower() else "no space left on device"
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(path.parent).free)} free in {path.parent}"
+    except OSError:
+        free = f"free space of {path.parent} unknown"
+    return DiskFullError(f"{path}: cannot write it: {what} ({free}); free some space or write elsewhere, then run "
+                         f"the command again")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _new_temp(path: Path) -> Path:
@@ -49,6 +91,14 @@ def _new_temp(path: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")  # pragma: no cover
+
+
+def staged_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Write the new content of ``path`` whole (as :func:`atomic_write`) under a hidden name beside it,
+    ``.NAME.<pid>.staged.tmp``, and return that name: the caller makes it ``path`` with ``os.replace`` once the
+    files that belong with it are written too (or unlinks it). Errors name ``path``."""
+    path = Path(path)
+    return atomic_write(path.with_name(f".{path.name}.{os.getpid()}.staged.tmp"), writer, shown_as=path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
