@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..data.images import INTENSITY_RULE
 from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistill_version, open_session
 from ..models import ModelError, input_config
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, staged_write
 from ..utils.runtime import eval_mode
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,13 @@ def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds
 def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], task: str,
                 thresholds: dict[str, float] | None = None, explain: bool = False, opset: int = OPSET,
                 extra: dict[str, str] | None = None, intensity: str = INTENSITY_RULE,
-                input_stats: dict[str, Any] | None = None) -> Path:
+                input_stats: dict[str, Any] | None = None, staged: bool = False) -> Path:
     """Write ``model`` as an ONNX file with a dynamic batch axis and medistill metadata; returns the path.
 
     Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
-    caller's model is not modified (its train/eval mode is restored).
+    caller's model is not modified (its train/eval mode is restored). ``staged``: the file is written under a
+    hidden name beside ``path`` (``utils.io.staged_write``), which is returned; the caller renames it to ``path``
+    once its checks have passed.
     """
     import onnx
 
@@ -107,9 +109,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
                         f"{info.size}) normalised, outputs {', '.join(outputs)}")
     onnx.checker.check_model(proto)
     path = Path(path)
-    atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
-    log.info("exported %s (%s) to %s, %.2f MB", info.model, ", ".join(outputs), path, path.stat().st_size / 1e6)
-    return path
+    written = (staged_write if staged else atomic_write)(path, lambda tmp: onnx.save_model(proto, str(tmp)))
+    log.info("exported %s (%s) to %s, %.2f MB", info.model, ", ".join(outputs), written, written.stat().st_size / 1e6)
+    return written
 
 
 def copy_metadata(src: Any, dst: Any, extra: dict[str, str] | None = None) -> None:

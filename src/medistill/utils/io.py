@@ -136,8 +136,13 @@ def to_jsonable(o: Any) -> Any:
     return _nan_to_none(json.loads(json.dumps(o, default=_json_default)))
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the text of a JSON file (indented; NaN and infinities as null)."""
+    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 class JsonFileError(MedistillError):
