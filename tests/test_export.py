@@ -72,10 +72,14 @@ def test_output_contract(exported: Path):
 
 
 def test_metadata_travels_with_both_models(exported: Path):
-    from medistill.inference import Predictor
+    import hashlib
+
+    from medistill.inference import Predictor, verify_model_file
 
     rep = json.loads((exported / "export.json").read_text())
     for name in ("model.onnx", "model.int8.onnx"):
+        assert verify_model_file(exported / name)  # each file holds its own checksum (issue 37, item 3)
+        assert rep["files"][name]["sha256"] == hashlib.sha256((exported / name).read_bytes()).hexdigest()
         info = Predictor(exported / name).info
         assert info.labels == LABELS and info.task == "multilabel"
         assert (info.size, info.channels) == (SIZE, 1)

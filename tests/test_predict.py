@@ -40,9 +40,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _edit_metadata(src: Path, dst: Path, **changes: str | None) -> Path:
-    """A copy of ``src`` with medistill.<key> metadata set (or removed when None)."""
+def _edit_metadata(src: Path, dst: Path, *, seal: bool = True, **changes: str | None) -> Path:
+    """A copy of ``src`` with medistill.<key> metadata set (or removed when None), its checksum made again as the
+    exporter makes it (``seal``; a tamperer who knows the format can), so that the fields themselves are tested."""
     import onnx
+
+    from medistill.inference import seal_model_file
 
     m = onnx.load(str(src))
     props = {e.key: e.value for e in m.metadata_props}
@@ -56,6 +59,8 @@ def _edit_metadata(src: Path, dst: Path, **changes: str | None) -> Path:
         e = m.metadata_props.add()
         e.key, e.value = k, v
     onnx.save_model(m, str(dst))
+    if seal:
+        seal_model_file(dst)
     return dst
 
 
@@ -237,7 +242,8 @@ def test_metadata_that_contradicts_the_graph_is_refused(models, tmp_path):
                          std="[0.2, 0.2, 0.2]")
     with pytest.raises(ModelFileError, match="1 channels on axis 1 but its metadata says 3"):
         Predictor(bad)
-    few = _edit_metadata(models["plain"], tmp_path / "labels.onnx", labels='["a", "b"]')
+    few = _edit_metadata(models["plain"], tmp_path / "labels.onnx", labels='["a", "b"]',
+                         thresholds='{"a": 0.5, "b": 0.5}')
     with pytest.raises(ModelFileError, match="3 scores but the metadata names 2 labels"):
         Predictor(few)
     broken = _edit_metadata(models["plain"], tmp_path / "json.onnx", labels="[not json")
@@ -311,3 +317,83 @@ def test_same_pixels_as_png_and_dicom_predict_the_same(models, tmp_path):
     c, d = legacy.predict([tmp_path / "x.png", dcm])
     assert c.probabilities == pytest.approx(a.probabilities, abs=1e-6)  # PNG: no rule change
     assert d.probabilities != pytest.approx(b.probabilities, abs=1e-6)  # DICOM: the old stretch
+
+
+# --- tampered or corrupt model files (issue 37, item 3) ------------------------------------------------------------
+THREE = '{"Cardiomegaly": 0.0, "Effusion": 1.0, "Nodule": 0.5}'
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("thresholds", '{"Cardiomegaly": "NaN", "Effusion": 1.0, "Nodule": 0.5}', "Cardiomegaly: expected a number in "
+                                                                               "[0, 1], got 'NaN'"),
+    ("thresholds", '{"Cardiomegaly": NaN, "Effusion": 1.0, "Nodule": 0.5}', "Cardiomegaly: expected a number in "
+                                                                             "[0, 1], got nan"),
+    ("thresholds", '{"Cardiomegaly": 1.5, "Effusion": 1.0, "Nodule": 0.5}', "expected a number in [0, 1], got 1.5"),
+    ("thresholds", '{"Cardiomegaly": true, "Effusion": 1.0, "Nodule": 0.5}', "expected a number in [0, 1], got True"),
+    ("thresholds", '{"Cardiomegaly": 0.5}', "no threshold for Effusion, Nodule"),
+    ("thresholds", '{"Cardiomegaly": 0.5, "Effusion": 1.0, "Nodule": 0.5, "Mass": 0.5}', "a threshold for Mass, "
+                                                                                          "which is not a label"),
+    ("labels", '["Cardiomegaly", "Cardiomegaly", "Nodule"]', "Cardiomegaly is named twice"),
+    ("labels", '["Cardiomegaly", 5, "Nodule"]', "expected a list of label names (strings), got 5"),
+    ("labels", '["Cardiomegaly", "", "Nodule"]', "an empty label name"),
+    ("mean", "[0.5, 0.5]", "2 values for 1 input channels"),
+    ("mean", "[Infinity]", "expected finite numbers, got inf"),
+    ("mean", '["x"]', "expected finite numbers, got 'x'"),
+    ("std", "[0.0]", "expected positive finite numbers, got 0.0"),
+    ("std", "[-0.2]", "expected positive finite numbers, got -0.2"),
+    ("input_size", "0", "expected an integer from 1 to"),
+    ("input_size", "64.5", "expected an integer from 1 to"),
+    ("input_size", "100000", "expected an integer from 1 to"),
+    ("maps", "yes", "expected 0 or 1, got 'yes'"),
+    ("format", "2", "format 2, this medistill reads format 1"),
+    ("input_stats", '{"colour_share": "x"}', "expected the training images' input statistics"),
+    ("input_stats", '{"images": 4, "colour_share": 0.0, "mean": {"mean": NaN, "std": 0.1}}',
+     "expected the training images' input statistics"),
+])
+def test_every_metadata_field_is_validated(models, tmp_path, field, value, expected):
+    """A tampered field is refused in one line naming the file, the field and what was expected (before: a NaN
+    threshold made a label never positive, a huge input size or a zero std was used as it was)."""
+    bad = _edit_metadata(models["plain"], tmp_path / "bad.onnx", **{field: value})
+    with pytest.raises(ModelFileError) as e:
+        Predictor(bad)
+    message = str(e.value)
+    assert message.startswith(f"{bad}: medistill.{field}") and "\n" not in message, message
+    assert expected in message, message
+
+
+def test_a_nan_threshold_is_refused_by_the_cli_in_one_line(models, inputs, tmp_path, capsys):
+    bad = _edit_metadata(models["plain"], tmp_path / "nan.onnx", thresholds='{"Cardiomegaly": "NaN", "Effusion": '
+                                                                            '1.0, "Nodule": 0.5}')
+    capsys.readouterr()
+    assert main(["predict", str(bad), str(inputs["gray"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"medistill predict: error: {bad}: medistill.thresholds")
+
+
+def test_an_edit_of_the_file_after_export_is_refused_by_its_checksum(models, tmp_path):
+    """The exporter stores a SHA-256 of the file in it (``medistill.sha256``): a metadata edit (here a NaN
+    threshold that is itself valid JSON) without making the checksum again is refused as a changed file."""
+    edited = _edit_metadata(models["plain"], tmp_path / "edited.onnx", seal=False, thresholds=THREE.replace("0.5", "0.4"))
+    with pytest.raises(ModelFileError, match=r"does not match the SHA-256 stored in it \(medistill.sha256\)"):
+        Predictor(edited)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flipped_bytes_are_refused_in_one_line(models, inputs, tmp_path, seed):
+    """50 bytes flipped in the second half of the file (weights or metadata): refused with a ModelFileError naming
+    the file (before: a UnicodeDecodeError traceback, or, for half of the seeds, predictions from damaged weights
+    without a word)."""
+    data = bytearray(models["plain"].read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(np.arange(len(data) // 2, len(data)), 50, replace=False):
+        data[i] ^= 0xFF
+    bad = tmp_path / "flipped.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as e:
+        Predictor(bad)
+    assert str(e.value).startswith(f"{bad}: ") and "\n" not in str(e.value)
+
+
+def test_a_model_exported_before_checksums_is_still_read(models, tmp_path):
+    old = _edit_metadata(models["plain"], tmp_path / "old.onnx", seal=False, sha256=None)
+    assert Predictor(old).labels == LABELS

@@ -55,6 +55,8 @@ def edited_model(src: Path, dst: Path, *, maps: bool = True, task: str | None = 
     """A copy of ``src`` without its ``cams`` output (``maps=False``) and/or with another task in its metadata."""
     import onnx
 
+    from medistill.inference import seal_model_file
+
     model = onnx.load(str(src))
     props = {p.key: p for p in model.metadata_props}
     if not maps:
@@ -65,6 +67,7 @@ def edited_model(src: Path, dst: Path, *, maps: bool = True, task: str | None = 
     if task:
         props["medistill.task"].value = task
     onnx.save(model, str(dst))
+    seal_model_file(dst)  # the checksum made again, as the exporter makes it
     return dst
 
 
@@ -579,7 +582,7 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
     import onnx
     from fastapi.testclient import TestClient
 
-    from medistill.inference import input_statistics
+    from medistill.inference import input_statistics, seal_model_file
     from medistill.serve import create_app
 
     rng = np.random.default_rng(0)
@@ -590,6 +593,7 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
     entry.key, entry.value = "medistill.input_stats", json.dumps(input_statistics(train))
     path = tmp_path / "with-stats.onnx"
     onnx.save(model, str(path))
+    seal_model_file(path)
     photo = np.stack([rng.integers(150, 256, (96, 96)), rng.integers(0, 100, (96, 96)),
                       rng.integers(0, 60, (96, 96))], axis=-1).astype(np.uint8)  # a reddish colour photograph
     with TestClient(create_app(path), base_url=BASE) as c:

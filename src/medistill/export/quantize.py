@@ -95,7 +95,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     """
     import onnx
 
-    from .onnx import copy_metadata
+    from .onnx import copy_metadata, save_sealed
 
     q = _ort_quant()
     if method not in METHODS:
@@ -121,7 +121,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
                   + (f"; {len(exclude)} cams-only nodes kept fp32" if exclude else ""))
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model, {"medistill.quantization": scheme})
         model.producer_name = "medistill"
-        written = (staged_write if staged else atomic_write)(out_path, lambda p: onnx.save_model(model, str(p)))
+        written = (staged_write if staged else atomic_write)(out_path, lambda p: save_sealed(model, p))
     log.info("INT8 model written to %s (%s)", written, scheme)
     return written
 
