@@ -4,6 +4,7 @@ and the device preprocesses exactly like training."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -397,3 +398,60 @@ def test_flipped_bytes_are_refused_in_one_line(models, inputs, tmp_path, seed):
 def test_a_model_exported_before_checksums_is_still_read(models, tmp_path):
     old = _edit_metadata(models["plain"], tmp_path / "old.onnx", seal=False, sha256=None)
     assert Predictor(old).labels == LABELS
+
+
+# --- terminal injection (issue 37, item 2) -------------------------------------------------------------------------
+EVIL_NAMES = ["a\nFAKE: positives [Nothing]\x1b[31mX.png", "b\rFAKE.png", "c\x1b]0;owned\x07.png",
+              "d\u202egnp.exe.png"]
+#: what a terminal acts on: C0 / C1 controls (ESC, BEL, CR, ...) and bidirectional overrides
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _evil_folder(root: Path) -> Path:
+    folder = root / "in"
+    folder.mkdir()
+    for name in EVIL_NAMES:
+        Image.fromarray((_xray() * 255).astype(np.uint8)).save(folder / name, format="PNG")
+    (folder / "e\x1b[2Jbroken.png").write_text("not an image")  # an error line names it too
+    return folder
+
+
+def test_file_names_cannot_forge_lines_or_reach_the_terminal(models, tmp_path, capsys):
+    """A file named ``a\\nFAKE: positives [Nothing]\\x1b[31mX.png`` printed a forged result line and raw escape
+    sequences; every name is now escaped (``\\n``, ``\\x1b``, ``\\u202e``), and each output line is one input's."""
+    folder = _evil_folder(tmp_path)
+    capsys.readouterr()
+    assert main(["predict", str(models["plain"]), str(folder)]) == 1  # the broken file fails
+    out, err = capsys.readouterr()
+    assert not CONTROL.search(out) and not CONTROL.search(err), (out, err)
+    lines = out.splitlines() + err.splitlines()
+    assert len(out.splitlines()) == len(EVIL_NAMES) and len(err.splitlines()) == 1
+    assert all(line.startswith(str(folder) + "/") for line in lines), lines
+    assert not any(line.startswith("FAKE") for line in lines)
+    assert f"{folder}/a\\nFAKE: positives [Nothing]\\x1b[31mX.png: positives [" in out
+    assert "d\\u202egnp.exe.png" in out and "e\\x1b[2Jbroken.png: error: " in err
+
+
+def test_label_names_from_a_model_are_escaped(models, inputs, tmp_path, capsys):
+    labels = ["Cardio\x1b[2Jmegaly", "Effusion\r", "Nodule"]
+    evil = _edit_metadata(models["plain"], tmp_path / "evil.onnx", labels=json.dumps(labels),
+                          thresholds=json.dumps({lab: 0.0 for lab in labels}))
+    capsys.readouterr()
+    assert main(["predict", str(evil), str(inputs["gray"])]) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out) and "Cardio\\x1b[2Jmegaly" in out and "Effusion\\r" in out
+
+
+def test_names_are_escaped_in_the_log(models, tmp_path):
+    """The log (``-vv`` on stderr) names each input: escaped there too."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _evil_folder(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "medistill", "-vv", "predict", str(models["plain"]), str(folder)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "DEBUG medistill.inference" in r.stderr and "e\\x1b[2Jbroken.png" in r.stderr
+    assert not CONTROL.search(r.stderr) and not CONTROL.search(r.stdout)

@@ -37,6 +37,7 @@ from .config import ConfigError, RunConfig, from_dict, to_dict
 from .errors import MedistillError
 from .utils.io import JsonFileError, atomic_write_json, atomic_write_text, read_json_object
 from .utils.runtime import git_commit, machine_info, package_versions
+from .utils.text import EscapingFormatter
 
 log = logging.getLogger("medistill")
 
@@ -193,7 +194,7 @@ class RunDir:
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
         """Send the ``medistill`` logger's records to ``log.txt`` for the duration of the block."""
         handler = _RunLogHandler(self.file(LOG_FILE), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
         logger = logging.getLogger("medistill")
         old_level = logger.level
