@@ -279,3 +279,48 @@ def test_a_run_log_that_cannot_be_written_is_said_once_in_one_line(tmp_path, cap
     assert [line for line in err.splitlines() if runs.LOG_FILE in line] == [
         f"medistill: warning: cannot append to {run.file(runs.LOG_FILE)} ([Errno 28] No space left on device); its "
         f"log stops here"]
+
+
+# --- valid JSON of the wrong types (issue 37, item 7) --------------------------------------------------------------
+WRONG_TYPES = [
+    (runs.METRICS_FILE, "macro_auc", "abc", "expected a number or null"),
+    (runs.METRICS_FILE, "labels", 5, "expected a list of label names"),
+    (runs.METRICS_FILE, "labels", ["Atelectasis", 3], "expected a list of label names"),
+    (runs.METRICS_FILE, "task", 7, "expected one of"),
+    (runs.METRICS_FILE, "auc_ci95", "narrow", "expected [low, high]"),
+    (runs.METRICS_FILE, "per_label_auc", [0.5, 0.7], "expected a mapping of label to number or null"),
+    (runs.METRICS_FILE, "params", "many", "expected a number or null"),
+    (runs.METRICS_FILE, "latency_ms", True, "expected a number or null"),
+    (runs.METRICS_FILE, "train", "done", "expected a JSON object"),
+    (runs.METRICS_FILE, "split", ["test"], "expected a string"),
+    (runs.RUN_FILE, "labels", 5, "expected a list of label names"),
+    (runs.RUN_FILE, "seed", "seven", "expected an integer or null"),
+    (runs.RUN_FILE, "teachers", "a/b", "expected a list of paths"),
+    (runs.RUN_FILE, "input", [64], "expected a JSON object"),
+    (runs.RUN_FILE, "kind", {"a": 1}, "expected a string"),
+]
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+@pytest.mark.parametrize("file, key, value, expected", WRONG_TYPES,
+                         ids=[f"{f}:{k}={v!r}" for f, k, v, _ in WRONG_TYPES])
+def test_records_of_the_wrong_types_are_refused_in_one_line(tmp_path, capsys, command, file, key, value, expected):
+    """Valid JSON of the wrong type (``macro_auc: "abc"``: a ValueError in compare; ``labels: 5``: a TypeError in
+    the report) is refused with one line naming the file and the field, exit 2."""
+    from test_report import make_run
+
+    from medistill.cli import main
+
+    teacher = make_run(tmp_path, "teacher", model="densenet121")
+    student = make_run(tmp_path, "student", kind="distill", model="tiny_cnn", teacher=teacher)
+    path = student / file
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+    args = [command, str(teacher), str(student)] + (["--out", str(tmp_path / "report.html")]
+                                                     if command == "report" else [])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medistill {command}: error: {path}: {key}: ") and expected in err, err
