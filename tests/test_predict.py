@@ -455,3 +455,28 @@ def test_names_are_escaped_in_the_log(models, tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     assert "DEBUG medistill.inference" in r.stderr and "e\\x1b[2Jbroken.png" in r.stderr
     assert not CONTROL.search(r.stderr) and not CONTROL.search(r.stdout)
+
+
+# --- pydicom's own log (issue 37, item 9) --------------------------------------------------------------------------
+def test_a_garbage_compressed_dicom_is_one_line_without_pydicoms_traceback(models, inputs, tmp_path):
+    """pydicom logs its own ERROR with a traceback when a JPEG 2000 fragment is garbage; only medistill's one line
+    (which carries pydicom's reason) reaches stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+    from test_bad_inputs import compressed_dicom
+
+    j2k = compressed_dicom(tmp_path / "j2k.dcm", JPEG2000Lossless)
+    jls = compressed_dicom(tmp_path / "jls.dcm", JPEGLSLossless)
+    r = subprocess.run([sys.executable, "-m", "medistill", "predict", str(models["plain"]), str(j2k), str(jls),
+                        str(inputs["gray"])], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "pydicom." not in r.stderr, r.stderr
+    assert r.stderr.splitlines() == [
+        f"{j2k}: error: DICOM pixel data cannot be decoded (transfer syntax JPEG 2000 Image Compression (Lossless "
+        f"Only)): Unable to decode as exceptions were raised by all available plugins: pillow: cannot identify "
+        f"image file", f"{jls}: error: " + r.stderr.splitlines()[1].split(": error: ", 1)[1]]
+    assert len(r.stdout.splitlines()) == 1  # the good image is still predicted

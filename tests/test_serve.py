@@ -612,3 +612,20 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
 
 def test_answers_say_nothing_without_training_statistics(client):
     assert post(client, phantom_png()).json()["warnings"] == []
+
+
+def test_a_garbage_compressed_dicom_leaves_one_line_in_the_log(client, caplog, tmp_path):
+    """The server log holds medistill's one line for a garbage JPEG 2000 DICOM, not pydicom's ERROR and traceback
+    (issue 37, item 9)."""
+    from pydicom.uid import JPEG2000Lossless
+    from test_bad_inputs import compressed_dicom
+
+    data = compressed_dicom(tmp_path / "j2k.dcm", JPEG2000Lossless).read_bytes()
+    with caplog.at_level("DEBUG"):
+        r = post(client, data, name="j2k.dcm")
+    assert r.status_code == 422 and "JPEG 2000" in r.json()["detail"]
+    assert [rec.name for rec in caplog.records if rec.name.startswith("pydicom")] == []
+    assert not [rec for rec in caplog.records if rec.exc_info]
+    import logging
+
+    assert logging.getLogger("pydicom").level == logging.WARNING  # pydicom's own level, restored after decoding
