@@ -282,3 +282,21 @@ def test_ema_weights_are_validated_saved_and_resumed(phantom_root: Path, tmp_pat
     run_training(_cfg(phantom_root, split, **over), resume=True)
     a, b = load_file(straight / "last.safetensors"), load_file(split / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_diverged_training_is_said_and_recorded(phantom_root: Path, tmp_path: Path, caplog):
+    """--lr 10 with AdamW and no warm-up: the validation loss ends in the thousands and the AUC at chance. Before it
+    ended with exit 0 and no word; now a warning says so (what happened, what to change), and run.json and
+    metrics.json record it. A healthy run of the same size gets no such warning."""
+    with caplog.at_level("WARNING", logger="medistill"):
+        run_training(_cfg(phantom_root, tmp_path / "diverged", **{"train.lr": 10, "train.optimizer": "adamw",
+                                                                    "train.warmup_epochs": 0}))
+    said = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+    assert len(said) == 1 and "validation loss" in said[0] and "--lr" in said[0], said
+    run = runs.RunDir(tmp_path / "diverged")
+    assert run.info()["warnings"] == said and run.metrics()["train"]["warnings"] == said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medistill"):
+        run_training(_cfg(phantom_root, tmp_path / "healthy"))
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+    assert "warnings" not in runs.RunDir(tmp_path / "healthy").info()

@@ -232,15 +232,50 @@ def _checkpoint(run: runs.RunDir, epoch: int) -> Iterator[None]:
                             f"checkpoint)") from None
 
 
+#: a run whose last validation loss is this many times a constant answer's, with a best validation metric no better
+#: than chance, is said to have diverged
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def divergence(history: list[dict[str, float]], best: float, task: Any, classes: int, chance: float,
+               lr: float) -> str | None:
+    """A sentence saying that training diverged, or None: the last epoch's validation loss (the hard loss on clean
+    validation images) is over :data:`DIVERGED_LOSS_FACTOR` times that of a constant answer (ln 2 per label for
+    multi-label, ln C for C classes) and the best validation metric ``best`` is within 0.05 of ``chance``. A run
+    that merely overfits (a high loss, a good metric) is not flagged."""
+    if not history:
+        return None
+    loss = history[-1].get("val_loss", float("nan"))
+    constant = math.log(2) if task.multilabel else math.log(max(classes, 2))
+    if math.isfinite(loss) and loss <= DIVERGED_LOSS_FACTOR * constant:
+        return None
+    if math.isfinite(best) and best > chance + 0.05:
+        return None
+    return (f"training seems to have diverged: the validation loss ended at {loss:.4g}, "
+            f"{'far ' if math.isfinite(loss) else ''}above the {constant:.2f} of a constant answer, and the best "
+            f"validation {task.main_metric} is {best:.3f}, no better than chance ({chance:.2f}); lower --lr (now "
+            f"{lr:g}), use --warmup-epochs or --max-grad-norm")
+
+
 def _finish(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir) -> None:
     name = s.task.main_metric
     record: dict[str, Any] = {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch,
                               "finished": runs.now(), "world_size": dist_utils.world_size()}
+    train: dict[str, Any] = {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch}
+    if s.task.multilabel:
+        chance = 0.5  # macro AUC of a constant answer
+    else:  # accuracy of always answering the training split's most frequent class
+        counts = (s.train_ds.targets * s.train_ds.masks).sum(axis=0)
+        chance = float(counts.max() / max(counts.sum(), 1))
+    warning = divergence(st.history, st.best, s.task, len(s.labels), chance, cfg.train.lr)
+    if warning:
+        log.warning("%s", warning)
+        record["warnings"] = train["warnings"] = [warning]
     if s.teacher_sources:
         record["teacher"] = str(Path(s.teacher_sources[0]).resolve())
         record["teachers"] = [str(Path(p).resolve()) for p in s.teacher_sources]
         record["distill_mode"] = s.distill_mode
     # metrics first, run.json's "finished" last: a run whose records could not all be written (a full disk) does not
     # say it finished, and --resume writes them (its state.pt holds the last epoch)
-    run.write_metrics({"train": {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch}})
+    run.write_metrics({"train": train})
     run.update_info(**record)
