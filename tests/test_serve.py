@@ -209,7 +209,8 @@ def test_model_metadata(client, model_path):
     assert m["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert 10_000 < m["parameters"] < 100_000  # tiny_cnn: ~34k weights
     assert m["limits"] == {"max_upload_bytes": LIMIT, "max_pixels": 25_000_000, "max_concurrency": 2,
-                           "read_timeout_s": 60.0, "accepted": ["dicom", "jpeg", "png"]}
+                           "read_timeout_s": 60.0, "min_upload_rate": 1024.0,
+                           "accepted": ["dicom", "jpeg", "png"]}
 
 
 def test_healthz(client):
