@@ -16,11 +16,8 @@ Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S,
 from __future__ import annotations
 
 import dataclasses
-<<<<<<< HEAD:src/medistill/inference/__init__.py
-import importlib.metadata
-=======
 import hashlib
->>>>>>> wt37:src/medistill/inference.py
+import importlib.metadata
 import json
 import logging
 import math
