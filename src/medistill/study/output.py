@@ -43,7 +43,8 @@ def write_outputs(plan: Plan, summary: dict[str, Any], *, report: bool) -> None:
 
 def command_line() -> str:
     """The command this process runs (as ``run.json`` records ``sys.argv``), behind its ``nice`` level if any."""
-    cmd = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    prog = Path(sys.argv[0]).name
+    cmd = shlex.join(["medistill" if prog in ("__main__.py", "medistill") else prog, *sys.argv[1:]])
     n = os.nice(0)
     return f"nice -n {n} {cmd}" if n else cmd
 
