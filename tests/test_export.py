@@ -171,7 +171,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", ["medistill.export.onnx.parity", "medistill.export.quantize.quantize_int8"])
+@pytest.mark.parametrize("step", ["medistill.export.onnx.parity", "medistill.export.quantize_int8"])
 def test_an_export_killed_before_its_checks_leaves_no_model_file(tiny_run: Path, tmp_path: Path, step: str):
     """``kill -9`` after the ONNX graph is written but before its parity check (or before its INT8 copy): no
     ``model.onnx`` appears (before, one was left without ``export.json`` and predict used it without a word); a

@@ -116,8 +116,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
 def save_sealed(proto: Any, path: Path) -> None:
     """Save the ONNX ``proto`` to ``path`` with the file's SHA-256 in its ``medistill.sha256`` entry
     (:func:`medistill.inference.seal_model_file`): predict and serve refuse a file changed or damaged since."""
-    import onnx
-
     onnx.save_model(proto, str(path))
     seal_model_file(path)
 

@@ -8,8 +8,9 @@ text, and waits forever for a request whose headers trickle in. :class:`GuardedH
   its request's headers are in (JSON error body, security headers, then closed), and closed without an answer if
   they are not in within :data:`REFUSAL_GRACE_S`;
 - when the server is full, a new connection takes the place of the open connection that has **waited longest for
-  its request's headers** (idle, or trickling them in): that one gets 503 and is closed. Only when every open
-  connection has a request in flight is the new one refused (503). Slow clients can fill the server, but cannot
+  its request's headers** (idle, or trickling them in) for at least :data:`EVICTION_GRACE_S`: that one gets 503
+  and is closed. Only when every open connection has a request in flight or opened within that grace is the new
+  one refused (503). Slow clients can fill the server, but cannot
   lock a normal client out: its request is in flight a moment after it connects;
 - a **header deadline**: a request whose headers are not complete ``header_timeout`` seconds (10) after the
   connection opened (or after its previous answer) gets 408 and the connection is closed. Headers are small: 10 s
@@ -42,6 +43,10 @@ DEFAULT_MAX_PER_CLIENT = 16  # a browser opens at most 6 per host; the load test
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 #: seconds a refused connection (over a cap) has to send its request's headers and read the refusal
 REFUSAL_GRACE_S = 2.0
+#: a connection is not dropped for a newer one in its first second: the accept loop takes a burst of pending
+#: connections in one go, before any of them is read, so without it a normal client accepted early in a burst of
+#: slow clients' reconnections became "the oldest waiting" and was dropped before its request (sent at once) was read
+EVICTION_GRACE_S = 1.0
 #: open files kept for everything but connections (the model, the spool folder, logs, the listening socket ...)
 RESERVED_FILES = 64
 
@@ -69,10 +74,12 @@ class ConnectionLimits:
             return 429, "too_many_connections", (f"this client already has {self.max_per_client} connections open "
                                                  f"(the limit per client); retry when one has finished")
         if len(self.open) >= self.max_connections:
-            waiting = [c for c in self.open if c.waiting_since is not None]
+            now = conn.loop.time() if hasattr(conn, "loop") else None
+            waiting = [c for c in self.open if c.waiting_since is not None
+                       and (now is None or now - c.waiting_since >= EVICTION_GRACE_S)]
             if not waiting:
                 return 503, "server_busy", (f"the server has {self.max_connections} connections open, each with a "
-                                            f"request in flight; retry in a moment")
+                                            f"request in flight or just opened; retry in a moment")
             victim = min(waiting, key=lambda c: c.waiting_since)
             victim.drop()
             self.release(victim)
