@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import MedistillError
 from ..inference import CAMS, INPUT, LOGITS
 from ..inference.timing import ort_latency
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, staged_write
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,15 @@ def cam_only_nodes(model: Any) -> list[str]:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *, per_channel: bool = True,
-                  method: str = "minmax", batch_size: int = 8) -> Path:
-    """Write an INT8 QDQ copy of ``fp32_path`` calibrated on ``calibration`` (N, C, S, S) normalised inputs.
+                  method: str = "minmax", batch_size: int = 8, staged: bool = False) -> Path:
+    """Write an INT8 QDQ copy of ``fp32_path`` calibrated on ``calibration`` (N, C, S, S) normalised inputs; returns
+    its path (``staged``: a hidden name beside ``out_path``, as :func:`.onnx.export_onnx`).
 
     The fp32 model's medistill metadata is carried over, with ``medistill.quantization`` describing the scheme.
     """
     import onnx
 
-    from .onnx import copy_metadata
+    from .onnx import copy_metadata, save_sealed
 
     q = _ort_quant()
     if method not in METHODS:
@@ -121,9 +122,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
                   + (f"; {len(exclude)} cams-only nodes kept fp32" if exclude else ""))
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model, {"medistill.quantization": scheme})
         model.producer_name = "medistill"
-        atomic_write(out_path, lambda p: onnx.save_model(model, str(p)))
-    log.info("INT8 model written to %s (%s)", out_path, scheme)
-    return out_path
+        written = (staged_write if staged else atomic_write)(out_path, lambda p: save_sealed(model, p))
+    log.info("INT8 model written to %s (%s)", written, scheme)
+    return written
 
 
 def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, *,
