@@ -85,10 +85,11 @@ def summary_tables(summary: dict[str, Any]) -> str:
     ``teacher`` or ``sanity`` that has the same keys), a per-label table (a block of per-label blocks) and the
     remaining top-level figures."""
     scalars = {k: v for k, v in summary.items() if isinstance(v, bool) or num(v) is not None}
-    blocks = {k: v for k, v in summary.items() if isinstance(v, dict) and v
-              and all(not isinstance(x, (dict, list)) for x in v.values())}
     matrices = {k: v for k, v in summary.items() if isinstance(v, dict) and v
                 and all(isinstance(x, dict) for x in v.values())}
+    # a block of scores may also hold lists or nested blocks (a sanity verdict's reasons): its numbers are shown
+    blocks = {k: v for k, v in summary.items() if isinstance(v, dict) and k not in matrices
+              and any(isinstance(x, bool) or num(x) is not None for x in v.values())}
     out = []
     shared = [k for k in scalars if any(k in b for b in blocks.values()) and not isinstance(scalars[k], bool)]
     if shared:
