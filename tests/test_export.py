@@ -151,3 +151,43 @@ def test_only_onnx_is_a_format(tmp_path: Path):
 
     with pytest.raises(MedistillError, match="'onnx'"):
         export_run(tmp_path, tmp_path / "out", fmt="tflite")
+
+
+def _mean_graph(axes: list[int], keepdims: int, rank: int = 4):
+    from onnx import TensorProto, helper
+
+    shape = [1, 3, 5, 5][:rank]
+    out_shape = [d if (i not in [a % rank for a in axes]) else 1 for i, d in enumerate(shape)] if keepdims else \
+        [d for i, d in enumerate(shape) if i not in [a % rank for a in axes]]
+    axes_t = helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes)
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims, name="mean")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [axes_t])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("axes, keepdims, rank, pooled", [([2, 3], 1, 4, True), ([-1, -2], 1, 4, True),
+                                                          ([2, 3], 0, 4, False), ([1], 1, 4, False),
+                                                          ([1, 2], 1, 3, False)])
+def test_spatial_means_become_global_average_pools(axes, keepdims, rank, pooled):
+    """Only a mean over both spatial axes of a 4-D tensor, dimensions kept, is a GlobalAveragePool; the values stay."""
+    import onnxruntime as ort
+
+    from medistill.export.onnx import global_average_pools
+
+    model = _mean_graph(axes, keepdims, rank)
+    x = np.random.default_rng(0).standard_normal([1, 3, 5, 5][:rank]).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert global_average_pools(model) == int(pooled)
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool" if pooled else "ReduceMean"]
+    assert (len(model.graph.initializer) == 0) == pooled  # the axes go with the ReduceMean
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
+
+
+def test_exported_graph_pools_with_global_average_pool(exported: Path):
+    """The exporter's spatial means (tiny_cnn's pooling, the explain graph's head) arrive as GlobalAveragePool."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / "model.onnx")).graph.node]
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
