@@ -69,6 +69,32 @@ def test_output_contract(exported: Path):
     assert q["calibration_split"] == "train" and isinstance(q["per_channel"], bool)
     assert set(q["weight_scales_tried"]) == {"per_channel", "per_tensor"}
     assert set(rep["thresholds"]) == set(LABELS)
+    assert q["int8_ops"]["integer"]["QLinearConv"] == 5 and "Conv" not in q["int8_ops"]["float"]
+
+
+def test_export_records_the_runtime_and_precision_it_chose_and_why(exported: Path):
+    """Every runtime and precision installed here is a candidate, scored and timed; the choice names its file,
+    and a reduced precision is chosen only within the metric tolerance of fp32."""
+    from medistill.inference.runtimes import available_runtimes
+
+    dep = json.loads((exported / "export.json").read_text())["deployment"]
+    rows = {c["key"]: c for c in dep["candidates"]}
+    assert list(rows)[:2] == ["ort_fp32", "ort_int8"]
+    if "openvino" in available_runtimes():
+        assert {"openvino_fp32", "openvino_int8"} <= set(rows)
+    for c in rows.values():
+        assert c["latency_ms"] > 0 and c["metric_name"] == "macro_auc" and c["runtime_version"]
+        assert c["file"] == ("model.int8.onnx" if c["precision"] == "int8" else "model.onnx")
+    assert rows["ort_fp32"]["metric_delta"] == 0.0
+    assert rows["ort_int8"]["metric_delta"] == pytest.approx(json.loads((exported / "export.json").read_text())[
+        "int8_metric_delta"])
+    chosen = dep["chosen"]
+    assert chosen["key"] in rows and chosen["file"] == rows[chosen["key"]]["file"]
+    assert chosen["why"].startswith(f"{ {'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}[chosen['runtime']]}")
+    assert rows[chosen["key"]]["metric_delta"] >= -dep["tolerance"]
+    fastest_ok = min((c for k, c in rows.items() if k not in chosen["rejected"]), key=lambda c: c["latency_ms"])
+    assert fastest_ok["key"] == chosen["key"]
+    assert dep["machine_load"]["before"]["cpus"] >= 1
 
 
 def test_metadata_travels_with_both_models(exported: Path):
