@@ -126,8 +126,11 @@ def model_markdown(res: dict[str, Any]) -> list[str]:
     prof = res.get("profile_ms", {})
     if prof:
         cats = sorted({c for p in prof.values() for c in p}, key=lambda c: -max(p.get(c, 0.0) for p in prof.values()))
-        lines += ["Where ONNX Runtime spends a batch-1 call (its profiler, ms per call; the profiler's own cost "
-                  "inflates all alike):", "", "| operator | " + " | ".join(label(k) for k in prof) + " |",
+        lines += ["Where ONNX Runtime spends a batch-1 call (its profiler, ms per call, at the benchmark's threads "
+                  "and at 1 thread: what does not drop with more threads ran in one task; the profiler's own cost "
+                  "inflates all alike):", "",
+                  "| operator | " + " | ".join(f"{label(k.split('@')[0])}, {k.split('@')[1]} thr." if "@" in k
+                                                else label(k) for k in prof) + " |",
                   "|---|" + "---|" * len(prof)]
         for c in cats[:12]:
             lines.append(f"| {c} | " + " | ".join(f"{p[c]:.3f}" if c in p else "" for p in prof.values()) + " |")

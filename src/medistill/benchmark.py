@@ -18,7 +18,8 @@ both): no fp32 implementation can beat it, so ``latency / flop limit`` says how 
 
 Why a target is missed: ``int8_ops`` lists the operators ONNX Runtime runs for the INT8 graphs (integer kernels,
 fp32 fallbacks), and ``profile_ms`` where its calls spend their time by operator (convolutions split into
-depthwise, 1x1 and others), for fp32, INT8 and the explain graph.
+depthwise, 1x1 and others), for fp32, INT8 and the explain graph, at the benchmark's threads and at one thread
+(``ort_int8@2``, ``ort_int8@1``): an operator whose time does not drop with more threads ran in one task.
 
 The timing loop itself is ``medistill.inference.timing`` (shared with ``export``); torch is imported by the
 functions that need it.
@@ -358,8 +359,10 @@ def benchmark(target: str | Path, *, threads: int | None = None, batches: Sequen
             say("profiling ONNX Runtime: where the time goes, by operator")
             x1 = np.random.default_rng(0).standard_normal((1, student.channels, student.size, student.size)
                                                           ).astype(np.float32)
-            result["profile_ms"] = {f"ort_{k}": ort_profile(v, x1, threads=threads, runs=max(20, runs // 2))
-                                    for k, v in student.files.items()}
+            # at 1 thread too: an operator whose time does not halve with 2 threads runs in one task (MLAS's
+            # integer depthwise convolutions below about 36 x 36 outputs)
+            result["profile_ms"] = {f"ort_{k}@{n}": ort_profile(v, x1, threads=n, runs=max(20, runs // 2))
+                                    for n in sorted({threads, 1}, reverse=True) for k, v in student.files.items()}
         result["load_average_after"] = list(os.getloadavg())
         result["machine_load_after"] = machine_load()
     result["ratios"], result["targets"] = _ratios(result)

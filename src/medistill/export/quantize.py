@@ -24,6 +24,14 @@ QuantizeLinear / DequantizeLinear pairs around every quantizable op. The scheme,
   passes over the tensor that cost about a third of EEEA-Net-C2's INT8 time. :func:`integer_hard_sigmoids` rewrites
   each DQ -> HardSigmoid -> Q as the integer Add it is (``QLinearAdd``; exact up to rounding, see there).
 
+What this scheme cannot change: ONNX Runtime's (MLAS's) integer depthwise convolutions are no faster than its fp32
+ones on one thread (slower at 56 px and above, and 2-3x slower when the channel count is not a multiple of 16, which
+leaves the symmetric kernels), and they use one thread below about 36 x 36 outputs whatever the session's count:
+QLinearConv splits its work by output pixel with at least 64K weight-MACs per task, counting one channel's kernel
+for a depthwise convolution (``ComputeOutputStride`` in ``qlinearconv.cc``), so a 28 x 28 one is a single task. A
+MobileNet-style student (EEEA-Net-C2) gains less from INT8 in ONNX Runtime than its 1x1 convolutions (2.6x faster)
+suggest, and less with more threads; ``benchmark`` times OpenVINO's INT8 beside it and profiles both thread counts.
+
 In an explain graph the nodes that only compute the ``cams`` output stay fp32: they are cheap, and the maps keep
 their parity. :func:`runtime_ops` lists the operators ONNX Runtime actually runs (its optimised graph), so that a
 report can say which run as integer kernels and which in fp32 (:func:`op_kinds`).
