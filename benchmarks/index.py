@@ -356,10 +356,9 @@ def _int8_accuracy(d: dict[str, Any]) -> str:
             deltas = ", ".join(f"{NAMES[v['runtime'] if v['runtime'] != 'onnxruntime' else 'ort']} "
                                f"{v['macro_auc_delta']:+.4f}" for v in r["test"].values()
                                if v["precision"] == "int8" and "macro_auc_delta" in v)
-            parts.append(f"{model} on {ds} ({r['test_images']} test images, fp32 "
+            parts.append(f"{model} on {ds} ({r['epochs']} epochs, {r['test_images']} test images, fp32 "
                          f"{r['test']['ort_fp32']['macro_auc']:.3f}): {deltas}")
-    return (f"INT8 minus fp32 test macro AUC of students trained {d['settings']['epochs']} epochs at "
-            f"{d['settings']['size']} px: " + "; ".join(parts) + f" (target: within {d['settings']['target_macro_auc']}).")
+    return (f"INT8 minus fp32 test macro AUC of students trained at {d['settings']['size']} px: " + "; ".join(parts) + f" (target: within {d['settings']['target_macro_auc']}).")
 
 
 def _fidelity_4(d: dict[str, Any]) -> str:

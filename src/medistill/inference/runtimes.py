@@ -123,5 +123,5 @@ class Runner:
         return f"{RUNTIME_NAMES[self.runtime]} {version(self.runtime)}, {self.hint} kernels{threads}"
 
 
-__all__ = ["HINTS", "KEY_PREFIX", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "RUNTIME_NAMES", "Runner", "RuntimeUnavailable",
-           "available_runtimes", "float_precisions", "version"]
+__all__ = ["HINTS", "KEY_PREFIX", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "RUNTIME_NAMES", "Runner",
+           "RuntimeUnavailable", "available_runtimes", "float_precisions", "version"]
