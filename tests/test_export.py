@@ -70,6 +70,7 @@ def test_output_contract(exported: Path):
     assert set(q["weight_scales_tried"]) == {"per_channel", "per_tensor"}
     assert set(rep["thresholds"]) == set(LABELS)
     assert q["int8_ops"]["integer"]["QLinearConv"] == 5 and "Conv" not in q["int8_ops"]["float"]
+    assert q["calibration_method"] == "percentile"
 
 
 def test_export_records_the_runtime_and_precision_it_chose_and_why(exported: Path):

@@ -25,16 +25,18 @@ def _int8_of(name: str, tmp_path: Path, *, channels: int, size: int = 32, explai
     return fp32, quantize_int8(fp32, tmp_path / f"{name}.int8.onnx", calib)
 
 
-def test_kdfmv_runs_integer_kernels_only(tmp_path: Path):
+def test_kdfmv_runs_integer_kernels_but_the_pooled_head(tmp_path: Path):
     """kdfmv (conv + ReLU + max-pool, global pooling, linear): every operator ONNX Runtime runs is an integer
-    kernel, apart from the one QuantizeLinear / DequantizeLinear at the edges and layout operators."""
+    kernel, apart from the classifier after the global pooling (fp32 on purpose), the one QuantizeLinear /
+    DequantizeLinear at the edges and layout operators."""
     fp32, int8 = _int8_of("kdfmv", tmp_path, channels=1)
     kinds = op_kinds(runtime_ops(int8))
-    assert kinds["float"] == {}
-    assert kinds["integer"]["QLinearConv"] == 5 and kinds["integer"]["NhwcMaxPool"] == 4
-    assert kinds["integer"]["QLinearGlobalAveragePool"] == 1 and kinds["integer"]["QGemm"] == 1
+    assert kinds["float"] == {"Gemm": 1}
+    assert kinds["integer"] == {"QLinearConv": 5, "NhwcMaxPool": 4, "QLinearGlobalAveragePool": 1}
     assert kinds["boundary"] == {"QuantizeLinear": 1, "DequantizeLinear": 1}
     assert op_kinds(runtime_ops(fp32))["float"]["Conv"] == 5  # the same counting sees fp32 as fp32
+    scheme = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}["medistill.quantization"]
+    assert "percentile calibration" in scheme and "pooled head (2 nodes) kept fp32" in scheme
 
 
 @pytest.mark.slow
@@ -43,11 +45,12 @@ def test_eeea_hard_swish_and_squeeze_excite_stay_integer(tmp_path: Path):
     squeeze-excite pooling and products, the residual adds run as integer kernels; nothing falls back to fp32."""
     fp32, int8 = _int8_of("eeea_net_c2", tmp_path, channels=3)
     kinds = op_kinds(runtime_ops(int8))
-    assert kinds["float"] == {}, f"fp32 fallbacks: {kinds['float']}"
-    assert kinds["integer"]["QLinearConv"] == 81
-    # 27 hard-swish (x * hard-sigmoid(x)) + 11 squeeze-excite gates: each hard-sigmoid an integer Add
-    assert kinds["integer"]["QLinearMul"] == 38 and kinds["integer"]["QLinearAdd"] == 38 + 14  # + residual adds
-    assert kinds["integer"]["QLinearGlobalAveragePool"] == 12
+    # fp32: only the pooled head, on purpose (the 960 -> 1280 projection with its hard-swish fused, the classifier)
+    assert kinds["float"] == {"Conv": 1, "Gemm": 1}, f"fp32 fallbacks: {kinds['float']}"
+    assert kinds["integer"]["QLinearConv"] == 80
+    # 26 hard-swish (x * hard-sigmoid(x)) + 11 squeeze-excite gates: each hard-sigmoid an integer Add
+    assert kinds["integer"]["QLinearMul"] == 37 and kinds["integer"]["QLinearAdd"] == 37 + 14  # + residual adds
+    assert kinds["integer"]["QLinearGlobalAveragePool"] == 12 and "QGemm" not in kinds["integer"]
     assert "HardSigmoid" in op_kinds(runtime_ops(fp32))["float"] or "Conv" in op_kinds(runtime_ops(fp32))["float"]
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     l32 = ort.InferenceSession(str(fp32)).run(["logits"], {"input": x})[0]
@@ -63,8 +66,21 @@ def test_explain_graph_keeps_only_the_maps_in_fp32(tmp_path: Path):
     assert kinds["integer"]["QLinearConv"] == 5
     assert not {"Conv", "FusedConv", "MaxPool"} & set(kinds["float"])
     assert {"MatMul", "ReduceMax", "ReduceMin"} <= set(kinds["float"])
-    assert "cams-only nodes kept fp32" in {p.key: p.value for p in onnx.load(str(int8)).metadata_props}[
-        "medistill.quantization"]
+    scheme = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}["medistill.quantization"]
+    assert "cams-only nodes kept fp32" in scheme and "pooled head" in scheme
+
+
+def test_pooled_head_is_what_follows_the_last_global_pool(tmp_path: Path):
+    from medistill.export.quantize import pooled_head_nodes
+
+    torch.manual_seed(0)
+    model = create_model("eeea_net_c2", num_classes=4, in_chans=3, image_size=32, drop_rate=0.0).eval()
+    graph = onnx.load(str(export_onnx(model, tmp_path / "e.onnx", labels=list("abcd"), task="multilabel")))
+    by_name = {n.name: n.op_type for n in graph.graph.node}
+    assert [by_name[n] for n in pooled_head_nodes(graph)] == ["Conv", "HardSwish", "Reshape", "Gemm"]
+    graph.graph.node.remove([n for n in graph.graph.node if n.op_type == "GlobalAveragePool"][-1])
+    # the last pool is now the last squeeze-excite block's: the rest of that block follows it
+    assert {"Mul", "HardSigmoid"} <= {by_name[n] for n in pooled_head_nodes(graph)}
 
 
 def _qdq_hard_sigmoid(x_scale: float, x_zero: int, y_scale: float, y_zero: int, alpha: float = 1 / 6,

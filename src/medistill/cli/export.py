@@ -28,7 +28,8 @@ class ExportOptions:
                                   "device)")
     val_limit: int = option(512, "validation images for the parity and metric checks")
     calibration_images: int = option(128, "training images to calibrate INT8")
-    calibration_method: str = option("minmax", "INT8 calibration: minmax, percentile, entropy")
+    calibration_method: str = option("percentile", "INT8 calibration: percentile (99.999th, the default: closer "
+                                                   "to fp32 than minmax on brain tumour MRI), minmax, entropy")
     per_channel: bool | Literal["auto"] = option(
         "auto", "INT8 weight scales: true = one per output channel, false (--per-tensor) = one per tensor, auto = "
                 "try both and keep the better validation metric")

@@ -124,7 +124,7 @@ def cam_parity(model: Any, onnx_path: Path, images: np.ndarray) -> dict[str, Any
 
 def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8: bool = False, explain: bool = False,
                val_limit: int | None = 512, calibration_images: int = 128, cam_images: int = 8,
-               per_channel: bool | str = "auto", calibration_method: str = "minmax", threads: int | None = None,
+               per_channel: bool | str = "auto", calibration_method: str = "percentile", threads: int | None = None,
                metric_tolerance: float = METRIC_TOLERANCE, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export run ``run_dir`` into folder ``out`` (see module docstring); returns the ``export.json`` report."""
     from .onnx import export_onnx, ort_outputs, parity
