@@ -190,7 +190,10 @@ def test_evaluate_states_the_majority_rate_and_chance_and_can_score_the_last_wei
         direct = model(torch.stack([ds[i]["image"] for i in range(4)])).softmax(1).numpy()
     np.testing.assert_allclose(p["probs"][:4], direct, atol=1e-5)
     y = np.eye(3)[[0, 0, 1, 2]]
-    assert majority_baseline([5, 1, 1], y, np.ones_like(y), ["a", "b", "c"])["majority_rate"] == 0.5
+    m = majority_baseline([5, 1, 1], y, np.ones_like(y), ["a", "b", "c"])
+    assert m["majority_rate"] == 0.5 and m["majority_balanced_accuracy"] == pytest.approx(1 / 3)
+    m = majority_baseline([5, 1, 1], y[:2], np.ones((2, 3)), ["a", "b", "c"])  # only class a in the test rows
+    assert m["majority_balanced_accuracy"] == 1.0 and m["chance"] == pytest.approx(1 / 3)
 
 
 def test_compare_pools_as_seeds_only_runs_identical_but_for_the_seed(three_runs: list[Path], phantom_root: Path,

@@ -420,3 +420,26 @@ def test_flat_and_unreadable_images_are_nobodys_copy(tmp_path):
     assert not copy.any() and np.isnan(corr).all() and (row == -1).all()
     copy, corr, row = near_copies(paths[:1], ["test"], 0.98)  # no training image: nothing to be a copy of
     assert not copy.any() and np.isnan(corr).all() and (row == -1).all()
+
+
+def test_an_empty_class_folder_is_said_not_dropped_without_a_word(tmp_path, caplog):
+    """``train/rare/`` with no images: the class used to vanish from the labels unseen; now a warning names the
+    folder and says the class is left out, and the table's report lists it. An empty class folder in one split
+    only (the class has images elsewhere) is named too."""
+    from conftest import make_class_folder
+    from medistill.data.folder import ImageFolder
+
+    root = make_class_folder(tmp_path / "f", {"common": (6, 3), "middle": (6, 3)})
+    (root / "train" / "rare").mkdir()
+    (root / "test" / "rare").mkdir()
+    (root / "test" / "middle" / "empty-too").mkdir()  # (a sub-folder of a class is not a class)
+    for f in (root / "test" / "middle").glob("*.png"):
+        f.unlink()
+    with caplog.at_level("WARNING", logger="medistill"):
+        table = ImageFolder.load_table(root, seed=0, check_duplicates=False)
+    assert table.labels == ["common", "middle"]
+    said = [r.getMessage() for r in caplog.records if "no images" in r.getMessage()]
+    assert len(said) == 2, said
+    assert f"{root / 'train' / 'rare'}" in said[0] + said[1] and "class 'rare' is left out" in " ".join(said)
+    assert f"{root / 'test' / 'middle'}" in " ".join(said) and "'middle' has no test images" in " ".join(said)
+    assert table.report["empty_class_folders"] == ["test/middle", "test/rare", "train/rare"]

@@ -99,10 +99,14 @@ def test_export_records_the_runtime_and_precision_it_chose_and_why(exported: Pat
 
 
 def test_metadata_travels_with_both_models(exported: Path):
-    from medistill.inference import Predictor
+    import hashlib
+
+    from medistill.inference import Predictor, verify_model_file
 
     rep = json.loads((exported / "export.json").read_text())
     for name in ("model.onnx", "model.int8.onnx"):
+        assert verify_model_file(exported / name)  # each file holds its own checksum (issue 37, item 3)
+        assert rep["files"][name]["sha256"] == hashlib.sha256((exported / name).read_bytes()).hexdigest()
         info = Predictor(exported / name).info
         assert info.labels == LABELS and info.task == "multilabel"
         assert (info.size, info.channels) == (SIZE, 1)
@@ -218,3 +222,57 @@ def test_exported_graph_pools_with_global_average_pool(exported: Path):
 
     ops = [n.op_type for n in onnx.load(str(exported / "model.onnx")).graph.node]
     assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
+
+
+KILLED_EXPORT = """
+import importlib, os, signal, sys
+from medistill.cli import main
+
+def killed(*args, **kwargs):  # SIGKILL at this step of the export
+    os.kill(os.getpid(), signal.SIGKILL)
+
+module, name = sys.argv.pop(1).rsplit(".", 1)
+setattr(importlib.import_module(module), name, killed)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["medistill.export.onnx.parity", "medistill.export.quantize_int8"])
+def test_an_export_killed_before_its_checks_leaves_no_model_file(tiny_run: Path, tmp_path: Path, step: str):
+    """``kill -9`` after the ONNX graph is written but before its parity check (or before its INT8 copy): no
+    ``model.onnx`` appears (before, one was left without ``export.json`` and predict used it without a word); a
+    complete earlier export in the same folder stays as it was, its model and report together."""
+    import os
+    import subprocess
+    import sys
+
+    from medistill.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(tiny_run), "--out", str(out), "--val-limit", "16"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"model.onnx", "export.json"}
+    fresh = tmp_path / "fresh"
+    for folder in (out, fresh):
+        r = subprocess.run([sys.executable, "-c", KILLED_EXPORT, step, "export", str(tiny_run), "--out", str(folder),
+                            "--val-limit", "16", "--int8", "--calibration-images", "8"], capture_output=True,
+                           text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+        assert r.returncode == -9, r.stderr[-2000:]
+    assert [p.name for p in fresh.iterdir() if not p.name.startswith(".")] == []
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+
+
+def test_an_interrupted_export_leaves_no_file_at_all(tiny_run: Path, tmp_path: Path, monkeypatch):
+    """Interrupted (Ctrl+C) during the parity check: nothing is left in the folder, not even a hidden file."""
+    from medistill.export import export_run
+    from medistill.export import onnx as onnx_export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "parity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tiny_run, tmp_path / "export", val_limit=16)
+    assert list((tmp_path / "export").iterdir()) == []

@@ -4,6 +4,7 @@ and the device preprocesses exactly like training."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -40,9 +41,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _edit_metadata(src: Path, dst: Path, **changes: str | None) -> Path:
-    """A copy of ``src`` with medistill.<key> metadata set (or removed when None)."""
+def _edit_metadata(src: Path, dst: Path, *, seal: bool = True, **changes: str | None) -> Path:
+    """A copy of ``src`` with medistill.<key> metadata set (or removed when None), its checksum made again as the
+    exporter makes it (``seal``; a tamperer who knows the format can), so that the fields themselves are tested."""
     import onnx
+
+    from medistill.inference import seal_model_file
 
     m = onnx.load(str(src))
     props = {e.key: e.value for e in m.metadata_props}
@@ -56,6 +60,8 @@ def _edit_metadata(src: Path, dst: Path, **changes: str | None) -> Path:
         e = m.metadata_props.add()
         e.key, e.value = k, v
     onnx.save_model(m, str(dst))
+    if seal:
+        seal_model_file(dst)
     return dst
 
 
@@ -237,7 +243,8 @@ def test_metadata_that_contradicts_the_graph_is_refused(models, tmp_path):
                          std="[0.2, 0.2, 0.2]")
     with pytest.raises(ModelFileError, match="1 channels on axis 1 but its metadata says 3"):
         Predictor(bad)
-    few = _edit_metadata(models["plain"], tmp_path / "labels.onnx", labels='["a", "b"]')
+    few = _edit_metadata(models["plain"], tmp_path / "labels.onnx", labels='["a", "b"]',
+                         thresholds='{"a": 0.5, "b": 0.5}')
     with pytest.raises(ModelFileError, match="3 scores but the metadata names 2 labels"):
         Predictor(few)
     broken = _edit_metadata(models["plain"], tmp_path / "json.onnx", labels="[not json")
@@ -311,3 +318,165 @@ def test_same_pixels_as_png_and_dicom_predict_the_same(models, tmp_path):
     c, d = legacy.predict([tmp_path / "x.png", dcm])
     assert c.probabilities == pytest.approx(a.probabilities, abs=1e-6)  # PNG: no rule change
     assert d.probabilities != pytest.approx(b.probabilities, abs=1e-6)  # DICOM: the old stretch
+
+
+# --- tampered or corrupt model files (issue 37, item 3) ------------------------------------------------------------
+THREE = '{"Cardiomegaly": 0.0, "Effusion": 1.0, "Nodule": 0.5}'
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("thresholds", '{"Cardiomegaly": "NaN", "Effusion": 1.0, "Nodule": 0.5}', "Cardiomegaly: expected a number in "
+                                                                               "[0, 1], got 'NaN'"),
+    ("thresholds", '{"Cardiomegaly": NaN, "Effusion": 1.0, "Nodule": 0.5}', "Cardiomegaly: expected a number in "
+                                                                             "[0, 1], got nan"),
+    ("thresholds", '{"Cardiomegaly": 1.5, "Effusion": 1.0, "Nodule": 0.5}', "expected a number in [0, 1], got 1.5"),
+    ("thresholds", '{"Cardiomegaly": true, "Effusion": 1.0, "Nodule": 0.5}', "expected a number in [0, 1], got True"),
+    ("thresholds", '{"Cardiomegaly": 0.5}', "no threshold for Effusion, Nodule"),
+    ("thresholds", '{"Cardiomegaly": 0.5, "Effusion": 1.0, "Nodule": 0.5, "Mass": 0.5}', "a threshold for Mass, "
+                                                                                          "which is not a label"),
+    ("labels", '["Cardiomegaly", "Cardiomegaly", "Nodule"]', "Cardiomegaly is named twice"),
+    ("labels", '["Cardiomegaly", 5, "Nodule"]', "expected a list of label names (strings), got 5"),
+    ("labels", '["Cardiomegaly", "", "Nodule"]', "an empty label name"),
+    ("mean", "[0.5, 0.5]", "2 values for 1 input channels"),
+    ("mean", "[Infinity]", "expected finite numbers, got inf"),
+    ("mean", '["x"]', "expected finite numbers, got 'x'"),
+    ("std", "[0.0]", "expected positive finite numbers, got 0.0"),
+    ("std", "[-0.2]", "expected positive finite numbers, got -0.2"),
+    ("input_size", "0", "expected an integer from 1 to"),
+    ("input_size", "64.5", "expected an integer from 1 to"),
+    ("input_size", "100000", "expected an integer from 1 to"),
+    ("maps", "yes", "expected 0 or 1, got 'yes'"),
+    ("format", "2", "format 2, this medistill reads format 1"),
+    ("input_stats", '{"colour_share": "x"}', "expected the training images' input statistics"),
+    ("input_stats", '{"images": 4, "colour_share": 0.0, "mean": {"mean": NaN, "std": 0.1}}',
+     "expected the training images' input statistics"),
+])
+def test_every_metadata_field_is_validated(models, tmp_path, field, value, expected):
+    """A tampered field is refused in one line naming the file, the field and what was expected (before: a NaN
+    threshold made a label never positive, a huge input size or a zero std was used as it was)."""
+    bad = _edit_metadata(models["plain"], tmp_path / "bad.onnx", **{field: value})
+    with pytest.raises(ModelFileError) as e:
+        Predictor(bad)
+    message = str(e.value)
+    assert message.startswith(f"{bad}: medistill.{field}") and "\n" not in message, message
+    assert expected in message, message
+
+
+def test_a_nan_threshold_is_refused_by_the_cli_in_one_line(models, inputs, tmp_path, capsys):
+    bad = _edit_metadata(models["plain"], tmp_path / "nan.onnx", thresholds='{"Cardiomegaly": "NaN", "Effusion": '
+                                                                            '1.0, "Nodule": 0.5}')
+    capsys.readouterr()
+    assert main(["predict", str(bad), str(inputs["gray"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"medistill predict: error: {bad}: medistill.thresholds")
+
+
+def test_an_edit_of_the_file_after_export_is_refused_by_its_checksum(models, tmp_path):
+    """The exporter stores a SHA-256 of the file in it (``medistill.sha256``): a metadata edit (here a NaN
+    threshold that is itself valid JSON) without making the checksum again is refused as a changed file."""
+    edited = _edit_metadata(models["plain"], tmp_path / "edited.onnx", seal=False, thresholds=THREE.replace("0.5", "0.4"))
+    with pytest.raises(ModelFileError, match=r"does not match the SHA-256 stored in it \(medistill.sha256\)"):
+        Predictor(edited)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flipped_bytes_are_refused_in_one_line(models, inputs, tmp_path, seed):
+    """50 bytes flipped in the second half of the file (weights or metadata): refused with a ModelFileError naming
+    the file (before: a UnicodeDecodeError traceback, or, for half of the seeds, predictions from damaged weights
+    without a word)."""
+    data = bytearray(models["plain"].read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(np.arange(len(data) // 2, len(data)), 50, replace=False):
+        data[i] ^= 0xFF
+    bad = tmp_path / "flipped.onnx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as e:
+        Predictor(bad)
+    assert str(e.value).startswith(f"{bad}: ") and "\n" not in str(e.value)
+
+
+def test_a_model_exported_before_checksums_is_still_read(models, tmp_path):
+    old = _edit_metadata(models["plain"], tmp_path / "old.onnx", seal=False, sha256=None)
+    assert Predictor(old).labels == LABELS
+
+
+# --- terminal injection (issue 37, item 2) -------------------------------------------------------------------------
+EVIL_NAMES = ["a\nFAKE: positives [Nothing]\x1b[31mX.png", "b\rFAKE.png", "c\x1b]0;owned\x07.png",
+              "d\u202egnp.exe.png"]
+#: what a terminal acts on: C0 / C1 controls (ESC, BEL, CR, ...) and bidirectional overrides
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _evil_folder(root: Path) -> Path:
+    folder = root / "in"
+    folder.mkdir()
+    for name in EVIL_NAMES:
+        Image.fromarray((_xray() * 255).astype(np.uint8)).save(folder / name, format="PNG")
+    (folder / "e\x1b[2Jbroken.png").write_text("not an image")  # an error line names it too
+    return folder
+
+
+def test_file_names_cannot_forge_lines_or_reach_the_terminal(models, tmp_path, capsys):
+    """A file named ``a\\nFAKE: positives [Nothing]\\x1b[31mX.png`` printed a forged result line and raw escape
+    sequences; every name is now escaped (``\\n``, ``\\x1b``, ``\\u202e``), and each output line is one input's."""
+    folder = _evil_folder(tmp_path)
+    capsys.readouterr()
+    assert main(["predict", str(models["plain"]), str(folder)]) == 1  # the broken file fails
+    out, err = capsys.readouterr()
+    assert not CONTROL.search(out) and not CONTROL.search(err), (out, err)
+    lines = out.splitlines() + err.splitlines()
+    assert len(out.splitlines()) == len(EVIL_NAMES) and len(err.splitlines()) == 1
+    assert all(line.startswith(str(folder) + "/") for line in lines), lines
+    assert not any(line.startswith("FAKE") for line in lines)
+    assert f"{folder}/a\\nFAKE: positives [Nothing]\\x1b[31mX.png: positives [" in out
+    assert "d\\u202egnp.exe.png" in out and "e\\x1b[2Jbroken.png: error: " in err
+
+
+def test_label_names_from_a_model_are_escaped(models, inputs, tmp_path, capsys):
+    labels = ["Cardio\x1b[2Jmegaly", "Effusion\r", "Nodule"]
+    evil = _edit_metadata(models["plain"], tmp_path / "evil.onnx", labels=json.dumps(labels),
+                          thresholds=json.dumps({lab: 0.0 for lab in labels}))
+    capsys.readouterr()
+    assert main(["predict", str(evil), str(inputs["gray"])]) == 0
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out) and "Cardio\\x1b[2Jmegaly" in out and "Effusion\\r" in out
+
+
+def test_names_are_escaped_in_the_log(models, tmp_path):
+    """The log (``-vv`` on stderr) names each input: escaped there too."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _evil_folder(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "medistill", "-vv", "predict", str(models["plain"]), str(folder)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "DEBUG medistill.inference" in r.stderr and "e\\x1b[2Jbroken.png" in r.stderr
+    assert not CONTROL.search(r.stderr) and not CONTROL.search(r.stdout)
+
+
+# --- pydicom's own log (issue 37, item 9) --------------------------------------------------------------------------
+def test_a_garbage_compressed_dicom_is_one_line_without_pydicoms_traceback(models, inputs, tmp_path):
+    """pydicom logs its own ERROR with a traceback when a JPEG 2000 fragment is garbage; only medistill's one line
+    (which carries pydicom's reason) reaches stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+    from test_bad_inputs import compressed_dicom
+
+    j2k = compressed_dicom(tmp_path / "j2k.dcm", JPEG2000Lossless)
+    jls = compressed_dicom(tmp_path / "jls.dcm", JPEGLSLossless)
+    r = subprocess.run([sys.executable, "-m", "medistill", "predict", str(models["plain"]), str(j2k), str(jls),
+                        str(inputs["gray"])], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "pydicom." not in r.stderr, r.stderr
+    assert r.stderr.splitlines() == [
+        f"{j2k}: error: DICOM pixel data cannot be decoded (transfer syntax JPEG 2000 Image Compression (Lossless "
+        f"Only)): Unable to decode as exceptions were raised by all available plugins: pillow: cannot identify "
+        f"image file", f"{jls}: error: " + r.stderr.splitlines()[1].split(": error: ", 1)[1]]
+    assert len(r.stdout.splitlines()) == 1  # the good image is still predicted

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,3 +197,130 @@ def test_evaluate_writes_its_result_over_a_corrupt_metrics_json(tiny_run, tmp_pa
     assert any("replacing it with the new result" in r.getMessage() and runs.METRICS_FILE in r.getMessage()
                for r in caplog.records)
     assert np.isfinite(written["macro_auc"])
+
+
+# --- a full disk ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_evaluate_and_export_on_a_full_disk_stop_in_one_line(tiny_run, tmp_path, command, capsys, monkeypatch):
+    """Every write fails with ENOSPC (``os.fsync`` of the atomic writer, as on a full file system): one line naming
+    the file and the free space, exit 2, and no new file that looks like a result (before: an ``OSError: [Errno
+    28]`` traceback)."""
+    import errno
+
+    from medistill.cli import main
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "export"
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    args = [command, str(run)] + (["--no-latency", "--bootstrap", "0"] if command == "evaluate" else
+                                  ["--out", str(out), "--val-limit", "16"])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert re.match(rf"medistill {command}: error: {re.escape(str(run if command == 'evaluate' else out))}/\S+: "
+                    rf"cannot write it: no space left on device \(\d+(\.\d+)? [KMGT]?i?B free in ", errors[0]), errors[0]
+    assert sorted(p.name for p in run.iterdir()) == before  # evaluate: no predictions beside an old metrics.json
+    assert not out.exists() or not list(out.iterdir())  # export: no model file, no report, no temporary file
+
+
+def test_evaluate_keeps_no_predictions_when_its_metrics_cannot_be_written(tiny_run, tmp_path, monkeypatch):
+    """The predictions file and metrics.json are one result: when the disk fills at metrics.json, no new
+    ``predictions_test.npz`` is left beside the old metrics."""
+    import errno
+
+    from medistill.evaluate.runner import evaluate_run
+    from medistill.utils.io import DiskFullError, atomic_write
+
+    run = _copy_run(tiny_run, tmp_path / "run")
+    real = runs.atomic_write_json
+
+    def no_space(p):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_json", lambda path, obj: atomic_write(path, no_space)
+                        if Path(path).name == runs.METRICS_FILE else real(path, obj))
+    with pytest.raises(DiskFullError, match=re.escape(str(run / runs.METRICS_FILE))):
+        evaluate_run(run, "val", latency=False, n_bootstrap=0)
+    assert not (run / runs.predictions_file("val")).exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_run_log_that_cannot_be_written_is_said_once_in_one_line(tmp_path, capsys):
+    """``log.txt`` on a full disk: one warning line, not logging's traceback for every record."""
+    import errno
+    import logging
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    run = RunDir(tmp_path)
+    with run.logging_to_file():
+        [handler] = [h for h in logging.getLogger("medistill").handlers
+                     if getattr(h, "baseFilename", None) == str(run.file(runs.LOG_FILE))]
+        handler.stream = Full()
+        for k in range(3):
+            logging.getLogger("medistill.train").info("epoch %d", k)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert [line for line in err.splitlines() if runs.LOG_FILE in line] == [
+        f"medistill: warning: cannot append to {run.file(runs.LOG_FILE)} ([Errno 28] No space left on device); its "
+        f"log stops here"]
+
+
+# --- valid JSON of the wrong types (issue 37, item 7) --------------------------------------------------------------
+WRONG_TYPES = [
+    (runs.METRICS_FILE, "macro_auc", "abc", "expected a number or null"),
+    (runs.METRICS_FILE, "labels", 5, "expected a list of label names"),
+    (runs.METRICS_FILE, "labels", ["Atelectasis", 3], "expected a list of label names"),
+    (runs.METRICS_FILE, "task", 7, "expected one of"),
+    (runs.METRICS_FILE, "auc_ci95", "narrow", "expected [low, high]"),
+    (runs.METRICS_FILE, "per_label_auc", [0.5, 0.7], "expected a mapping of label to number or null"),
+    (runs.METRICS_FILE, "params", "many", "expected a number or null"),
+    (runs.METRICS_FILE, "latency_ms", True, "expected a number or null"),
+    (runs.METRICS_FILE, "train", "done", "expected a JSON object"),
+    (runs.METRICS_FILE, "split", ["test"], "expected a string"),
+    (runs.RUN_FILE, "labels", 5, "expected a list of label names"),
+    (runs.RUN_FILE, "seed", "seven", "expected an integer or null"),
+    (runs.RUN_FILE, "teachers", "a/b", "expected a list of paths"),
+    (runs.RUN_FILE, "input", [64], "expected a JSON object"),
+    (runs.RUN_FILE, "kind", {"a": 1}, "expected a string"),
+]
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+@pytest.mark.parametrize("file, key, value, expected", WRONG_TYPES,
+                         ids=[f"{f}:{k}={v!r}" for f, k, v, _ in WRONG_TYPES])
+def test_records_of_the_wrong_types_are_refused_in_one_line(tmp_path, capsys, command, file, key, value, expected):
+    """Valid JSON of the wrong type (``macro_auc: "abc"``: a ValueError in compare; ``labels: 5``: a TypeError in
+    the report) is refused with one line naming the file and the field, exit 2."""
+    from test_report import make_run
+
+    from medistill.cli import main
+
+    teacher = make_run(tmp_path, "teacher", model="densenet121")
+    student = make_run(tmp_path, "student", kind="distill", model="tiny_cnn", teacher=teacher)
+    path = student / file
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data))
+    args = [command, str(teacher), str(student)] + (["--out", str(tmp_path / "report.html")]
+                                                     if command == "report" else [])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"medistill {command}: error: {path}: {key}: ") and expected in err, err

@@ -55,6 +55,8 @@ def edited_model(src: Path, dst: Path, *, maps: bool = True, task: str | None = 
     """A copy of ``src`` without its ``cams`` output (``maps=False``) and/or with another task in its metadata."""
     import onnx
 
+    from medistill.inference import seal_model_file
+
     model = onnx.load(str(src))
     props = {p.key: p for p in model.metadata_props}
     if not maps:
@@ -65,6 +67,7 @@ def edited_model(src: Path, dst: Path, *, maps: bool = True, task: str | None = 
     if task:
         props["medistill.task"].value = task
     onnx.save(model, str(dst))
+    seal_model_file(dst)  # the checksum made again, as the exporter makes it
     return dst
 
 
@@ -207,7 +210,8 @@ def test_model_metadata(client, model_path):
     assert m["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     assert 10_000 < m["parameters"] < 100_000  # tiny_cnn: ~34k weights
     assert m["limits"] == {"max_upload_bytes": LIMIT, "max_pixels": 25_000_000, "max_concurrency": 2,
-                           "read_timeout_s": 60.0, "accepted": ["dicom", "jpeg", "png"]}
+                           "read_timeout_s": 60.0, "min_upload_rate": 1024.0,
+                           "accepted": ["dicom", "jpeg", "png"]}
 
 
 def test_healthz(client):
@@ -581,7 +585,7 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
     import onnx
     from fastapi.testclient import TestClient
 
-    from medistill.inference import input_statistics
+    from medistill.inference import input_statistics, seal_model_file
     from medistill.serve import create_app
 
     rng = np.random.default_rng(0)
@@ -592,6 +596,7 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
     entry.key, entry.value = "medistill.input_stats", json.dumps(input_statistics(train))
     path = tmp_path / "with-stats.onnx"
     onnx.save(model, str(path))
+    seal_model_file(path)
     photo = np.stack([rng.integers(150, 256, (96, 96)), rng.integers(0, 100, (96, 96)),
                       rng.integers(0, 60, (96, 96))], axis=-1).astype(np.uint8)  # a reddish colour photograph
     with TestClient(create_app(path), base_url=BASE) as c:
@@ -610,3 +615,20 @@ def test_a_colour_photo_to_a_gray_xray_model_is_warned(model_path, tmp_path):
 
 def test_answers_say_nothing_without_training_statistics(client):
     assert post(client, phantom_png()).json()["warnings"] == []
+
+
+def test_a_garbage_compressed_dicom_leaves_one_line_in_the_log(client, caplog, tmp_path):
+    """The server log holds medistill's one line for a garbage JPEG 2000 DICOM, not pydicom's ERROR and traceback
+    (issue 37, item 9)."""
+    from pydicom.uid import JPEG2000Lossless
+    from test_bad_inputs import compressed_dicom
+
+    data = compressed_dicom(tmp_path / "j2k.dcm", JPEG2000Lossless).read_bytes()
+    with caplog.at_level("DEBUG"):
+        r = post(client, data, name="j2k.dcm")
+    assert r.status_code == 422 and "JPEG 2000" in r.json()["detail"]
+    assert [rec.name for rec in caplog.records if rec.name.startswith("pydicom")] == []
+    assert not [rec for rec in caplog.records if rec.exc_info]
+    import logging
+
+    assert logging.getLogger("pydicom").level == logging.WARNING  # pydicom's own level, restored after decoding

@@ -188,3 +188,40 @@ def test_study_options_are_checked_before_anything_runs(tmp_path, capsys):
     assert "is not alpha:T" in capsys.readouterr().err
     assert list(ARMS) == ["plain", "smooth", "mixup", "kd", "fm"]
     assert not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_run_resumes_where_it_stopped(phantom_root, tiny_teacher, tmp_path):
+    """SIGKILL while a run trains: the same command continues that run from its checkpoint and finishes the
+    study; the plan is kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "medistill", "study", "--dataset", "phantom", "--root", str(phantom_root),
+           "--teacher", str(tiny_teacher), "--model", "kdfmv", "--widths", "0.25", "--image-sizes", "32",
+           "--epochs", "3", "--seeds", "1", "--limit", "100", "--arms", "plain,kd", "--kd-grid", "0.5:4",
+           "--teacher-views", "2", "--bootstrap", "20", "--no-latency", "--cache-dir", str(tmp_path / "cache"),
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "runs").glob("*/*/state.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [p.parent for p in (out / "runs").glob("*/*/state.pt")]
+    assert killed and not (out / "study.json").exists() or not json.loads((out / "study.json").read_text())[
+        "complete"]
+    plan = (out / "plan.json").read_text()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = json.loads((out / "study.json").read_text())
+    assert s["complete"] and s["runs_scored"] == s["runs_planned"] == 2
+    assert (out / "plan.json").read_text() == plan
+    resumed = [json.loads((k / "run.json").read_text()).get("resumed") for k in killed]
+    finished = [json.loads((k / "run.json").read_text()).get("finished") for k in killed]
+    assert all(finished) and any(resumed)  # the killed run was continued from its checkpoint, not restarted

@@ -321,3 +321,21 @@ def test_the_distillation_plan_is_decided_by_the_config_and_checked_before_any_w
     assert rec["mode"] == "views" and rec["views"] == 2 and rec["mixed"] and rec["cache_key"]
     assert rec["temperature"] == 1.0  # the phantom is multi-label
     assert rec["cache_path"].endswith(f"teacher_views-{rec['cache_key']}.npy") and rec["teacher_image_size"] == 32
+
+
+def test_a_diverged_training_is_said_and_recorded(phantom_root: Path, tmp_path: Path, caplog):
+    """--lr 10 with AdamW and no warm-up: the validation loss ends in the thousands and the AUC at chance. Before it
+    ended with exit 0 and no word; now a warning says so (what happened, what to change), and run.json and
+    metrics.json record it. A healthy run of the same size gets no such warning."""
+    with caplog.at_level("WARNING", logger="medistill"):
+        run_training(_cfg(phantom_root, tmp_path / "diverged", **{"train.lr": 10, "train.optimizer": "adamw",
+                                                                    "train.warmup_epochs": 0}))
+    said = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+    assert len(said) == 1 and "validation loss" in said[0] and "--lr" in said[0], said
+    run = runs.RunDir(tmp_path / "diverged")
+    assert run.info()["warnings"] == said and run.metrics()["train"]["warnings"] == said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medistill"):
+        run_training(_cfg(phantom_root, tmp_path / "healthy"))
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+    assert "warnings" not in runs.RunDir(tmp_path / "healthy").info()

@@ -239,3 +239,67 @@ def test_several_teachers_at_another_temperature_get_another_cache(teacher_run: 
         _views_run(phantom_root, teacher_run, tmp_path / f"one{t:g}",
                    **{"distill.teacher_views_dir": str(single), "distill.temperature": t})
     assert len(list(single.glob("teacher_views-*.npy"))) == 1
+
+
+# --- a corrupt cache is said in one line and rebuilt (issue 37, item 6) ------------------------------------------
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _reshape(path: Path) -> None:
+    a = np.load(path)
+    np.save(path, a[:, :2])  # a view short: shape (6, 2, ...) for 3 views
+
+
+def _wrong_rows(path: Path) -> None:
+    a = np.load(path)
+    np.save(path, np.concatenate([a, a[:1]]))  # 7 images' rows for 6
+
+
+def _meta(tmp_path: Path, **changes: object) -> None:
+    meta = json.loads((tmp_path / "v.json").read_text())
+    meta.update(changes)
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+
+
+CORRUPTIONS = {
+    "truncated logits": (lambda d: _truncate(d / "v.npy"), "v.npy", "cannot be read"),
+    "truncated maps": (lambda d: _truncate(d / "v-maps.npy"), "v-maps.npy", "cannot be read"),
+    "a view short": (lambda d: _reshape(d / "v.npy"), "v.npy", "shape (6, 2, 2), expected (6, 3, 2)"),
+    "too many rows": (lambda d: _wrong_rows(d / "v-maps.npy"), "v-maps.npy", "shape (7, 3, 1, 2, 2), expected (6, 3, "
+                                                                            "1, 2, 2)"),
+    "views_done not a number": (lambda d: _meta(d, views_done="x"), "v.json", "views_done: expected 0 to 3, got 'x'"),
+    "views_done too many": (lambda d: _meta(d, views_done=9), "v.json", "views_done: expected 0 to 3, got 9"),
+    "names not a list": (lambda d: _meta(d, names="logits"), "v.json", "names: expected a list of output names"),
+    "not JSON": (lambda d: (d / "v.json").write_text("{views_done"), "v.json", "not a JSON object"),
+    "text in the npy": (lambda d: (d / "v.npy").write_text("hello"), "v.npy", "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_corrupt_cache_is_said_in_one_line_and_rebuilt(tmp_path: Path, caplog, case: str):
+    """A truncated ``.npy``, an array of the wrong shape or a ``.json`` with ``views_done: "x"`` crashed distill
+    (ValueError / IndexError tracebacks) and was never rebuilt: now one warning line names the file and what is
+    wrong, and the cache is computed again, equal to a fresh one."""
+    calls = []
+
+    def teacher(x: torch.Tensor) -> dict:
+        calls.append(len(x))
+        return {"logits": x.mean(dim=(1, 2, 3))[:, None].repeat(1, 2), "maps": x[:, :, :2, :2]}
+
+    torch.manual_seed(0)
+    fresh = ViewCache(tmp_path / "v.npy").load_or_compute("k", ViewDataset(Tiny(6), 3, 0), 4, teacher,
+                                                          torch.device("cpu"))
+    corrupt, name, why = CORRUPTIONS[case]
+    corrupt(tmp_path)
+    calls.clear()
+    with caplog.at_level("WARNING", logger="medistill"):
+        again = ViewCache(tmp_path / "v.npy").load_or_compute("k", ViewDataset(Tiny(6), 3, 0), 4, teacher,
+                                                              torch.device("cpu"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"{tmp_path / name}: ") and why in warnings[0] and "rebuilding" in warnings[0]
+    assert len(calls) == 6  # every view of every image computed again (3 views x 2 batches)
+    assert set(again) == set(fresh) and all(again[k].shape == fresh[k].shape for k in fresh)
+    meta = json.loads((tmp_path / "v.json").read_text())
+    assert meta["views_done"] == 3 and np.load(tmp_path / "v.npy").shape == (6, 3, 2)

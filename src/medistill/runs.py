@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import json
 import logging
 import os
 import sys
@@ -41,6 +42,7 @@ from .config import ConfigError, RunConfig, from_dict, to_dict
 from .errors import MedistillError
 from .utils.io import JsonFileError, atomic_write_json, atomic_write_text, read_json_object
 from .utils.runtime import git_commit, machine_info, package_versions
+from .utils.text import EscapingFormatter
 
 log = logging.getLogger("medistill")
 
@@ -61,6 +63,106 @@ PREDICTIONS_PATTERN = "predictions_*.npz"
 def predictions_file(split: str) -> str:
     """The name of evaluate's predictions of ``split``: ``predictions_<split>.npz``."""
     return f"predictions_{split}.npz"
+
+
+# --- the types of the records' fields -------------------------------------------------------------------------------
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _integer(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _text(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _pair(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v))
+
+
+def _per_label(v: Any) -> bool:
+    return isinstance(v, dict) and all(_number(x) for x in v.values())
+
+
+def _object(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _matrix(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(r, list) and all(_number(x) for x in r) for r in v)
+
+
+def _task(v: Any) -> bool:
+    from .task import TASKS
+
+    return isinstance(v, str) and v in TASKS
+
+
+def _input(v: Any) -> bool:
+    return (isinstance(v, dict) and all(_integer(v.get(k)) for k in ("size", "channels"))
+            and all(isinstance(v.get(k, []), list) and all(_number(x) for x in v.get(k, [])) for k in ("mean", "std")))
+
+
+_EXPECTED = {_number: "a number or null", _integer: "an integer or null", _text: "a string", _names: None,
+             _pair: "[low, high] (two numbers or nulls) or null", _per_label: "a mapping of label to number or null",
+             _object: "a JSON object", _matrix: "a list of rows of numbers", _task: None,
+             _input: "a JSON object with integers size and channels and lists of numbers mean and std"}
+
+#: metrics.json's fields that medistill reads, and their types
+METRICS_FIELDS: dict[str, Callable[[Any], bool]] = {
+    **{k: _number for k in ("macro_auc", "micro_auc", "macro_ap", "accuracy", "balanced_accuracy", "macro_f1", "ece",
+                            "params", "macs", "size_bytes", "latency_ms", "latency_ms_median", "latency_ms_p90",
+                            "latency_spread", "num_images", "num_valid", "num_valid_entries", "input_size",
+                            "majority_rate", "chance")},
+    **{k: _text for k in ("split", "weights", "model", "kind", "teacher", "majority_class", "threshold_source",
+                          "auc_ci95_method", "accuracy_ci95_method", "latency_unreliable_reason")},
+    **{k: _pair for k in ("auc_ci95", "accuracy_ci95")},
+    **{k: _per_label for k in ("per_label_auc", "per_label_ap", "thresholds", "per_label_sensitivity",
+                               "per_label_specificity", "per_label_f1", "per_label_positives", "per_label_negatives",
+                               "per_class_recall", "per_class_auc", "per_class_support")},
+    "labels": _names, "task": _task, "train": _object, "machine_load": _object, "confusion_matrix": _matrix,
+}
+#: run.json's fields that medistill reads, and their types
+INFO_FIELDS: dict[str, Callable[[Any], bool]] = {
+    **{k: _text for k in ("kind", "model", "task", "teacher", "distill_mode", "started", "finished", "git_commit",
+                          "intensity")},
+    **{k: _integer for k in ("seed", "num_classes", "best_epoch", "epochs_run", "world_size")},
+    "labels": _names, "teachers": _names, "command": _names, "resumed": _names, "input": _input,
+    "versions": _object, "machine": _object, "train_label_counts": _per_label, "input_channels": _object,
+}
+
+
+def _check(data: dict[str, Any], path: Path, fields: dict[str, Callable[[Any], bool]]) -> dict[str, Any]:
+    for key, ok in fields.items():
+        if key in data and not ok(data[key]):
+            if ok is _names:
+                what = "a list of paths" if key == "teachers" else "a list of label names (strings)" \
+                    if key == "labels" else "a list of strings"
+            elif ok is _task:
+                from .task import TASKS
+
+                what = f"one of {list(TASKS)}"
+            else:
+                what = _EXPECTED[ok]
+            raise JsonFileError(f"{path}: {key}: expected {what}, got {json.dumps(data[key])[:60]}")
+    return data
+
+
+def check_metrics(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``data`` (a ``metrics.json``), after checking the type of each field medistill reads (:data:`METRICS_FIELDS`);
+    JsonFileError naming the file and the field (``macro_auc: expected a number or null, got "abc"``)."""
+    return _check(data, Path(path), METRICS_FIELDS)
+
+
+def check_info(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``data`` (a ``run.json``), after checking the type of each field medistill reads (:data:`INFO_FIELDS`)."""
+    return _check(data, Path(path), INFO_FIELDS)
 
 
 class RunLockedError(MedistillError):
@@ -138,16 +240,18 @@ class RunDir:
             raise ConfigError(f"{path}: {e}") from None
 
     def info(self) -> dict[str, Any]:
-        """``run.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt."""
+        """``run.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt, or naming the
+        field when one holds a value of the wrong type (:func:`check_info`)."""
         path = self.file(RUN_FILE)
-        return read_json_object(path, "the run record (a UTF-8 JSON object, as medistill train writes)") \
-            if path.exists() else {}
+        return check_info(read_json_object(path, "the run record (a UTF-8 JSON object, as medistill train writes)"),
+                          path) if path.exists() else {}
 
     def metrics(self) -> dict[str, Any]:
-        """``metrics.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt."""
+        """``metrics.json`` as a dict ({} when there is none); JsonFileError naming it when it is corrupt, or naming
+        the field when one holds a value of the wrong type (:func:`check_metrics`)."""
         path = self.file(METRICS_FILE)
-        return read_json_object(path, "the run's metrics (a UTF-8 JSON object, as medistill evaluate writes)") \
-            if path.exists() else {}
+        return check_metrics(read_json_object(path, "the run's metrics (a UTF-8 JSON object, as medistill evaluate "
+                                                    "writes)"), path) if path.exists() else {}
 
     def write_metrics(self, metrics: dict[str, Any], *, merge: bool = True) -> Path:
         """Atomically write ``metrics.json`` (merged with what is there unless ``merge=False``). A corrupt old file
@@ -196,8 +300,8 @@ class RunDir:
     @contextmanager
     def logging_to_file(self, level: int = logging.INFO) -> Iterator[None]:
         """Send the ``medistill`` logger's records to ``log.txt`` for the duration of the block."""
-        handler = logging.FileHandler(self.file(LOG_FILE), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler = _RunLogHandler(self.file(LOG_FILE), encoding="utf-8")
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(level)
         logger = logging.getLogger("medistill")
         old_level = logger.level
@@ -210,6 +314,20 @@ class RunDir:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             handler.close()
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``log.txt``'s handler: a record that cannot be written (a full disk) is said once, in one line, instead of
+    logging's traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            err = sys.exc_info()[1]
+            print(f"medistill: warning: cannot append to {self.baseFilename} ({err}); its log stops here",
+                  file=sys.stderr)
 
 
 @contextmanager

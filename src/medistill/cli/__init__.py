@@ -56,19 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
+    from ..utils.text import EscapingFormatter, shown
+
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console shows warnings (-v: info); run logs get INFO
         handler.setLevel(level)
+        if type(handler.formatter) is logging.Formatter or handler.formatter is None:  # names escaped in the log
+            handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger("medistill").setLevel(min(level, logging.INFO))
 
     try:
         return int(args.func(args) or 0)
-    except MedistillError as e:
-        print(f"medistill {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"medistill {args.command}: error: {e}", file=sys.stderr)
+    except (MedistillError, FileNotFoundError) as e:  # one line; a file name in it is escaped
+        print(f"medistill {args.command}: error: {shown(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medistill {args.command}: interrupted", file=sys.stderr)

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.images import list_images
     from ..inference import Predictor, save_overlays
+    from ..utils.text import shown
+
+    # names from the file system and the model file are escaped in text output (shown): a file named
+    # "a\nFAKE: positives [...]\x1b[31m.png" must not print a forged line or reach the terminal; --json escapes itself
 
     o = config_from_args(PredictOptions, args)
     predictor = Predictor(args.model, threads=o.threads)
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     want_maps = bool(o.explain)
     out = Path(o.out or "predict-maps")
     if want_maps and not predictor.has_maps:
-        print(f"medistill predict: warning: {args.model} has no maps (export it with --explain); "
+        print(f"medistill predict: warning: {shown(args.model)} has no maps (export it with --explain); "
               f"predicting without overlays", file=sys.stderr)
         want_maps = False
     results, failed = [], 0
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if pred.error is not None:
             failed += 1
             if not o.json:
-                print(f"{pred.file}: error: {pred.error}", file=sys.stderr)
+                print(f"{shown(pred.file)}: error: {shown(pred.error)}", file=sys.stderr)
         else:
             written = save_overlays(pred, predictor.labels, out, index=i, which=o.maps) if want_maps else []
             if o.json:
@@ -75,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
                 results.append(row)
                 continue
             top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
-            print(f"{pred.file}: positives [{', '.join(pred.positives)}]  top: "
-                  + ", ".join(f"{lab} {p:.3f}" for lab, p in top)
-                  + (f"  overlays: {', '.join(str(p) for p in written)}" if written else ""))
+            print(f"{shown(pred.file)}: positives [{', '.join(shown(lab) for lab in pred.positives)}]  top: "
+                  + ", ".join(f"{shown(lab)} {p:.3f}" for lab, p in top)
+                  + (f"  overlays: {', '.join(shown(p) for p in written)}" if written else ""))
             for text in pred.warnings:
-                print(f"{pred.file}: warning: {text}", file=sys.stderr)
+                print(f"{shown(pred.file)}: warning: {shown(text)}", file=sys.stderr)
             continue
         if o.json:
             results.append(pred.to_json())

@@ -90,6 +90,21 @@ def grouping_hint(image_ids: Sequence[str]) -> dict[str, Any] | None:
             "suggestion": r"^(.+?)[_\-. ][^_\-. ]+\.\w+$"}
 
 
+def _say_empty(root: Path, empty: list[tuple[Path, str, str | None]], present: set[str]) -> None:
+    """Warn about class folders that hold no image: a class without an image anywhere is left out of the labels
+    (one line naming its folders), a class missing from one split only is named with that split."""
+    gone: dict[str, list[Path]] = {}
+    for folder, cls, split in empty:
+        if cls in present:
+            log.warning("folder dataset at %s: %s holds no images: class %r has no %s images", root, folder, cls,
+                        split)
+        else:
+            gone.setdefault(cls, []).append(folder)
+    for cls, folders in gone.items():
+        log.warning("folder dataset at %s: %s hold%s no images: class %r is left out", root,
+                    ", ".join(str(f) for f in folders), "s" if len(folders) == 1 else "", cls)
+
+
 class ImageFolder(MedicalDataset):
     """Single-label dataset from class folders (one class per sub-folder, sorted by name)."""
 
@@ -108,13 +123,16 @@ class ImageFolder(MedicalDataset):
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         split_dirs = {_split_name(p.name): p for p in subdirs if _split_name(p.name)}
         rows: list[dict[str, Any]] = []
-        if split_dirs:
-            for split, folder in split_dirs.items():
-                for cdir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                    rows += [{"path": str(f), "cls": cdir.name, "split": split} for f in _images_in(cdir)]
-        else:
-            for cdir in subdirs:
-                rows += [{"path": str(f), "cls": cdir.name, "split": None} for f in _images_in(cdir)]
+        empty: list[tuple[Path, str, str | None]] = []  # class folders without an image: (folder, class, split)
+        class_dirs = ([(cdir, split) for split, folder in split_dirs.items() for cdir in
+                       sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
+                      if split_dirs else [(cdir, None) for cdir in subdirs])
+        for cdir, split in class_dirs:
+            found = [{"path": str(f), "cls": cdir.name, "split": split} for f in _images_in(cdir)]
+            rows += found
+            if not found:
+                empty.append((cdir, cdir.name, split))
+        _say_empty(root, empty, {r["cls"] for r in rows})
         if not rows:
             raise DatasetError(f"folder dataset at {root}: no images found; expected <split>/<class>/*.png|jpg "
                                f"or <class>/*.png|jpg")
@@ -150,6 +168,8 @@ class ImageFolder(MedicalDataset):
             assign = group_split(df["patient_id"].iloc[tr], {"val": val_fraction}, seed, strata=df["cls"].iloc[tr])
             df.loc[df.index[tr], "split"] = assign
         report: dict[str, Any] = {"classes": classes}
+        if empty:
+            report["empty_class_folders"] = sorted(str(d.relative_to(root)) for d, _, _ in empty)
         if drop_near_copies is not None:  # after the split: the test folder's copies of training images go
             copy, _, _ = near_copies(list(df["path"]), list(df["split"]), drop_near_copies, thumbs=thumbs)
             report["near_copies_dropped"] = {"threshold": drop_near_copies, **{

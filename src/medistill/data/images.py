@@ -26,12 +26,16 @@ model that says so in its metadata is still fed that way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
+import logging
 import re
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -276,12 +280,45 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2]))
 
 
+_quiet_lock = threading.Lock()
+_quiet = {"count": 0, "level": logging.NOTSET}
+
+
+@contextlib.contextmanager
+def _pydicom_quiet() -> Iterator[None]:
+    """Silence pydicom's own log for the block: when a pixel decoder fails it logs an ERROR with a traceback, beside
+    the ImageReadError medistill raises with the same reason (one line is what predict and serve show). The
+    ``pydicom`` logger's level is raised while any thread decodes (serve decodes in several at once) and restored
+    when the last one ends."""
+    logger = logging.getLogger("pydicom")
+    with _quiet_lock:
+        if _quiet["count"] == 0:
+            _quiet["level"] = logger.level
+            logger.setLevel(logging.CRITICAL + 1)
+        _quiet["count"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet["count"] -= 1
+            if _quiet["count"] == 0:
+                logger.setLevel(_quiet["level"])
+
+
 def _decode_dicom(data: bytes, name: str, max_pixels: int, min_side: int | None = None,
                   intensity: str = INTENSITY_RULE) -> Decoded:
     try:
-        import pydicom
+        import pydicom  # noqa: F401 - its absence is said here, once
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise ImageReadError(name, "DICOM support needs pydicom (pip install pydicom)") from None
+    with _pydicom_quiet():
+        return _decode_dicom_quietly(data, name, max_pixels, min_side, intensity)
+
+
+def _decode_dicom_quietly(data: bytes, name: str, max_pixels: int, min_side: int | None,
+                          intensity: str) -> Decoded:
+    import pydicom
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         has_pixels = "PixelData" in ds

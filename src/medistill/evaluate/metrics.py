@@ -311,9 +311,10 @@ def majority_baseline(train_counts: Sequence[float], targets: Any, mask: Any,
                       labels: Sequence[str] | None = None) -> dict[str, Any]:
     """What a single-label model must beat to have learnt anything: ``majority_class`` (the training split's most
     frequent class), ``majority_rate`` (the accuracy of always answering it on these ``targets`` ``(N, C)``, rows
-    with a full mask) and ``chance`` (1 / C, the accuracy and balanced accuracy of guessing). Balanced accuracy
-    (:func:`multiclass_metrics`) is the figure to read beside accuracy when classes are imbalanced: always answering
-    the majority class scores 1 / C on it whatever the imbalance."""
+    with a full mask), ``majority_balanced_accuracy`` (its balanced accuracy there: 1 / the classes present, when
+    it is one of them) and ``chance`` (1 / C, the expected accuracy and balanced accuracy of guessing uniformly).
+    Balanced accuracy (:func:`multiclass_metrics`) is the figure to read beside accuracy when classes are
+    imbalanced: always giving one answer scores 1 / (classes present) on it whatever the imbalance."""
     counts = np.asarray(train_counts, dtype=np.float64)
     y, m = np.asarray(targets), np.asarray(mask)
     if counts.ndim != 1 or counts.size != y.shape[1]:
@@ -321,8 +322,10 @@ def majority_baseline(train_counts: Sequence[float], targets: Any, mask: Any,
     keep = m.all(axis=1)
     major = int(np.argmax(counts))
     names = list(labels) if labels is not None else [str(c) for c in range(len(counts))]
+    present = y[keep].sum(axis=0) > 0
     return {"majority_class": names[major],
             "majority_rate": float(y[keep, major].mean()) if keep.any() else float("nan"),
+            "majority_balanced_accuracy": float(present[major] / present.sum()) if present.any() else float("nan"),
             "chance": 1.0 / len(counts)}
 
 

@@ -10,6 +10,7 @@ intervals here and in ``medistill compare`` draw patients, not images, when a pa
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from ..data import collate
 from ..evaluate.bootstrap import patient_groups
 from ..evaluate.metrics import choose_thresholds, compute_metrics, majority_baseline
 from ..task import get_task
-from ..utils.io import atomic_write
+from ..utils.io import staged_write
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
     inp = record["input"]
     eff = efficiency_report(model, run.file(runs.BEST_WEIGHTS if weights == "best" else runs.LAST_WEIGHTS),
                             size=inp["size"], channels=inp["channels"], latency=latency)
-    atomic_write(run.file(runs.predictions_file(split)),
-                 lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"], targets=pred["targets"],
-                                     mask=pred["mask"], patients=pred["patients"]))
+    # the predictions and metrics.json are one result: the predictions are written under a hidden name first and
+    # take their own only once metrics.json is written (a full disk leaves neither half)
+    final = run.file(runs.predictions_file(split))
+    staged = staged_write(final, lambda p: _save_npz(p, probs=pred["probs"], logits=pred["logits"],
+                                                     targets=pred["targets"], mask=pred["mask"],
+                                                     patients=pred["patients"]))
     info = run.info()
     result = {**metrics, **eff, "split": split, "weights": weights, "num_images": int(len(pred["probs"])),
               "task": task.name,
@@ -86,7 +90,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
               "teacher": info.get("teacher"), "input_size": inp["size"]}
     if thresholds is not None:
         result["thresholds"] = {lab: float(v) for lab, v in zip(labels, thresholds)}
-    run.write_metrics(result)
+    try:
+        run.write_metrics(result)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, final)
     log.info("evaluated %s on %s: %s", run.path, split,
              {k: result[k] for k in ("macro_auc", "accuracy", "macro_f1") if k in result})
     return result

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +35,7 @@ from ..evaluate.metrics import choose_thresholds, compute_metrics
 from ..inference import image_statistics, input_statistics
 from ..runs import METRICS_FILE, RunDir, load_model, run_dataset
 from ..task import Task, get_task
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, json_text, staged_write
 from ..utils.runtime import package_versions
 from .deployment import METRIC_TOLERANCE, deployment
 from .quantize import compare, quantize_int8
@@ -103,8 +104,9 @@ def training_input_statistics(run: Any, record: dict[str, Any], *, images: int =
     return input_statistics([image_statistics(ds.read(int(i)), size) for i in idx])
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "bytes": path.stat().st_size,
+def _file_entry(path: Path, final: Path) -> dict[str, Any]:
+    """The report's entry of the file ``final``, whose content is (still) in ``path``."""
+    return {"path": str(final), "bytes": path.stat().st_size,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
@@ -127,7 +129,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
                per_channel: bool | str = "auto", calibration_method: str = "percentile", threads: int | None = None,
                metric_tolerance: float = METRIC_TOLERANCE, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export run ``run_dir`` into folder ``out`` (see module docstring); returns the ``export.json`` report."""
-    from .onnx import export_onnx, ort_outputs, parity
 
     if fmt != "onnx":
         raise MedistillError(f"--format {fmt!r}: expected 'onnx' (the only export format)")
@@ -150,10 +151,44 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
     # a run recorded before the intensity rule existed decoded DICOMs by their min-max: its model keeps that rule
     intensity = record.get("intensity", LEGACY_INTENSITY_RULE)
     say("exporting to ONNX" + (" with the explain graph" if explain else ""))
-    model_path = export_onnx(model, out / MODEL_FILE, labels=labels, task=task, thresholds=thresholds,
-                             explain=explain, extra={"run": str(Path(run_dir).resolve().name),
-                                                     "thresholds_source": thr_source},
-                             intensity=intensity, input_stats=stats)
+    staged: dict[str, Path] = {}  # final name -> the hidden file holding it until every check has passed
+    try:
+        report = _export_checked(model, run, run_dir, out, staged, cfg=cfg, record=record, labels=labels, task=task,
+                                 inp=inp, thresholds=thresholds, thr_source=thr_source, intensity=intensity,
+                                 stats=stats, x_val=x_val, y_val=y_val, m_val=m_val, int8=int8, explain=explain,
+                                 calibration_images=calibration_images, cam_images=cam_images,
+                                 per_channel=per_channel, calibration_method=calibration_method, threads=threads,
+                                 say=say)
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        raise
+    # every check passed and the report is written: the files take their names, the models first, the report last
+    for name in (MODEL_FILE, INT8_FILE, REPORT_FILE):
+        if name in staged:
+            os.replace(staged[name], out / name)
+    if INT8_FILE not in staged and (out / INT8_FILE).exists():  # an older export's: not this model's INT8 copy
+        (out / INT8_FILE).unlink()
+        log.info("removed %s of an earlier export (this export has no INT8 copy)", out / INT8_FILE)
+    log.info("export report written to %s", out / REPORT_FILE)
+    return report
+
+
+def _export_checked(model: Any, run: Any, run_dir: str | Path, out: Path, staged: dict[str, Path], *, cfg: Any,
+                    record: dict[str, Any], labels: list[str], task: str, inp: dict[str, Any],
+                    thresholds: dict[str, float], thr_source: str, intensity: str, stats: dict[str, Any],
+                    x_val: np.ndarray, y_val: np.ndarray, m_val: np.ndarray, int8: bool, explain: bool,
+                    calibration_images: int, cam_images: int, per_channel: bool | str, calibration_method: str,
+                    threads: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """The files of an export under hidden names (``staged``: final name -> hidden file, filled as each is
+    written), checked, and the report; :func:`export_run` gives them their names."""
+    from ..utils.runtime import package_versions
+    from .onnx import export_onnx, ort_outputs, parity
+
+    model_path = staged[MODEL_FILE] = export_onnx(
+        model, out / MODEL_FILE, labels=labels, task=task, thresholds=thresholds, explain=explain,
+        extra={"run": str(Path(run_dir).resolve().name), "thresholds_source": thr_source}, intensity=intensity,
+        input_stats=stats, staged=True)
     say("checking parity with PyTorch")
     par = parity(model, model_path, x_val)
     metric_torch = validation_metric(task, par["torch_logits"], y_val, m_val, labels)
@@ -166,7 +201,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
         "max_abs_diff": par["max_abs_diff"], "mean_abs_diff": par["mean_abs_diff"],
         "fp32_within_tolerance": par["max_abs_diff"] <= FP32_TOLERANCE, "fp32_tolerance": FP32_TOLERANCE,
         "metric_name": metric_torch["name"], "metric_pytorch": metric_torch["value"],
-        "metric_onnx": metric_onnx["value"], "files": {MODEL_FILE: _file_entry(model_path)},
+        "metric_onnx": metric_onnx["value"], "files": {MODEL_FILE: _file_entry(model_path, out / MODEL_FILE)},
     }
     if par["max_abs_diff"] > FP32_TOLERANCE:
         log.warning("ONNX logits differ from PyTorch by up to %.3g (> %.0e)", par["max_abs_diff"], FP32_TOLERANCE)
@@ -178,29 +213,28 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
     if int8:
         say(f"quantizing to INT8 ({calibration_images} training images)")
         x_cal, _, _ = load_split_inputs(run, "train", limit=calibration_images, seed=1, record=record)
-        int8_path = out / INT8_FILE
         schemes = [True, False] if per_channel == "auto" else [bool(per_channel)]
         tried: dict[str, Any] = {}
         for pc in schemes:  # "auto": per channel and per tensor, keep the better validation metric
-            path = int8_path if len(schemes) == 1 else out / f".{INT8_FILE}.{'channel' if pc else 'tensor'}"
-            quantize_int8(model_path, path, x_cal, per_channel=pc, method=calibration_method)
-            if len(schemes) > 1:
+            scheme = "per_channel" if pc else "per_tensor"
+            path = staged[f"{INT8_FILE} {scheme}"] = quantize_int8(model_path, out / INT8_FILE, x_cal, per_channel=pc,
+                                                                   method=calibration_method, staged=True)
+            if len(schemes) > 1:  # each scheme's file under its own hidden name
+                path = staged[f"{INT8_FILE} {scheme}"] = path.replace(
+                    path.with_name(f".{INT8_FILE}.{scheme}.{os.getpid()}.staged.tmp"))
                 lg, _ = ort_outputs(path, x_val)
-                tried["per_channel" if pc else "per_tensor"] = {
-                    "path": path, "metric": validation_metric(task, lg, y_val, m_val, labels)["value"]}
+                tried[scheme] = {"path": path, "metric": validation_metric(task, lg, y_val, m_val, labels)["value"]}
         if tried:
             def score(k: str) -> float:
                 v = tried[k]["metric"]
                 return -np.inf if v is None else v
 
-            best = max(["per_channel", "per_tensor"], key=score)  # ties keep per channel (listed first)
-            tried[best]["path"].replace(int8_path)
-            for k, v in tried.items():
-                if k != best:
-                    v["path"].unlink(missing_ok=True)
-            chosen_pc = best == "per_channel"
+            chosen_pc = max(["per_channel", "per_tensor"], key=score) == "per_channel"  # ties keep per channel
         else:
             chosen_pc = schemes[0]
+        int8_path = staged[INT8_FILE] = staged.pop(f"{INT8_FILE} {'per_channel' if chosen_pc else 'per_tensor'}")
+        for k in [k for k in staged if k.startswith(f"{INT8_FILE} ")]:  # the scheme not chosen
+            staged.pop(k).unlink(missing_ok=True)
         say("comparing INT8 with fp32")
         cmp = compare(model_path, int8_path, x_val,
                       metric=lambda lg: validation_metric(task, lg, y_val, m_val, labels), threads=threads)
@@ -209,7 +243,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
         if tried:
             report["int8"]["weight_scales_tried"] = {k: v["metric"] for k, v in tried.items()}
         report["int8_metric_delta"] = cmp.get("int8_metric_delta")
-        report["files"][INT8_FILE] = _file_entry(int8_path)
+        report["files"][INT8_FILE] = _file_entry(int8_path, out / INT8_FILE)
         if explain:
             cp8 = cam_parity(model, int8_path, x_val[:cam_images])
             report["int8"]["cam_correlation_min"] = cp8["cam_correlation_min"]
@@ -227,8 +261,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
         if t8 > t32:
             log.warning("INT8 is slower than fp32 in ONNX Runtime on this CPU: %.2f ms vs %.2f ms", t8, t32)
     report["versions"] = package_versions()
-    atomic_write_json(out / REPORT_FILE, report)
-    log.info("export report written to %s", out / REPORT_FILE)
+    staged[REPORT_FILE] = staged_write(out / REPORT_FILE, lambda p: p.write_text(json_text(report), encoding="utf-8"))
     return report
 
 

@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 
 from ..data.images import INTENSITY_RULE
-from ..inference import CAMS, INPUT, LOGITS, ModelFileError, ModelInfo, medistill_version, open_session
+from ..inference import (CAMS, CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, INPUT, LOGITS, ModelFileError, ModelInfo,
+                         medistill_version, open_session, seal_model_file)
 from ..models import ModelError, input_config
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, staged_write
 from ..utils.runtime import eval_mode
 from .cam_graph import CamGraph
 
@@ -77,11 +78,13 @@ def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds
 def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], task: str,
                 thresholds: dict[str, float] | None = None, explain: bool = False, opset: int = OPSET,
                 extra: dict[str, str] | None = None, intensity: str = INTENSITY_RULE,
-                input_stats: dict[str, Any] | None = None) -> Path:
+                input_stats: dict[str, Any] | None = None, staged: bool = False) -> Path:
     """Write ``model`` as an ONNX file with a dynamic batch axis and medistill metadata; returns the path.
 
     Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
-    caller's model is not modified (its train/eval mode is restored).
+    caller's model is not modified (its train/eval mode is restored). ``staged``: the file is written under a
+    hidden name beside ``path`` (``utils.io.staged_write``), which is returned; the caller renames it to ``path``
+    once its checks have passed.
     """
     info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra,
                       intensity=intensity, input_stats=input_stats)
@@ -102,7 +105,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
                                         output_names=outputs, opset_version=opset, dynamic_shapes=({0: batch},),
                                         external_data=False)
     proto = program.model_proto
-    for key, value in info.to_props().items():
+    for key, value in {**info.to_props(), CHECKSUM_KEY: CHECKSUM_PLACEHOLDER}.items():  # the checksum: last
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     global_average_pools(proto)
@@ -112,9 +115,16 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
                         f"{info.size}) normalised, outputs {', '.join(outputs)}")
     onnx.checker.check_model(proto)
     path = Path(path)
-    atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp)))
-    log.info("exported %s (%s) to %s, %.2f MB", info.model, ", ".join(outputs), path, path.stat().st_size / 1e6)
-    return path
+    written = (staged_write if staged else atomic_write)(path, lambda tmp: save_sealed(proto, tmp))
+    log.info("exported %s (%s) to %s, %.2f MB", info.model, ", ".join(outputs), written, written.stat().st_size / 1e6)
+    return written
+
+
+def save_sealed(proto: Any, path: Path) -> None:
+    """Save the ONNX ``proto`` to ``path`` with the file's SHA-256 in its ``medistill.sha256`` entry
+    (:func:`medistill.inference.seal_model_file`): predict and serve refuse a file changed or damaged since."""
+    onnx.save_model(proto, str(path))
+    seal_model_file(path)
 
 
 def _ints(model: onnx.ModelProto, name: str) -> list[int] | None:

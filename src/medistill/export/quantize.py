@@ -61,7 +61,7 @@ import numpy as np
 
 from ..errors import MedistillError
 from ..inference import CAMS, INPUT, LOGITS, open_session
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, staged_write
 
 log = logging.getLogger(__name__)
 
@@ -288,15 +288,16 @@ def cam_only_nodes(model: Any) -> list[str]:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *, per_channel: bool = True,
-                  method: str = "percentile", batch_size: int = 8) -> Path:
+                  method: str = "percentile", batch_size: int = 8, staged: bool = False) -> Path:
     """Write an INT8 QDQ copy of ``fp32_path`` calibrated on ``calibration`` (N, C, S, S) normalised inputs, in the
-    scheme of the module docstring.
+    scheme of the module docstring; returns its path (``staged``: a hidden name beside ``out_path``, as
+    :func:`.onnx.export_onnx`).
 
     The fp32 model's medistill metadata is carried over, with ``medistill.quantization`` describing the scheme.
     """
     import onnx
 
-    from .onnx import copy_metadata
+    from .onnx import copy_metadata, save_sealed
 
     q = _ort_quant()
     if method not in METHODS:
@@ -334,9 +335,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model, {"medistill.quantization": scheme})
         model.producer_name = "medistill"
         onnx.checker.check_model(model)
-        atomic_write(out_path, lambda p: onnx.save_model(model, str(p)))
-    log.info("INT8 model written to %s (%s)", out_path, scheme)
-    return out_path
+        written = (staged_write if staged else atomic_write)(out_path, lambda p: save_sealed(model, p))
+    log.info("INT8 model written to %s (%s)", written, scheme)
+    return written
 
 
 def compare(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, *,

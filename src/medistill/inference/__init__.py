@@ -16,9 +16,11 @@ Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -79,11 +81,16 @@ class ModelInfo:
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelInfo":
-        """Parse ``metadata_props``; ModelFileError naming ``where`` and the key when one is missing or bad."""
+        """Parse and validate ``metadata_props``: every field's type, range, finiteness and count against the labels
+        and channels; ModelFileError, one line naming ``where``, the key and what was expected, when one is missing
+        or bad (a tampered NaN threshold, a zero std, a huge input size ...)."""
         own = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
         if "format" not in own:
             raise ModelFileError(f"{where}: an ONNX model without medistill metadata (no {PREFIX}format key in "
                                  f"metadata_props); export it with `medistill export RUN_DIR --format onnx`")
+
+        def bad(key: str, problem: str) -> ModelFileError:
+            return ModelFileError(f"{where}: {PREFIX}{key}: {problem}")
 
         def get(key: str) -> str:
             if key not in own:
@@ -99,32 +106,151 @@ class ModelInfo:
                 raise ModelFileError(f"{where}: {PREFIX}{key} should be a JSON {kind.__name__}, got {value!r:.80}")
             return value
 
-        def as_int(key: str) -> int:
-            try:
-                return int(get(key))
-            except ValueError:
-                raise ModelFileError(f"{where}: {PREFIX}{key}: expected an integer, got {own[key]!r}") from None
+        def as_int(key: str, low: int, high: int) -> int:
+            text = get(key).strip()
+            if not (text.isdigit() and low <= int(text) <= high):
+                raise bad(key, f"expected an integer from {low} to {high}, got {own[key][:40]!r}")
+            return int(text)
 
-        known = {"format", "labels", "task", "input_size", "input_channels", "mean", "std", "thresholds", "model",
-                 "version", "maps", "intensity", "input_stats"}
-        info = cls(labels=[str(v) for v in as_json("labels", list)], task=get("task"), size=as_int("input_size"),
-                   channels=as_int("input_channels"), mean=[float(v) for v in as_json("mean", list)],
-                   std=[float(v) for v in as_json("std", list)],
-                   thresholds={str(k): float(v) for k, v in as_json("thresholds", dict).items()},
-                   model=own.get("model", "unknown"), version=own.get("version", "unknown"),
-                   maps=own.get("maps", "0") == "1", extra={k: v for k, v in own.items() if k not in known},
-                   intensity=own.get("intensity", im.LEGACY_INTENSITY_RULE),
-                   input_stats=as_json("input_stats", dict) if "input_stats" in own else None)
-        if info.intensity not in im.INTENSITY_RULES:
-            raise ModelFileError(f"{where}: {PREFIX}intensity is {info.intensity!r}, expected one of "
-                                 f"{list(im.INTENSITY_RULES)} (exported by a newer medistill?)")
-        if info.task not in TASKS:
-            raise ModelFileError(f"{where}: {PREFIX}task is {info.task!r}, expected one of {list(TASKS)}")
-        if info.channels not in (1, 3):
-            raise ModelFileError(f"{where}: {PREFIX}input_channels is {info.channels}, expected 1 or 3")
-        if not info.labels:
+        if own["format"].strip() != str(FORMAT):
+            raise bad("format", f"format {own['format'].strip()[:20]}, this medistill reads format {FORMAT} "
+                                f"(exported by a newer medistill? update medistill)")
+        labels = as_json("labels", list)
+        for lab in labels:
+            if not isinstance(lab, str):
+                raise bad("labels", f"expected a list of label names (strings), got {lab!r:.40}")
+            if not lab.strip():
+                raise bad("labels", "an empty label name")
+        if not labels:
             raise ModelFileError(f"{where}: {PREFIX}labels is empty")
-        return info
+        twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+        if twice:
+            raise bad("labels", f"{', '.join(twice)} is named twice")
+        task = get("task")
+        if task not in TASKS:
+            raise ModelFileError(f"{where}: {PREFIX}task is {task!r:.40}, expected one of {list(TASKS)}")
+        size = as_int("input_size", 1, MAX_INPUT_SIZE)
+        channels = as_int("input_channels", 0, 10**6)
+        if channels not in (1, 3):
+            raise ModelFileError(f"{where}: {PREFIX}input_channels is {channels}, expected 1 or 3")
+        mean = _numbers(as_json("mean", list), channels, positive=False, error=lambda m: bad("mean", m))
+        std = _numbers(as_json("std", list), channels, positive=True, error=lambda m: bad("std", m))
+        thresholds = as_json("thresholds", dict)
+        missing = [lab for lab in labels if lab not in thresholds]
+        if missing:
+            raise bad("thresholds", f"no threshold for {', '.join(missing)}")
+        unknown = [str(k) for k in thresholds if k not in labels]
+        if unknown:
+            raise bad("thresholds", f"a threshold for {', '.join(unknown)}, which is not a label")
+        for lab, v in thresholds.items():
+            if not (_is_number(v) and 0.0 <= v <= 1.0):
+                raise bad("thresholds", f"{lab}: expected a number in [0, 1], got {v!r:.40}")
+        maps = own.get("maps", "0")
+        if maps not in ("0", "1"):
+            raise bad("maps", f"expected 0 or 1, got {maps[:20]!r}")
+        intensity = own.get("intensity", im.LEGACY_INTENSITY_RULE)
+        if intensity not in im.INTENSITY_RULES:
+            raise ModelFileError(f"{where}: {PREFIX}intensity is {intensity!r:.60}, expected one of "
+                                 f"{list(im.INTENSITY_RULES)} (exported by a newer medistill?)")
+        input_stats = None
+        if "input_stats" in own:
+            input_stats = as_json("input_stats", dict)
+            if not _valid_input_stats(input_stats):
+                raise bad("input_stats", f"expected the training images' input statistics ({{images, colour_share "
+                                         f"in [0, 1], mean: {{mean, std, min, max}}, std: {{...}}}} of finite "
+                                         f"numbers), got {own['input_stats'][:80]!r}")
+        known = {"format", "labels", "task", "input_size", "input_channels", "mean", "std", "thresholds", "model",
+                 "version", "maps", "intensity", "input_stats", "sha256"}
+        return cls(labels=labels, task=task, size=size, channels=channels, mean=mean, std=std,
+                   thresholds={k: float(v) for k, v in thresholds.items()}, model=own.get("model", "unknown"),
+                   version=own.get("version", "unknown"), maps=maps == "1",
+                   extra={k: v for k, v in own.items() if k not in known}, intensity=intensity,
+                   input_stats=input_stats)
+
+
+#: the largest input side a model's metadata may declare (pixels)
+MAX_INPUT_SIZE = 4096
+
+
+def _is_number(v: Any) -> bool:
+    """A finite JSON number (not a bool, not NaN or an infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(values: list[Any], channels: int, *, positive: bool, error: Any) -> list[float]:
+    """``values`` as floats: one finite number (positive when ``positive``) per input channel."""
+    if len(values) != channels:
+        raise error(f"{len(values)} values for {channels} input channels")
+    for v in values:
+        if not _is_number(v) or (positive and v <= 0):
+            raise error(f"expected {'positive ' if positive else ''}finite numbers, got {v!r:.40}")
+    return [float(v) for v in values]
+
+
+def _valid_input_stats(stats: dict[str, Any]) -> bool:
+    """``input_statistics``'s shape: ``images`` >= 1, ``colour_share`` in [0, 1], ``mean`` / ``std`` mappings of
+    finite numbers (all optional but these types)."""
+    if "images" in stats and not (_is_number(stats["images"]) and stats["images"] >= 1):
+        return False
+    if "colour_share" in stats and not (_is_number(stats["colour_share"]) and 0 <= stats["colour_share"] <= 1):
+        return False
+    for key in ("mean", "std"):
+        part = stats.get(key, {})
+        if not isinstance(part, dict) or not all(_is_number(part[k]) for k in ("mean", "std", "min", "max")
+                                                 if k in part):
+            return False
+    return True
+
+
+# --- the file's checksum ---------------------------------------------------------------------------------------
+#: the metadata entry holding the file's SHA-256, as protobuf serialises it: key (field 1, 16 bytes), then value
+#: (field 2, 64 hexadecimal characters)
+CHECKSUM_KEY = PREFIX + "sha256"
+_CHECKSUM_MARK = b"\x0a\x10" + CHECKSUM_KEY.encode("ascii") + b"\x12\x40"
+CHECKSUM_PLACEHOLDER = "0" * 64
+
+
+def _checksum_at(data: bytes) -> int | None:
+    """Where the 64 characters of the checksum entry's value start in ``data`` (None: no entry)."""
+    at = data.find(_CHECKSUM_MARK)
+    return None if at < 0 else at + len(_CHECKSUM_MARK)
+
+
+def _digest(data: bytes, at: int) -> str:
+    """SHA-256 of the file's bytes with the checksum's own 64 characters read as zeros."""
+    return hashlib.sha256(data[:at] + CHECKSUM_PLACEHOLDER.encode("ascii") + data[at + 64:]).hexdigest()
+
+
+def seal_model_file(path: str | Path) -> Path:
+    """Write the SHA-256 of the model file ``path`` into its ``medistill.sha256`` entry (the exporter adds the
+    entry, holding :data:`CHECKSUM_PLACEHOLDER` or an older value; it keeps its length, so the file stays valid
+    ONNX). A file without the entry is left as it is."""
+    path = Path(path)
+    data = path.read_bytes()
+    at = _checksum_at(data)
+    if at is not None:
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(_digest(data, at).encode("ascii"))
+    return path
+
+
+def verify_model_file(path: str | Path) -> bool:
+    """Check the model file ``path`` against the SHA-256 stored in it: True when it matches, False when the file
+    holds none (exported before checksums); ModelFileError when it differs (the file was changed or damaged after
+    export). It finds corruption, not a forger who recomputes it: the file is not signed."""
+    path = Path(path)
+    data = path.read_bytes()
+    at = _checksum_at(data)
+    if at is None:
+        return False
+    if data.find(_CHECKSUM_MARK, at) >= 0:
+        raise ModelFileError(f"{path}: damaged model file ({CHECKSUM_KEY} appears twice)")
+    stored = data[at:at + 64].decode("ascii", "replace")
+    if _digest(data, at) != stored:
+        raise ModelFileError(f"{path}: the file does not match the SHA-256 stored in it ({CHECKSUM_KEY}): it was "
+                             f"changed or damaged after export; export the run again or copy the file again")
+    return True
 
 
 #: an input's mean or contrast this many training standard deviations away is reported as unlike the training data
@@ -254,9 +380,16 @@ class Predictor:
 
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None):
         self.path = Path(path)
+        sealed = self.path.is_file() and verify_model_file(self.path)  # before ONNX Runtime parses a damaged file
         self.session = open_session(self.path, threads=threads, providers=providers)
-        meta = self.session.get_modelmeta()
-        self.info = ModelInfo.from_props(dict(meta.custom_metadata_map or {}), where=str(self.path))
+        try:
+            props = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        except UnicodeDecodeError as e:
+            raise ModelFileError(f"{self.path}: damaged model file (its metadata is not UTF-8 text: byte "
+                                 f"{e.object[e.start:e.start + 1]!r})") from None
+        if not sealed and CHECKSUM_KEY in props:
+            raise ModelFileError(f"{self.path}: damaged model file ({CHECKSUM_KEY} cannot be found in its bytes)")
+        self.info = ModelInfo.from_props(props, where=str(self.path))
         self._validate_graph()
 
     def _validate_graph(self) -> None:

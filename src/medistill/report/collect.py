@@ -143,10 +143,12 @@ def load_run(path: str | Path) -> RunData:
                              f"or {runs.METRICS_FILE} in it (from `medistill train` / `distill` / `evaluate`)")
     rd = RunData(path=p, name=p.resolve().name)
     if (p / runs.RUN_FILE).is_file():
-        rd.info = _mapping(read_json_file(p / runs.RUN_FILE, "run record"), p / runs.RUN_FILE)
+        rd.info = runs.check_info(_mapping(read_json_file(p / runs.RUN_FILE, "run record"), p / runs.RUN_FILE),
+                                  p / runs.RUN_FILE)
     if (p / runs.METRICS_FILE).is_file():
-        rd.metrics = _mapping(read_json_file(p / runs.METRICS_FILE, "metrics of `medistill evaluate`"),
-                              p / runs.METRICS_FILE)
+        rd.metrics = runs.check_metrics(_mapping(read_json_file(p / runs.METRICS_FILE, "metrics of `medistill "
+                                                                                       "evaluate`"),
+                                                 p / runs.METRICS_FILE), p / runs.METRICS_FILE)
     if (p / runs.CONFIG_FILE).is_file():
         try:
             rd.config = yaml.safe_load((p / runs.CONFIG_FILE).read_text(encoding="utf-8")) or {}

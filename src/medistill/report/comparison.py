@@ -59,9 +59,10 @@ def baseline_note(ev: list[RunData]) -> str:
     m = next((r.metrics for r in ev if num(r.metrics.get("majority_rate")) is not None), None)
     if m is None:
         return ""
-    return (f'<p class="lead">Chance {100 * m["chance"]:.1f} % (the balanced accuracy of guessing, and of always '
-            f'giving one answer); always answering {esc(m.get("majority_class"))}, the training split\'s most '
-            f'frequent class: {100 * m["majority_rate"]:.2f} % accuracy.</p>')
+    bal = num(m.get("majority_balanced_accuracy"))
+    return (f'<p class="lead">Chance {100 * m["chance"]:.1f} % (guessing uniformly); always answering '
+            f'{esc(m.get("majority_class"))}, the training split\'s most frequent class: {100 * m["majority_rate"]:.2f} '
+            f'% accuracy' + (f', {100 * bal:.1f} % balanced accuracy' if bal is not None else "") + '.</p>')
 
 
 def _comparison_row(page: Page, r: RunData, optional: list[str]) -> list[str]:

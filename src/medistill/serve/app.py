@@ -20,9 +20,10 @@ Limits and safety (the modules beside this one):
   by DNS rebinding. ``--allow-host`` adds names.
 - The request body is counted while it streams in (``upload``); past ``max_upload_bytes`` the answer is 413 (a
   declared Content-Length over the limit is refused before anything is read). A body that has not arrived whole
-  within ``read_timeout`` seconds gets 408 and the connection is closed; ``medistill serve`` also caps the
-  connections per client and in all, and closes a connection whose request headers are still incomplete after
-  the deadline (``server``).
+  within ``read_timeout`` seconds, or that arrives slower than ``min_upload_rate`` bytes per second (averaged, after
+  a few seconds), gets 408 and the connection is closed; ``medistill serve`` also caps the connections per client
+  and in all, drops the connection that has waited longest for its request when full, and closes a connection
+  whose request headers are still incomplete after the header deadline (``server``).
 - The body is parsed with python-multipart's ``FormParser`` rather than Starlette's ``request.form()``, which
   spools large parts into the system's temporary folder: here a part larger than ``SPOOL_BYTES`` goes to the
   application's own temporary folder (removed at shutdown) and its file is deleted when the request ends.
@@ -61,7 +62,7 @@ from ..inference import medistill_version
 from .fidelity import EXPLAIN_FILE, find_explanation, load_explanation
 from .guards import LOOPBACK_HOSTS, SECURITY_HEADERS, SecurityHeaders, ServeError, TrustedHosts, printable
 from .model import (ACCEPTED, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES,
-                    DEFAULT_READ_TIMEOUT_S, ServedModel)
+                    DEFAULT_MIN_UPLOAD_RATE, DEFAULT_READ_TIMEOUT_S, ServedModel)
 from .schemas import ERRORS, UPLOAD_BODY, Health, ModelResponse, PredictResponse
 from .upload import FIELD, SPOOL_BYTES, Upload, read_upload
 
@@ -80,17 +81,19 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 
 def create_app(model_path: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_pixels: int = DEFAULT_MAX_PIXELS,
-               read_timeout: float = DEFAULT_READ_TIMEOUT_S, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
-               threads: int | None = None) -> FastAPI:
+               read_timeout: float = DEFAULT_READ_TIMEOUT_S, min_upload_rate: float = DEFAULT_MIN_UPLOAD_RATE,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, threads: int | None = None) -> FastAPI:
     """The FastAPI application serving the exported model ``model_path`` (see the module docstring).
 
     The model is opened, validated and run once on zeros here: a bad file raises ModelFileError before any server
     starts. ``app.state.served`` is the :class:`ServedModel`; its temporary folder is removed at shutdown.
     ``allowed_hosts``: the Host names answered (:func:`medistill.serve.guards.allowed_hosts_for`; default the
-    loopback names); ``read_timeout``: seconds for a request body to arrive whole (408 after).
+    loopback names); ``read_timeout``: seconds for a request body to arrive whole (408 after);
+    ``min_upload_rate``: bytes per second under which an upload is cut (408; 0: no minimum).
     """
     served = ServedModel(model_path, max_upload_bytes=max_upload_bytes, max_concurrency=max_concurrency,
-                         max_pixels=max_pixels, read_timeout=read_timeout, threads=threads)
+                         max_pixels=max_pixels, read_timeout=read_timeout, min_upload_rate=min_upload_rate,
+                         threads=threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -166,7 +169,7 @@ def create_app(model_path: str | Path, *, max_upload_bytes: int = DEFAULT_MAX_UP
                                                                                 "decoded image")) -> dict[str, Any]:
         started = time.perf_counter()
         upload = await read_upload(request, served.max_upload_bytes, served.spool_dir,
-                                   deadline=time.monotonic() + served.read_timeout)
+                                   deadline=time.monotonic() + served.read_timeout, min_rate=served.min_upload_rate)
         try:
             if upload.size == 0:
                 raise ServeError(422, "empty_file", f"the {FIELD!r} field is empty (0 bytes); expected a PNG, JPEG "

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Iterable
 
 from ..errors import MedistillError
+from ..utils.text import printable as _printable
 
 log = logging.getLogger("medistill.serve")
 
@@ -39,16 +40,9 @@ class ServeError(MedistillError):
 
 def printable(text: str, limit: int = 200) -> str:
     """``text`` safe to log: control characters (NUL, ESC, CR/LF ...), bidirectional overrides and other
-    unprintable code points escaped as ``\\xNN`` / ``\\uNNNN`` (backslashes doubled), cut at ``limit`` chars."""
-    out = []
-    for ch in text[:limit]:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ascii(ch)[1:-1])  # '\x1b', '\u202e', '\x00'
-    return "".join(out) + ("..." if len(text) > limit else "")
+    unprintable code points escaped as ``\\xNN`` / ``\\uNNNN`` (backslashes doubled), cut at ``limit`` chars
+    (:func:`medistill.utils.text.printable`)."""
+    return _printable(text, limit)
 
 
 def error_body(status: int, code: str, detail: str, *, close: bool = False) -> tuple[list[tuple[bytes, bytes]],

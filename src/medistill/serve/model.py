@@ -31,6 +31,9 @@ DEFAULT_MAX_CONCURRENCY = 2
 DEFAULT_MAX_PIXELS = 25_000_000
 #: a request (headers and body) must have arrived whole within this many seconds: 32 MiB at about 4.5 Mbit/s
 DEFAULT_READ_TIMEOUT_S = 60.0
+#: an upload must arrive at least this fast (bytes per second, averaged from the start of its body, after
+#: ``upload.MIN_RATE_GRACE_S`` seconds): a body trickling in is cut long before the read deadline
+DEFAULT_MIN_UPLOAD_RATE = 1024.0
 #: accepted image kinds (``medistill.data.images.sniff_kind`` names) -> their media type
 ACCEPTED = {"png": "image/png", "jpeg": "image/jpeg", "dicom": "application/dicom"}
 
@@ -65,7 +68,8 @@ class ServedModel:
     concurrent inferences, and the temporary folder for spooled uploads."""
 
     def __init__(self, model_path: str | Path, *, max_upload_bytes: int, max_concurrency: int, max_pixels: int,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT_S, threads: int | None = None):
+                 read_timeout: float = DEFAULT_READ_TIMEOUT_S, min_upload_rate: float = DEFAULT_MIN_UPLOAD_RATE,
+                 threads: int | None = None):
         for name, value in (("max_upload_bytes", max_upload_bytes), ("max_concurrency", max_concurrency),
                             ("max_pixels", max_pixels)):
             if not isinstance(value, int) or value < 1:
@@ -73,6 +77,9 @@ class ServedModel:
         if not read_timeout > 0:
             raise MedistillError(f"read_timeout: got {read_timeout!r}, expected a positive number of seconds")
         self.read_timeout = float(read_timeout)
+        if not min_upload_rate >= 0:
+            raise MedistillError(f"min_upload_rate: got {min_upload_rate!r}, expected bytes per second (0: none)")
+        self.min_upload_rate = float(min_upload_rate)
         self.path = Path(model_path)
         self.predictor = Predictor(self.path, threads=threads)
         self.max_upload_bytes = max_upload_bytes
@@ -112,7 +119,7 @@ class ServedModel:
                 "server_version": medistill_version(), "provenance": dict(info.extra),
                 "limits": {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
                            "max_concurrency": self.max_concurrency, "read_timeout_s": self.read_timeout,
-                           "accepted": sorted(ACCEPTED)}}
+                           "min_upload_rate": self.min_upload_rate, "accepted": sorted(ACCEPTED)}}
 
     def _warm_up(self) -> None:
         """One run on zeros, and a small PNG and JPEG decoded: the first request does not pay ONNX Runtime's lazy

@@ -75,6 +75,8 @@ class Limits(BaseModel):
     max_pixels: int
     max_concurrency: int
     read_timeout_s: float = Field(description="a request must have arrived whole within this many seconds (408)")
+    min_upload_rate: float = Field(0.0, description="an upload slower than this many bytes per second (averaged, "
+                                                    "after a few seconds) is cut (408)")
     accepted: list[str]
 
 
@@ -104,7 +106,8 @@ class Health(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a Host header this server does not answer for (DNS rebinding guard)"},
-    408: {"model": ErrorBody, "description": "the request did not arrive whole within read_timeout_s"},
+    408: {"model": ErrorBody, "description": "the request did not arrive whole within read_timeout_s, or "
+                                                          "arrived slower than min_upload_rate"},
     413: {"model": ErrorBody, "description": "upload larger than max_upload_bytes, or image over max_pixels"},
     415: {"model": ErrorBody, "description": "not a multipart upload, or the file is not PNG, JPEG or DICOM"},
     422: {"model": ErrorBody, "description": "no or empty file field, malformed body, or an undecodable image"},

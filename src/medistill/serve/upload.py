@@ -16,6 +16,8 @@ from .guards import ServeError, printable
 FIELD = "file"  # the multipart field holding the image
 #: an uploaded part larger than this is spooled to the application's temporary folder instead of memory
 SPOOL_BYTES = 2**20
+#: seconds an upload has before its minimum rate applies (TCP slow start, a client reading its file)
+MIN_RATE_GRACE_S = 5.0
 
 
 class Upload:
@@ -56,9 +58,12 @@ def _too_large(size: int | str, limit: int) -> ServeError:
                                                f"({limit / 2**20:.1f} MiB)", close=True)
 
 
-async def read_upload(request: Request, limit: int, spool_dir: Path, *, deadline: float | None = None) -> Upload:
+async def read_upload(request: Request, limit: int, spool_dir: Path, *, deadline: float | None = None,
+                      min_rate: float = 0.0) -> Upload:
     """The ``file`` part of a multipart request, the body counted against ``limit`` bytes as it streams in; 408
-    when the body has not arrived whole by ``deadline`` (``time.monotonic()`` seconds)."""
+    when the body has not arrived whole by ``deadline`` (``time.monotonic()`` seconds), or when, after
+    :data:`MIN_RATE_GRACE_S` seconds, it has arrived slower than ``min_rate`` bytes per second on average (0: no
+    minimum): a body trickling in costs its connection seconds, not the whole deadline."""
     from python_multipart import create_form_parser
     from python_multipart.exceptions import FormParserError
 
@@ -80,13 +85,30 @@ async def read_upload(request: Request, limit: int, spool_dir: Path, *, deadline
     try:
         parser = create_form_parser({"Content-Type": content_type}, on_part, on_part, config=config)
         received = 0
-        with anyio.fail_after(None if deadline is None else max(0.0, deadline - time.monotonic())):
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise _too_large(f"more than {limit}", limit)
-                if chunk:
-                    parser.write(chunk)
+        started = time.monotonic()
+        chunks = request.stream().__aiter__()
+        while True:
+            # the body must be in by the deadline, and each byte by the time the minimum rate allows for it
+            wait = [deadline - time.monotonic()] if deadline is not None else []
+            if min_rate > 0:
+                wait.append(started + MIN_RATE_GRACE_S + received / min_rate - time.monotonic())
+            try:
+                with anyio.fail_after(max(0.0, min(wait)) if wait else None):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline - 1e-3:
+                    raise
+                rate = received / max(time.monotonic() - started, 1e-9)
+                raise ServeError(408, "upload_too_slow", f"the upload arrived at {rate:.0f} bytes/s ({received} "
+                                                         f"bytes), under the minimum of {min_rate / 1024:.1f} KiB/s; "
+                                                         f"send it over a faster connection", close=True) from None
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(f"more than {limit}", limit)
+            if chunk:
+                parser.write(chunk)
         parser.finalize()
         images = [p for p in parts if p.field_name == FIELD.encode()]
         if not images:

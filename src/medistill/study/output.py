@@ -43,7 +43,8 @@ def write_outputs(plan: Plan, summary: dict[str, Any], *, report: bool) -> None:
 
 def command_line() -> str:
     """The command this process runs (as ``run.json`` records ``sys.argv``), behind its ``nice`` level if any."""
-    cmd = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    prog = Path(sys.argv[0]).name
+    cmd = shlex.join(["medistill" if prog in ("__main__.py", "medistill") else prog, *sys.argv[1:]])
     n = os.nice(0)
     return f"nice -n {n} {cmd}" if n else cmd
 
@@ -82,9 +83,9 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
                  f"{s['test_patients']} patients.")
     lines += [f"- {h}" for h in s["data"]["hygiene"]]
     if "majority_rate" in s:
-        lines.append(f"- Chance {100 * s['chance']:.1f} %; always answering the training split's most frequent "
-                     f"class ({s['majority_class']}): {100 * s['majority_rate']:.2f} % accuracy, "
-                     f"{100 * s['chance']:.1f} % balanced accuracy.")
+        lines.append(f"- Chance (guessing uniformly) {100 * s['chance']:.1f} %; always answering the training "
+                     f"split's most frequent class ({s['majority_class']}): {100 * s['majority_rate']:.2f} % accuracy, "
+                     f"{100 * s['majority_balanced_accuracy']:.1f} % balanced accuracy.")
     members = ", ".join(f"{m['model']} at {m['image_size']} px" for m in t["members"])
     lines += ["", f"Teacher: {members} ({'ensemble, ' if len(t['members']) > 1 else ''}{t['macs'] / 1e6:.1f}M MACs"
                   + (f", {t['latency_ms']:.2f} ms" if t.get("latency_ms") else "") + f"): test {metric} "

@@ -71,6 +71,15 @@ def prepare_data(cfg: StudyConfig, say: Callable[[str], None]) -> tuple[DataConf
         else:
             notes.append(f"{hint['images_in_groups']} file names look grouped (e.g. {example}) but the suggested "
                          f"--group-by was not applied (--no-suggested-grouping): a patient may be in two splits")
+    if data.group_similar is not None:
+        notes.append(f"patients are the groups of near-identical images (thumbnail correlation >= "
+                     f"{data.group_similar:g}: the slices of one scan, {summary['num_patients']} groups); each stays "
+                     f"in one split")
+    elif data.group_by and not (hint and cfg.suggested_grouping):
+        notes.append(f"patients named by --group-by '{data.group_by}' ({summary['num_patients']} patients); each stays "
+                     f"in one split")
+    if data.resplit:
+        notes.append("the split folders are ignored: train / val / test are drawn by patient (--resplit)")
     overlap = {k: v for k, v in summary["patient_overlap"].items() if v}
     if overlap:
         raise StudyError(f"{sum(overlap.values())} patients (or groups) are in more than one split "

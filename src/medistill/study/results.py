@@ -239,7 +239,7 @@ class Results:
         if len(labels) != test["targets"].shape[1]:
             return {}
         m = majority_baseline([counts[k] for k in labels], test["targets"], test["mask"], labels)
-        return {k: m[k] for k in ("majority_class", "majority_rate", "chance")}
+        return {k: m[k] for k in ("majority_class", "majority_rate", "majority_balanced_accuracy", "chance")}
 
     def _costs(self) -> dict[str, Any]:
         """The teacher-view caches' fill time (KD's set-up cost) and the teachers' training time; seconds per

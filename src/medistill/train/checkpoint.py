@@ -59,7 +59,14 @@ def save_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, s
              "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
              "extra": {k: m.state_dict() for k, m in extra.items()}}
-    atomic_write(run.file(runs.STATE_FILE), lambda p: torch.save(state, p))
+    atomic_write(run.file(runs.STATE_FILE), lambda p: _torch_save(state, p))
+
+
+def _torch_save(obj: Any, path: Any) -> None:
+    # through a Python file object: a full disk is then an OSError (ENOSPC), where torch's own writer on a path
+    # reports it as "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos"
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_state(run: runs.RunDir, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,

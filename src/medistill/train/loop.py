@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from .. import runs
 from ..config import ConfigError, RunConfig, validate
 from ..evaluate.predict import predict, validation_metric
+from ..utils.io import DiskFullError
 from ..utils.runtime import resolve_device, seed_everything
 from . import distributed as dist_utils
 from .checkpoint import TrainingError, TrainState, load_state, save_state, unwrap, write_history
@@ -191,13 +192,14 @@ def _end_epoch(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir, row: 
     st.epoch = epoch + 1
     st.history.append(row)
     improved = not math.isnan(value) and value > st.best
-    if improved or st.best_epoch < 0:
-        st.best, st.best_epoch, st.stale = (value if not math.isnan(value) else st.best), epoch + 1, 0
-        runs.save_model(run, s.eval_model, labels=s.labels, task=s.task.name, which="best")
-    else:
-        st.stale += 1
-    write_history(run, st.history)
-    save_state(run, s.model, s.opt, s.sched, st, s.extra, s.labels, s.task.name, weights=s.eval_model)
+    with _checkpoint(run, epoch):
+        if improved or st.best_epoch < 0:
+            st.best, st.best_epoch, st.stale = (value if not math.isnan(value) else st.best), epoch + 1, 0
+            runs.save_model(run, s.eval_model, labels=s.labels, task=s.task.name, which="best")
+        else:
+            st.stale += 1
+        write_history(run, st.history)
+        save_state(run, s.model, s.opt, s.sched, st, s.extra, s.labels, s.task.name, weights=s.eval_model)
     log.info("epoch %d/%d: %s", epoch + 1, t.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     if cb.on_epoch_end:
         cb.on_epoch_end(epoch, row)
@@ -207,14 +209,72 @@ def _end_epoch(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir, row: 
     return stop
 
 
+@contextmanager
+def _checkpoint(run: runs.RunDir, epoch: int) -> Iterator[None]:
+    """One epoch's checkpoint (best and last weights, history, ``state.pt``). When the disk fills during the run's
+    first one, the files it did write are removed: weights and a history without the state they belong to would
+    look like a trained run. A later checkpoint leaves the previous ``state.pt``, which ``--resume`` continues
+    from (redoing this epoch exactly), as after a crash."""
+    names = (runs.BEST_WEIGHTS, runs.LAST_WEIGHTS, runs.HISTORY_FILE)
+    had = {n for n in names if run.file(n).exists()}
+    had_state = run.file(runs.STATE_FILE).is_file()
+    try:
+        yield
+    except DiskFullError as e:
+        if not had_state:
+            for n in set(names) - had:
+                run.file(n).unlink(missing_ok=True)
+            raise DiskFullError(f"{e} (the run stopped in epoch {epoch + 1}, before its first checkpoint: nothing "
+                                f"of it was kept)") from None
+        raise DiskFullError(f"{e} (the run stopped in epoch {epoch + 1}; `--resume` continues it from its last "
+                            f"checkpoint)") from None
+
+
+#: a run whose last validation loss is this many times a constant answer's, with a best validation metric no better
+#: than chance, is said to have diverged
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def divergence(history: list[dict[str, float]], best: float, task: Any, classes: int, chance: float,
+               lr: float) -> str | None:
+    """A sentence saying that training diverged, or None: the last epoch's validation loss (the hard loss on clean
+    validation images) is over :data:`DIVERGED_LOSS_FACTOR` times that of a constant answer (ln 2 per label for
+    multi-label, ln C for C classes) and the best validation metric ``best`` is within 0.05 of ``chance``. A run
+    that merely overfits (a high loss, a good metric) is not flagged."""
+    if not history:
+        return None
+    loss = history[-1].get("val_loss", float("nan"))
+    constant = math.log(2) if task.multilabel else math.log(max(classes, 2))
+    if math.isfinite(loss) and loss <= DIVERGED_LOSS_FACTOR * constant:
+        return None
+    if math.isfinite(best) and best > chance + 0.05:
+        return None
+    return (f"training seems to have diverged: the validation loss ended at {loss:.4g}, "
+            f"{'far ' if math.isfinite(loss) else ''}above the {constant:.2f} of a constant answer, and the best "
+            f"validation {task.main_metric} is {best:.3f}, no better than chance ({chance:.2f}); lower --lr (now "
+            f"{lr:g}), use --warmup-epochs or --max-grad-norm")
+
+
 def _finish(cfg: RunConfig, s: Setup, st: TrainState, run: runs.RunDir) -> None:
     name = s.task.main_metric
     record: dict[str, Any] = {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch,
                               "finished": runs.now(), "world_size": dist_utils.world_size()}
+    train: dict[str, Any] = {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch}
+    if s.task.multilabel:
+        chance = 0.5  # macro AUC of a constant answer
+    else:  # accuracy of always answering the training split's most frequent class
+        counts = (s.train_ds.targets * s.train_ds.masks).sum(axis=0)
+        chance = float(counts.max() / max(counts.sum(), 1))
+    warning = divergence(st.history, st.best, s.task, len(s.labels), chance, cfg.train.lr)
+    if warning:
+        log.warning("%s", warning)
+        record["warnings"] = train["warnings"] = [warning]
     if s.teacher_sources:
         record["teacher"] = str(Path(s.teacher_sources[0]).resolve())
         record["teachers"] = [str(Path(p).resolve()) for p in s.teacher_sources]
         record["distill_mode"] = s.plan.mode
         record["distill_plan"] = s.plan.record()
+    # metrics first, run.json's "finished" last: a run whose records could not all be written (a full disk) does not
+    # say it finished, and --resume writes them (its state.pt holds the last epoch)
+    run.write_metrics({"train": train})
     run.update_info(**record)
-    run.write_metrics({"train": {"best_epoch": st.best_epoch, f"best_val_{name}": st.best, "epochs_run": st.epoch}})

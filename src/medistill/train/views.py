@@ -121,10 +121,48 @@ class ViewCache:
         return self.path if name == "logits" else self.path.with_name(f"{self.path.stem}-{name}.npy")
 
     def _meta(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        """The cache's ``.json`` ({} when there is none); _Corrupt when it is not a JSON object."""
+        if not self.meta_path.exists():
             return {}
+        try:
+            meta = json.loads(self.meta_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:  # UnicodeDecodeError, JSONDecodeError
+            raise _Corrupt(self.meta_path, f"not a JSON object ({type(e).__name__})") from None
+        if not isinstance(meta, dict):
+            raise _Corrupt(self.meta_path, f"not a JSON object (a JSON {type(meta).__name__})")
+        return meta
+
+    def _cached(self, key: str, n: int, V: int) -> tuple[dict[str, np.ndarray], int]:
+        """The arrays and the number of views done of a cache made for ``key`` with ``n`` images and ``V`` views
+        ({} and 0 when there is none, or one for another key); _Corrupt naming the file and what is wrong when it
+        cannot be used (a truncated ``.npy``, an array of another shape, a ``views_done`` that is not a count)."""
+        meta = self._meta()
+        if meta.get("key") != key:
+            return {}, 0
+        done, names = meta.get("views_done", 0), meta.get("names", [])
+        if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= V:
+            raise _Corrupt(self.meta_path, f"views_done: expected 0 to {V}, got {done!r:.40}")
+        if not isinstance(names, list) or not all(isinstance(k, str) and k.isidentifier() for k in names):
+            raise _Corrupt(self.meta_path, f"names: expected a list of output names, got {names!r:.60}")
+        if not names or not done or not all(self.file(k).is_file() for k in names):
+            return {}, 0
+        arrays = {}
+        for k in names:
+            path = self.file(k)
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise _Corrupt(path, f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})") \
+                    from None
+            want = meta.get("shapes", {}).get(k) if isinstance(meta.get("shapes"), dict) else None
+            want = tuple(want) if isinstance(want, list) and len(want) >= 2 else (n, V, *a.shape[2:])
+            if a.shape != want or want[:2] != (n, V):
+                raise _Corrupt(path, f"an array of shape {tuple(a.shape)}, expected {(n, V, *want[2:])} for {n} "
+                                     f"images x {V} views")
+            if a.dtype.kind != "f":
+                raise _Corrupt(path, f"holds {a.dtype} values, expected floats")
+            arrays[k] = a
+        return arrays, done
 
     def load_or_compute(self, key: str, ds: ViewDataset, batch_size: int,
                         teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device,
@@ -143,17 +181,16 @@ class ViewCache:
                          teacher: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device,
                          on_view: Callable[[int, int], None] | None,
                          on_batch: Callable[[int, int, int, int], None] | None) -> dict[str, torch.Tensor]:
-        meta = self._meta()
         n, V = len(ds), ds.views
-        names = meta.get("names", [])
-        arrays: dict[str, np.ndarray] = {}
-        done = 0
-        if meta.get("key") == key and all(self.file(k).is_file() for k in names):
-            arrays = {k: np.load(self.file(k)) for k in names}
-            done = int(meta.get("views_done", 0))
+        try:
+            arrays, done = self._cached(key, n, V)
+            seconds = float(self._meta().get("seconds", 0.0)) if done else 0.0  # its cost so far (KD's set-up)
+        except (_Corrupt, TypeError, ValueError) as e:  # (TypeError, ValueError: a "seconds" that is not a number)
+            log.warning("%s; rebuilding the cache", e if isinstance(e, _Corrupt) else
+                        f"{self.meta_path}: seconds: not a number")
+            arrays, done, seconds = {}, 0, 0.0
         if done >= V:
             log.info("reusing the teacher's cached outputs on %d view(s) per image (%s)", V, self.path)
-        seconds = float(meta.get("seconds", 0.0)) if done else 0.0  # the cache's cost so far (a set-up cost of KD)
         for v in range(done, V):
             t0 = time.perf_counter()
             ds.fix_view(v)
@@ -180,6 +217,13 @@ class ViewCache:
             if on_view:
                 on_view(v + 1, V)
         return {k: torch.from_numpy(a.astype(np.float32)) for k, a in arrays.items()}
+
+
+class _Corrupt(Exception):
+    """A file of a view cache that cannot be used; the message names it and says what is wrong."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}")
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
