@@ -158,7 +158,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", int8:
                                  stats=stats, x_val=x_val, y_val=y_val, m_val=m_val, int8=int8, explain=explain,
                                  calibration_images=calibration_images, cam_images=cam_images,
                                  per_channel=per_channel, calibration_method=calibration_method, threads=threads,
-                                 say=say)
+                                 metric_tolerance=metric_tolerance, say=say)
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)
@@ -179,11 +179,10 @@ def _export_checked(model: Any, run: Any, run_dir: str | Path, out: Path, staged
                     thresholds: dict[str, float], thr_source: str, intensity: str, stats: dict[str, Any],
                     x_val: np.ndarray, y_val: np.ndarray, m_val: np.ndarray, int8: bool, explain: bool,
                     calibration_images: int, cam_images: int, per_channel: bool | str, calibration_method: str,
-                    threads: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+                    threads: int | None, metric_tolerance: float, say: Callable[[str], None]) -> dict[str, Any]:
     """The files of an export under hidden names (``staged``: final name -> hidden file, filled as each is
     written), checked, and the report; :func:`export_run` gives them their names."""
-    from ..utils.runtime import package_versions
-    from .onnx import export_onnx, ort_outputs, parity
+    from .onnx import export_onnx, ort_outputs, parity  # here: the killed-export test patches them in .onnx
 
     model_path = staged[MODEL_FILE] = export_onnx(
         model, out / MODEL_FILE, labels=labels, task=task, thresholds=thresholds, explain=explain,
@@ -252,6 +251,9 @@ def _export_checked(model: Any, run: Any, run_dir: str | Path, out: Path, staged
     dep = deployment(model_path, int8_path if int8 else None, x_val,
                      lambda lg: validation_metric(task, lg, y_val, m_val, labels), threads=threads,
                      tolerance=metric_tolerance)
+    final = {model_path.name: MODEL_FILE, **({int8_path.name: INT8_FILE} if int8 else {})}  # hidden -> final names
+    for row in [*dep["candidates"], dep["chosen"]]:
+        row["file"] = final.get(row["file"], row["file"])
     report["deployment"] = dep
     if int8:  # INT8 against fp32 in ONNX Runtime, from the same timing loop as every other candidate
         times = {c["key"]: c.get("latency_ms") for c in dep["candidates"]}
