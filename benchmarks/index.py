@@ -45,7 +45,8 @@ STUDY_PREFIX = "study_"  # results/study_*.json: written by `medistill study`
 SCRIPTS = {"paper_b_full.py": "paper_b_full.json", "explain_fidelity.py": "explain_fidelity.json",
            "cpu_speed.py": "cpu_speed.json", "quickstart_kd_grid.py": "quickstart_kd_grid.json",
            "paper_b_kdfmv.py": None, "paper_a_multilabel.py": None, "kd_speed.py": None,
-           "phantom_shortcuts.py": None, "explain_time.py": None, "ondevice.py": None}
+           "phantom_shortcuts.py": None, "explain_time.py": None, "ondevice.py": None,
+           "int8_accuracy.py": "int8_accuracy.json"}
 #: default ``--runs`` of the scripts that record theirs in ``settings`` but not in the command
 DEFAULT_RUNS = {"paper_b_full.py": "runs/bench/paper_b_full"}
 
@@ -327,13 +328,37 @@ def _explain_time(d: dict[str, Any]) -> str:
 
 
 def _ondevice(d: dict[str, Any]) -> str:
-    b = d["latency_ms"]["batch_1"]
-    r = d["ratios"]
-    return (f"EEEA-Net-C2 at {d['input']['size']} px, batch 1, {d['threads']} threads: ONNX Runtime fp32 median "
-            f"{b['ort_fp32']['median_ms']:.1f} ms ({r['ort_fp32_vs_flop_limit']:.2f}x the FLOP limit), PyTorch "
-            f"{b['torch_fp32']['median_ms']:.1f} ms, explain graph {b['ort_explain']['median_ms']:.1f} ms, INT8 "
-            f"{b['ort_int8']['median_ms']:.1f} ms (slower than fp32); the DenseNet161 teacher in PyTorch "
-            f"{b['teacher_torch_fp32']['median_ms']:.1f} ms, {r['teacher_vs_ort_fp32']:.1f}x ONNX Runtime fp32.")
+    def one(name: str, m: dict[str, Any]) -> str:
+        b, r = m["latency_ms"]["batch_1"], m["ratios"]
+        int8 = ", ".join(f"{NAMES[p]} {v:.2f}x" for p, v in r.get("int8_speedup", {}).items())
+        teacher = r.get("teacher_vs_student", {})
+        return (f"{name}: ONNX Runtime fp32 median {b['ort_fp32']['median_ms']:.1f} ms "
+                f"({r['fp32_vs_flop_limit']['ort']:.2f}x the FLOP limit), INT8 faster than fp32 by {int8}"
+                + (f", explain graph {r['explain_vs_plain']['ort']:.2f}x the plain one" if "explain_vs_plain" in r
+                   else "")
+                + (f"; the {m['teacher']['model']} teacher {teacher['ort_fp32']:.1f}x slower in ONNX Runtime fp32, "
+                   f"{teacher['torch_fp32']:.1f}x in PyTorch" if "ort_fp32" in teacher and "torch_fp32" in teacher
+                   else ""))
+
+    models = d["models"]
+    first = next(iter(models.values()))
+    return (f"At {first['input']['size']} px, batch 1, {first['threads']} threads, every ratio within one runtime: "
+            + "; ".join(one(n, m) for n, m in models.items()) + ".")
+
+
+NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "torch": "PyTorch"}
+
+
+def _int8_accuracy(d: dict[str, Any]) -> str:
+    parts = []
+    for ds, models in d["results"].items():
+        for model, r in models.items():
+            deltas = ", ".join(f"{NAMES[v['runtime'] if v['runtime'] != 'onnxruntime' else 'ort']} "
+                               f"{v['macro_auc_delta']:+.4f}" for v in r["test"].values()
+                               if v["precision"] == "int8" and "macro_auc_delta" in v)
+            parts.append(f"{model} on {ds} ({r['epochs']} epochs, {r['test_images']} test images, fp32 "
+                         f"{r['test']['ort_fp32']['macro_auc']:.3f}): {deltas}")
+    return (f"INT8 minus fp32 test macro AUC of students trained at {d['settings']['size']} px: " + "; ".join(parts) + f" (target: within {d['settings']['target_macro_auc']}).")
 
 
 def _fidelity_4(d: dict[str, Any]) -> str:
@@ -366,6 +391,7 @@ def _fidelity_fuse32_trained(d: dict[str, Any]) -> str:
 CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain_time.json": _explain_time,
     "ondevice.json": _ondevice,
+    "int8_accuracy.json": _int8_accuracy,
     "cpu_speed.json": _cpu_speed,
     "kd_speed.json": _kd_speed,
     "quickstart_kd_grid.json": _quickstart_grid,

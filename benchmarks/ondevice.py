@@ -1,13 +1,21 @@
-"""On-device benchmark of the paper's student: EEEA-Net-C2 at 224 px, batch 1, on this machine's CPU.
+"""On-device benchmark of the papers' students on this machine's CPU: EEEA-Net-C2 (DenseNet161 teacher) and kdfmv
+(DenseNet121 teacher) at 224 px, every runtime and precision installed, every ratio within one runtime.
 
-    .venv/bin/python benchmarks/ondevice.py [--threads 2] [--batch 1,8] [--runs 100] [--out benchmarks/ondevice]
+    .venv/bin/python benchmarks/ondevice.py [--models eeea_net_c2,kdfmv] [--threads 2] [--batch 1,8] [--runs 100]
+                                            [--out benchmarks/ondevice]
 
-Builds a run directory with EEEA-Net-C2 (14 NIH ChestX-ray14 labels, 3 channels, 224 px; random weights: latency
-does not depend on the weights) whose data config points at the NIH sample in ../shared/data (INT8 calibration
-images come from its training split; random inputs when it is absent), then runs ``medistill.benchmark.benchmark``
-on it: PyTorch eager fp32, ONNX Runtime fp32 / INT8, the explain graph, and a DenseNet161 teacher in PyTorch
-(random weights), next to the measured matmul peak. Writes ``<out>.json`` (everything) and ``<out>.md`` (a table and
-whether the issue's targets are met). The targets are benchmark figures, not timed tests.
+For each student: a run directory (14 NIH ChestX-ray14 labels, 3 channels, 224 px; random weights: latency does not
+depend on the weights) whose data config points at the NIH sample in ../shared/data (INT8 calibration images come
+from its training split; random inputs when it is absent), then ``medistill.benchmark.benchmark`` on it: PyTorch
+eager fp32, ONNX Runtime fp32 / INT8, OpenVINO fp32 / bf16 / INT8 (with ``medistill[openvino]``; bf16 where the CPU
+has it), the explain graph, and the teacher (random weights) exported, quantized and timed in the same runtimes and
+precisions, next to the measured matmul peak. EEEA-Net-C2 is timed at ``--batch``, kdfmv at batch 1; the teachers
+at batch 1. Writes ``<out>.json`` (everything, with the machine: CPU model and its VNNI / bf16 flags, cores,
+threads, load before and after) and ``<out>.md`` (tables, the issue's targets, and which operators ran in INT8 and
+which in fp32). The targets are benchmark figures, not timed tests. INT8 accuracy is ``int8_accuracy.py``'s.
+
+Run it on a quiet machine: every job sharing the CPU inflates and scatters the timings (the file says whether other
+jobs ran: 1-minute load average when the script started, and per model before and after).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,9 +35,12 @@ import _bench as B  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_SAMPLE = Path(os.environ.get("MEDISTILL_SHARED_DATA", REPO.parent / "shared" / "data")) / "nih-chestxray14-sample"
+#: student -> (teacher of its paper, batches timed by default)
+MODELS = {"eeea_net_c2": ("densenet161", "1,8"), "kdfmv": ("densenet121", "1")}
+NAMES = {"torch": "PyTorch eager", "ort": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
-def build_run(path: Path, size: int) -> Path:
+def build_run(path: Path, name: str, size: int) -> Path:
     import torch
 
     from medistill.config import DataConfig, ModelConfig, RunConfig
@@ -38,70 +50,116 @@ def build_run(path: Path, size: int) -> Path:
 
     data = DataConfig(dataset="nih", root=str(NIH_SAMPLE), image_size=size, cache=False) if NIH_SAMPLE.is_dir() \
         else DataConfig(image_size=size)
-    cfg = RunConfig(out=str(path), data=data, model=ModelConfig(name="eeea_net_c2"))
+    cfg = RunConfig(out=str(path), data=data, model=ModelConfig(name=name))
     torch.manual_seed(0)
-    model = create_model("eeea_net_c2", num_classes=len(LABELS), in_chans=3, image_size=size, drop_rate=0.0).eval()
+    model = create_model(name, num_classes=len(LABELS), in_chans=3, image_size=size, drop_rate=0.0).eval()
     save_model(RunDir.create(path, cfg, kind="train"), model, labels=LABELS, task="multilabel")
     return path
 
 
-def markdown(res: dict) -> str:
-    b1 = res["latency_ms"].get("batch_1", {})
-    r, t = res["ratios"], res["targets"]
-    lines = [
-        "# On-device benchmark: EEEA-Net-C2 vs DenseNet161 (CPU)",
-        "",
-        f"Written by `benchmarks/ondevice.py` on {res['date']}. Machine: {res['machine'].get('cpu_model', '?')}, "
-        f"{res['machine'].get('cpu_count')} logical CPUs, {res['threads']} threads for every runtime. 1-minute load "
-        f"average when the script started: {res.get('load_average_at_start', res['load_average_before'])[0]:.2f}"
-        + (" - **the machine was shared with other jobs while this ran**, so latencies are pessimistic and noisy."
-           if res.get("shared_machine") else "."),
-        "",
-        f"Student: `{res['model']}`, {res['params']:,} parameters, {res['macs'] / 1e6:.0f}M MACs at "
-        f"{res['input']['size']} px ({res['input']['channels']} channels, {res['labels']} labels). Teacher: "
-        f"`{res['teacher']['model']}`, {res['teacher']['params']:,} parameters, {res['teacher']['macs'] / 1e9:.2f}G MACs."
-        if "teacher" in res else "",
-        f"Measured float32 matmul peak: {res['matmul_peak_gflops']['peak']:.0f} GFLOP/s (numpy "
-        f"{res['matmul_peak_gflops']['numpy']:.0f}, torch {res['matmul_peak_gflops']['torch']:.0f}), so the "
-        f"student's FLOP limit is {res['flop_limit_ms']:.2f} ms.",
-        "",
-        "Runtimes are timed in turns (per round: 5 untimed calls, then a block of 25 timed ones each; the teacher 1 call) "
-        "so that they share the machine's load alike.",
-        "",
-        "| batch | runtime | median ms | p90 ms | fastest ms | runs |",
-        "|---|---|---|---|---|---|",
-    ]
+def label(key: str) -> str:
+    """``ort_int8`` -> ``ONNX Runtime INT8``."""
+    prefix, _, rest = key.partition("_")
+    return f"{NAMES.get(prefix, prefix)} {rest.replace('int8', 'INT8')}"
+
+
+def fmt_x(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}x"
+
+
+def model_markdown(res: dict[str, Any]) -> list[str]:
+    r, rb, t = res["ratios"], res.get("ratios_best", {}), res["targets"]
+    teacher = res.get("teacher")
+    lines = [f"## {res['model']}", "",
+             f"`{res['model']}`: {res['params']:,} parameters, {res['macs'] / 1e6:.0f}M MACs at {res['input']['size']} "
+             f"px ({res['input']['channels']} channels, {res['labels']} labels)"
+             + (f"; teacher `{teacher['model']}`: {teacher['params']:,} parameters, {teacher['macs'] / 1e9:.2f}G MACs "
+                f"({teacher['macs'] / res['macs']:.1f}x the student's), exported to ONNX and INT8 like the student."
+                if teacher else "."),
+             f"FLOP limit: {res['flop_limit_ms']:.2f} ms ({res['flops'] / 1e6:.0f} MFLOP at the measured "
+             f"{res['matmul_peak_gflops']['peak']:.0f} GFLOP/s). Load per CPU before / after: "
+             f"{res['machine_load_before'].get('load_per_cpu')} / {res['machine_load_after'].get('load_per_cpu')}.", ""]
     for batch, lat in res["latency_ms"].items():
-        for k, v in lat.items():
-            lines.append(f"| {batch.split('_')[1]} | {k} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {v['min_ms']:.2f} "
-                         f"| {v['runs']} |")
-    rb = res.get("ratios_best", {})
-    lines += ["", "File sizes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in res["file_bytes"].items()), "",
-              "## Targets (batch 1)", "",
-              "Judged on the medians; the last column repeats each ratio from the fastest call of every runtime "
-              "(the least disturbed by other jobs on a shared machine).", "",
-              "| target | measured (medians) | met | from fastest calls |", "|---|---|---|---|"]
-
-    def best(key: str, fmt: str) -> str:
-        return format(rb[key], fmt) + "x" if key in rb else "n/a"
-
-    if "ort_fp32_vs_flop_limit" in r:
-        lines.append(f"| ORT fp32 within 3x of the FLOP limit | {b1['ort_fp32']['median_ms']:.2f} ms = "
-                     f"{r['ort_fp32_vs_flop_limit']:.2f}x of {res['flop_limit_ms']:.2f} ms | "
-                     f"{'yes' if t['ort_fp32_within_3x_flop_limit'] else '**no**'} | "
-                     f"{b1['ort_fp32']['min_ms']:.2f} ms = {best('ort_fp32_vs_flop_limit', '.2f')} |")
-    if "teacher_vs_ort_fp32" in r:
-        lines.append(f"| at least 30x faster than the teacher in PyTorch | {r['teacher_vs_ort_fp32']:.1f}x | "
-                     f"{'yes' if t['teacher_at_least_30x_slower'] else '**no**'} | {best('teacher_vs_ort_fp32', '.1f')} |")
-    if "explain_vs_plain" in r:
-        lines.append(f"| explain graph at most 1.5x the plain graph | {r['explain_vs_plain']:.2f}x | "
-                     f"{'yes' if t['explain_within_1_5x'] else '**no**'} | {best('explain_vs_plain', '.2f')} |")
-    if "int8_speedup" in r:
-        lines += ["", f"INT8 vs fp32 (ONNX Runtime, batch 1): {r['int8_speedup']:.2f}x "
-                  + ("(INT8 is **slower** than fp32 on this CPU)" if r["int8_slower"] else "faster") + "."]
+        b = batch.split("_")[1]
+        keys = [k for k in lat if not k.startswith("teacher_")]
+        with_teacher = any(f"teacher_{k}" in lat for k in keys)
+        head = "| runtime, precision | median ms | p90 ms | fastest ms | runs |"
+        sep = "|---|---|---|---|---|"
+        if with_teacher:
+            head += " teacher median ms | teacher / student (same runtime) |"
+            sep += "---|---|"
+        lines += [f"Batch {b}:", "", head, sep]
+        for k in keys:
+            v = lat[k]
+            row = f"| {label(k)} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | {v['min_ms']:.2f} | {v['runs']} |"
+            if with_teacher:
+                tv = lat.get(f"teacher_{k}")
+                row += (f" {tv['median_ms']:.1f} | {tv['median_ms'] / v['median_ms']:.1f}x |" if tv else " | |")
+            lines.append(row)
+        lines.append("")
+    lines += ["Targets (batch 1), judged on the medians; the last column repeats each ratio from the fastest call of "
+              "each (the least disturbed by other jobs on a shared machine):", "",
+              "| target | compared | measured (medians) | met | from fastest calls |", "|---|---|---|---|---|"]
+    notes = res.get("target_notes", {})
+    for key, met in t.items():
+        if key == "teacher_at_least_30x_slower":
+            group, sub = "teacher_vs_student", "ort_fp32"
+        elif "flop_limit" in key:
+            group, sub = "fp32_vs_flop_limit", key.split("_fp32")[0]
+        elif "int8_at_least" in key:
+            group, sub = "int8_speedup", key.split("_int8")[0]
+        else:
+            group, sub = "explain_vs_plain", key.split("_explain")[0]
+        lines.append(f"| {key} | {notes.get(key, '')} | {fmt_x(r.get(group, {}).get(sub))} | "
+                     f"{'yes' if met else '**no**'} | {fmt_x(rb.get(group, {}).get(sub))} |")
+    lines += ["", "Other ratios, each within one runtime (medians): "
+              + "; ".join(f"{group.replace('_', ' ')}: " + ", ".join(f"{label(k) if '_' in k else NAMES.get(k, k)} "
+                                                                     f"{v:.2f}x" for k, v in r[group].items())
+                          for group in ("int8_speedup", "bf16_speedup", "teacher_vs_student") if r.get(group)) + ".",
+              ""]
+    ops = res.get("int8_ops", {}).get("student")
+    if ops:
+        lines.append("INT8 graph as ONNX Runtime runs it: integer kernels "
+                     + ", ".join(f"{op} x{n}" for op, n in ops["integer"].items()) + "; in fp32: "
+                     + (", ".join(f"{op} x{n}" for op, n in ops["float"].items()) or "nothing") + ".")
+        lines.append("")
+    prof = res.get("profile_ms", {})
+    if prof:
+        cats = sorted({c for p in prof.values() for c in p}, key=lambda c: -max(p.get(c, 0.0) for p in prof.values()))
+        lines += ["Where ONNX Runtime spends a batch-1 call (its profiler, ms per call, at the benchmark's threads "
+                  "and at 1 thread: what does not drop with more threads ran in one task; the profiler's own cost "
+                  "inflates all alike):", "",
+                  "| operator | " + " | ".join(f"{label(k.split('@')[0])}, {k.split('@')[1]} thr." if "@" in k
+                                                else label(k) for k in prof) + " |",
+                  "|---|" + "---|" * len(prof)]
+        for c in cats[:12]:
+            lines.append(f"| {c} | " + " | ".join(f"{p[c]:.3f}" if c in p else "" for p in prof.values()) + " |")
+        lines.append("")
     if res.get("notes"):
-        lines += ["", "Notes:", *[f"- {n}" for n in res["notes"]]]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+        lines += ["Notes:", *[f"- {n}" for n in res["notes"]], ""]
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    first = next(iter(doc["models"].values()))
+    lines = [
+        "# On-device benchmark: students and teachers in one runtime at a time (CPU)", "",
+        f"Written by `benchmarks/ondevice.py` on {doc['date']}: `{doc['command']}`. Machine: "
+        f"{m.get('cpu_model', '?')}, {m.get('cpu_count')} logical CPUs, flags {', '.join(m.get('cpu_flags', []))}; "
+        f"{first['threads']} threads for every runtime. 1-minute load average when the script started: "
+        f"{doc['load_average_at_start'][0]:.2f}"
+        + (" - **the machine was shared with other jobs while this ran**, so latencies are pessimistic and noisy, "
+           "and ratios between runtimes are only roughly those of a quiet machine." if doc["shared_machine"] else "."),
+        "", "Runtimes: " + ", ".join(f"{v['name']} {v['version']} ({', '.join(v['precisions'])})"
+                                     for v in first["runtimes"].values())
+        + f"; PyTorch {first['versions'].get('torch')} eager as the reference. Everything is timed in turns (per "
+          "round: 5 untimed calls, then a block of 25 timed ones each; the teachers 1 call), so that all share the "
+          "machine's load alike. Every ratio compares one runtime and precision with itself.", "",
+    ]
+    for res in doc["models"].values():
+        lines += model_markdown(res)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,35 +167,50 @@ def main(argv: list[str] | None = None) -> int:
 
     from medistill.benchmark import benchmark
     from medistill.utils.io import atomic_write_json, atomic_write_text
+    from medistill.utils.runtime import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"students, of {list(MODELS)}")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--batch", default=None, help="batches for every model (default: 1,8 for eeea_net_c2, 1 else)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--min-seconds", type=float, default=3.0)
-    ap.add_argument("--teacher", default="densenet161")
+    ap.add_argument("--no-teacher", action="store_true", help="skip the teachers")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "ondevice"), help="output path without extension")
     args = ap.parse_args(argv)
     # Load of other jobs: read before this script does any work (its own export and matmul probe raise the
     # 1-minute average by itself, so the figure inside benchmark() cannot tell a shared machine from a busy one).
     load_at_start = list(os.getloadavg())
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # medistill's progress; of the libraries (onnxruntime.quantization logs every bias copy on the root logger)
+    # only errors
+    logging.getLogger().handlers[0].addFilter(lambda r: r.name.startswith("medistill") or r.levelno >= logging.ERROR)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"--models {unknown}: expected some of {list(MODELS)}")
+    results = {}
     with tempfile.TemporaryDirectory(prefix="medistill-ondevice-") as tmp:
-        run = build_run(Path(tmp) / "eeea", args.size)
-        res = benchmark(run, threads=args.threads, batches=[int(b) for b in args.batch.split(",")],
-                        teacher=args.teacher, runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds,
-                        calibration_images=64, progress=lambda m: print(f"[ondevice] {m}", file=sys.stderr))
-    res["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    res["source"] = "EEEA-Net-C2 run directory built by benchmarks/ondevice.py (random weights)"
-    res["load_average_at_start"] = load_at_start
-    res["shared_machine"] = B.other_jobs(load_at_start[0], own_threads=0)
-    atomic_write_json(args.out + ".json", res)
-    atomic_write_text(args.out + ".md", markdown(res))
-    print(json.dumps({"ratios": res["ratios"], "ratios_best": res["ratios_best"], "targets": res["targets"]}, indent=2))
+        for name in models:
+            teacher, batches = MODELS[name]
+            run = build_run(Path(tmp) / name, name, args.size)
+            res = benchmark(run, threads=args.threads, batches=[int(b) for b in (args.batch or batches).split(",")],
+                            teacher=None if args.no_teacher else teacher, runs=args.runs, warmup=args.warmup,
+                            min_seconds=args.min_seconds, calibration_images=64,
+                            progress=lambda m, n=name: print(f"[ondevice {n}] {m}", file=sys.stderr))
+            res["source"] = f"{name} run directory built by benchmarks/ondevice.py (random weights)"
+            results[name] = res
+    doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "command": B.niced(".venv/bin/python benchmarks/ondevice.py"
+                              + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))),
+           "machine": machine_info(), "load_average_at_start": load_at_start,
+           "load_average_at_end": list(os.getloadavg()),
+           "shared_machine": B.other_jobs(load_at_start[0], own_threads=0), "models": results}
+    atomic_write_json(args.out + ".json", doc)
+    atomic_write_text(args.out + ".md", markdown(doc))
+    print(json.dumps({n: {"ratios": r["ratios"], "targets": r["targets"]} for n, r in results.items()}, indent=2))
     return 0
 
 

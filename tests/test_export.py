@@ -69,6 +69,33 @@ def test_output_contract(exported: Path):
     assert q["calibration_split"] == "train" and isinstance(q["per_channel"], bool)
     assert set(q["weight_scales_tried"]) == {"per_channel", "per_tensor"}
     assert set(rep["thresholds"]) == set(LABELS)
+    assert q["int8_ops"]["integer"]["QLinearConv"] == 5 and "Conv" not in q["int8_ops"]["float"]
+    assert q["calibration_method"] == "percentile"
+
+
+def test_export_records_the_runtime_and_precision_it_chose_and_why(exported: Path):
+    """Every runtime and precision installed here is a candidate, scored and timed; the choice names its file,
+    and a reduced precision is chosen only within the metric tolerance of fp32."""
+    from medistill.inference.runtimes import available_runtimes
+
+    dep = json.loads((exported / "export.json").read_text())["deployment"]
+    rows = {c["key"]: c for c in dep["candidates"]}
+    assert list(rows)[:2] == ["ort_fp32", "ort_int8"]
+    if "openvino" in available_runtimes():
+        assert {"openvino_fp32", "openvino_int8"} <= set(rows)
+    for c in rows.values():
+        assert c["latency_ms"] > 0 and c["metric_name"] == "macro_auc" and c["runtime_version"]
+        assert c["file"] == ("model.int8.onnx" if c["precision"] == "int8" else "model.onnx")
+    assert rows["ort_fp32"]["metric_delta"] == 0.0
+    assert rows["ort_int8"]["metric_delta"] == pytest.approx(json.loads((exported / "export.json").read_text())[
+        "int8_metric_delta"])
+    chosen = dep["chosen"]
+    assert chosen["key"] in rows and chosen["file"] == rows[chosen["key"]]["file"]
+    assert chosen["why"].startswith(f"{ {'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}[chosen['runtime']]}")
+    assert rows[chosen["key"]]["metric_delta"] >= -dep["tolerance"]
+    fastest_ok = min((c for k, c in rows.items() if k not in chosen["rejected"]), key=lambda c: c["latency_ms"])
+    assert fastest_ok["key"] == chosen["key"]
+    assert dep["machine_load"]["before"]["cpus"] >= 1
 
 
 def test_metadata_travels_with_both_models(exported: Path):
@@ -155,6 +182,46 @@ def test_only_onnx_is_a_format(tmp_path: Path):
 
     with pytest.raises(MedistillError, match="'onnx'"):
         export_run(tmp_path, tmp_path / "out", fmt="tflite")
+
+
+def _mean_graph(axes: list[int], keepdims: int, rank: int = 4):
+    from onnx import TensorProto, helper
+
+    shape = [1, 3, 5, 5][:rank]
+    out_shape = [d if (i not in [a % rank for a in axes]) else 1 for i, d in enumerate(shape)] if keepdims else \
+        [d for i, d in enumerate(shape) if i not in [a % rank for a in axes]]
+    axes_t = helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes)
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims, name="mean")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [axes_t])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("axes, keepdims, rank, pooled", [([2, 3], 1, 4, True), ([-1, -2], 1, 4, True),
+                                                          ([2, 3], 0, 4, False), ([1], 1, 4, False),
+                                                          ([1, 2], 1, 3, False)])
+def test_spatial_means_become_global_average_pools(axes, keepdims, rank, pooled):
+    """Only a mean over both spatial axes of a 4-D tensor, dimensions kept, is a GlobalAveragePool; the values stay."""
+    import onnxruntime as ort
+
+    from medistill.export.onnx import global_average_pools
+
+    model = _mean_graph(axes, keepdims, rank)
+    x = np.random.default_rng(0).standard_normal([1, 3, 5, 5][:rank]).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert global_average_pools(model) == int(pooled)
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool" if pooled else "ReduceMean"]
+    assert (len(model.graph.initializer) == 0) == pooled  # the axes go with the ReduceMean
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
+
+
+def test_exported_graph_pools_with_global_average_pool(exported: Path):
+    """The exporter's spatial means (tiny_cnn's pooling, the explain graph's head) arrive as GlobalAveragePool."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / "model.onnx")).graph.node]
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops
 
 
 KILLED_EXPORT = """

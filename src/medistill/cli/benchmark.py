@@ -10,7 +10,8 @@ from ..config import ConfigError, option
 from ..utils.io import atomic_write_json
 from .common import add_config_args, config_from_args, print_json
 
-HELP = ("latency of the student (PyTorch, ONNX Runtime fp32 / INT8, explain graph) vs the teacher, against the "
+HELP = ("latency of the student and the teacher in every runtime and precision installed here (PyTorch, ONNX Runtime "
+        "fp32 / INT8, OpenVINO fp32 / bf16 / INT8, explain graph), each ratio within one runtime, against the "
         "measured matmul peak")
 
 
@@ -20,13 +21,16 @@ class BenchmarkOptions:
 
     threads: int | None = option(None, "CPU threads for every runtime; None = all cores")
     batch: str = option("1", "comma-separated batch sizes, e.g. 1,8")
-    teacher: str = option("densenet161", "teacher to time in PyTorch: a timm model name (random weights), a run "
-                                         "directory, or 'none'")
+    teacher: str = option("densenet161", "teacher to export and time in the same runtimes and precisions as the "
+                                         "student: a timm model name (random weights), a run directory, or 'none'")
     runs: int = option(50, "timed calls per measurement, at least")
     warmup: int = option(10, "untimed calls first")
     min_seconds: float = option(1.0, "time each measurement at least this long")
     int8: bool = option(True, "also time INT8 (--no-int8: skip it)")
     explain: bool = option(True, "also time the explain graph (--no-explain: skip it)")
+    runtimes: str | None = option(None, "comma-separated runtimes to time (onnxruntime, openvino); None = every one "
+                                        "installed")
+    profile: bool = option(True, "also profile ONNX Runtime by operator (--no-profile: skip it)")
     out: str | None = option(None, "also write the results to this JSON file")
     json: bool = option(False, "print the results as JSON")
 
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     o = config_from_args(BenchmarkOptions, args)
     res = benchmark(args.target, threads=o.threads, batches=_batches(o.batch), teacher=o.teacher, runs=o.runs,
                     warmup=o.warmup, min_seconds=o.min_seconds, int8=o.int8, explain=o.explain,
+                    runtimes=o.runtimes.split(",") if o.runtimes else None, profile=o.profile,
                     progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr))
     if o.out:
         atomic_write_json(o.out, res)
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for batch, lat in res["latency_ms"].items():
         print(f"  {batch}: " + ", ".join(f"{k} {v['median_ms']:.2f} ms (p90 {v['p90_ms']:.2f})" for k, v in lat.items()))
     for k, v in res["ratios"].items():
-        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
+        if isinstance(v, dict):
+            print(f"  {k}: " + ", ".join(f"{rt} {x:.2f}" for rt, x in v.items()))
     for k, v in res["targets"].items():
-        print(f"  target {k}: {'met' if v else 'NOT met'}")
+        print(f"  target {k}: {'met' if v else 'NOT met'} ({res['target_notes'].get(k, '')})")
     return 0

@@ -203,7 +203,8 @@ class CamGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x)  # (B, C, h, w)
         b, c, h, w = feats.shape
-        logits, pre = self._head(feats.mean(dim=(2, 3)))  # (B, L)
+        # keepdim + flatten: exports as GlobalAveragePool (``onnx.global_average_pools``), integer in INT8 graphs
+        logits, pre = self._head(feats.mean(dim=(2, 3), keepdim=True).flatten(1))  # (B, L)
         # gradient of every logit w.r.t. the pooled features, last layer first: (1 or B, L, C)
         grad = self.weights[-1].unsqueeze(0)  # (1, L, n)
         for i in range(len(self.weights) - 2, -1, -1):

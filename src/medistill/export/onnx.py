@@ -5,6 +5,12 @@ mean / std, per-label thresholds, the intensity rule, the training images' input
 medistill version go into the model's ``metadata_props``
 (:class:`medistill.inference.ModelInfo`), so the file alone is enough to predict. With ``explain=True`` the graph is
 :class:`~medistill.export.cam_graph.CamGraph` and also outputs Grad-CAM maps of every label.
+
+:func:`global_average_pools` then turns every spatial mean the exporter wrote as ``ReduceMean`` (timm's squeeze-excite
+and pooling: ``x.mean((2, 3), keepdim=True)``) into the ``GlobalAveragePool`` it is: the same values, but ONNX Runtime
+runs ``GlobalAveragePool`` in its blocked fp32 layout (EEEA-Net-C2: 13 layout reorders a call instead of 23) and has
+an integer kernel for it (``QLinearGlobalAveragePool``), none for ``ReduceMean``, which would leave every
+squeeze-excite block of an INT8 graph in fp32 between a DequantizeLinear and a QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
     for key, value in {**info.to_props(), CHECKSUM_KEY: CHECKSUM_PLACEHOLDER}.items():  # the checksum: last
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    global_average_pools(proto)
     proto.producer_name = "medistill"
     proto.producer_version = info.version
     proto.doc_string = (f"medistill export of {info.model}: input {INPUT} (B, {info.channels}, {info.size}, "
@@ -118,6 +125,59 @@ def save_sealed(proto: Any, path: Path) -> None:
     (:func:`medistill.inference.seal_model_file`): predict and serve refuse a file changed or damaged since."""
     onnx.save_model(proto, str(path))
     seal_model_file(path)
+
+
+def _ints(model: onnx.ModelProto, name: str) -> list[int] | None:
+    """The integer values of initializer or Constant ``name`` of ``model``; None when it is neither."""
+    for init in model.graph.initializer:
+        if init.name == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(init).ravel()]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return None if value is None else [int(v) for v in onnx.numpy_helper.to_array(value.t).ravel()]
+    return None
+
+
+def global_average_pools(model: onnx.ModelProto) -> int:
+    """Replace in place every ``ReduceMean`` over the two spatial axes of a 4-D tensor, dimensions kept, by
+    ``GlobalAveragePool`` (the same values, see the module docstring); returns how many were replaced.
+
+    The axes come from the ``axes`` input (opset 18) or attribute; the rank from ONNX shape inference, so that a mean
+    over other axes, of another rank or without ``keepdims`` stays what it is.
+    """
+    ranks = {}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    nodes = list(model.graph.node)
+    replaced, dropped = 0, set()
+    for i, node in enumerate(nodes):
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+        if len(node.input) > 1 and node.input[1]:
+            axes = _ints(model, node.input[1])
+        else:
+            axes = list(attrs["axes"].ints) if "axes" in attrs else None
+        if keep != 1 or axes is None or ranks.get(node.input[0]) != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        nodes[i] = onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)
+        if len(node.input) > 1:
+            dropped.add(node.input[1])
+        replaced += 1
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {name for node in nodes for name in node.input}
+        keep_init = [t for t in model.graph.initializer if t.name not in dropped or t.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep_init)
+        for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in dropped - used]:
+            model.graph.node.remove(node)
+    return replaced
 
 
 def copy_metadata(src: Any, dst: Any, extra: dict[str, str] | None = None) -> None:

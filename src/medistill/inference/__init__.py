@@ -325,8 +325,11 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def open_session(path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` of ``path``; ModelFileError when it is missing or not ONNX."""
+def open_session(path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 optimized_model_path: str | Path | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``path``; ModelFileError when it is missing or not ONNX.
+
+    ``optimized_model_path``: also write the graph ONNX Runtime optimised for this CPU there (what it runs)."""
     ort = _ort()
     path = Path(path)
     if not path.is_file():
@@ -338,6 +341,8 @@ def open_session(path: str | Path, *, threads: int | None = None, providers: Seq
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if optimized_model_path is not None:
+        opts.optimized_model_filepath = str(optimized_model_path)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises InvalidProtobuf, Fail, InvalidGraph ...

@@ -1,7 +1,8 @@
 """Latency measurement: one timing loop for every runtime (ONNX Runtime, eager PyTorch, anything callable).
 
 ``measure_interleaved`` times several callables in turns so that all of them see the same load of a shared
-machine; ``measure_latency`` is the same loop with one callable; ``ort_latency`` wraps it for an ONNX file. Used by
+machine; ``measure_latency`` is the same loop with one callable; ``ort_latency`` wraps it for an ONNX file;
+``ort_profile`` says which operators an ONNX Runtime call spends its time in. Used by
 ``export.quantize`` (INT8 vs fp32), ``benchmark``, ``study`` and ``evaluate.efficiency`` (a PyTorch forward).
 
 Every summary carries the minimum (the figure least disturbed by other processes: ratios between models are built
@@ -126,6 +127,52 @@ def ort_latency(path: str | Path, x: np.ndarray, *, threads: int | None = None, 
     feed = {INPUT: np.ascontiguousarray(x, np.float32)}
     names = list(output_names) if output_names else None
     return measure_latency(lambda: sess.run(names, feed), **kwargs)
+
+
+def ort_profile(path: str | Path, x: np.ndarray, *, threads: int | None = None, runs: int = 50,
+                warmup: int = 5) -> dict[str, float]:
+    """Where ONNX Runtime spends a call on input ``x``: milliseconds per call by operator, from its profiler over
+    ``runs`` calls, largest first. Convolutions are split by kind (``:depthwise``, ``:1x1``, ``:kxk``, read from the
+    graph ONNX Runtime optimised), which is what decides whether an INT8 kernel beats fp32. The profiler's own cost
+    inflates every figure alike: use the shares, not the sum, as latency."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="medistill-profile-") as tmp:
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        kind: dict[str, str] = {}
+        for node in onnx.load(opts.optimized_model_filepath).graph.node:
+            if "Conv" in node.op_type:
+                attrs = {a.name: a for a in node.attribute}
+                group = attrs["group"].i if "group" in attrs else 1
+                kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else []
+                kind[node.name] = node.op_type + (":depthwise" if group > 1 else ":1x1" if kernel == [1, 1]
+                                                  else ":kxk")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        opts.optimized_model_filepath = ""
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        feed = {INPUT: np.ascontiguousarray(x, np.float32)}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_run: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            node = e["name"][:-len("_kernel_time")]
+            per_run.setdefault(kind.get(node, e.get("args", {}).get("op_name", "?")), []).append(e["dur"])
+    total_runs = warmup + runs
+    out = {k: sum(v[-(len(v) * runs // total_runs):]) / runs / 1e3 for k, v in per_run.items()}  # the timed runs
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 @contextlib.contextmanager

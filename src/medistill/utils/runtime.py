@@ -47,7 +47,7 @@ def resolve_device(name: str = "auto"):
 #: what run.json, export reports and benchmarks record: medistill and every library constraints.txt pins
 PACKAGES = ("medistill", "torch", "torchvision", "timm", "numpy", "pillow", "pandas", "scipy", "scikit-learn",
             "onnx", "onnxruntime", "onnxscript", "grad-cam", "opencv-python-headless", "captum", "pydicom",
-            "safetensors", "matplotlib")
+            "safetensors", "matplotlib", "openvino")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -70,13 +70,22 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+#: the instruction-set flags that decide which kernels a runtime uses (INT8 dot products: VNNI; bf16; AMX)
+CPU_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                       "amx_int8", "amx_tile"})
+
+
 def machine_info() -> dict[str, object]:
     info: dict[str, object] = {"platform": platform.platform(), "processor": platform.processor() or None,
                                "cpu_count": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and "cpu_model" not in info:
                 info["cpu_model"] = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and "cpu_flags" not in info:
+                flags = set(line.split(":", 1)[1].split())
+                info["cpu_flags"] = sorted(flags & CPU_FLAGS)
+            if "cpu_model" in info and "cpu_flags" in info:
                 break
     except OSError:
         pass
