@@ -340,6 +340,13 @@ def _ondevice(d: dict[str, Any]) -> str:
                    f"{teacher['torch_fp32']:.1f}x in PyTorch" if "ort_fp32" in teacher and "torch_fp32" in teacher
                    else ""))
 
+    if "models" not in d:  # written before issue 39: EEEA-Net-C2 only, the teacher in PyTorch only
+        b, r = d["latency_ms"]["batch_1"], d["ratios"]
+        return (f"EEEA-Net-C2 at {d['input']['size']} px, batch 1, {d['threads']} threads: ONNX Runtime fp32 median "
+                f"{b['ort_fp32']['median_ms']:.1f} ms ({r['ort_fp32_vs_flop_limit']:.2f}x the FLOP limit), INT8 "
+                f"{b['ort_int8']['median_ms']:.1f} ms, explain graph {b['ort_explain']['median_ms']:.1f} ms; the "
+                f"DenseNet161 teacher in PyTorch {b['teacher_torch_fp32']['median_ms']:.1f} ms (its ratio to the ONNX "
+                f"Runtime student crosses runtimes).")
     models = d["models"]
     first = next(iter(models.values()))
     return (f"At {first['input']['size']} px, batch 1, {first['threads']} threads, every ratio within one runtime: "
