@@ -85,7 +85,10 @@ def test_no_or_broken_explanation_is_not_available(layout):
 
 
 def test_the_file_name_is_explains():
+    """One name for explain's summary, in ``runs``: what explain writes is what serve and the report look for."""
+    from medistill import runs
     from medistill.explain import EXPLAIN_FILE
+    from medistill.report.folders import EXPLAIN_FILE as REPORTED
     from medistill.serve.fidelity import EXPLAIN_FILE as SERVED
 
-    assert SERVED == EXPLAIN_FILE
+    assert SERVED is EXPLAIN_FILE is REPORTED is runs.EXPLAIN_FILE == "explain.json"

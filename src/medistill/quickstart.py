@@ -33,6 +33,7 @@ from .config import (ConfigError, DataConfig, DistillConfig, ModelConfig, RunCon
 from .datasets import SOURCES
 from .errors import MedistillError
 from .explain.options import ExplainOptions
+from .task import HEADLINE_METRICS
 from .utils.io import atomic_write_json, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,7 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
         else:
             say(f"{name}: evaluating on the test split")
             m = evaluate_run(cfgs[name].out, "test")
-        summary[name] = {k: m.get(k) for k in ("task", "macro_auc", "accuracy", "macro_f1", "balanced_accuracy",
-                                                "majority_rate", "majority_class", "chance", "params", "macs",
+        summary[name] = {k: m.get(k) for k in ("task", *HEADLINE_METRICS, "majority_class", "chance", "params", "macs",
                                                 "latency_ms")}
         timings[f"evaluate_{name}"] = time.perf_counter() - t0
     summary["kd_gain"], summary["kd_story"] = _kd_story(q, cfgs)
@@ -161,11 +161,11 @@ def run_quickstart(q: QuickstartConfig, *, step: Callable[[str], None] | None = 
     student, teacher = Path(cfgs["student"].out), cfgs["teacher"].out
     steps: list[tuple[str, str, Callable[[], object], Path | None]] = [
         ("explain", f"{q.explain_images} test images, {q.explain_method}, student vs teacher -> {student / 'explain'}",
-         lambda: _explain(q, root, student, teacher), student / "explain" / "explain.json"),
-        ("export", f"ONNX{' + INT8' if q.int8 else ''} + explain graph -> {student / 'export'}",
-         lambda: _export(q, student), student / "export" / "export.json"),
+         lambda: _explain(q, root, student, teacher), student / "explain" / runs.EXPLAIN_FILE),
+        ("export", f"ONNX{' + INT8' if q.int8 else ''} + explain graph -> {student / runs.EXPORT_DIR}",
+         lambda: _export(q, student), student / runs.EXPORT_DIR / runs.EXPORT_FILE),
         ("benchmark", f"latency of {student / 'export' / 'model.onnx'} vs the teacher",
-         lambda: _benchmark(student, teacher), student / "export" / "benchmark.json"),
+         lambda: _benchmark(student, teacher), student / runs.EXPORT_DIR / runs.BENCHMARK_FILE),
         ("report", f"{out / 'report.html'}",
          lambda: _report(cfgs, out), None),
     ]
@@ -233,14 +233,15 @@ def _explain(q: QuickstartConfig, root: Path, student: Path, teacher: str) -> di
 def _export(q: QuickstartConfig, student: Path) -> dict[str, object]:
     from .export import export_run
 
-    return export_run(student, student / "export", fmt="onnx", int8=q.int8, explain=True)
+    return export_run(student, student / runs.EXPORT_DIR, fmt="onnx", int8=q.int8, explain=True)
 
 
 def _benchmark(student: Path, teacher: str) -> dict[str, object]:
     from .benchmark import benchmark
+    from .export import MODEL_FILE
 
-    result = benchmark(student / "export" / "model.onnx", teacher=teacher)
-    atomic_write_json(student / "export" / "benchmark.json", result)
+    result = benchmark(student / runs.EXPORT_DIR / MODEL_FILE, teacher=teacher)
+    atomic_write_json(student / runs.EXPORT_DIR / runs.BENCHMARK_FILE, result)
     return result
 
 

@@ -1,6 +1,6 @@
 """Run directories: every run records its resolved config, seed, versions, commit, log and metrics.
 
-This module names every file of a run directory (the constants below); other modules import the names from here.
+The names of its files (in the table below) are defined once in :mod:`medistill.layout` (torch-free) and re-exported here.
 Layout of a run directory::
 
     config.yaml            CONFIG_FILE     resolved config (what the run really used)
@@ -13,7 +13,9 @@ Layout of a run directory::
     last.safetensors       LAST_WEIGHTS    last weights;  state.pt (STATE_FILE): everything resume needs
     teacher_logits.npy     TEACHER_LOGITS  offline distillation: the teachers' cached logits (+ ``.key`` beside it)
     predictions_<split>.npz  predictions_file(split)  evaluate's probabilities, logits, targets, mask, patients
-    export/                EXPORT_DIR      ``medistill export``'s default output folder
+    export/                EXPORT_DIR      ``medistill export``'s default output folder: model.onnx, model.int8.onnx,
+                                           export.json (EXPORT_FILE), benchmark.json (BENCHMARK_FILE)
+    explain/                               ``medistill explain``'s usual output folder: explain.json (EXPLAIN_FILE)
     run.lock               LOCK_FILE       locked (``flock``) while a process trains into the folder; holds its pid
 
 Readers (:meth:`RunDir.config`, :meth:`RunDir.info`, :meth:`RunDir.metrics`) raise one MedistillError naming the
@@ -40,29 +42,14 @@ import yaml
 
 from .config import ConfigError, RunConfig, from_dict, to_dict
 from .errors import MedistillError
+from .layout import (BENCHMARK_FILE, BEST_WEIGHTS, CONFIG_FILE, EXPLAIN_FILE, EXPORT_DIR, EXPORT_FILE,  # noqa: F401
+                     HISTORY_FILE, LAST_WEIGHTS, LOCK_FILE, LOG_FILE, METRICS_FILE, PREDICTIONS_PATTERN, RUN_FILE,
+                     STATE_FILE, TEACHER_LOGITS, predictions_file)
 from .utils.io import JsonFileError, atomic_write_json, atomic_write_text, read_json_object
 from .utils.runtime import git_commit, machine_info, package_versions
 from .utils.text import EscapingFormatter
 
 log = logging.getLogger("medistill")
-
-CONFIG_FILE = "config.yaml"
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.json"
-LOG_FILE = "log.txt"
-BEST_WEIGHTS = "model.safetensors"
-LAST_WEIGHTS = "last.safetensors"
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.csv"
-TEACHER_LOGITS = "teacher_logits.npy"
-EXPORT_DIR = "export"
-LOCK_FILE = "run.lock"
-PREDICTIONS_PATTERN = "predictions_*.npz"
-
-
-def predictions_file(split: str) -> str:
-    """The name of evaluate's predictions of ``split``: ``predictions_<split>.npz``."""
-    return f"predictions_{split}.npz"
 
 
 # --- the types of the records' fields -------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
+#: the headline figures of a ``metrics.json`` (key -> how text names it), in the order summaries list them after the
+#: task's main metric: the one list the CLI's text, the evaluation log and the quickstart's summary read
+HEADLINE_METRICS = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "macro F1",
+                    "balanced_accuracy": "balanced accuracy", "majority_rate": "majority-class rate"}
+#: headline figures that mean something for single-label tasks only (one answer per image)
+SINGLE_LABEL_METRICS = ("accuracy", "balanced_accuracy", "majority_rate")
+
 
 @dataclass(frozen=True)
 class Task:
@@ -54,6 +61,12 @@ class Task:
     kd_temperature: float  # default KD temperature: 4 for a softmax (Hinton et al. 2015); 1 for one sigmoid per
     # label, which T = 4 flattens towards 0.5 (on the phantom's validation split T 0.5-1 led, T 4 was last:
     # benchmarks/quickstart_kd_grid.py)
+
+    @property
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The :data:`HEADLINE_METRICS` keys that apply to this task, its main metric first."""
+        keys = [k for k in HEADLINE_METRICS if not (self.multilabel and k in SINGLE_LABEL_METRICS)]
+        return (self.main_metric, *[k for k in keys if k != self.main_metric])
 
     def probabilities(self, logits: Any) -> Any:
         """Logits ``(B, L)`` -> probabilities ``(B, L)`` (numpy in, numpy out; torch in, torch out)."""

@@ -9,7 +9,7 @@ import typing
 from typing import Any, TypeVar
 
 from ..config import FLAG_ALIASES, ConfigError, build, field_help, leaf_fields
-from ..task import get_task
+from ..task import HEADLINE_METRICS, get_task
 from ..utils.io import to_jsonable
 
 T = TypeVar("T")
@@ -144,12 +144,6 @@ class StageBars:
             bar.close()
 
 
-#: metrics shown after the task's main metric, when present (metrics.json keys -> titles); the last two only for
-#: single-label runs, where they say what accuracy must be read against
-_SECONDARY = {"macro_auc": "macro AUC", "accuracy": "accuracy", "macro_f1": "macro F1",
-              "balanced_accuracy": "balanced accuracy", "majority_rate": "majority-class rate"}
-
-
 def metrics_text(m: dict[str, Any]) -> str:
     """``Accuracy 0.9100, macro F1 0.9000, macro AUC 0.9800``: the task's main metric first (``Task.main_metric``,
     the one rule every table follows), then the other headline metrics present in ``m`` (a metrics.json)."""
@@ -159,10 +153,10 @@ def metrics_text(m: dict[str, Any]) -> str:
         v = m.get(key)
         return "n/a" if v is None or v != v else f"{v:.4f}"
 
-    parts = [f"{task.main_metric_title} {value(task.main_metric)}"]
-    parts += [f"{title} {value(k)}" + (f" (always {m['majority_class']!r}; chance {m['chance']:.4f})"
-                                       if k == "majority_rate" and "majority_class" in m and "chance" in m else "")
-              for k, title in _SECONDARY.items()
-              if k != task.main_metric and m.get(k) is not None
-              and (not task.multilabel or k not in ("accuracy", "balanced_accuracy", "majority_rate"))]
+    main, *others = task.headline_metrics
+    parts = [f"{task.main_metric_title} {value(main)}"]
+    parts += [f"{HEADLINE_METRICS[k]} {value(k)}" + (f" (always {m['majority_class']!r}; chance {m['chance']:.4f})"
+                                                    if k == "majority_rate" and "majority_class" in m
+                                                    and "chance" in m else "")
+              for k in others if m.get(k) is not None]
     return ", ".join(parts)

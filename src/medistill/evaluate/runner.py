@@ -97,7 +97,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, batch_size: int = 
         raise
     os.replace(staged, final)
     log.info("evaluated %s on %s: %s", run.path, split,
-             {k: result[k] for k in ("macro_auc", "accuracy", "macro_f1") if k in result})
+             {k: result[k] for k in task.headline_metrics if k in result})
     return result
 
 

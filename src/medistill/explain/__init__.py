@@ -27,6 +27,7 @@ import numpy as np
 
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_LAYERS, DEFAULT_CAM_MIN_SIZE
 from ..maps.errors import ExplainError
+from ..runs import EXPLAIN_FILE  # the summary ``medistill explain`` writes (every artefact is named in ``runs``)
 
 #: method -> (module, kind). Names as the papers write them; ``shap`` and ``ig`` are the short forms.
 METHODS = {
@@ -39,8 +40,6 @@ ALIASES = {"ig": "integrated_gradients", "shap": "gradientshap"}
 LABEL_AGNOSTIC = ("eigencam", "fmv")
 #: ``labels`` value asking for each image's ground-truth positive labels
 TRUTH_LABELS = "truth"
-#: the summary ``medistill explain`` writes into its output folder (the report reads it)
-EXPLAIN_FILE = "explain.json"
 
 
 def canonical_method(method: str) -> str:

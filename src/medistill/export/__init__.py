@@ -33,7 +33,7 @@ from ..data.images import LEGACY_INTENSITY_RULE
 from ..errors import MedistillError
 from ..evaluate.metrics import choose_thresholds, compute_metrics
 from ..inference import image_statistics, input_statistics
-from ..runs import METRICS_FILE, RunDir, load_model, run_dataset
+from ..runs import EXPORT_FILE, METRICS_FILE, RunDir, load_model, run_dataset
 from ..task import Task, get_task
 from ..utils.io import atomic_write_json, json_text, staged_write
 from ..utils.runtime import package_versions
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
-REPORT_FILE = "export.json"
+REPORT_FILE = EXPORT_FILE
 #: parity target of the issue: fp32 ONNX logits within this of PyTorch's
 FP32_TOLERANCE = 1e-4
 #: lowest acceptable per-map correlation of the in-graph CAMs with pytorch-grad-cam

@@ -22,8 +22,7 @@ import yaml
 from .. import runs
 from ..errors import MedistillError
 from ..evaluate.compare import compare_runs, role_of
-from ..explain import EXPLAIN_FILE
-from ..export import REPORT_FILE
+from ..runs import EXPLAIN_FILE, EXPORT_FILE
 from ..utils.io import JsonFileError, read_json
 from .folders import (BENCHMARK_PATTERN, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, ExplainData, ExportData, Overlay,
                       load_explain, load_export, read_json_file)
@@ -223,7 +222,7 @@ def collect(run_dirs: Sequence[str | Path], *, explain_dirs: Sequence[str | Path
                 explains.append(load_explain(d, run=r.name))
                 used.add(d.resolve())
         for d in sorted(r.path.glob(f"{runs.EXPORT_DIR}*")):
-            if d.is_dir() and ((d / REPORT_FILE).is_file() or any(d.glob(BENCHMARK_PATTERN))):
+            if d.is_dir() and ((d / EXPORT_FILE).is_file() or any(d.glob(BENCHMARK_PATTERN))):
                 exports.append(load_export(d, run=r.name))
                 used.add(d.resolve())
     for d in explain_dirs:
@@ -251,7 +250,7 @@ def _owner(folder: Path, data: list[RunData]) -> str | None:
     for r in data:
         if r.path.resolve() in f.parents:
             return r.name
-    for name in (EXPLAIN_FILE, REPORT_FILE):
+    for name in (EXPLAIN_FILE, EXPORT_FILE):
         if (folder / name).is_file():
             try:
                 d = read_json(folder / name)

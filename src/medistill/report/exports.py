@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..export import REPORT_FILE
+from ..runs import EXPORT_FILE
 from . import plots
 from .format import esc, num
 from .page import Page
@@ -23,7 +23,7 @@ def export(page: Page) -> str:
             tol = num(ex.summary.get("fp32_tolerance")) or 1e-4
             checks = {"max_abs_diff": ("<=", tol), "cam_correlation_min": (">=", 0.99)}
             block.append(kv_table(figures(ex.summary), checks))
-            block.append(f"<details><summary>all fields of {REPORT_FILE}</summary>"
+            block.append(f"<details><summary>all fields of {EXPORT_FILE}</summary>"
                          f"{kv_table(flatten(ex.summary))}</details>")
         block += [_benchmark(page, name, bench) for name, bench in ex.benchmarks.items()]
         parts.append("".join(block))

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedistillError
-from ..explain import EXPLAIN_FILE
-from ..export import REPORT_FILE
+from ..runs import BENCHMARK_FILE, EXPLAIN_FILE, EXPORT_FILE
 from ..utils.io import read_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-BENCHMARK_PATTERN = "benchmark*.json"  # ``medistill benchmark``'s reports beside an export
+BENCHMARK_PATTERN = f"{Path(BENCHMARK_FILE).stem}*.json"  # ``medistill benchmark``'s reports beside an export
 MAX_IMAGE_BYTES = 8 * 2**20  # an overlay larger than this is not embedded (the report must stay openable)
 
 
@@ -207,7 +206,7 @@ def load_export(folder: str | Path, run: str | None = None) -> ExportData:
     folder = Path(folder)
     if not folder.is_dir():
         raise MedistillError(f"{folder}: not a directory; expected an export folder from `medistill export`")
-    jf = folder / REPORT_FILE
+    jf = folder / EXPORT_FILE
     summary = read_json_file(jf, "export summary of `medistill export`") if jf.is_file() else {}
     benches = {f.name: read_json_file(f, "benchmark of `medistill benchmark`")
                for f in sorted(folder.glob(BENCHMARK_PATTERN))}

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ..explain import EXPLAIN_FILE
+from ..runs import EXPLAIN_FILE
 from .collect import MAX_IMAGE_BYTES
 from .fidelity import fidelity_table, per_label_table, sanity_table, sanity_warning
 from .folders import ExplainData, Overlay

@@ -3,8 +3,7 @@ folder beside the model, for ``GET /api/explanation`` and the page's fidelity ta
 
 Where: ``explain.json`` in the model file's folder, else ``<folder>/../explain/explain.json`` (the run layout
 ``medistill quickstart`` writes: ``<run>/export/model.onnx`` beside ``<run>/explain/``). Torch-free: the file
-name is the one :data:`medistill.explain.EXPLAIN_FILE` names (this layer may not import ``explain``; a test
-checks they agree). Overlay PNGs are embedded as data URIs, only files inside the explanation folder, at most
+name is :data:`medistill.layout.EXPLAIN_FILE`, where every artefact is named. Overlay PNGs are embedded as data URIs, only files inside the explanation folder, at most
 ``MAX_OVERLAYS`` of at most ``MAX_OVERLAY_BYTES`` each.
 """
 
@@ -17,9 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..layout import EXPLAIN_FILE
+
 log = logging.getLogger("medistill.serve.app")
 
-EXPLAIN_FILE = "explain.json"  # = medistill.explain.EXPLAIN_FILE
 MAX_OVERLAYS = 6
 MAX_OVERLAY_BYTES = 2 * 2**20
 #: explain.json keys shown per model (the row) and per label

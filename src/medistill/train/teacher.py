@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import InputConfig, ModelError, create_model, input_config, load_weights, set_input_config
-from ..runs import RunDir, load_model
+from ..runs import RUN_FILE, RunDir, load_model
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def load_teacher(source: str, *, labels: list[str], channels: int, model_name: s
                  image_size: int | None = None, device: torch.device | str = "cpu") -> Teacher:
     """A teacher from a run directory (knows its own architecture) or a bare checkpoint + ``model_name``."""
     path = Path(source)
-    if path.is_dir() or (path.is_file() and (path.parent / "run.json").is_file()):
+    if path.is_dir() or (path.is_file() and (path.parent / RUN_FILE).is_file()):
         model, record = load_model(path, device=device)
         _warn_if_training(RunDir(path if path.is_dir() else path.parent))
     elif path.is_file():
