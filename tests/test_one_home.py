@@ -150,3 +150,37 @@ def test_the_readme_table_lists_the_registry():
     section = text.split("### Datasets (`--dataset`)", 1)[1].split("\n#", 1)[0]
     assert re.findall(r"^\| `(\w+)` \|", section, flags=re.M) and \
         set(re.findall(r"^\| `(\w+)` \|", section, flags=re.M)) == set(SOURCES)
+
+
+def test_headline_metrics_are_listed_once_and_follow_the_task():
+    """One list of headline metrics: the task's main metric first, the single-label figures (accuracy, balanced
+    accuracy, the majority rate) only where one answer per image makes them mean something; the CLI's text reads it."""
+    from medistill.cli.common import metrics_text
+    from medistill.task import HEADLINE_METRICS, get_task
+
+    assert get_task("multilabel").headline_metrics == ("macro_auc", "macro_f1")
+    assert get_task("multiclass").headline_metrics == ("accuracy", "macro_auc", "macro_f1", "balanced_accuracy",
+                                                       "majority_rate")
+    m = {"task": "multiclass", "accuracy": 0.9, "balanced_accuracy": 0.8, "macro_auc": 0.95, "macro_f1": 0.85,
+         "majority_rate": 0.5, "majority_class": "notumor", "chance": 0.25}
+    text = metrics_text(m)
+    assert text.startswith("Accuracy 0.9000, macro AUC 0.9500")
+    assert "majority-class rate 0.5000 (always 'notumor'; chance 0.2500)" in text
+    assert "accuracy" not in metrics_text({**m, "task": "multilabel"}).lower()
+    assert set(get_task("multiclass").headline_metrics) == set(HEADLINE_METRICS)
+
+
+def test_artefact_names_are_written_only_in_layout():
+    """Every file name a run folder holds is a constant of ``medistill.layout``: no other module spells one out."""
+    from medistill import layout
+
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and "." in v}
+    assert {"run.json", "metrics.json", "explain.json", "export.json", "benchmark.json"} <= names
+    found = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        if f.name == "layout.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{f.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert not found, found

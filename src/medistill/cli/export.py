@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import check_choice, option
+from ..layout import EXPORT_FILE
 from .common import add_config_args, config_from_args, print_json
 
 HELP = ("export a run to ONNX (+ INT8, + in-graph Grad-CAM maps) with a PyTorch parity report and the runtime and "
@@ -93,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"deploy with {dep['chosen']['file']} in {dep['chosen']['why']}")
     for key, why in dep["chosen"]["rejected"].items():
         print(f"  not {key}: {why}")
-    print(f"report: {out / 'export.json'}")
+    print(f"report: {out / EXPORT_FILE}")
     return 0
