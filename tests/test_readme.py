@@ -98,3 +98,12 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch, capsys):
     for run in ("teacher", "student"):
         assert (tmp_path / "runs" / "api" / run / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "api" / "student" / "metrics.json").is_file()
+
+
+def test_the_readmes_stay_short():
+    """Issue 35: the README is reference (at most 250 lines, findings on their own page), benchmarks/README.md one
+    section per script (at most 300 lines)."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
+    assert len((README.parent / "benchmarks" / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
+    findings = README.parent / "docs" / "findings.md"
+    assert "docs/findings.md" in README.read_text(encoding="utf-8") and findings.is_file()
