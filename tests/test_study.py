@@ -225,3 +225,23 @@ def test_a_study_killed_mid_run_resumes_where_it_stopped(phantom_root, tiny_teac
     resumed = [json.loads((k / "run.json").read_text()).get("resumed") for k in killed]
     finished = [json.loads((k / "run.json").read_text()).get("finished") for k in killed]
     assert all(finished) and any(resumed)  # the killed run was continued from its checkpoint, not restarted
+
+
+def test_the_kd_arms_later_seeds_are_queued_with_their_seed_not_at_the_end(tmp_path):
+    """The kd arm's seeds 1.. are known only once its grid is scored; they join the queue before the first run of a
+    later seed, so a study stopped early has every arm at the same seeds."""
+    from collections import deque
+
+    from medistill.study.runner import insert_by_seed
+
+    cfg = StudyConfig(out=str(tmp_path), arms=["plain", "kd"], seeds=3, widths=[0.5, 1.0], teacher=["t"])
+    plan = Plan.make(cfg, cfg.data, [], [Path("t")])
+    queue = deque(r for r in plan.first_runs() if r.arm != "kd")  # the grids are running
+    small, large = plan.sizes
+    for size in (small, large):
+        for later in plan.runs_of(size, "kd", (0.5, 4.0))[1:]:
+            insert_by_seed(queue, later)
+    order = [(r.seed, r.size.key, r.arm) for r in queue]
+    assert [s for s, _, _ in order] == sorted(s for s, _, _ in order)  # seed by seed
+    assert order[:6] == [(0, small.key, "plain"), (0, large.key, "plain"), (1, small.key, "plain"),
+                         (1, large.key, "plain"), (1, small.key, "kd"), (1, large.key, "kd")]

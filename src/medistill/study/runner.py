@@ -120,7 +120,7 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
             return
         for later in plan.runs_of(r.size, "kd", point)[1:]:
             if later not in queued:
-                queue.append(later)
+                insert_by_seed(queue, later)
                 queued.add(later)
 
     executor: cf.Executor
@@ -163,6 +163,13 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
                 write_outputs(plan, results.summary(n_bootstrap=0), report=False)  # partial results, cheap
     finally:
         executor.shutdown(wait=not running, cancel_futures=True)
+
+
+def insert_by_seed(queue: deque[PlannedRun], run: PlannedRun) -> None:
+    """Queue ``run`` before the first queued run of a later seed, so that a study stopped early has every arm at the
+    same seeds (the kd arm's later seeds, known only once its grid is scored, are not all left to the end)."""
+    at = next((i for i, q in enumerate(queue) if q.seed > run.seed), len(queue))
+    queue.insert(at, run)
 
 
 def _hms(seconds: float) -> str:
