@@ -64,8 +64,17 @@ def test_the_smoke_study_writes_its_answer_and_resumes_without_retraining(phanto
     stamp = (run / "model.safetensors").stat().st_mtime_ns
     assert _smoke(phantom_root, tiny_teacher, out) == 0
     assert "training" not in capsys.readouterr().err and (run / "model.safetensors").stat().st_mtime_ns == stamp
-    # a run lost (or killed before it was scored) is trained again, alone
+    # a run lost (or killed before it was scored) is trained again, alone; --summarise trains nothing and
+    # summarises each size at the seeds all its arms have (here none at kdfmv_w0.5: its plain run is missing)
     shutil.rmtree(run)
+    assert _smoke(phantom_root, tiny_teacher, out, "--summarise") == 0
+    assert "training" not in capsys.readouterr().err and not run.exists()
+    part = json.loads((out / "study.json").read_text())
+    assert not part["complete"] and part["runs_scored"] == 5 and part["seeds_summarised"] == 0
+    w25, w50 = part["sizes"]
+    assert w25["seeds_summarised"] == 1 and w25["gain"]["ci_low"] is not None
+    assert w50["seeds_summarised"] == 0 and w50["kd"] is None and w50["gain"] is None
+    assert "partial: 5 of 6 runs scored" in part["sentences"][0]
     assert _smoke(phantom_root, tiny_teacher, out) == 0
     err = capsys.readouterr().err
     assert err.count("training kdfmv") == 1 and "kdfmv_w0.5 @ 32 px, plain_s0" in err
@@ -114,12 +123,13 @@ def test_the_chosen_arms_are_the_best_on_validation_not_on_test(tmp_path):
     p = model(0.9, 21)
     _scored(plan, results, grid[1], 0.88, acc(p), p, y)
     assert results.chosen_point(size) == (0.2, 2.0)
-    x = results.size_summary(size, n_bootstrap=100)
-    assert x["kd"] is None and x["gain"] is None  # the kd arm's second seed is not scored yet
+    x = results.size_summary(size, n_bootstrap=100)  # the kd arm's second seed is not scored yet: every arm at 1
+    assert x["seeds_summarised"] == 1 and [len(x["arms"][a]["test"]) for a in ("plain", "smooth", "kd")] == [1, 1, 1]
+    assert x["kd"]["arm"] == "kd" and x["gain"]["value"] == pytest.approx(x["kd"]["test"][0] - x["nokd"]["test"][0])
     p = model(0.9, 22)
     _scored(plan, results, plan.runs_of(size, "kd", (0.2, 2.0))[1], 0.86, acc(p), p, y)
     x = results.size_summary(size, n_bootstrap=100)
-    assert x["nokd"]["arm"] == "plain" and x["kd"]["arm"] == "kd"
+    assert x["seeds_summarised"] == 2 and x["nokd"]["arm"] == "plain" and x["kd"]["arm"] == "kd"
     assert x["arms"]["smooth"]["test_mean"] > x["nokd"]["test_mean"]  # smooth was better on test, and not chosen
     assert x["kd"]["point"] == {"alpha": 0.2, "temperature": 2.0} and len(x["kd"]["test"]) == 2
     assert x["gain"]["value"] == pytest.approx(x["kd"]["test_mean"] - x["nokd"]["test_mean"])
@@ -132,7 +142,7 @@ def _size(name: str, macs: float, kd: float, nokd: float, ci: tuple[float, float
 
 
 def test_the_sentences_say_how_much_smaller_kd_lets_the_student_be_and_where_it_paid():
-    s = {"metric": "accuracy", "within": 0.01, "complete": True, "teacher": {"test": 0.95, "macs": 4e8},
+    s = {"metric": "accuracy", "within": 0.01, "complete": True, "seeds": 3, "teacher": {"test": 0.95, "macs": 4e8},
          "sizes": [_size("w0.25", 1e6, 0.945, 0.90, (0.02, 0.07)), _size("w0.5", 4e6, 0.95, 0.93, (-0.01, 0.05)),
                    _size("w1", 1.6e7, 0.955, 0.945, (-0.02, 0.03))]}
     first, second = sentences(s)

@@ -93,6 +93,9 @@ class StudyConfig:
     bootstrap: int = option(1000, "resamples of the KD-gain interval")
     latency: bool = option(True, "time every student size and the teacher in ONNX Runtime (fp32, batch 1)")
     latency_threads: int = option(1, "ONNX Runtime threads of the latency timing")
+    summarise: bool = option(False, "train nothing: write the final study.json / study.md / frontier.png / "
+                                    "report.html from the runs scored so far (a study stopped early), every size at "
+                                    "the seeds all of its arms have; the plan must be the one in plan.json")
 
     def validate(self) -> None:
         self.data.validate()

@@ -72,9 +72,11 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
     t = s["teacher"]
     lines = [f"# Does distillation pay, and how small can the student be? ({s['data']['dataset']})", ""]
     lines += [f"**{x}**" for x in s["sentences"]] + [""]
+    seeds = (f"{s['seeds']} seeds" if s.get("complete") else
+             f"the {s.get('seeds_summarised', 0)} of {s['seeds']} seeds every arm has so far")
     lines.append(f"Measure: test {metric}{' (%)' if unit else ''}; every arm chosen on validation by a rule fixed "
                  f"before the test split was scored (`plan.json`): at each size, the KD arm and the no-KD arm with "
-                 f"the best mean validation {metric} over {s['seeds']} seeds; each run's weights: "
+                 f"the best mean validation {metric} over {seeds}; each run's weights: "
                  f"{'the moving average after the last of ' if s['stop'] == 'ema' else 'the best validation epoch of '}"
                  f"{s['epochs']} epochs. KD minus no-KD: the difference of the two arms' seed means, 95 % CI over test "
                  f"patients and seeds. {s['runs_scored']} of {s['runs_planned']} runs scored.")

@@ -40,7 +40,7 @@ PLAN_FILE = "plan.json"
 SPLIT_FIELDS = ("dataset", "split_seed", "val_fraction", "test_fraction", "group_by", "group_similar", "resplit",
                 "views", "frontal_only", "labels")
 #: study settings that change neither a run nor a rule (how fast it goes, how figures are timed)
-NOT_PLAN = ("out", "jobs", "threads", "bootstrap", "latency", "latency_threads", "data.num_workers",
+NOT_PLAN = ("out", "jobs", "threads", "bootstrap", "latency", "latency_threads", "summarise", "data.num_workers",
             "data.cache", "data.cache_dir")
 
 

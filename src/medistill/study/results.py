@@ -120,6 +120,10 @@ class Results:
             self._model[r.size.key] = {"macs": count_macs(model, inp["size"], inp["channels"]),
                                        "params": count_params(model)}
 
+    def __len__(self) -> int:
+        """How many runs are scored."""
+        return len(self._scores)
+
     def scores(self, r: PlannedRun) -> dict[str, Any]:
         return self._scores[r]
 
@@ -132,15 +136,28 @@ class Results:
         best = max(grid, key=lambda g: (self._scores[g]["val"], -grid.index(g)))
         return best.point
 
-    def arm_runs(self, size: Size, arm: str) -> list[PlannedRun]:
+    def arm_runs(self, size: Size, arm: str, seeds: int | None = None) -> list[PlannedRun]:
+        """The runs of ``arm`` at ``size`` (the kd arm's at its chosen point), its first ``seeds`` seeds if given."""
         if arm == "kd":
             point = self.chosen_point(size)
-            return self.plan.runs_of(size, arm, point) if point is not None else []
-        return self.plan.runs_of(size, arm)
+            rs = self.plan.runs_of(size, arm, point) if point is not None else []
+        else:
+            rs = self.plan.runs_of(size, arm)
+        return rs if seeds is None else [r for r in rs if r.seed < seeds]
+
+    def common_seeds(self, size: Size) -> int:
+        """How many seeds (0, 1, ... in order) every arm at ``size`` has scored: the seeds a size is summarised at,
+        so that a study stopped early compares every arm over the same seeds."""
+        k = self.plan.cfg.seeds
+        for arm in self.plan.cfg.arms:
+            rs = self.arm_runs(size, arm)
+            have = next((i for i, r in enumerate(rs) if r not in self._scores), len(rs)) if rs else 0
+            k = min(k, have)
+        return k
 
     # --- the summary ----------------------------------------------------------------------------------------
-    def arm_summary(self, size: Size, arm: str) -> dict[str, Any]:
-        rs = self.arm_runs(size, arm)
+    def arm_summary(self, size: Size, arm: str, seeds: int | None = None) -> dict[str, Any]:
+        rs = self.arm_runs(size, arm, seeds)
         got = [self._scores[r] for r in rs if r in self._scores]
         out: dict[str, Any] = {"arm": arm, "kd": ARMS[arm].kd, "complete": bool(rs) and len(got) == len(rs),
                                "runs": [s["run"] for s in got], "val": [s["val"] for s in got],
@@ -161,24 +178,27 @@ class Results:
         return out
 
     def size_summary(self, size: Size, n_bootstrap: int) -> dict[str, Any]:
-        arms = {a: self.arm_summary(size, a) for a in self.plan.cfg.arms}
+        k = self.common_seeds(size)  # every arm over the same seeds: all of them once the study is complete
+        arms = {a: self.arm_summary(size, a, k or None) for a in self.plan.cfg.arms}
         out: dict[str, Any] = {"name": size.title, "key": size.key, "model": size.model, "width": size.width,
-                               "image_size": size.image_size, **self._model.get(size.key, {"macs": None,
-                                                                                           "params": None})}
+                               "image_size": size.image_size, "seeds_summarised": k,
+                               **self._model.get(size.key, {"macs": None, "params": None})}
         if out["macs"]:
             out["macs_vs_teacher"] = out["macs"] / self.teacher["macs"]
         for side, kd in (("kd", True), ("nokd", False)):
             cands = [a for a in arms.values() if a["kd"] == kd]
             # the rule: every arm of the side complete, then the best mean validation score (the first on a tie)
             out[side] = (max(cands, key=lambda a: (a["val_mean"], -list(arms).index(a["arm"])))
-                         if cands and all(a["complete"] for a in cands) else None)
-        out["gain"] = self._gain(size, out["kd"], out["nokd"], n_bootstrap) if out["kd"] and out["nokd"] else None
+                         if k and cands and all(a["complete"] for a in cands) else None)
+        out["gain"] = (self._gain(size, out["kd"], out["nokd"], n_bootstrap, k) if k and out["kd"] and out["nokd"]
+                       else None)
         out["arms"] = arms
         return out
 
-    def _gain(self, size: Size, kd: dict[str, Any], nokd: dict[str, Any], n_bootstrap: int) -> dict[str, Any]:
-        pk = [self._scores[r]["pred"] for r in self.arm_runs(size, kd["arm"])]
-        pn = [self._scores[r]["pred"] for r in self.arm_runs(size, nokd["arm"])]
+    def _gain(self, size: Size, kd: dict[str, Any], nokd: dict[str, Any], n_bootstrap: int,
+              seeds: int) -> dict[str, Any]:
+        pk = [self._scores[r]["pred"] for r in self.arm_runs(size, kd["arm"], seeds)]
+        pn = [self._scores[r]["pred"] for r in self.arm_runs(size, nokd["arm"], seeds)]
         ref = pk[0]
         groups = patient_groups(ref.get("patients"))
         g = seed_mean_gain(self.task, [p["probs"] for p in pk], [p["probs"] for p in pn], ref["targets"],
@@ -215,6 +235,7 @@ class Results:
             "data": {"dataset": plan.data.dataset, "root": plan.data.root, "hygiene": plan.hygiene},
             "arms": {a: ARMS[a].as_dict() for a in cfg.arms}, "teacher": teacher, "sizes": sizes,
             "runs_scored": len(self._scores), "runs_planned": planned,
+            "seeds_summarised": min((s["seeds_summarised"] for s in sizes), default=0),
         }
         test = t["pred"]["test"]
         out["test_images"] = int(len(test["targets"]))
@@ -309,7 +330,9 @@ def sentences(s: dict[str, Any]) -> list[str]:
         else f"within {within:g} macro AUC"
     if not sizes:
         return ["No student size has both a KD and a no-KD arm scored yet: nothing to conclude."]
-    partial = "" if s.get("complete") else " (partial: not every planned run is scored yet)"
+    k = s.get("seeds_summarised", s["seeds"])
+    partial = "" if s.get("complete") else (f" (partial: {s['runs_scored']} of {s['runs_planned']} runs scored; every "
+                                            f"arm compared over the {k} of {s['seeds']} seeds all have)")
 
     def smallest(side: str) -> dict[str, Any] | None:
         ok = [x for x in sizes if x[side]["test_mean"] >= teacher - within]

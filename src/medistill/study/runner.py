@@ -88,7 +88,10 @@ def run_study(cfg: StudyConfig, *, say: Callable[[str], None] | None = None) -> 
             f"({', '.join(s.title for s in plan.sizes)}); rule fixed in {out / 'plan.json'}")
         teacher = teacher_scores(plan, weights="best")
         results = Results(plan, teacher)
-        _execute(plan, results, say)
+        if cfg.summarise:
+            _collect(plan, results, say)
+        else:
+            _execute(plan, results, say)
         final = results.summary(n_bootstrap=cfg.bootstrap)
         if cfg.latency:
             say("timing every student size and the teacher in ONNX Runtime (fp32, batch 1)")
@@ -163,6 +166,20 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
                 write_outputs(plan, results.summary(n_bootstrap=0), report=False)  # partial results, cheap
     finally:
         executor.shutdown(wait=not running, cancel_futures=True)
+
+
+def _collect(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
+    """``--summarise``: the runs already scored, none trained (the kd arm's later seeds once its grid is scored)."""
+    weights = weights_of(plan.cfg)
+    for r in plan.first_runs():
+        if is_scored(plan.run_dir(r), weights):
+            results.add(r)
+    for size in plan.sizes:
+        point = results.chosen_point(size)
+        for r in plan.runs_of(size, "kd", point)[1:] if point is not None else []:
+            if is_scored(plan.run_dir(r), weights):
+                results.add(r)
+    say(f"summarising {len(results)} of {plan.planned_runs()} planned runs (none trained: --summarise)")
 
 
 def insert_by_seed(queue: deque[PlannedRun], run: PlannedRun) -> None:
