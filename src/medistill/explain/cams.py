@@ -30,6 +30,12 @@ backward recursion (:func:`medistill.maps.combine.refine_maps`: the deep map say
 where in it). :func:`medistill.models.cam_layers.choose_layers` says which layers a policy picks (the explanation-aware
 distillation losses use it too).
 
+Where the map goes: each layer's map is laid over the image by where its cells' receptive fields are centred
+(:func:`medistill.models.cam_layers.layer_grids`, :func:`medistill.maps.base.place_maps`), not by pytorch-grad-cam's
+even resize, which puts a stride-16 EfficientNet map 7.5 px right of and below the evidence (see
+:mod:`medistill.models.cam_layers`). For a network whose cells do tile the image evenly (2x2 max-pooling, patch
+embeddings) the two are the same.
+
 Several labels of one image are explained by repeating the image, one row per (image, label) pair, so a batch
 of pairs goes through the model once forward and once backward.
 """
@@ -47,10 +53,10 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..cam_policy import DEFAULT_CAM_MIN_SIZE as DEFAULT_MIN_SIZE
-from ..maps.base import ExplainError, check_inputs, explaining, model_device, resize_maps
+from ..maps.base import ExplainError, check_inputs, explaining, model_device, place_maps, resize_maps
 from ..maps.combine import refine_maps
 from ..models import cam_layer
-from ..models.cam_layers import choose_layers
+from ..models.cam_layers import Grid, choose_layers, layer_grids
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +67,32 @@ CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam":
 
 
 
-def _poly(cam_cls: type) -> type:
+def _placed(cam_cls: type, grids: dict[int, Grid]) -> type:
+    """``cam_cls`` whose per-layer map is laid over the input by its layer's grid (``grids``: id of the module ->
+    :class:`Grid`) before pytorch-grad-cam min-max scales it and resizes it to the input, which is then a no-op.
+    Through ``BaseCAM.get_cam_image``, the one public step that returns a layer's map at its own grid (each
+    method's own computation is untouched); the ReLU the library applies next is applied first, as the library
+    applies it before its resize."""
+    class Placed(cam_cls):
+        def get_cam_image(self, input_tensor, target_layer, *args, **kwargs):
+            cam = super().get_cam_image(input_tensor, target_layer, *args, **kwargs)  # (B, h, w) at the layer's grid
+            grid = grids.get(id(target_layer))
+            if grid is None:
+                return cam
+            return place_maps(np.maximum(cam, 0), grid, tuple(input_tensor.shape[-2:]))  # (B, H, W)
+
+    Placed.__name__ = f"Placed{cam_cls.__name__}"
+    return Placed
+
+
+def _poly(cam_cls: type, grid: Grid | None = None) -> type:
     """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each
     layer's map at its own grid, as the method computes it, then refined from the deepest down) instead of
     pytorch-grad-cam's mean of maps already resized to the input. Through two public methods of the library's
     ``BaseCAM``: ``get_cam_image`` (one layer's map, the step its own LayerCAM, HiResCAM and EigenCAM override)
     is extended to keep each layer's map before the library resizes it, and ``aggregate_multi_layers`` (the
-    combination of the layers' maps) refines those instead of averaging the resized ones."""
+    combination of the layers' maps) refines those instead of averaging the resized ones; the refined map, at the
+    finest layer's grid, is laid over the input by that layer's ``grid`` when known."""
     class Poly(cam_cls):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -83,7 +108,9 @@ def _poly(cam_cls: type) -> type:
             if len(per_layer) != len(self.target_layers):
                 raise ExplainError(f"poly: got {len(per_layer)} per-layer maps for {len(self.target_layers)} "
                                    f"layers")
-            refined = refine_maps(per_layer)[:, 0].numpy()
+            refined = refine_maps(per_layer)[:, 0].numpy()  # (B, h, w) at the finest layer's grid
+            if grid is not None:
+                refined = place_maps(refined, grid, tuple(cam_per_target_layer[0].shape[-2:]))
             size = cam_per_target_layer[0].shape[-1], cam_per_target_layer[0].shape[-2]  # (width, height)
             return super().aggregate_multi_layers([scale_cam_image(refined, size)[:, None, :]])
 
@@ -134,10 +161,16 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, m
             targets_layers, reshape = [c.module for c in chosen], chosen[-1].reshape
             target_layer = targets_layers[-1]
         device = model_device(model)
+        # where each layer's cells sit on the input (conv maps only: a reshaped map keeps the even tiling)
+        found = {} if reshape is not None else layer_grids(
+            model, {str(k): m for k, m in enumerate(targets_layers)}, tuple(images.shape[1:]))
+        grids = {id(m): found[str(k)] for k, m in enumerate(targets_layers) if found.get(str(k)) is not None}
+        if cam_layers == "poly" and layer is None and len(targets_layers) > 1:
+            cam_cls = _poly(cam_cls, grids.get(id(targets_layers[0])))
+        elif grids:
+            cam_cls = _placed(cam_cls, grids)
         # compute_input_gradient: the parameters are frozen inside `explaining`, so the input is what makes
         # the backward graph exist (and weight gradients are never computed).
-        if cam_layers == "poly" and layer is None and len(targets_layers) > 1:
-            cam_cls = _poly(cam_cls)
         cam = cam_cls(model=model, target_layers=targets_layers, reshape_transform=reshape)
         cam.compute_input_gradient = uses_gradients
         try:

@@ -1,4 +1,4 @@
-"""What every explainer shares: the side-effect scope, input checks, map resizing and the error class.
+"""What every explainer shares: the side-effect scope, input checks, map resizing and placing, and the error class.
 
 Side effects: everything an explainer changes on the caller's model is undone. Explainers hook layers, switch
 the model to eval mode (pytorch-grad-cam's ``BaseCAM.__init__`` calls ``model.eval()`` and never restores it)
@@ -20,11 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.cam_layers import Grid
 from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "resize_maps"]
+__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "place_maps", "resize_maps"]
 
 # the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -102,3 +103,26 @@ def resize_maps(maps: np.ndarray | torch.Tensor, size: int | None) -> np.ndarray
     if size is not None and tuple(t.shape[-2:]) != (size, size):
         t = F.interpolate(t[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     return t.numpy().astype(np.float32, copy=False)
+
+
+def place_maps(maps: np.ndarray | torch.Tensor, grid: Grid, size: tuple[int, int]) -> np.ndarray:
+    """A layer's maps (N, h, w) laid over the input: (N, H, W) float32 with ``size`` = (H, W), cell ``(i, j)``'s
+    value on the pixel its receptive field is centred on (``grid``, :func:`medistill.models.cam_layers.layer_grids`),
+    bilinear between cell centres and the edge cell's value beyond them. With ``Grid.half_pixel`` this is
+    :func:`resize_maps`' bilinear resize; with a stride-2 convolution's grid the map moves up-left onto the evidence."""
+    t = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]  # (N, 1, h, w)
+    n, (h, w) = t.shape[0], t.shape[-2:]
+
+    def axis(pixels: int, cells: int, stride: float, offset: float) -> torch.Tensor:
+        """Each pixel's position on the map, in grid_sample's align_corners=True coordinates (-1: first cell)."""
+        if cells == 1:
+            return torch.zeros(pixels)
+        u = (torch.arange(pixels, dtype=torch.float32) - offset) / stride  # (pixels,) in cells
+        return 2 * u / (cells - 1) - 1
+
+    ys = axis(size[0], h, grid.stride[0], grid.offset[0])
+    xs = axis(size[1], w, grid.stride[1], grid.offset[1])
+    where = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
+    out = F.grid_sample(t, where.expand(n, *where.shape), mode="bilinear", padding_mode="border",
+                        align_corners=True)  # (N, 1, H, W)
+    return out[:, 0].numpy().astype(np.float32, copy=False)

@@ -4,6 +4,16 @@ A CAM is as coarse as the layer it hooks. The model's declared CAM layer is usua
 2x2 to 4x4 map at 64-128 px, too coarse to point at a nodule. :func:`choose_layers` measures each feature stage's
 map side at the size the model runs at and picks by the policy. ``explain`` (the maps shown and scored) and the
 explanation-aware distillation losses (the maps matched in training) both call it, so they agree.
+
+Where a map's cells sit on the image (:func:`layer_grids`): a CAM is a grid of cells to be laid over the input. Bilinear
+resizing (``F.interpolate``, OpenCV's ``resize``, which pytorch-grad-cam calls) assumes cell ``i`` of an ``h``-cell map
+is centred on input pixel ``(i + 0.5) * H / h - 0.5``. That holds for 2x2 max-pooling (KD-FMV) and for patch
+embeddings, but not for a stride-2 convolution with symmetric padding ``k // 2`` (EfficientNet, MobileNet, ResNet's
+stem): its cell ``i`` is centred on pixel ``2 i``, half a pixel up-left, and the offsets add up over the network,
+so a stride-16 cell is centred on ``16 i``, 7.5 px up-left of where the resize puts it (15.5 px at stride 32). A map
+laid over the image that way points 7.5 px right of and below the evidence, past the truth of a small lesion and past
+the pointing game's tolerance (8.6 px at 128 px). :func:`layer_grids` traces the convolutions and pools the model runs
+to find each layer's true cell centres, and ``explain`` places the map by them.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from timm.layers import Conv2dSame
+from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
 from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE
 from .contract import ModelError, cam_layer, input_config
@@ -26,6 +38,96 @@ class CamLayer:
     module: nn.Module
     reshape: Callable[[torch.Tensor], torch.Tensor] | None
     side: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Where a map's cells sit on the input, per axis ``(y, x)``: cell ``i`` is centred on input pixel
+    ``offset + stride * i`` (pixel ``p`` spans ``[p - 0.5, p + 0.5]``)."""
+
+    stride: tuple[float, float]
+    offset: tuple[float, float]
+
+    @classmethod
+    def half_pixel(cls, input_hw: tuple[int, int], map_hw: tuple[int, int]) -> "Grid":
+        """The grid bilinear resizing assumes (``align_corners=False``): the cells tile the image evenly."""
+        stride = tuple(n / m for n, m in zip(input_hw, map_hw))
+        return cls(stride, tuple((s - 1) / 2 for s in stride))  # type: ignore[arg-type]
+
+
+_SAMPLERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)  # the modules that move or space out a map's cells
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _step(module: nn.Module, in_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Stride and centre shift of one convolution or pool: output cell ``i`` is centred on its input's cell
+    ``stride * i + shift`` (the kernel's centre less the padding before it)."""
+    k, s = _pair(module.kernel_size), _pair(module.stride)
+    d = _pair(getattr(module, "dilation", 1))
+    pad = getattr(module, "padding", 0)
+    if isinstance(module, (Conv2dSame, MaxPool2dSame, AvgPool2dSame)):  # TF "SAME": padded in forward, less before
+        before = tuple(max((-(-n // si) - 1) * si + (ki - 1) * di + 1 - n, 0) // 2
+                       for n, ki, si, di in zip(in_hw, k, s, d))
+    elif pad == "same":
+        before = tuple((ki - 1) * di // 2 for ki, di in zip(k, d))
+    elif pad == "valid":
+        before = (0, 0)
+    else:
+        before = _pair(pad)
+    return s, tuple((ki - 1) * di / 2 - b for ki, di, b in zip(k, d, before))  # type: ignore[return-value]
+
+
+def layer_grids(model: nn.Module, modules: dict[str, nn.Module],
+                input_shape: tuple[int, ...]) -> dict[str, Grid | None]:
+    """Where each module's output map sits on a ``input_shape`` (C, H, W) input (see the module docstring):
+    found by running the model once and composing the stride and padding of every convolution and pool on the way,
+    map size by map size. None for a module whose output is not a ``(B, C, h, w)`` map or whose map size the trace
+    cannot place (reached through an operation other than a convolution or pool, or two ways that disagree); the
+    caller then keeps bilinear resizing's even tiling. The model's train / eval mode is kept."""
+    in_hw = (int(input_shape[-2]), int(input_shape[-1]))
+    # map size -> (stride, offset) per axis in input pixels; None where two paths to that size disagree
+    placed: dict[tuple[int, int], tuple[tuple[float, float], tuple[float, float]] | None] = {in_hw: ((1, 1), (0, 0))}
+    outputs: dict[str, tuple[int, int] | None] = {}
+
+    def trace(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if not (inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].ndim == 4 and out.ndim == 4):
+            return
+        src, dst = tuple(inputs[0].shape[-2:]), tuple(out.shape[-2:])
+        if placed.get(src) is None:
+            return
+        (s0, o0), (step, shift) = placed[src], _step(module, src)
+        new = (tuple(a * b for a, b in zip(s0, step)), tuple(o + a * b for o, a, b in zip(o0, s0, shift)))
+        if dst not in placed:
+            placed[dst] = new
+        elif placed[dst] is not None and placed[dst] != new:
+            placed[dst] = None
+
+    def record(name: str):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            outputs[name] = tuple(out.shape[-2:]) if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+        return hook
+
+    handles = [m.register_forward_hook(trace) for m in model.modules() if isinstance(m, _SAMPLERS)]
+    handles += [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    grids: dict[str, Grid | None] = {}
+    for name in modules:
+        hw = outputs.get(name)
+        where = placed.get(hw) if hw is not None else None
+        grids[name] = Grid(*where) if where is not None else None
+    return grids
 
 
 def map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable | None,
