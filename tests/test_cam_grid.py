@@ -81,3 +81,91 @@ def test_placing_by_the_even_grid_is_bilinear_resizing():
     placed = place_maps(maps, Grid((8, 8), (0, 0)), (64, 64))
     np.testing.assert_allclose(placed[:, ::8, ::8], maps, atol=1e-6)
     np.testing.assert_allclose(placed[:, 56:, 56:], np.broadcast_to(maps[:, 7:, 7:], (2, 8, 8)), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# explanation-aware KD compares the two models' maps where their cells sit (issue 38, item 2)
+# ------------------------------------------------------------------------------------------------------------
+
+# an EfficientNet-Lite0 teacher's blocks.4 at 128 px (cell i on pixel 16 i) and a KD-FMV student's stages.2 at
+# 64 px (2x2 max-pooling: even tiling), both 8 x 8 and on the image's side, as test_traced_grids_... traces them
+TEACHER = Grid((16, 16), (0, 0)).on_image((128, 128))
+STUDENT = Grid.half_pixel((64, 64), (8, 8)).on_image((64, 64))
+
+
+def _blob(grid: Grid, cells: int, centre: tuple[float, float], sigma: float = 0.15) -> torch.Tensor:
+    """(1, 1, cells, cells): a Gaussian of evidence at ``centre`` (fractions of the image side) sampled at
+    ``grid``'s cell centres: the map of a model that sees the evidence there."""
+    ys, xs = (grid.offset[a] + grid.stride[a] * torch.arange(cells, dtype=torch.float64) for a in (0, 1))
+    d2 = (ys[:, None] - centre[0]) ** 2 + (xs[None, :] - centre[1]) ** 2
+    return torch.exp(-d2 / (2 * sigma ** 2))[None, None].float()
+
+
+def test_e2kd_matches_the_student_to_the_teacher_where_their_cells_sit():
+    """The teacher's map and the student's map of evidence at the same pixel (48, 64) of the image: compared by
+    cell index (as before) they are half a cell apart, and the student map index-aligned with the teacher's,
+    i.e. evidence 7.5 px off, scored best (loss 0). Compared where the cells sit, the right map is near zero and
+    a map half a cell or a whole cell off costs more; the gradient still reaches the student's map."""
+    from medistill.losses import CATLoss, E2KDLoss
+
+    at = (48.5 / 128, 64.5 / 128)
+    half = TEACHER.offset[0] - STUDENT.offset[0]  # the student map index-aligned with the teacher's: evidence off
+    teacher = _blob(TEACHER, 8, at)
+    same, shifted, cell = (_blob(STUDENT, 8, (at[0] + d, at[1] + d)) for d in (0.0, -half, 0.125))
+    e2kd = E2KDLoss(grids=(STUDENT, TEACHER))
+    loss = {k: float(e2kd(s, teacher)) for k, s in (("same", same), ("shifted", shifted), ("cell", cell))}
+    assert loss["same"] < 0.01 < loss["shifted"] < loss["cell"], loss
+    assert float(E2KDLoss()(shifted, teacher)) < 1e-6 < 0.05 < float(E2KDLoss()(same, teacher))  # as before
+    cat = CATLoss(2, grids=(STUDENT, TEACHER))
+    assert float(cat(same, teacher)) < 0.1 * float(cat(shifted, teacher))
+    s = same.clone().requires_grad_(True)
+    e2kd(s, teacher * 0.5 + shifted * 0.5).backward()
+    assert s.grad is not None and float(s.grad.abs().sum()) > 0
+
+
+def test_evenly_tiled_maps_are_compared_exactly_as_before():
+    """Two evenly tiled maps (KD-FMV student and teacher), at one size or two: the same loss, bit for bit."""
+    from medistill.losses import CATLoss, E2KDLoss
+
+    g = torch.Generator().manual_seed(0)
+    teacher, mask = torch.randn(3, 2, 8, 8, generator=g), (torch.rand(3, 2, generator=g) > 0.3).float()
+    for side in (4, 8, 16):
+        student = torch.randn(3, 2, side, side, generator=g)
+        grids = (Grid.half_pixel((64, 64), (side, side)).on_image((64, 64)),
+                 Grid.half_pixel((128, 128), (8, 8)).on_image((128, 128)))
+        assert torch.equal(E2KDLoss(grids=grids)(student, teacher, mask), E2KDLoss()(student, teacher, mask))
+        assert torch.equal(CATLoss(2, grids=grids)(student, teacher, mask), CATLoss(2)(student, teacher, mask))
+
+
+def test_regrid_is_bilinear_resizing_on_even_grids_and_placing_on_the_pixels():
+    from medistill.maps.base import regrid
+
+    maps = torch.from_numpy(np.random.default_rng(1).random((2, 3, 8, 8)).astype(np.float32))
+    even = regrid(maps, Grid.half_pixel((64, 64), (8, 8)), Grid.half_pixel((64, 64), (16, 16)), (16, 16))
+    assert torch.equal(even, F.interpolate(maps, size=(16, 16), mode="bilinear", align_corners=False))
+    # onto the pixels themselves (a grid of stride 1 centred on each pixel) it is place_maps
+    onto_pixels = regrid(maps, Grid((8, 8), (0, 0)), Grid((1, 1), (0, 0)), (64, 64))
+    placed = place_maps(maps.reshape(6, 8, 8), Grid((8, 8), (0, 0)), (64, 64))
+    np.testing.assert_allclose(onto_pixels.reshape(6, 64, 64).numpy(), placed, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["e2kd", "cat"])
+def test_training_hands_the_loss_each_models_traced_grid(loss):
+    """The set-up the training loop runs traces both models once and builds the explanation loss with their grids
+    on the image: the EfficientNet teacher's cells start at its first pixel, the KD-FMV student's tile evenly."""
+    from types import SimpleNamespace
+
+    from medistill.config import RunConfig
+    from medistill.models import input_config
+    from medistill.task import get_task
+    from medistill.train.setup import _explanation_term, _map_layers
+
+    cfg = RunConfig()
+    cfg.distill.explain_loss = loss
+    lite = create_model("efficientnet_lite0", num_classes=3, in_chans=1, image_size=128)
+    student = create_model("kdfmv", num_classes=3, in_chans=1, image_size=64)
+    s_layers, t_layers, side, grids = _map_layers(cfg, student, SimpleNamespace(model=lite, input=input_config(lite)),
+                                                  input_config(student))
+    assert (s_layers, t_layers, side) == (("stages.2",), ("blocks.4",), 8)
+    assert grids == (STUDENT, TEACHER)
+    assert _explanation_term(cfg, get_task("multilabel"), grids).grids == (STUDENT, TEACHER)

@@ -20,18 +20,31 @@ Both losses work on class activation maps at each model's CAM layer, per label, 
   every class's activation map average-pooled to ``pool x pool``, each flattened map L2-normalised, then the mean
   squared difference between student and teacher; averaged over valid (image, label) pairs.
 
+Where the cells are (``grids``): a map's cell is compared with the other model's cell over the same place of the
+image. Resizing the student's map to the teacher's size assumes both tile the image evenly (cell ``i`` of ``h``
+centred at ``(i + 0.5) / h`` of the side); a network that downsamples by stride-2 convolutions padded by ``k // 2``
+(EfficientNet, ResNet) centres its cell ``i`` at ``stride * i`` pixels instead, half a cell up-left
+(:mod:`medistill.models.cam_layers`), so an EfficientNet teacher's map and an evenly tiled (KD-FMV) student's
+would be matched half a cell apart and the student trained toward a shifted map. Given each side's
+:class:`~medistill.models.cam_layers.Grid` on the image (:meth:`~medistill.models.cam_layers.Grid.on_image`;
+``None``: even tiling), the student's map is sampled at the teacher's cell centres
+(:func:`~medistill.maps.base.regrid`) before the comparison; two evenly tiled maps are compared exactly as before.
+
 Shapes: maps ``(B, L, h, w)`` (student and teacher sizes may differ), mask ``(B, L)``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..maps.base import regrid
 from ..maps.combine import EPS, fuse_maps, refine_maps
+from ..models.cam_layers import Grid
 from .hard import LossError, masked_mean
 
 
@@ -77,19 +90,42 @@ def _check(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch
     return (mask > 0).to(s.dtype)
 
 
+MapGrids = tuple[Grid | None, Grid | None]  # (student, teacher) cells on the image; None: even tiling
+
+
+def _grid(grid: Grid | None, hw: tuple[int, int]) -> Grid:
+    return Grid.even(hw) if grid is None else grid
+
+
+def _tiles_evenly(grid: Grid, hw: tuple[int, int]) -> bool:
+    even = Grid.even(hw)
+    return all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in
+               zip(grid.stride + grid.offset, even.stride + even.offset))
+
+
+def student_on_teacher_cells(student_maps: torch.Tensor, teacher_hw: tuple[int, int], grids: MapGrids
+                             ) -> torch.Tensor:
+    """The student's maps ``(B, L, h, w)`` sampled at the centres of the teacher's ``teacher_hw`` cells
+    (``grids``: see the module docstring); differentiable. Evenly tiled maps are bilinearly resized as before."""
+    s_hw = tuple(student_maps.shape[-2:])
+    return regrid(student_maps, _grid(grids[0], s_hw), _grid(grids[1], teacher_hw), teacher_hw)
+
+
 class E2KDLoss(nn.Module):
     """e2KD's explanation term: ``1 - cosine(ReLU(M_s), ReLU(M_t))`` per explained (image, label), masked mean.
 
     ``forward(student_maps, teacher_maps, mask, teacher_logits=None)``: with ``single_label=True`` only the
     teacher's predicted class of each image is explained (``teacher_logits`` ``(B, L)`` required); with
     ``predicted_only=True`` (multi-label) only the labels whose teacher logit is above 0; pairs whose teacher map
-    is all zero (nothing to match) are left out.
+    is all zero (nothing to match) are left out. ``grids``: (student, teacher) :class:`Grid` of the maps' cells on
+    the image (see the module docstring; None: even tiling); the student's map is compared at the teacher's cells.
     """
 
-    def __init__(self, single_label: bool = False, predicted_only: bool = False):
+    def __init__(self, single_label: bool = False, predicted_only: bool = False, grids: MapGrids = (None, None)):
         super().__init__()
         self.single_label = single_label
         self.predicted_only = predicted_only
+        self.grids = tuple(grids)
 
     def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor, mask: torch.Tensor | None = None,
                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,8 +140,7 @@ class E2KDLoss(nn.Module):
             m = m * (teacher_logits.detach() > 0).to(m.dtype)
         s = F.relu(student_maps.float())
         t = F.relu(teacher_maps.detach().float())
-        if s.shape[-2:] != t.shape[-2:]:
-            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        s = student_on_teacher_cells(s, tuple(t.shape[-2:]), self.grids)  # (B, L, h_t, w_t)
         s, t = s.flatten(2), t.flatten(2)  # (B, L, hw)
         m = m * (t.sum(dim=2) > 0).to(m.dtype)
         cos = (s * t).sum(2) / (s.norm(dim=2) * t.norm(dim=2)).clamp_min(EPS)  # (B, L)
@@ -113,19 +148,28 @@ class E2KDLoss(nn.Module):
 
 
 class CATLoss(nn.Module):
-    """CAT-KD's class attention transfer: pooled, L2-normalised class activation maps, mean squared difference."""
+    """CAT-KD's class attention transfer: pooled, L2-normalised class activation maps, mean squared difference.
 
-    def __init__(self, pool: int = 2):
+    ``grids`` as in :class:`E2KDLoss`: when either side's cells do not tile the image evenly, the student's map is
+    first sampled at the teacher's cells, so each pooled region covers the same part of the image on both sides
+    (evenly tiled maps pool to the same regions already and are pooled as before)."""
+
+    def __init__(self, pool: int = 2, grids: MapGrids = (None, None)):
         super().__init__()
         if pool < 1:
             raise LossError(f"CAT pool size: got {pool}, expected >= 1")
         self.pool = int(pool)
+        self.grids = tuple(grids)
 
     def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor, mask: torch.Tensor | None = None,
                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         """``teacher_logits`` is accepted for a common signature with :class:`E2KDLoss` and unused."""
         m = _check(student_maps, teacher_maps, mask)
-        s = F.adaptive_avg_pool2d(student_maps.float(), self.pool).flatten(2)  # (B, L, p*p)
+        s_hw, t_hw = tuple(student_maps.shape[-2:]), tuple(teacher_maps.shape[-2:])
+        s = student_maps.float()
+        if not (_tiles_evenly(_grid(self.grids[0], s_hw), s_hw) and _tiles_evenly(_grid(self.grids[1], t_hw), t_hw)):
+            s = student_on_teacher_cells(s, t_hw, self.grids)  # (B, L, h_t, w_t)
+        s = F.adaptive_avg_pool2d(s, self.pool).flatten(2)  # (B, L, p*p)
         t = F.adaptive_avg_pool2d(teacher_maps.detach().float(), self.pool).flatten(2)
         s, t = F.normalize(s, dim=2, eps=EPS), F.normalize(t, dim=2, eps=EPS)
         return masked_mean(((s - t) ** 2).mean(dim=2), m)

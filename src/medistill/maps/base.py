@@ -1,4 +1,5 @@
-"""What every explainer shares: the side-effect scope, input checks, map resizing and placing, and the error class.
+"""What every explainer shares: the side-effect scope, input checks, map resizing and placing (on the image,
+:func:`place_maps`, or on another map's cells, :func:`regrid`), and the error class.
 
 Side effects: everything an explainer changes on the caller's model is undone. Explainers hook layers, switch
 the model to eval mode (pytorch-grad-cam's ``BaseCAM.__init__`` calls ``model.eval()`` and never restores it)
@@ -11,7 +12,9 @@ any hook added during the block and still registered is removed.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -25,7 +28,7 @@ from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "place_maps", "resize_maps"]
+__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "place_maps", "regrid", "resize_maps"]
 
 # the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -126,3 +129,44 @@ def place_maps(maps: np.ndarray | torch.Tensor, grid: Grid, size: tuple[int, int
     out = F.grid_sample(t, where.expand(n, *where.shape), mode="bilinear", padding_mode="border",
                         align_corners=True)  # (N, 1, H, W)
     return out[:, 0].numpy().astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_weights(src_stride: float, src_offset: float, src_cells: int, dst_stride: float, dst_offset: float,
+                  dst_cells: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(dst_cells, src_cells): row ``j`` holds the bilinear weights of the source cells at destination cell ``j``'s
+    centre, the edge cell's value beyond the source's first and last centres."""
+    centres = dst_offset + dst_stride * torch.arange(dst_cells, dtype=torch.float64)
+    u = ((centres - src_offset) / src_stride).clamp(0, src_cells - 1)  # (dst_cells,) in source cells
+    lo = u.floor().long().clamp(max=src_cells - 1)
+    hi = (lo + 1).clamp(max=src_cells - 1)
+    frac = u - lo
+    w = torch.zeros(dst_cells, src_cells, dtype=torch.float64)
+    rows = torch.arange(dst_cells)
+    w.index_put_((rows, lo), 1 - frac, accumulate=True)
+    w.index_put_((rows, hi), frac, accumulate=True)
+    return w.to(device=device, dtype=dtype)
+
+
+def regrid(maps: torch.Tensor, src: Grid, dst: Grid, size: tuple[int, int]) -> torch.Tensor:
+    """Maps ``(..., h, w)`` whose cells sit on ``src`` -> ``(..., *size)`` sampled bilinearly at the centres of
+    ``dst``'s cells (``size`` of them), the edge cell's value beyond ``src``'s outer centres; both grids in the same
+    units (one model's input pixels, or :meth:`Grid.on_image` for two models). Differentiable (gradients reach
+    ``maps``), as a product with two small per-axis weight matrices, cached by grid and size. Where the two grids
+    relate as bilinear resizing assumes (both tile the image evenly: :meth:`Grid.half_pixel`, :meth:`Grid.even`)
+    this is ``F.interpolate(..., mode="bilinear", align_corners=False)`` itself, so those maps are unchanged."""
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size) and src == dst:
+        return maps
+    even = all(math.isclose((do - so) / ss, 0.5 * n / m - 0.5, abs_tol=1e-9) and
+               math.isclose(ds / ss, n / m, rel_tol=1e-9)
+               for ss, so, ds, do, n, m in zip(src.stride, src.offset, dst.stride, dst.offset, (h, w), size))
+    if even:
+        flat = maps if maps.ndim == 4 else maps.reshape(-1, 1, h, w)
+        out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
+        return out if maps.ndim == 4 else out.reshape(*maps.shape[:-2], *size)
+    wy = _axis_weights(src.stride[0], src.offset[0], h, dst.stride[0], dst.offset[0], size[0], maps.device,
+                       maps.dtype)  # (H', h)
+    wx = _axis_weights(src.stride[1], src.offset[1], w, dst.stride[1], dst.offset[1], size[1], maps.device,
+                       maps.dtype)  # (W', w)
+    return torch.einsum("ih,...hw,jw->...ij", wy, maps, wx)

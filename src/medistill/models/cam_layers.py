@@ -54,6 +54,18 @@ class Grid:
         stride = tuple(n / m for n, m in zip(input_hw, map_hw))
         return cls(stride, tuple((s - 1) / 2 for s in stride))  # type: ignore[arg-type]
 
+    def on_image(self, input_hw: tuple[int, int]) -> "Grid":
+        """This grid with positions as fractions of the image's side (0: the image's first edge, 1: its last), so
+        that the maps of two models run at different input sizes (cross-resolution KD: the same image resized per
+        model) can be compared: pixel ``p`` of an ``n``-pixel input spans ``[p / n, (p + 1) / n]``."""
+        return Grid(tuple(s / n for s, n in zip(self.stride, input_hw)),  # type: ignore[arg-type]
+                    tuple((o + 0.5) / n for o, n in zip(self.offset, input_hw)))
+
+    @classmethod
+    def even(cls, map_hw: tuple[int, int]) -> "Grid":
+        """The even tiling of :meth:`half_pixel` on the image's side (:meth:`on_image`), whatever the input size."""
+        return cls(tuple(1 / m for m in map_hw), tuple(0.5 / m for m in map_hw))  # type: ignore[arg-type]
+
 
 _SAMPLERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)  # the modules that move or space out a map's cells
 
@@ -128,6 +140,14 @@ def layer_grids(model: nn.Module, modules: dict[str, nn.Module],
         where = placed.get(hw) if hw is not None else None
         grids[name] = Grid(*where) if where is not None else None
     return grids
+
+
+def chosen_grids(model: nn.Module, chosen: list[CamLayer], input_shape: tuple[int, ...]) -> list[Grid | None]:
+    """Each chosen layer's :class:`Grid` on a ``input_shape`` (C, H, W) input (:func:`layer_grids`); None for a
+    layer whose map is reshaped (tokens, NHWC), which keeps the even tiling, as ``explain`` keeps it."""
+    convs = {c.name: c.module for c in chosen if c.reshape is None}
+    found = layer_grids(model, convs, tuple(input_shape)) if convs else {}
+    return [found.get(c.name) for c in chosen]
 
 
 def map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable | None,

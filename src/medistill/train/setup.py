@@ -31,7 +31,8 @@ from ..data.inspect import detect_channels
 from ..losses import (AttentionTransfer, CATLoss, E2KDLoss, FitNetsHint, KDLoss, build_hard_loss,
                       class_weights_from_targets)
 from ..models import InputConfig, create_model, input_config, load_weights
-from ..models.cam_layers import choose_layers
+from ..losses.explanation import MapGrids
+from ..models.cam_layers import CamLayer, Grid, choose_layers, chosen_grids
 from ..task import Task, get_task
 from . import distributed as dist_utils
 from .checkpoint import unwrap
@@ -110,11 +111,12 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     objective: SupervisedObjective
     if teachers:
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
+        s_layers, t_layers, side, grids = _map_layers(cfg, model, teachers[0], s_in)
         kd = KDLoss.build(task, alpha=cfg.distill.alpha, temperature=plan.temperature, kd=cfg.distill.kd,
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
-                          feature_weight=cfg.distill.feature_weight, explanation=_explanation_term(cfg, task),
+                          feature_weight=cfg.distill.feature_weight,
+                          explanation=_explanation_term(cfg, task, grids),
                           explanation_weight=cfg.distill.explain_weight).to(device)
-        s_layers, t_layers, side = _map_layers(cfg, model, teachers[0], s_in)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=plan.temperature, precision=cfg.distill.teacher_precision,
                                           channels_last=t.channels_last, map_layers=(s_layers, t_layers),
@@ -188,35 +190,52 @@ def _feature_term(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: Inpu
     return FitNetsHint(fs.shape[1], ft.shape[1])
 
 
-def _explanation_term(cfg: RunConfig, task: Task) -> nn.Module | None:
-    """e2KD (the teacher's predicted class for single-label data, every valid label for multi-label) or CAT-KD."""
+def _explanation_term(cfg: RunConfig, task: Task, grids: MapGrids) -> nn.Module | None:
+    """e2KD (the teacher's predicted class for single-label data, every valid label for multi-label) or CAT-KD,
+    comparing the maps where their cells sit on the image (``grids``: student, teacher)."""
     if cfg.distill.explain_loss == "e2kd":
-        return E2KDLoss(single_label=not task.multilabel, predicted_only=cfg.distill.explain_labels == "predicted")
+        return E2KDLoss(single_label=not task.multilabel, predicted_only=cfg.distill.explain_labels == "predicted",
+                        grids=grids)
     if cfg.distill.explain_loss == "cat":
-        return CATLoss(cfg.distill.cat_pool)
+        return CATLoss(cfg.distill.cat_pool, grids=grids)
     return None
 
 
+def _map_grid(model: nn.Module, chosen: list[CamLayer], input_shape: tuple[int, int, int]) -> Grid | None:
+    """Where the cells of the map made from the ``chosen`` layers sit on the image (:meth:`Grid.on_image`): the
+    finest layer's (a combined map is at its cells); None (even tiling) where the trace cannot tell. Traced once
+    here, by one forward pass at the model's input size, not per step."""
+    grids = chosen_grids(model, chosen, input_shape)
+    finest = max(range(len(chosen)), key=lambda k: chosen[k].side)
+    return None if grids[finest] is None else grids[finest].on_image(input_shape[-2:])
+
+
 def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig
-                ) -> tuple[tuple[str, ...], tuple[str, ...], int]:
-    """(student layers, teacher layers, student map side) of the explanation loss's maps, by
-    ``distill.cam_layers`` at each model's own input size: the layers ``explain`` hooks under the same policy
-    (one, or several combined under ``fuse`` / ``poly``), so the student is trained on the maps it is judged by.
-    No teacher layers for GradientShap teacher maps; ((), (), 0) without an explanation loss."""
+                ) -> tuple[tuple[str, ...], tuple[str, ...], int, MapGrids]:
+    """(student layers, teacher layers, student map side, (student, teacher) map grids on the image) of the
+    explanation loss's maps, by ``distill.cam_layers`` at each model's own input size: the layers ``explain``
+    hooks under the same policy (one, or several combined under ``fuse`` / ``poly``), so the student is trained on
+    the maps it is judged by. No teacher layers for GradientShap teacher maps (pooled evenly from its pixels:
+    grid None); ((), (), 0, (None, None)) without an explanation loss."""
     if cfg.distill.explain_loss == "none":
-        return (), (), 0
+        return (), (), 0, (None, None)
     policy, min_size = cfg.distill.cam_layers, cfg.distill.cam_min_size
-    student = choose_layers(model, policy, min_size=min_size, input_shape=(s_in.channels, s_in.size, s_in.size))
+    s_shape = (s_in.channels, s_in.size, s_in.size)
+    student = choose_layers(model, policy, min_size=min_size, input_shape=s_shape)
     s_names, side = tuple(c.name for c in student), max(c.side for c in student)
+    s_grid = _map_grid(model, student, s_shape)
     if cfg.distill.explain_teacher_maps == "gradientshap":  # the teacher's maps come from its input, not a layer
         log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
                  "attributions pooled to %d px (cam_layers %s)", " + ".join(s_names), side, side, policy)
-        return s_names, (), side
+        return s_names, (), side, (s_grid, None)
     t_in = teacher.input
-    teach = choose_layers(teacher.model, policy, min_size=min_size, input_shape=(t_in.channels, t_in.size, t_in.size))
-    log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s)",
-             " + ".join(s_names), side, " + ".join(c.name for c in teach), max(c.side for c in teach), policy)
-    return s_names, tuple(c.name for c in teach), side
+    t_shape = (t_in.channels, t_in.size, t_in.size)
+    teach = choose_layers(teacher.model, policy, min_size=min_size, input_shape=t_shape)
+    t_grid = _map_grid(teacher.model, teach, t_shape)
+    log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s); "
+             "cells compared where they sit on the image (student %s, teacher %s)", " + ".join(s_names), side,
+             " + ".join(c.name for c in teach), max(c.side for c in teach), policy, s_grid, t_grid)
+    return s_names, tuple(c.name for c in teach), side, (s_grid, t_grid)
 
 
 def _attribution(cfg: RunConfig, side: int, plain_train: Callable[[], Any]) -> AttributionMaps | None:
