@@ -164,8 +164,53 @@ def test_training_hands_the_loss_each_models_traced_grid(loss):
     cfg.distill.explain_loss = loss
     lite = create_model("efficientnet_lite0", num_classes=3, in_chans=1, image_size=128)
     student = create_model("kdfmv", num_classes=3, in_chans=1, image_size=64)
-    s_layers, t_layers, side, grids = _map_layers(cfg, student, SimpleNamespace(model=lite, input=input_config(lite)),
-                                                  input_config(student))
-    assert (s_layers, t_layers, side) == (("stages.2",), ("blocks.4",), 8)
-    assert grids == (STUDENT, TEACHER)
-    assert _explanation_term(cfg, get_task("multilabel"), grids).grids == (STUDENT, TEACHER)
+    maps = _map_layers(cfg, student, SimpleNamespace(model=lite, input=input_config(lite)), input_config(student))
+    assert (maps.student, maps.teacher, maps.side) == (("stages.2",), ("blocks.4",), 8)
+    assert maps.grids == (STUDENT, TEACHER)
+    assert _explanation_term(cfg, get_task("multilabel"), maps.grids).grids == (STUDENT, TEACHER)
+    # several layers (cam_layers fuse): the teacher's are combined where their cells sit, the student's evenly
+    cfg.distill.cam_layers = "fuse"
+    maps = _map_layers(cfg, student, SimpleNamespace(model=lite, input=input_config(lite)), input_config(student))
+    assert maps.teacher == ("blocks.4", "blocks.6") and maps.student_grids is None
+    assert maps.teacher_grids == (Grid((16, 16), (0, 0)), Grid((32, 32), (0, 0)))
+    assert maps.grids == (STUDENT, TEACHER)  # the fused map is on its finest layer's cells
+
+
+# an EfficientNet's blocks.4 (8 x 8, cell i on pixel 16 i) and blocks.6 (4 x 4, on 32 i) at 128 px
+FINE, DEEP = Grid((16, 16), (0, 0)), Grid((32, 32), (0, 0))
+
+
+def test_fused_and_refined_layers_meet_where_their_cells_sit():
+    """A deep cell (1, 2) sits on pixel (32, 64), as does the fine cell (2, 4). Resized evenly the deep map's
+    evidence spread over fine cells (2..3, 4..5) alike (its peak half a fine cell, 8 px, down-right of (2, 4));
+    placed by the grids it lands on (2, 4), symmetric about it."""
+    from medistill.maps.combine import fuse_maps, refine_maps
+
+    deep = torch.zeros(1, 1, 4, 4)
+    deep[0, 0, 1, 2] = 1.0
+    blank, uniform = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)  # fine maps that add nothing of their own
+    for combined in (fuse_maps([blank, deep], [FINE, DEEP]), refine_maps([uniform, deep], [FINE, DEEP])):
+        m = combined[0, 0]
+        assert np.unravel_index(int(m.argmax()), m.shape) == (2, 4) and float(m[2, 4]) == 1.0
+        assert float(m[1, 4]) == float(m[3, 4]) and float(m[2, 3]) == float(m[2, 5])
+    before = fuse_maps([blank, deep])[0, 0]
+    assert float(before[2, 4]) == float(before[2, 5]) == float(before[3, 4]) == float(before[3, 5]) == 1.0
+    assert float(fuse_maps([blank, deep], [FINE, DEEP])[0, 0, 3, 5]) < 1.0
+    # a fine map's evidence within the deep cell stays where the fine layer saw it
+    fine = torch.zeros(1, 1, 8, 8)
+    fine[0, 0, 2, 5] = 1.0
+    m = refine_maps([fine, deep], [FINE, DEEP])[0, 0]
+    assert np.unravel_index(int(m.argmax()), m.shape) == (2, 5)
+
+
+@pytest.mark.parametrize("combine", ["fuse", "poly"])
+def test_evenly_tiled_layers_combine_exactly_as_before(combine):
+    """KD-FMV's stages at 64 px (2x2 max-pooling): their traced grids change nothing, bit for bit."""
+    from medistill.maps.combine import fuse_maps, refine_maps
+
+    fn = fuse_maps if combine == "fuse" else refine_maps
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 3, n, n, generator=g) for n in (16, 8, 4)]
+    grids = [Grid.half_pixel((64, 64), (n, n)) for n in (16, 8, 4)]
+    assert torch.equal(fn(maps, grids), fn(maps))
+    assert torch.equal(fn(maps, [grids[0], None, grids[2]]), fn(maps))  # one unknown: all resized evenly

@@ -85,14 +85,15 @@ def _placed(cam_cls: type, grids: dict[int, Grid]) -> type:
     return Placed
 
 
-def _poly(cam_cls: type, grid: Grid | None = None) -> type:
+def _poly(cam_cls: type, grids: list[Grid | None] | None = None) -> type:
     """``cam_cls`` whose several layers' maps are combined by :func:`medistill.maps.combine.refine_maps` (each
     layer's map at its own grid, as the method computes it, then refined from the deepest down) instead of
     pytorch-grad-cam's mean of maps already resized to the input. Through two public methods of the library's
     ``BaseCAM``: ``get_cam_image`` (one layer's map, the step its own LayerCAM, HiResCAM and EigenCAM override)
     is extended to keep each layer's map before the library resizes it, and ``aggregate_multi_layers`` (the
-    combination of the layers' maps) refines those instead of averaging the resized ones; the refined map, at the
-    finest layer's grid, is laid over the input by that layer's ``grid`` when known."""
+    combination of the layers' maps) refines those instead of averaging the resized ones, each layer placed by its
+    ``grids`` entry (shallow to deep; see :mod:`medistill.maps.combine`); the refined map, at the finest layer's
+    grid, is laid over the input by that layer's grid when known."""
     class Poly(cam_cls):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -108,9 +109,9 @@ def _poly(cam_cls: type, grid: Grid | None = None) -> type:
             if len(per_layer) != len(self.target_layers):
                 raise ExplainError(f"poly: got {len(per_layer)} per-layer maps for {len(self.target_layers)} "
                                    f"layers")
-            refined = refine_maps(per_layer)[:, 0].numpy()  # (B, h, w) at the finest layer's grid
-            if grid is not None:
-                refined = place_maps(refined, grid, tuple(cam_per_target_layer[0].shape[-2:]))
+            refined = refine_maps(per_layer, grids)[:, 0].numpy()  # (B, h, w) at the finest layer's grid
+            if grids and grids[0] is not None:
+                refined = place_maps(refined, grids[0], tuple(cam_per_target_layer[0].shape[-2:]))
             size = cam_per_target_layer[0].shape[-1], cam_per_target_layer[0].shape[-2]  # (width, height)
             return super().aggregate_multi_layers([scale_cam_image(refined, size)[:, None, :]])
 
@@ -166,7 +167,7 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: Sequence[int], *, m
             model, {str(k): m for k, m in enumerate(targets_layers)}, tuple(images.shape[1:]))
         grids = {id(m): found[str(k)] for k, m in enumerate(targets_layers) if found.get(str(k)) is not None}
         if cam_layers == "poly" and layer is None and len(targets_layers) > 1:
-            cam_cls = _poly(cam_cls, grids.get(id(targets_layers[0])))
+            cam_cls = _poly(cam_cls, [grids.get(id(m)) for m in targets_layers])
         elif grids:
             cam_cls = _placed(cam_cls, grids)
         # compute_input_gradient: the parameters are frozen inside `explaining`, so the input is what makes

@@ -49,13 +49,15 @@ from .hard import LossError, masked_mean
 
 
 def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.Tensor, *,
-                 create_graph: bool = False, combine: str = "fuse") -> torch.Tensor:
+                 create_graph: bool = False, combine: str = "fuse",
+                 grids: Sequence[Grid | None] | None = None) -> torch.Tensor:
     """Grad-CAM of every label: features ``(B, C, h, w)`` (part of the graph that made) logits ``(B, L)`` ->
     maps ``(B, L, h, w)`` (before ReLU). One backward pass per label through the part of the network between
     the CAM layer and the logits. A sequence of several layers' features (shallow to deep) gives one map
     ``(B, L, S, S)`` at the largest layer's side (the gradients of all layers in the same backward passes),
     combined by ``combine``: ``"fuse"`` (:func:`~medistill.maps.combine.fuse_maps`) or ``"poly"``
-    (:func:`~medistill.maps.combine.refine_maps`)."""
+    (:func:`~medistill.maps.combine.refine_maps`), each layer's map placed by its cells' ``grids`` (one per
+    layer, on the model's input; None: even tiling)."""
     if combine not in COMBINE:
         raise LossError(f"gradcam_maps: combine {combine!r}, expected one of {', '.join(COMBINE)}")
     feats = [features] if isinstance(features, torch.Tensor) else list(features)
@@ -72,7 +74,7 @@ def gradcam_maps(features: torch.Tensor | Sequence[torch.Tensor], logits: torch.
             w = g.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
             maps.append((w * f).sum(dim=1))  # (B, h, w)
     stacked = [torch.stack(maps, dim=1) for maps in per_layer]  # each (B, L, h, w)
-    return stacked[0] if len(stacked) == 1 else COMBINE[combine](stacked)
+    return stacked[0] if len(stacked) == 1 else COMBINE[combine](stacked, grids)
 
 
 #: how :func:`gradcam_maps` combines several layers' maps, by the CAM-layer policy's name

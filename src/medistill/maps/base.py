@@ -28,7 +28,8 @@ from .errors import ExplainError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "place_maps", "regrid", "resize_maps"]
+__all__ = ["ExplainError", "check_inputs", "explaining", "model_device", "place_maps", "regrid", "related_evenly",
+           "resize_maps"]
 
 # the per-module hook dictionaries of torch.nn.Module (a leaked handle is a key left in one of them)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -148,6 +149,14 @@ def _axis_weights(src_stride: float, src_offset: float, src_cells: int, dst_stri
     return w.to(device=device, dtype=dtype)
 
 
+def related_evenly(src: Grid, src_hw: tuple[int, int], dst: Grid, dst_hw: tuple[int, int]) -> bool:
+    """Whether ``dst``'s ``dst_hw`` cells lie on ``src``'s ``src_hw`` cells as bilinear resizing (align_corners=False)
+    assumes: destination cell ``j`` on source position ``(j + 0.5) h / H - 0.5``, as when both tile evenly."""
+    return all(math.isclose((do - so) / ss, 0.5 * n / m - 0.5, abs_tol=1e-9)
+               and math.isclose(ds / ss, n / m, rel_tol=1e-9)
+               for ss, so, ds, do, n, m in zip(src.stride, src.offset, dst.stride, dst.offset, src_hw, dst_hw))
+
+
 def regrid(maps: torch.Tensor, src: Grid, dst: Grid, size: tuple[int, int]) -> torch.Tensor:
     """Maps ``(..., h, w)`` whose cells sit on ``src`` -> ``(..., *size)`` sampled bilinearly at the centres of
     ``dst``'s cells (``size`` of them), the edge cell's value beyond ``src``'s outer centres; both grids in the same
@@ -158,10 +167,7 @@ def regrid(maps: torch.Tensor, src: Grid, dst: Grid, size: tuple[int, int]) -> t
     h, w = maps.shape[-2:]
     if (h, w) == tuple(size) and src == dst:
         return maps
-    even = all(math.isclose((do - so) / ss, 0.5 * n / m - 0.5, abs_tol=1e-9) and
-               math.isclose(ds / ss, n / m, rel_tol=1e-9)
-               for ss, so, ds, do, n, m in zip(src.stride, src.offset, dst.stride, dst.offset, (h, w), size))
-    if even:
+    if related_evenly(src, (h, w), dst, size):
         flat = maps if maps.ndim == 4 else maps.reshape(-1, 1, h, w)
         out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
         return out if maps.ndim == 4 else out.reshape(*maps.shape[:-2], *size)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..losses import combine_teacher_logits, gradcam_maps
 from ..maps.attributions import attribution_maps
 from ..models import InputConfig
-from ..models.cam_layers import layer_by_name
+from ..models.cam_layers import Grid, layer_by_name
 from ..task import Task
 from .checkpoint import unwrap
 from .teacher import Teacher, adapt_input
@@ -168,7 +168,10 @@ class DistillationObjective(SupervisedObjective):
     :mod:`medistill.train.setup` picks both with ``distill.cam_layers``, the policy ``explain`` uses).
     ``cached``: the teachers' outputs by name (``"logits"``, and ``"maps"`` for an explanation loss): ``(N, V, ...)``
     on ``V`` replayed views of each training image (``V = 1``: offline KD; cached consistent KD, :mod:`.views`),
-    read at each batch's ``view``, or None to run the teachers on each batch (online, consistent KD). ``attribution``: the
+    read at each batch's ``view``, or None to run the teachers on each batch (online, consistent KD). ``map_grids``:
+    (student, teacher) each map layer's cells on its model's input (:func:`medistill.models.cam_layers.chosen_grids`,
+    traced once by :mod:`medistill.train.setup`), so that several layers' maps are combined where their cells sit
+    (None: even tiling, as bilinear resizing assumes). ``attribution``: the
     teacher's maps from :class:`AttributionMaps` instead of its Grad-CAM (cached outputs only). The teachers are not
     submodules: their weights are neither trained nor saved with the student's resume state.
     """
@@ -178,7 +181,8 @@ class DistillationObjective(SupervisedObjective):
                  precision: str = "fp32", cached: dict[str, torch.Tensor] | None = None,
                  channels_last: bool = False,
                  map_layers: tuple[tuple[str | None, ...], tuple[str | None, ...]] = ((None,), (None,)),
-                 map_combine: str = "fuse", attribution: AttributionMaps | None = None):
+                 map_combine: str = "fuse", attribution: AttributionMaps | None = None,
+                 map_grids: tuple[tuple[Grid | None, ...] | None, tuple[Grid | None, ...] | None] = (None, None)):
         super().__init__(kd.hard, student_input, channels_last=channels_last)
         self.kd = kd
         self._teachers = list(teachers)
@@ -189,6 +193,7 @@ class DistillationObjective(SupervisedObjective):
         self.cached = cached
         self.map_layers = map_layers
         self.map_combine = map_combine
+        self.map_grids = map_grids
         self.attribution = attribution
 
     @property
@@ -225,7 +230,8 @@ class DistillationObjective(SupervisedObjective):
                         k == 0 for k in range(len(t_layers))])
                     if cam:
                         out["maps"] = gradcam_maps(feats[len(feats) - len(t_layers):], lg,
-                                                   combine=self.map_combine).detach().float()
+                                                   combine=self.map_combine,
+                                                   grids=self.map_grids[1]).detach().float()
                     if need_features:
                         out["features"] = feats[0].detach().float().clone()
                 else:
@@ -257,7 +263,7 @@ class DistillationObjective(SupervisedObjective):
         else:
             t = self.teacher_outputs(batch.x, need_features=self.needs_features, need_maps=self.needs_maps)
         s_maps = gradcam_maps(feats[len(feats) - len(s_layers):], logits, create_graph=True,
-                              combine=self.map_combine) if s_layers else None
+                              combine=self.map_combine, grids=self.map_grids[0]) if s_layers else None
         return self.kd(logits.float(), t["logits"], batch.target, batch.mask,
                        student_features=s_feat.float() if self.needs_features else None,
                        teacher_features=t.get("features"), student_maps=s_maps, teacher_maps=t.get("maps"))

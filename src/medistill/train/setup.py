@@ -32,6 +32,7 @@ from ..losses import (AttentionTransfer, CATLoss, E2KDLoss, FitNetsHint, KDLoss,
                       class_weights_from_targets)
 from ..models import InputConfig, create_model, input_config, load_weights
 from ..losses.explanation import MapGrids
+from ..maps.base import related_evenly
 from ..models.cam_layers import CamLayer, Grid, choose_layers, chosen_grids
 from ..task import Task, get_task
 from . import distributed as dist_utils
@@ -111,17 +112,18 @@ def setup(cfg: RunConfig, run: runs.RunDir, *, device: torch.device, distributed
     objective: SupervisedObjective
     if teachers:
         feature = _feature_term(cfg, model, teachers[0], s_in, load_in, device)
-        s_layers, t_layers, side, grids = _map_layers(cfg, model, teachers[0], s_in)
+        maps = _map_layers(cfg, model, teachers[0], s_in)
         kd = KDLoss.build(task, alpha=cfg.distill.alpha, temperature=plan.temperature, kd=cfg.distill.kd,
                           hard=t.loss, class_weights=cw, focal_gamma=t.focal_gamma, feature=feature,
                           feature_weight=cfg.distill.feature_weight,
-                          explanation=_explanation_term(cfg, task, grids),
+                          explanation=_explanation_term(cfg, task, maps.grids),
                           explanation_weight=cfg.distill.explain_weight).to(device)
         objective = DistillationObjective(kd, teachers, load_in, task, student_input,
                                           temperature=plan.temperature, precision=cfg.distill.teacher_precision,
-                                          channels_last=t.channels_last, map_layers=(s_layers, t_layers),
+                                          channels_last=t.channels_last, map_layers=(maps.student, maps.teacher),
+                                          map_grids=(maps.student_grids, maps.teacher_grids),
                                           map_combine="poly" if cfg.distill.cam_layers == "poly" else "fuse",
-                                          attribution=_attribution(cfg, side, lambda: build_dataset(
+                                          attribution=_attribution(cfg, maps.side, lambda: build_dataset(
                                               cfg.data, "train", Preprocess(load_in.size, s_in.channels, s_in.mean,
                                                                             s_in.std, "none"), cache_dir=cache_dir)))
         plan = plan.completed(teacher_image_size=max(tch.input.size for tch in teachers))
@@ -201,41 +203,59 @@ def _explanation_term(cfg: RunConfig, task: Task, grids: MapGrids) -> nn.Module 
     return None
 
 
-def _map_grid(model: nn.Module, chosen: list[CamLayer], input_shape: tuple[int, int, int]) -> Grid | None:
-    """Where the cells of the map made from the ``chosen`` layers sit on the image (:meth:`Grid.on_image`): the
-    finest layer's (a combined map is at its cells); None (even tiling) where the trace cannot tell. Traced once
+@dataclass(frozen=True)
+class MapLayers:
+    """The explanation loss's maps: the layers of each model they come from and where their cells sit."""
+
+    student: tuple[str, ...] = ()  # the student's layers, shallow to deep (several: combined)
+    teacher: tuple[str, ...] = ()  # the teacher's (none for GradientShap teacher maps)
+    side: int = 0  # the student map's side
+    # each layer's cells on its model's input, for combining several layers' maps (None: they tile evenly, or
+    # the trace cannot tell: combined by bilinear resizing, as before)
+    student_grids: tuple[Grid, ...] | None = None
+    teacher_grids: tuple[Grid, ...] | None = None
+    grids: MapGrids = (None, None)  # (student, teacher) cells of the maps the loss compares, on the image
+
+
+def _traced(model: nn.Module, chosen: list[CamLayer], input_shape: tuple[int, int, int]
+            ) -> tuple[tuple[Grid, ...] | None, Grid | None]:
+    """(each chosen layer's grid on the input, None when all tile evenly or one is unknown; the grid on the image
+    of the map the loss gets from them: the finest layer's, where a combined map is; None: even). Traced once
     here, by one forward pass at the model's input size, not per step."""
     grids = chosen_grids(model, chosen, input_shape)
     finest = max(range(len(chosen)), key=lambda k: chosen[k].side)
-    return None if grids[finest] is None else grids[finest].on_image(input_shape[-2:])
+    on_image = None if grids[finest] is None else grids[finest].on_image(input_shape[-2:])
+    size = input_shape[-2:]
+    even = all(g is not None and related_evenly(g, (c.side, c.side), Grid.half_pixel(size, (c.side, c.side)),
+                                                (c.side, c.side)) for g, c in zip(grids, chosen))
+    layers = None if even or any(g is None for g in grids) else tuple(grids)
+    return layers, on_image
 
 
-def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig
-                ) -> tuple[tuple[str, ...], tuple[str, ...], int, MapGrids]:
-    """(student layers, teacher layers, student map side, (student, teacher) map grids on the image) of the
-    explanation loss's maps, by ``distill.cam_layers`` at each model's own input size: the layers ``explain``
+def _map_layers(cfg: RunConfig, model: nn.Module, teacher: Teacher, s_in: InputConfig) -> MapLayers:
+    """The explanation loss's maps, by ``distill.cam_layers`` at each model's own input size: the layers ``explain``
     hooks under the same policy (one, or several combined under ``fuse`` / ``poly``), so the student is trained on
-    the maps it is judged by. No teacher layers for GradientShap teacher maps (pooled evenly from its pixels:
-    grid None); ((), (), 0, (None, None)) without an explanation loss."""
+    the maps it is judged by, and where their cells sit. No teacher layers for GradientShap teacher maps (pooled
+    evenly from its pixels: grid None); nothing without an explanation loss."""
     if cfg.distill.explain_loss == "none":
-        return (), (), 0, (None, None)
+        return MapLayers()
     policy, min_size = cfg.distill.cam_layers, cfg.distill.cam_min_size
     s_shape = (s_in.channels, s_in.size, s_in.size)
     student = choose_layers(model, policy, min_size=min_size, input_shape=s_shape)
     s_names, side = tuple(c.name for c in student), max(c.side for c in student)
-    s_grid = _map_grid(model, student, s_shape)
+    s_layers, s_grid = _traced(model, student, s_shape)
     if cfg.distill.explain_teacher_maps == "gradientshap":  # the teacher's maps come from its input, not a layer
         log.info("explanation loss on maps of %s (student, %d px a side) and the teacher's GradientShap "
                  "attributions pooled to %d px (cam_layers %s)", " + ".join(s_names), side, side, policy)
-        return s_names, (), side, (s_grid, None)
+        return MapLayers(s_names, (), side, s_layers, None, (s_grid, None))
     t_in = teacher.input
     t_shape = (t_in.channels, t_in.size, t_in.size)
     teach = choose_layers(teacher.model, policy, min_size=min_size, input_shape=t_shape)
-    t_grid = _map_grid(teacher.model, teach, t_shape)
+    t_layers, t_grid = _traced(teacher.model, teach, t_shape)
     log.info("explanation loss on maps of %s (student, %d px a side) and %s (teacher, %d px) (cam_layers %s); "
              "cells compared where they sit on the image (student %s, teacher %s)", " + ".join(s_names), side,
              " + ".join(c.name for c in teach), max(c.side for c in teach), policy, s_grid, t_grid)
-    return s_names, tuple(c.name for c in teach), side, (s_grid, t_grid)
+    return MapLayers(s_names, tuple(c.name for c in teach), side, s_layers, t_layers, (s_grid, t_grid))
 
 
 def _attribution(cfg: RunConfig, side: int, plain_train: Callable[[], Any]) -> AttributionMaps | None:
@@ -275,6 +295,9 @@ def _cache(cfg: RunConfig, plan: DistillPlan, objective: DistillationObjective, 
     optional = {"map_layer": t_layers[0] if len(t_layers) == 1 else t_layers or None} if objective.needs_maps else {}
     if objective.needs_maps and len(t_layers) > 1 and objective.map_combine != "fuse":
         optional["map_combine"] = objective.map_combine  # the same layers combined otherwise are other maps
+    if objective.needs_maps and len(t_layers) > 1 and objective.map_grids[1] is not None:
+        # layers combined where their cells sit (not evenly tiled) are other maps than those combined by resizing
+        optional["map_cells"] = [[list(g.stride), list(g.offset)] for g in objective.map_grids[1]]
     if objective.needs_maps and objective.attribution is not None:
         att = objective.attribution
         optional["teacher_maps"] = ["gradientshap", att.samples, att.side, att.seed, len(att.background)]
