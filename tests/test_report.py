@@ -202,7 +202,9 @@ def make_export(folder: Path) -> Path:
         "model": "tiny_cnn", "params": 600_000, "macs": 30_000_000, "flops": 60_000_000,
         "matmul_peak_gflops": {"numpy": 80.0, "torch": 75.0, "peak": 80.0}, "flop_limit_ms": 0.75,
         "machine": {"cpu_count": 2}, "latency_ms": {"batch_1": lat},
-        "ratios": {"batch": 1, "ort_fp32_vs_flop_limit": 2.5, "teacher_vs_ort_fp32": 31.6, "int8_slower": True},
+        "teacher": {"model": "densenet121"},
+        "ratios": {"batch": 1, "fp32_vs_flop_limit": {"ort": 2.5}, "teacher_vs_student": {"ort_fp32": 31.6,
+                                                                                          "torch_fp32": 14.6}},
         "targets": {"ort_fp32_within_3x_flop_limit": True, "teacher_at_least_30x_slower": True,
                     "explain_within_1_5x": False}}))
     return folder
@@ -354,6 +356,9 @@ def test_report_export_checks_targets(multilabel_page):
     assert exp.count("meets the target") == 2 and "misses" not in exp  # max_abs_diff, cam_correlation_min
     assert "files.model.int8.onnx.bytes" in exp and "683.59 KiB" in exp and "int8_metric_delta" in exp
     assert 'alt="latency chart of benchmark.json"' in exp
+    # the student / teacher ratio once per runtime, each named (never ONNX Runtime against PyTorch)
+    assert ("The student runs faster than its teacher (densenet121) by 31.6x in ONNX Runtime fp32, 14.6x in PyTorch "
+            "eager fp32 (batch 1; each ratio within one runtime and precision).") in exp
     assert "batch_1.ort_int8.median_ms" not in exp.split("<details>")[0]  # latencies: in the chart, not the table
     assert re.search(r'targets\.explain_within_1_5x</td><td><span class="bad">no</span>', exp)
     assert re.search(r'targets\.teacher_at_least_30x_slower</td><td><span class="good">yes</span>', exp)

@@ -401,11 +401,23 @@ def _ratios(result: dict[str, Any], stat: str = "median_ms") -> tuple[dict[str, 
     return ratios, targets
 
 
-def _label(key: str) -> str:
+def runtime_label(key: str) -> str:
     """``ort_int8`` -> ``ONNX Runtime INT8``; ``torch_fp32`` -> ``PyTorch eager fp32``."""
     prefix, _, rest = key.partition("_")
     runtime = {**{v: RUNTIME_NAMES[k] for k, v in KEY_PREFIX.items()}, "torch": "PyTorch eager"}.get(prefix, prefix)
     return f"{runtime} {rest.replace('int8', 'INT8')}"
+
+
+def speed_sentence(result: dict[str, Any]) -> str:
+    """How much faster the student runs than its teacher, once per runtime and precision both were timed in ("" when
+    no teacher was timed): the ratios people quote, each one runtime against itself."""
+    ratios = (result.get("ratios") or {}).get("teacher_vs_student") or {}
+    if not ratios:
+        return ""
+    teacher = (result.get("teacher") or {}).get("model", "the teacher")
+    parts = [f"{v:.1f}x in {runtime_label(k)}" for k, v in sorted(ratios.items(), key=lambda kv: -kv[1])]
+    return (f"The student runs faster than its teacher ({teacher}) by {', '.join(parts)} (batch "
+            f"{result['ratios'].get('batch', 1)}; each ratio within one runtime and precision).")
 
 
 def target_notes(result: dict[str, Any]) -> dict[str, str]:
@@ -414,18 +426,20 @@ def target_notes(result: dict[str, Any]) -> dict[str, str]:
     for key in result.get("targets", {}):
         if key == "teacher_at_least_30x_slower":
             t = result.get("teacher", {})
-            notes[key] = (f"student and teacher ({t.get('model')}) both in {_label(TEACHER_TARGET_KEY)}, batch 1; "
-                          f"their MACs differ {t.get('macs', 0) / max(result['macs'], 1):.1f}x")
+            notes[key] = (f"student and teacher ({t.get('model')}) both in {runtime_label(TEACHER_TARGET_KEY)}, "
+                          f"batch 1; their MACs differ {t.get('macs', 0) / max(result['macs'], 1):.1f}x")
         elif key.endswith("flop_limit"):
-            notes[key] = f"{_label(key.split('_within')[0])} against {result['flop_limit_ms']:.2f} ms"
+            notes[key] = f"{runtime_label(key.split('_within')[0])} against {result['flop_limit_ms']:.2f} ms"
         elif "int8_at_least" in key:
             p = key.split("_int8")[0]
-            notes[key] = f"{_label(p + '_int8')} against {_label(p + '_fp32')}"
+            notes[key] = f"{runtime_label(p + '_int8')} against {runtime_label(p + '_fp32')}"
         elif "explain" in key:
             p = key.split("_explain")[0]
-            notes[key] = f"{_label(p + '_explain')} (logits + maps) against {_label(p + '_fp32')} (logits)"
+            notes[key] = (f"{runtime_label(p + '_explain')} (logits + maps) against {runtime_label(p + '_fp32')} "
+                          f"(logits)")
     return notes
 
 
 __all__ = ["BenchmarkError", "DEFAULT_TEACHER", "TARGET_EXPLAIN_OVERHEAD", "TARGET_FLOP_LIMIT_RATIO",
-           "TARGET_INT8_SPEEDUP", "TARGET_TEACHER_SPEEDUP", "benchmark", "matmul_peak_gflops", "target_notes"]
+           "TARGET_INT8_SPEEDUP", "TARGET_TEACHER_SPEEDUP", "benchmark", "matmul_peak_gflops", "runtime_label",
+           "speed_sentence", "target_notes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..benchmark import speed_sentence
 from ..runs import EXPORT_FILE
 from . import plots
 from .format import esc, num
@@ -42,6 +43,9 @@ def _benchmark(page: Page, name: str, bench: Any) -> str:
     if len(lat) >= 2:
         block.append(page.plot(plots.hbars(short_names(lat), "milliseconds", "Latency (median)"),
                                f"latency chart of {name}"))
+    sentence = speed_sentence(bench) if isinstance(bench, dict) else ""
+    if sentence:
+        block.append(f"<p>{esc(sentence)}</p>")
     block.append(kv_table(figures(bench)) if isinstance(bench, dict) else "")
     block.append(f"<details><summary>all fields of {esc(name)}</summary>{kv_table(flat)}</details>")
     return "".join(block)
