@@ -214,3 +214,130 @@ def test_evenly_tiled_layers_combine_exactly_as_before(combine):
     grids = [Grid.half_pixel((64, 64), (n, n)) for n in (16, 8, 4)]
     assert torch.equal(fn(maps, grids), fn(maps))
     assert torch.equal(fn(maps, [grids[0], None, grids[2]]), fn(maps))  # one unknown: all resized evenly
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the exported model's map is drawn where its cells sit (issue 38, item 3): export records the cams' grid in the
+# model file (medistill.cam_grid), predict / serve place the map by it without torch
+# ------------------------------------------------------------------------------------------------------------
+
+class DotCamNet(nn.Module):
+    """:class:`DotNet` with the contract the explain graph needs (``forward_features`` ending in the CAM layer,
+    global average pooling, a linear classifier): its one 8 x 8 map at 32 px is lit at cell ``(r, c)`` alone by a
+    bright pixel at ``(4 r, 4 c)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        convs = [nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) for _ in range(2)]
+        for conv in convs:
+            nn.init.ones_(conv.weight)
+        self.features = nn.Sequential(*convs, nn.ReLU())
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1, 1)
+        nn.init.ones_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+        self.num_classes = 1
+        self.pretrained_cfg = {"input_size": (1, 32, 32), "mean": (0.0,), "std": (1.0,), "cam_layer": "features",
+                               "feature_stages": []}
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, 1, 8, 8)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.global_pool(feats).flatten(1))  # (B, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _heat_of(rgb: np.ndarray, image: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The map value (H, W) an overlay (uint8 (H, W, 3) of a gray ``image`` (H, W)) shows: its colour less the
+    image's share, read back through matplotlib's jet by the nearest of 1,001 colours."""
+    import matplotlib
+
+    colour = (rgb.astype(np.float64) / 255 - (1 - alpha) * image[..., None]) / alpha  # (H, W, 3)
+    values = np.linspace(0, 1, 1001)
+    lut = matplotlib.colormaps["jet"](values)[:, :3]  # (1001, 3)
+    return values[((colour[..., None, :] - lut) ** 2).sum(-1).argmin(-1)]
+
+
+@pytest.fixture(scope="module")
+def dot_model(tmp_path_factory: pytest.TempPathFactory):
+    """DotCamNet exported with maps, and a gray 32 x 32 PNG with its one bright pixel at (16, 20) (cell (4, 5)) on black."""
+    from PIL import Image
+
+    from medistill.export.onnx import export_onnx
+
+    d = tmp_path_factory.mktemp("dot")
+    path = export_onnx(DotCamNet(), d / "dot.onnx", labels=["dot"], task="multilabel", explain=True)
+    image = np.zeros((32, 32))
+    image[16, 20] = 1.0
+    Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(d / "dot.png")
+    return path, d / "dot.png", np.rint(image * 255) / 255
+
+
+def test_the_exported_models_overlay_peaks_on_the_pixel_that_caused_it(dot_model, tmp_path):
+    """The exported stride-2 padded model's map lights cell (4, 5), centred on pixel (16, 20): the export records
+    that grid, and predict's overlay peaks there. Before, the overlay resized the 8 x 8 map evenly: its peak was
+    shared by pixels (17..18, 21..22), 1.5 px right of and below the evidence (half a cell: 2 px at this stride)."""
+    from PIL import Image
+
+    from medistill.inference import Predictor, save_overlays
+
+    path, png, image = dot_model
+    predictor = Predictor(path)
+    assert predictor.info.cam_grid == Grid((4, 4), (0, 0)).on_image((32, 32)) == Grid((1 / 8, 1 / 8), (1 / 64, 1 / 64))
+    pred = next(predictor.predict([png], maps=True, keep_images=True))
+    assert pred.map_grid == predictor.info.cam_grid
+    assert np.unravel_index(pred.maps[0].argmax(), (8, 8)) == (4, 5) and pred.maps[0].sum() == pytest.approx(1.0, abs=1e-4)
+    [written] = save_overlays(pred, predictor.labels, tmp_path, which="all")
+    heat = _heat_of(np.asarray(Image.open(written)), image)
+    assert np.unravel_index(heat.argmax(), heat.shape) == (16, 20)
+    assert heat[16, 20] == pytest.approx(1.0, abs=0.02) and heat[17, 21] == pytest.approx(0.75 ** 2, abs=0.03)
+
+
+def test_an_even_grid_or_a_file_without_one_is_drawn_exactly_as_before(dot_model, tmp_path):
+    """A map whose cells tile the image evenly (KD-FMV's pooling), or from a file exported before cam_grid, is laid
+    over the image by the plain bilinear resize as before, bit for bit; the page then gets the even grid."""
+    import onnx
+
+    from medistill.data import images as im
+    from medistill.inference import Predictor, overlay, place_map, seal_model_file
+
+    cam = np.random.default_rng(0).random((4, 4)).astype(np.float32)
+    for size in ((64, 64), (80, 50)):
+        before = im.resize(cam, size)
+        assert np.array_equal(place_map(cam, size), before)
+        assert np.array_equal(place_map(cam, size, Grid.even((4, 4))), before)
+        # the even grid as the trace finds it for 2x2 max-pooling at 64 px
+        assert np.array_equal(place_map(cam, size, Grid.half_pixel((64, 64), (4, 4)).on_image((64, 64))), before)
+    proto = onnx.load(str(dot_model[0]))  # the same file as an older medistill wrote it: no cam_grid entry
+    keep = [e for e in proto.metadata_props if e.key != "medistill.cam_grid"]
+    assert len(keep) == len(proto.metadata_props) - 1
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    old = tmp_path / "old.onnx"
+    onnx.save_model(proto, str(old))
+    seal_model_file(old)
+    predictor = Predictor(old)
+    pred = next(predictor.predict([dot_model[1]], maps=True, keep_images=True))
+    assert predictor.info.cam_grid is None and pred.map_grid is None
+    gray = pred.image
+    expected = overlay(gray, pred.maps[0])  # today's: an even resize
+    assert np.array_equal(overlay(gray, pred.maps[0], grid=pred.map_grid), expected)
+    assert np.unravel_index(_heat_of(expected, dot_model[2]).argmax(), (32, 32)) == (17, 21)  # the old offset
+
+
+def test_the_runtimes_placement_is_explains():
+    """The torch-free place_map (fractions of the image side) and explain's place_maps (torch, pixels) lay a map
+    on the same pixels, for an EfficientNet-like grid, TF "SAME" padding's, and a non-square image."""
+    from medistill.inference import place_map
+
+    maps = np.random.default_rng(1).random((1, 8, 6)).astype(np.float32)
+    for grid in (Grid((16, 16), (0, 0)), Grid((16, 16), (7.5, 7.5)), Grid((2, 2), (1, 1)), Grid((16, 21), (3, 0))):
+        for size in ((128, 96), (128, 128)):
+            torch_placed = place_maps(maps, grid, size)[0]
+            np.testing.assert_allclose(place_map(maps[0], size, grid.on_image(size)), torch_placed, atol=1e-5)

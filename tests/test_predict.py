@@ -350,6 +350,17 @@ THREE = '{"Cardiomegaly": 0.0, "Effusion": 1.0, "Nodule": 0.5}'
     ("input_stats", '{"colour_share": "x"}', "expected the training images' input statistics"),
     ("input_stats", '{"images": 4, "colour_share": 0.0, "mean": {"mean": NaN, "std": 0.1}}',
      "expected the training images' input statistics"),
+    ("cam_grid", "[0.125, 0.0]", "medistill.cam_grid should be a JSON dict, got [0.125, 0.0]"),
+    ("cam_grid", '{"stride": [0.125, 0.125]}', "expected {stride: [y, x], offset: [y, x]}, got the keys ['stride']"),
+    ("cam_grid", '{"stride": [0.125], "offset": [0, 0]}', "stride: expected two numbers [y, x], got [0.125]"),
+    ("cam_grid", '{"stride": [0, 0.125], "offset": [0, 0]}', "stride: expected finite numbers in (0, 1], got 0"),
+    ("cam_grid", '{"stride": [0.125, 2], "offset": [0, 0]}', "stride: expected finite numbers in (0, 1], got 2"),
+    ("cam_grid", '{"stride": [0.125, 0.125], "offset": [NaN, 0]}', "offset: expected finite numbers in [-1, 1], "
+                                                                    "got nan"),
+    ("cam_grid", '{"stride": [0.125, 0.125], "offset": [true, 0]}', "offset: expected finite numbers in [-1, 1], "
+                                                                     "got True"),
+    ("cam_grid", '{"stride": [0.125, 0.125], "offset": [0, -3]}', "offset: expected finite numbers in [-1, 1], "
+                                                                   "got -3"),
 ])
 def test_every_metadata_field_is_validated(models, tmp_path, field, value, expected):
     """A tampered field is refused in one line naming the file, the field and what was expected (before: a NaN

@@ -125,8 +125,10 @@ def check_prediction(body: dict, *, maps: bool = True) -> None:
         grids = np.array([body["maps"][lab] for lab in LABELS])  # (L, h, w)
         assert grids.shape == (len(LABELS), SIZE // 16, SIZE // 16)
         assert grids.min() >= 0.0 and grids.max() <= 1.0
+        # tiny_cnn pools 2x2: its cells tile the image evenly (cell i centred on (i + 0.5) / 4 of the side)
+        assert body["map_grid"] == {"stride": [0.25, 0.25], "offset": [0.125, 0.125]}
     else:
-        assert body["maps"] is None
+        assert body["maps"] is None and body["map_grid"] is None
 
 
 def preview_image(body: dict) -> Image.Image:
@@ -242,6 +244,35 @@ def test_page_is_self_contained(client):
     for name in ("index.html", "app.js", "app.css"):
         text = client.get(f"/static/{name}").text
         assert text.strip() and not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), name
+
+
+def test_page_draws_the_map_where_the_runtime_places_it(client, tmp_path):
+    """The page's bilinear sampler (app.js ``sample``, run in Node) lays a map over the preview where
+    ``medistill.inference.place_map`` lays it, for the even grid and an EfficientNet's (cell i centred on
+    pixel 32 i at 128 px): drawn evenly, the page's heat would sit half a cell off the overlays of predict."""
+    import re
+    import shutil
+
+    from medistill.cam_policy import Grid
+    from medistill.inference import place_map
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed: the page's sampler cannot be run")
+    source = client.get("/static/app.js").text
+    sample = re.search(r"^function sample\(.*?^}$", source, re.M | re.S).group(0)
+    cam = np.random.default_rng(0).random((4, 4)).round(4)
+    size = (48, 40)  # a non-square preview (H, W)
+    for grid in (Grid.even((4, 4)), Grid((32, 32), (0, 0)).on_image((128, 128))):
+        wire = {"stride": list(grid.stride), "offset": list(grid.offset)}
+        script = (f"{sample}\nconst map = {json.dumps(cam.tolist())}, grid = {json.dumps(wire)}, out = [];\n"
+                  f"for (let y = 0; y < {size[0]}; y++) {{ const row = []; for (let x = 0; x < {size[1]}; x++) "
+                  f"row.push(sample(map, 4, 4, x, y, {size[1]}, {size[0]}, grid)); out.push(row); }}\n"
+                  f"console.log(JSON.stringify(out));\n")
+        (tmp_path / "sample.js").write_text(script)
+        drawn = json.loads(subprocess.run([node, str(tmp_path / "sample.js")], capture_output=True, text=True,
+                                          check=True, timeout=60).stdout)
+        np.testing.assert_allclose(np.array(drawn), place_map(cam.astype(np.float32), size, grid), atol=1e-5)
 
 
 # --- refusals ------------------------------------------------------------------------------------------------------

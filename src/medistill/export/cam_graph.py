@@ -19,6 +19,12 @@ Each map is then normalised to [0, 1] per (image, label) as pytorch-grad-cam doe
 ONNX graph exports with plain MatMul / Where / ReduceMin ops that every runtime has. Why our own module and not
 pytorch-grad-cam: it needs ``torch.autograd`` at run time, which ONNX graphs (and phones) do not have; the tests
 check this graph against pytorch-grad-cam's ``GradCAM`` on the same layer.
+
+The ``cams`` output stays at the layer's resolution; where its cells sit on the input (:func:`cam_grid`: an
+EfficientNet's or ResNet's cell ``i`` is centred on pixel ``stride * i``, not where an even resize puts it) goes into
+the model file's metadata, and the runtime places the map by it (``medistill.inference.place_map``). The export's
+parity check compares like with like: the graph's maps and pytorch-grad-cam's, both resized evenly by OpenCV
+(:func:`upsample_maps`, as pytorch-grad-cam resizes), which says the graph computes Grad-CAM, not where it is drawn.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from ..cam_policy import Grid
 from ..models import ModelError, cam_layer, input_config
+from ..models.cam_layers import layer_grids
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +224,18 @@ class CamGraph(nn.Module):
         cams = cams - lo
         cams = cams / (cams.amax(dim=2, keepdim=True) + EPS)  # per-map [0, 1], as pytorch-grad-cam
         return logits, cams.reshape(b, -1, h, w)  # (B, L), (B, L, h, w)
+
+
+def cam_grid(model: nn.Module) -> Grid | None:
+    """Where the explain graph's ``cams`` cells sit on ``model``'s declared input, as fractions of its side
+    (:meth:`Grid.on_image`; stored as ``ModelInfo.cam_grid``), traced by :func:`layer_grids`; None for a reshaped
+    (token) map or a layer the trace cannot place, which the runtime lays out evenly, as before."""
+    layer, reshape = cam_layer(model)
+    if reshape is not None:
+        return None
+    inp = input_config(model)
+    grid = layer_grids(model, {"cam": layer}, (inp.channels, inp.size, inp.size))["cam"]
+    return None if grid is None else grid.on_image((inp.size, inp.size))
 
 
 def gradcam_reference(model: nn.Module, x: torch.Tensor, labels: list[int] | None = None) -> torch.Tensor:

@@ -26,13 +26,14 @@ import onnx
 import torch
 import torch.nn as nn
 
+from ..cam_policy import Grid
 from ..data.images import INTENSITY_RULE
 from ..inference import (CAMS, CHECKSUM_KEY, CHECKSUM_PLACEHOLDER, INPUT, LOGITS, ModelFileError, ModelInfo,
                          medistill_version, open_session, seal_model_file)
 from ..models import ModelError, input_config
 from ..utils.io import atomic_write, staged_write
 from ..utils.runtime import eval_mode
-from .cam_graph import CamGraph
+from .cam_graph import CamGraph, cam_grid
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ class _Explain(nn.Module):
 
 def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds: dict[str, float] | None = None,
                maps: bool = False, extra: dict[str, str] | None = None, intensity: str = INTENSITY_RULE,
-               input_stats: dict[str, Any] | None = None) -> ModelInfo:
+               input_stats: dict[str, Any] | None = None, cam_grid: Grid | None = None) -> ModelInfo:
     """The metadata an exported ``model`` carries (input config from ``medistill.models.input_config``; the
-    intensity rule its training images were decoded with; their input statistics when given)."""
+    intensity rule its training images were decoded with; their input statistics when given; where the ``cams``
+    output's cells sit on the input when given)."""
     cfg = input_config(model)
     n_out = getattr(model, "num_classes", len(labels))
     if n_out != len(labels):
@@ -72,7 +74,7 @@ def model_info(model: nn.Module, *, labels: Sequence[str], task: str, thresholds
     return ModelInfo(labels=list(labels), task=task, size=cfg.size, channels=cfg.channels, mean=list(cfg.mean),
                      std=list(cfg.std), thresholds=thr, model=getattr(model, "medistill_name", type(model).__name__),
                      version=medistill_version(), maps=maps, extra=dict(extra or {}), intensity=intensity,
-                     input_stats=input_stats)
+                     input_stats=input_stats, cam_grid=cam_grid)
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], task: str,
@@ -81,13 +83,14 @@ def export_onnx(model: nn.Module, path: str | Path, *, labels: Sequence[str], ta
                 input_stats: dict[str, Any] | None = None, staged: bool = False) -> Path:
     """Write ``model`` as an ONNX file with a dynamic batch axis and medistill metadata; returns the path.
 
-    Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``]. The
+    Graph: input ``input`` (B, C, S, S) -> ``logits`` (B, L) [+ ``cams`` (B, L, h, w) when ``explain``, their cells'
+    place on the input in the metadata: ``ModelInfo.cam_grid``, :func:`~medistill.export.cam_graph.cam_grid`]. The
     caller's model is not modified (its train/eval mode is restored). ``staged``: the file is written under a
     hidden name beside ``path`` (``utils.io.staged_write``), which is returned; the caller renames it to ``path``
     once its checks have passed.
     """
     info = model_info(model, labels=labels, task=task, thresholds=thresholds, maps=explain, extra=extra,
-                      intensity=intensity, input_stats=input_stats)
+                      intensity=intensity, input_stats=input_stats, cam_grid=cam_grid(model) if explain else None)
     p = next(model.parameters())
     x = torch.zeros(2, info.channels, info.size, info.size, device=p.device, dtype=p.dtype)  # batch 2: not specialised
     batch = torch.export.Dim("batch", min=1, max=4096)

@@ -11,7 +11,9 @@ SHA-256, are in :mod:`.model_file` (re-exported here).
 
 Graph contract (written by ``medistill.export.onnx``): input ``input`` (B, C, S, S) float32 normalised; output
 ``logits`` (B, L); optional output ``cams`` (B, L, h, w) in [0, 1] (Grad-CAM of every label, see
-``medistill.export.cam_graph``).
+``medistill.export.cam_graph``) at the CAM layer's resolution, its cells placed on the input by
+``ModelInfo.cam_grid`` (:func:`place_map`; drawn evenly over the image, an EfficientNet's or ResNet's map would
+point about half a cell right of and below its evidence).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..cam_policy import Grid
 from ..data import images as im
 from ..errors import MedistillError
 from ..task import get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
@@ -144,6 +147,7 @@ class Prediction:
     positives: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
     maps: np.ndarray | None = None  # (L, h, w) in [0, 1] when asked for and the model has them
+    map_grid: Grid | None = None  # where the maps' cells sit on the image (ModelInfo.cam_grid; None: evenly)
     image: np.ndarray | None = None  # the decoded image (H, W) or (H, W, 3) in [0, 1], kept for overlays
     warnings: list[str] = dataclasses.field(default_factory=list)  # how the input is unlike the training images
 
@@ -295,6 +299,7 @@ class Predictor:
             pred.positives = self.positives(probs[k])
             if cams is not None:
                 pred.maps = cams[k]
+                pred.map_grid = self.info.cam_grid
             yield pred
 
 
@@ -306,13 +311,46 @@ def _thumbnail(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return im.resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
-def overlay(img: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
-    """A heatmap over an image: (H, W) or (H, W, 3) in [0, 1] and a (h, w) map in [0, 1] -> uint8 (H, W, 3)."""
+def _axis_weights(pixels: int, cells: int, stride: float, offset: float) -> np.ndarray:
+    """(pixels, cells): row ``p`` holds the bilinear weights of the cells at pixel ``p``'s centre, for cells centred
+    on ``offset + stride * i`` (fractions of the side), the edge cell's value beyond the first and last centres."""
+    centres = (np.arange(pixels, dtype=np.float64) + 0.5) / pixels  # pixel centres, fractions of the side
+    u = np.clip((centres - offset) / stride, 0, cells - 1)  # (pixels,) in cells
+    lo = np.floor(u).astype(np.int64)
+    hi = np.minimum(lo + 1, cells - 1)
+    frac = u - lo
+    w = np.zeros((pixels, cells), np.float64)
+    rows = np.arange(pixels)
+    np.add.at(w, (rows, lo), 1 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return w
+
+
+def place_map(cam: np.ndarray, size: tuple[int, int], grid: Grid | None = None) -> np.ndarray:
+    """A (h, w) map laid over an image of ``size`` (H, W): float32 (H, W), cell ``(i, j)``'s value on the point
+    ``grid`` centres it on (fractions of the side, ``ModelInfo.cam_grid``), bilinear between cell centres and the
+    edge cell's value beyond them. Without a grid, or with the even one, this is the plain bilinear resize
+    (``data.images.resize``) that overlays always used, so those maps come out unchanged. The torch-free twin of
+    :func:`medistill.maps.base.place_maps` (``explain``'s, in pixels), as two small per-axis weight matrices: written
+    here because the runtime has neither torch nor a resize that takes cell centres."""
+    cam = np.asarray(cam, np.float32)
+    h, w = cam.shape
+    if grid is None or grid.tiles_evenly((h, w)):
+        return im.resize(cam, size)
+    wy = _axis_weights(size[0], h, grid.stride[0], grid.offset[0])  # (H, h)
+    wx = _axis_weights(size[1], w, grid.stride[1], grid.offset[1])  # (W, w)
+    return (wy @ cam.astype(np.float64) @ wx.T).astype(np.float32)  # (H, W)
+
+
+def overlay(img: np.ndarray, cam: np.ndarray, *, alpha: float = 0.4, colormap: str = "jet",
+            grid: Grid | None = None) -> np.ndarray:
+    """A heatmap over an image: (H, W) or (H, W, 3) in [0, 1] and a (h, w) map in [0, 1] whose cells sit on
+    ``grid`` (None: evenly; see :func:`place_map`) -> uint8 (H, W, 3)."""
     import matplotlib
 
     h, w = img.shape[:2]
     rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-    heat = np.clip(im.resize(np.asarray(cam, np.float32), (h, w)), 0, 1)
+    heat = np.clip(place_map(cam, (h, w), grid), 0, 1)
     colour = matplotlib.colormaps[colormap](heat)[..., :3].astype(np.float32)  # (H, W, 3)
     return im.to_uint8((1 - alpha) * rgb + alpha * colour)
 
@@ -339,7 +377,7 @@ def save_overlays(pred: Prediction, labels: Sequence[str], out: str | Path, *, i
     written = []
     for lab in chosen:
         k = list(labels).index(lab)
-        rgb = overlay(pred.image, pred.maps[k])
+        rgb = overlay(pred.image, pred.maps[k], grid=pred.map_grid)
         path = Path(out) / f"{stem}.{_safe(lab)}.png"
         written.append(atomic_write(path, lambda p, a=rgb: Image.fromarray(a).save(p, format="PNG")))
     return written

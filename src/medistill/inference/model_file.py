@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..cam_policy import Grid
 from ..data import images as im
 from ..errors import MedistillError
 from ..task import TASKS
@@ -48,6 +49,10 @@ class ModelInfo:
     intensity: str = im.INTENSITY_RULE
     #: the training images' input statistics (``input_statistics``): None when the export did not store them
     input_stats: dict[str, Any] | None = None
+    #: where the ``cams`` output's cells sit on the input, as fractions of its side (:meth:`Grid.on_image`): an
+    #: EfficientNet / ResNet cell ``i`` is centred on pixel ``stride * i``, not where an even resize puts it. None
+    #: (files exported before it, or a layer the trace could not place): the cells tile the input evenly
+    cam_grid: Grid | None = None
 
     def to_props(self) -> dict[str, str]:
         """``metadata_props`` entries (strings; lists and mappings as JSON)."""
@@ -55,7 +60,10 @@ class ModelInfo:
                  "input_size": str(self.size), "input_channels": str(self.channels), "mean": json.dumps(self.mean),
                  "std": json.dumps(self.std), "thresholds": json.dumps(self.thresholds), "model": self.model,
                  "version": self.version, "maps": "1" if self.maps else "0", "intensity": self.intensity,
-                 **({"input_stats": json.dumps(self.input_stats)} if self.input_stats else {}), **self.extra}
+                 **({"input_stats": json.dumps(self.input_stats)} if self.input_stats else {}),
+                 **({"cam_grid": json.dumps({"stride": list(self.cam_grid.stride),
+                                             "offset": list(self.cam_grid.offset)})} if self.cam_grid else {}),
+                 **self.extra}
         return {PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -138,13 +146,16 @@ class ModelInfo:
                 raise bad("input_stats", f"expected the training images' input statistics ({{images, colour_share "
                                          f"in [0, 1], mean: {{mean, std, min, max}}, std: {{...}}}} of finite "
                                          f"numbers), got {own['input_stats'][:80]!r}")
+        cam_grid = None
+        if "cam_grid" in own:
+            cam_grid = _grid(as_json("cam_grid", dict), error=lambda m: bad("cam_grid", m))
         known = {"format", "labels", "task", "input_size", "input_channels", "mean", "std", "thresholds", "model",
-                 "version", "maps", "intensity", "input_stats", "sha256"}
+                 "version", "maps", "intensity", "input_stats", "cam_grid", "sha256"}
         return cls(labels=labels, task=task, size=size, channels=channels, mean=mean, std=std,
                    thresholds={k: float(v) for k, v in thresholds.items()}, model=own.get("model", "unknown"),
                    version=own.get("version", "unknown"), maps=maps == "1",
                    extra={k: v for k, v in own.items() if k not in known}, intensity=intensity,
-                   input_stats=input_stats)
+                   input_stats=input_stats, cam_grid=cam_grid)
 
 
 #: the largest input side a model's metadata may declare (pixels)
@@ -164,6 +175,24 @@ def _numbers(values: list[Any], channels: int, *, positive: bool, error: Any) ->
         if not _is_number(v) or (positive and v <= 0):
             raise error(f"expected {'positive ' if positive else ''}finite numbers, got {v!r:.40}")
     return [float(v) for v in values]
+
+
+def _grid(value: dict[str, Any], *, error: Any) -> Grid:
+    """``{"stride": [y, x], "offset": [y, x]}`` in fractions of the input's side as a :class:`Grid`: strides in
+    (0, 1] (at least one cell per side), offsets in [-1, 1] (cell 0's centre within one side of the image)."""
+    if sorted(value) != ["offset", "stride"]:
+        raise error(f"expected {{stride: [y, x], offset: [y, x]}}, got the keys {sorted(value)!r:.60}")
+    out = {}
+    for key, low, high, closed in (("stride", 0.0, 1.0, False), ("offset", -1.0, 1.0, True)):
+        v = value[key]
+        if not (isinstance(v, list) and len(v) == 2):
+            raise error(f"{key}: expected two numbers [y, x], got {v!r:.40}")
+        for x in v:
+            if not (_is_number(x) and (low <= x if closed else low < x) and x <= high):
+                raise error(f"{key}: expected finite numbers in {'[' if closed else '('}{low:g}, {high:g}], "
+                            f"got {x!r:.40}")
+        out[key] = (float(v[0]), float(v[1]))
+    return Grid(out["stride"], out["offset"])
 
 
 def _valid_input_stats(stats: dict[str, Any]) -> bool:

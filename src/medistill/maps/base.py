@@ -113,7 +113,9 @@ def place_maps(maps: np.ndarray | torch.Tensor, grid: Grid, size: tuple[int, int
     """A layer's maps (N, h, w) laid over the input: (N, H, W) float32 with ``size`` = (H, W), cell ``(i, j)``'s
     value on the pixel its receptive field is centred on (``grid``, :func:`medistill.models.cam_layers.layer_grids`),
     bilinear between cell centres and the edge cell's value beyond them. With ``Grid.half_pixel`` this is
-    :func:`resize_maps`' bilinear resize; with a stride-2 convolution's grid the map moves up-left onto the evidence."""
+    :func:`resize_maps`' bilinear resize; with a stride-2 convolution's grid the map moves up-left onto the evidence.
+    The torch-free runtime's twin (an exported model's map, grid in fractions of the side) is
+    :func:`medistill.inference.place_map`; ``tests/test_cam_grid.py`` checks that both lay a map on the same pixels."""
     t = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]  # (N, 1, h, w)
     n, (h, w) = t.shape[0], t.shape[-2:]
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from timm.layers import Conv2dSame
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 
-from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE
+from ..cam_policy import CAM_LAYER_POLICIES, DEFAULT_CAM_MIN_SIZE, Grid  # noqa: F401 - Grid: importable from here
 from .contract import ModelError, cam_layer, input_config
 
 
@@ -38,33 +38,6 @@ class CamLayer:
     module: nn.Module
     reshape: Callable[[torch.Tensor], torch.Tensor] | None
     side: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """Where a map's cells sit on the input, per axis ``(y, x)``: cell ``i`` is centred on input pixel
-    ``offset + stride * i`` (pixel ``p`` spans ``[p - 0.5, p + 0.5]``)."""
-
-    stride: tuple[float, float]
-    offset: tuple[float, float]
-
-    @classmethod
-    def half_pixel(cls, input_hw: tuple[int, int], map_hw: tuple[int, int]) -> "Grid":
-        """The grid bilinear resizing assumes (``align_corners=False``): the cells tile the image evenly."""
-        stride = tuple(n / m for n, m in zip(input_hw, map_hw))
-        return cls(stride, tuple((s - 1) / 2 for s in stride))  # type: ignore[arg-type]
-
-    def on_image(self, input_hw: tuple[int, int]) -> "Grid":
-        """This grid with positions as fractions of the image's side (0: the image's first edge, 1: its last), so
-        that the maps of two models run at different input sizes (cross-resolution KD: the same image resized per
-        model) can be compared: pixel ``p`` of an ``n``-pixel input spans ``[p / n, (p + 1) / n]``."""
-        return Grid(tuple(s / n for s, n in zip(self.stride, input_hw)),  # type: ignore[arg-type]
-                    tuple((o + 0.5) / n for o, n in zip(self.offset, input_hw)))
-
-    @classmethod
-    def even(cls, map_hw: tuple[int, int]) -> "Grid":
-        """The even tiling of :meth:`half_pixel` on the image's side (:meth:`on_image`), whatever the input size."""
-        return cls(tuple(1 / m for m in map_hw), tuple(0.5 / m for m in map_hw))  # type: ignore[arg-type]
 
 
 _SAMPLERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)  # the modules that move or space out a map's cells

@@ -6,7 +6,8 @@ Routes:
   Content-Security-Policy sent with every response forbids it to.
 - ``POST /api/predict``: multipart field ``file`` (PNG, JPEG or DICOM) -> probabilities, positives by the model's
   stored thresholds, latency, a PNG preview of the decoded image and, when the model was exported with
-  ``--explain``, one Grad-CAM map per label (the graph's ``cams`` output, (h, w) in [0, 1]).
+  ``--explain``, one Grad-CAM map per label (the graph's ``cams`` output, (h, w) in [0, 1]) and ``map_grid``, where
+  its cells sit on the image (``ModelInfo.cam_grid``; even for a file without it), which the page draws it by.
 - ``GET /api/model``: the model's metadata and the server's limits. ``GET /healthz``. ``GET /openapi.json``.
 - ``GET /api/explanation``: the model's explanation fidelity (pointing game strict / tolerant, energy inside,
   Spearman to the teacher, per label) and a few overlays, from a ``medistill explain`` folder beside the model

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from ..cam_policy import Grid
 from ..data import images as im
 from ..errors import MedistillError
 from ..inference import Predictor, medistill_version
@@ -163,16 +164,19 @@ class ServedModel:
         order = np.argsort(-probs, kind="stable")  # most probable first
         ranking = [{"label": p.labels[k], "probability": float(probs[k]), "threshold": thresholds[p.labels[k]],
                     "positive": p.labels[k] in positives} for k in order]
-        maps = None
+        maps = map_grid = None
         if cams is not None:
             maps = {lab: np.round(cams[0, k].astype(np.float64), 4).tolist() for k, lab in enumerate(p.labels)}
+            # the page places the map by its cells' centres (inference.place_map); an old file's are even
+            grid = p.info.cam_grid or Grid.even(cams.shape[-2:])
+            map_grid = {"stride": list(grid.stride), "offset": list(grid.offset)}
         h, w = image.height, image.width
         out = {"file": upload.name, "model": p.info.model, "task": p.info.task,
                "probabilities": {lab: float(v) for lab, v in zip(p.labels, probs)}, "ranking": ranking,
                "positives": positives, "thresholds": thresholds, "latency_ms": round((ran - decoded) * 1e3, 3),
                "image": {"format": kind, "width": w, "height": h, "channels": 1 if img.ndim == 2 else 3,
                          "preview": _data_uri_png(img) if preview else None},
-               "maps": maps, "warnings": p.warnings_for(img)}
+               "maps": maps, "map_grid": map_grid, "warnings": p.warnings_for(img)}
         for text in out["warnings"]:
             log.warning("%s: %s", upload.name, text)
         end = time.perf_counter()

@@ -39,6 +39,12 @@ class Timings(BaseModel):
     total: float = Field(description="from the request's start to the response, upload included")
 
 
+class MapGrid(BaseModel):
+    stride: list[float] = Field(description="(y, x): distance between cell centres, as a fraction of the image side")
+    offset: list[float] = Field(description="(y, x): cell 0's centre, as a fraction of the image side (0: the first "
+                                            "edge); cell i is centred on offset + stride * i")
+
+
 class PredictResponse(BaseModel):
     file: str = Field(description="the uploaded file's name (base name)")
     model: str
@@ -53,6 +59,10 @@ class PredictResponse(BaseModel):
     maps: dict[str, list[list[float]]] | None = Field(
         None, description="label -> Grad-CAM map (h, w) in [0, 1] from the explain graph; null when the model has "
                           "none (export with --explain)")
+    map_grid: MapGrid | None = Field(
+        None, description="where the maps' cells sit on the image: draw a map bilinearly between these centres, "
+                          "the edge cell's value beyond them (an even resize of an EfficientNet's or ResNet's map "
+                          "points about half a cell off); null when there are no maps")
     warnings: list[str] = Field(
         default_factory=list, description="how the input is unlike the training images (colour against grayscale, "
                                           "or a mean intensity / contrast far from theirs), stored at export; "

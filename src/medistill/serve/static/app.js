@@ -1,7 +1,8 @@
 // medistill serve: upload an image, show the per-label probabilities and the heatmap of a chosen label.
 // No external resource; the heatmap is drawn here on a canvas from the map the server returns (the explain graph's
-// Grad-CAM, (h, w) in [0, 1]): bilinear upsampling to the preview's size, the "jet" colour map, blended over the
-// image as `medistill predict --explain` does ((1 - a) * image + a * colour).
+// Grad-CAM, (h, w) in [0, 1]): placed on the preview by where its cells sit (the answer's map_grid, as
+// `medistill.inference.place_map` places it: bilinear between cell centres, the edge value beyond), the "jet"
+// colour map, blended over the image as `medistill predict --explain` does ((1 - a) * image + a * colour).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -169,10 +170,12 @@ function jet(v) {
   return [c(1.5 - Math.abs(4 * v - 3)), c(1.5 - Math.abs(4 * v - 2)), c(1.5 - Math.abs(4 * v - 1))];
 }
 
-// bilinear sample of map (h rows of w) at output pixel (x, y) of a W x H image, pixel centres aligned
-function sample(map, h, w, x, y, W, H) {
-  const sy = Math.min(h - 1, Math.max(0, (y + 0.5) * h / H - 0.5));
-  const sx = Math.min(w - 1, Math.max(0, (x + 0.5) * w / W - 0.5));
+// bilinear sample of map (h rows of w) at output pixel (x, y) of a W x H image; grid {stride, offset}: cell i is
+// centred on offset + stride * i, (y, x) fractions of the image side (an even grid: 1 / h and 0.5 / h, the plain
+// half-pixel resize). An EfficientNet's cells sit half a cell up-left of that: drawn evenly, the heat is off.
+function sample(map, h, w, x, y, W, H, grid) {
+  const sy = Math.min(h - 1, Math.max(0, ((y + 0.5) / H - grid.offset[0]) / grid.stride[0]));
+  const sx = Math.min(w - 1, Math.max(0, ((x + 0.5) / W - grid.offset[1]) / grid.stride[1]));
   const y0 = Math.floor(sy), x0 = Math.floor(sx);
   const y1 = Math.min(h - 1, y0 + 1), x1 = Math.min(w - 1, x0 + 1);
   const fy = sy - y0, fx = sx - x0;
@@ -194,11 +197,12 @@ function draw() {
   if (map && map.length && map[0].length) {
     const a = Number($("alpha").value) / 100;
     const h = map.length, w = map[0].length;
+    const grid = r.map_grid || { stride: [1 / h, 1 / w], offset: [0.5 / h, 0.5 / w] };
     const data = ctx.getImageData(0, 0, W, H);
     const px = data.data;
     for (let y = 0; y < H; y++) {
       for (let x = 0; x < W; x++) {
-        const [cr, cg, cb] = jet(Math.min(1, Math.max(0, sample(map, h, w, x, y, W, H))));
+        const [cr, cg, cb] = jet(Math.min(1, Math.max(0, sample(map, h, w, x, y, W, H, grid))));
         const i = 4 * (y * W + x);
         px[i] = (1 - a) * px[i] + a * 255 * cr;
         px[i + 1] = (1 - a) * px[i + 1] + a * 255 * cg;
