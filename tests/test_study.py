@@ -52,6 +52,7 @@ def test_the_smoke_study_writes_its_answer_and_resumes_without_retraining(phanto
     assert s["sizes"][0]["macs"] < s["sizes"][1]["macs"] and s["metric"] == "macro_auc"
     assert s["teacher"]["test"] > 0 and s["complete"] and len(s["sentences"]) == 2
     assert s["runs_scored"] == s["runs_planned"] == 6  # 2 sizes x (plain + the kd arm's 2 grid points)
+    assert s["date"].startswith("20") and s["machine"]["cpu_count"] and s["command"]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["rule"]["stop"] == "ema" and plan["arms"]["kd"]["kd"] and plan["teachers"] == [str(tiny_teacher)]
     run = out / "runs" / "kdfmv_w0.5_32px" / "plain_s0"

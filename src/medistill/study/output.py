@@ -4,6 +4,7 @@ and the chosen arms, with the study's section first)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import shlex
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..report import build_report
 from ..utils.io import atomic_write, atomic_write_json, atomic_write_text
+from ..utils.runtime import machine_info
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ REPORT_FILE = "report.html"
 def write_outputs(plan: Plan, summary: dict[str, Any], *, report: bool) -> None:
     """Write ``study.json``, ``study.md`` and ``frontier.png`` into the study's folder (and ``report.html``)."""
     out = plan.out
-    summary = {**summary, "command": command_line()}
+    summary = {**summary, "command": command_line(), "machine": machine_info(),
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(out / STUDY_FILE, summary)
     figure = out / FRONTIER_PNG if plot_frontier(summary, out / FRONTIER_PNG) else None
     atomic_write_text(out / STUDY_MD, markdown(summary, figure.name if figure else None))
