@@ -97,16 +97,7 @@ def layer_grids(model: nn.Module, modules: dict[str, nn.Module],
 
     handles = [m.register_forward_hook(trace) for m in model.modules() if isinstance(m, _SAMPLERS)]
     handles += [m.register_forward_hook(record(n)) for n, m in modules.items()]
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _probe(model, handles, input_shape)
     grids: dict[str, Grid | None] = {}
     for name in modules:
         hw = outputs.get(name)
@@ -123,6 +114,21 @@ def chosen_grids(model: nn.Module, chosen: list[CamLayer], input_shape: tuple[in
     return [found.get(c.name) for c in chosen]
 
 
+def _probe(model: nn.Module, handles: list, input_shape: tuple[int, ...]) -> None:
+    """One zero input of ``input_shape`` (C, H, W) through ``model`` in eval mode, for the forward hooks whose
+    ``handles`` are removed afterwards; the model's train / eval mode is kept."""
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 def map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable | None,
               input_shape: tuple[int, ...]) -> dict[str, int]:
     """The spatial side (min of h, w) of each module's output for one zero input of ``input_shape`` (C, H, W).
@@ -136,16 +142,7 @@ def map_sides(model: nn.Module, modules: dict[str, nn.Module], reshape: Callable
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-    was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _probe(model, handles, input_shape)
     return sides
 
 
