@@ -88,10 +88,9 @@ def run_study(cfg: StudyConfig, *, say: Callable[[str], None] | None = None) -> 
             f"({', '.join(s.title for s in plan.sizes)}); rule fixed in {out / 'plan.json'}")
         teacher = teacher_scores(plan, weights="best")
         results = Results(plan, teacher)
+        _execute(plan, results, say, train=not cfg.summarise)
         if cfg.summarise:
-            _collect(plan, results, say)
-        else:
-            _execute(plan, results, say)
+            say(f"summarising {len(results)} of {plan.planned_runs()} planned runs (none trained: --summarise)")
         final = results.summary(n_bootstrap=cfg.bootstrap)
         if cfg.latency:
             say("timing every student size and the teacher in ONNX Runtime (fp32, batch 1)")
@@ -104,8 +103,9 @@ def run_study(cfg: StudyConfig, *, say: Callable[[str], None] | None = None) -> 
         return final
 
 
-def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
-    """Train and score every run of ``plan`` not scored yet, ``cfg.jobs`` at a time."""
+def _execute(plan: Plan, results: Results, say: Callable[[str], None], *, train: bool = True) -> None:
+    """Train and score every run of ``plan`` not scored yet, ``cfg.jobs`` at a time (``train`` False: only collect
+    the runs already scored, for ``--summarise``)."""
     cfg = plan.cfg
     weights = weights_of(cfg)
     queue: deque[PlannedRun] = deque(plan.first_runs())
@@ -127,7 +127,7 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
                 queued.add(later)
 
     executor: cf.Executor
-    if cfg.jobs > 1:
+    if train and cfg.jobs > 1:
         executor = cf.ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn"))
     else:
         executor = _Inline()
@@ -140,6 +140,8 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
                     done += 1
                     results.add(r)
                     follow_ups(r)
+                    continue
+                if not train:
                     continue
                 say(f"[{done + len(running) + 1}/{total}] training {r.label}")
                 running[executor.submit(train_and_score, to_dict(plan.config(r)), weights)] = r
@@ -166,20 +168,6 @@ def _execute(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
                 write_outputs(plan, results.summary(n_bootstrap=0), report=False)  # partial results, cheap
     finally:
         executor.shutdown(wait=not running, cancel_futures=True)
-
-
-def _collect(plan: Plan, results: Results, say: Callable[[str], None]) -> None:
-    """``--summarise``: the runs already scored, none trained (the kd arm's later seeds once its grid is scored)."""
-    weights = weights_of(plan.cfg)
-    for r in plan.first_runs():
-        if is_scored(plan.run_dir(r), weights):
-            results.add(r)
-    for size in plan.sizes:
-        point = results.chosen_point(size)
-        for r in plan.runs_of(size, "kd", point)[1:] if point is not None else []:
-            if is_scored(plan.run_dir(r), weights):
-                results.add(r)
-    say(f"summarising {len(results)} of {plan.planned_runs()} planned runs (none trained: --summarise)")
 
 
 def insert_by_seed(queue: deque[PlannedRun], run: PlannedRun) -> None:
