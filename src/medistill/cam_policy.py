@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 CAM_LAYER_POLICIES = ("auto", "fuse", "poly", "model")
 DEFAULT_CAM_LAYERS = "auto"
 DEFAULT_CAM_MIN_SIZE = 8
@@ -59,3 +61,19 @@ class Grid:
         bilinear resize assumes, so that resizing the map places it correctly."""
         return all(math.isclose(s * m, 1.0, rel_tol=1e-9) and math.isclose(o * m, 0.5, rel_tol=1e-9)
                    for s, o, m in zip(self.stride, self.offset, map_hw))
+
+
+def cell_weights(points: np.ndarray, cells: int, stride: float, offset: float) -> np.ndarray:
+    """(len(points), cells) float64: row ``p`` holds the bilinear weights of ``cells`` cells centred on
+    ``offset + stride * i`` at position ``points[p]`` (the same units), the edge cell's value beyond the first and
+    last centres. The one rule by which a map is read where its cells sit: the runtime's overlays
+    (``inference.place_map``) and the explanation losses' resampling (``maps.base.regrid``) both use it."""
+    u = np.clip((np.asarray(points, np.float64) - offset) / stride, 0, cells - 1)  # positions in cells
+    lo = np.floor(u).astype(np.int64)
+    hi = np.minimum(lo + 1, cells - 1)
+    w = np.zeros((len(u), cells), np.float64)
+    rows = np.arange(len(u))
+    np.add.at(w, (rows, lo), 1 - (u - lo))
+    np.add.at(w, (rows, hi), u - lo)
+    return w
+

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..cam_policy import Grid
+from ..cam_policy import Grid, cell_weights
 from ..data import images as im
 from ..errors import MedistillError
 from ..task import get_task, sigmoid, softmax  # noqa: F401 - sigmoid, softmax: importable from here as before
@@ -311,34 +311,21 @@ def _thumbnail(img: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return im.resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
-def _axis_weights(pixels: int, cells: int, stride: float, offset: float) -> np.ndarray:
-    """(pixels, cells): row ``p`` holds the bilinear weights of the cells at pixel ``p``'s centre, for cells centred
-    on ``offset + stride * i`` (fractions of the side), the edge cell's value beyond the first and last centres."""
-    centres = (np.arange(pixels, dtype=np.float64) + 0.5) / pixels  # pixel centres, fractions of the side
-    u = np.clip((centres - offset) / stride, 0, cells - 1)  # (pixels,) in cells
-    lo = np.floor(u).astype(np.int64)
-    hi = np.minimum(lo + 1, cells - 1)
-    frac = u - lo
-    w = np.zeros((pixels, cells), np.float64)
-    rows = np.arange(pixels)
-    np.add.at(w, (rows, lo), 1 - frac)
-    np.add.at(w, (rows, hi), frac)
-    return w
-
-
 def place_map(cam: np.ndarray, size: tuple[int, int], grid: Grid | None = None) -> np.ndarray:
     """A (h, w) map laid over an image of ``size`` (H, W): float32 (H, W), cell ``(i, j)``'s value on the point
     ``grid`` centres it on (fractions of the side, ``ModelInfo.cam_grid``), bilinear between cell centres and the
     edge cell's value beyond them. Without a grid, or with the even one, this is the plain bilinear resize
     (``data.images.resize``) that overlays always used, so those maps come out unchanged. The torch-free twin of
     :func:`medistill.maps.base.place_maps` (``explain``'s, in pixels), as two small per-axis weight matrices: written
-    here because the runtime has neither torch nor a resize that takes cell centres."""
+    here because the runtime has neither torch nor a resize that takes cell centres (the weights:
+    :func:`medistill.cam_policy.cell_weights`)."""
     cam = np.asarray(cam, np.float32)
     h, w = cam.shape
     if grid is None or grid.tiles_evenly((h, w)):
         return im.resize(cam, size)
-    wy = _axis_weights(size[0], h, grid.stride[0], grid.offset[0])  # (H, h)
-    wx = _axis_weights(size[1], w, grid.stride[1], grid.offset[1])  # (W, w)
+    centres = [(np.arange(n) + 0.5) / n for n in size]  # the pixels' centres, fractions of the side
+    wy = cell_weights(centres[0], h, grid.stride[0], grid.offset[0])  # (H, h)
+    wx = cell_weights(centres[1], w, grid.stride[1], grid.offset[1])  # (W, w)
     return (wy @ cam.astype(np.float64) @ wx.T).astype(np.float32)  # (H, W)
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cam_policy import cell_weights
 from ..models.cam_layers import Grid
 from .errors import ExplainError
 
@@ -139,15 +140,8 @@ def _axis_weights(src_stride: float, src_offset: float, src_cells: int, dst_stri
                   dst_cells: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(dst_cells, src_cells): row ``j`` holds the bilinear weights of the source cells at destination cell ``j``'s
     centre, the edge cell's value beyond the source's first and last centres."""
-    centres = dst_offset + dst_stride * torch.arange(dst_cells, dtype=torch.float64)
-    u = ((centres - src_offset) / src_stride).clamp(0, src_cells - 1)  # (dst_cells,) in source cells
-    lo = u.floor().long().clamp(max=src_cells - 1)
-    hi = (lo + 1).clamp(max=src_cells - 1)
-    frac = u - lo
-    w = torch.zeros(dst_cells, src_cells, dtype=torch.float64)
-    rows = torch.arange(dst_cells)
-    w.index_put_((rows, lo), 1 - frac, accumulate=True)
-    w.index_put_((rows, hi), frac, accumulate=True)
+    centres = dst_offset + dst_stride * np.arange(dst_cells, dtype=np.float64)
+    w = torch.from_numpy(cell_weights(centres, src_cells, src_stride, src_offset))
     return w.to(device=device, dtype=dtype)
 
 
