@@ -55,7 +55,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--images", type=int, default=2000, help="phantom images (70 / 10 / 20 %% train / val / test)")
+    p.add_argument("--teacher", default="efficientnet_lite0", help="the teacher's timm name; another than the default "
+                   "keeps its runs in a folder of its own (teacher_<name> under the phantom's)")
+    p.add_argument("--teacher-pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the teacher from its offline ImageNet weights (only EfficientNet-Lite0/1/2 have them "
+                        "here: --no-teacher-pretrained for a ResNet or a DenseNet)")
     p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--students", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-students: only the teacher's row (its Grad-CAM against the maps no layer choice "
+                        "shapes: the check of issue 38 item 1 for a ResNet or a DenseNet teacher)")
     p.add_argument("--student-epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", default="16,32,64,128", help="GradientShap sample counts tried on validation")
@@ -89,7 +97,8 @@ def candidates(a: argparse.Namespace) -> list[tuple[str, float]]:
 
 def fidelity_args(a: argparse.Namespace) -> argparse.Namespace:
     """explain_fidelity.py's options for the same phantom, teacher and students (its run_cfg / run_name read them)."""
-    return F.parse(["--image-size", str(a.image_size), "--images", str(a.images), "--teacher-epochs",
+    return F.parse(["--image-size", str(a.image_size), "--images", str(a.images), "--teacher", a.teacher,
+                    "--teacher-pretrained" if a.teacher_pretrained else "--no-teacher-pretrained", "--teacher-epochs",
                     str(a.teacher_epochs), "--student-epochs", str(a.student_epochs), "--temperature", "1",
                     "--threads", str(a.threads), "--runs", a.runs])
 
@@ -123,6 +132,15 @@ def targets(models: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def command_of(a: argparse.Namespace) -> str:
+    """The command line that reproduces ``a`` (on/off options as ``--x`` / ``--no-x``; ``--runs`` when not the
+    default)."""
+    words = [(f"--{'' if v else 'no-'}{k.replace('_', '-')}" if isinstance(v, bool)
+              else f"--{k.replace('_', '-')} {shlex.quote(str(v))}")
+             for k, v in vars(a).items() if k != "runs" or v != parse([]).runs]
+    return ".venv/bin/python benchmarks/explain_neutral.py " + " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
     import torch
@@ -131,9 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     fa = fidelity_args(a)
     res_json = Path(a.results)
     allres: dict[str, Any] = B.read_json(res_json) if res_json.is_file() else {}
-    allres["command"] = B.niced(".venv/bin/python benchmarks/explain_neutral.py " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items()
-        if k != "runs" or v != parse([]).runs))
+    allres["command"] = B.niced(command_of(a))
     res = allres.setdefault("phantom", {})
 
     def save() -> None:
@@ -143,14 +159,17 @@ def main(argv: list[str] | None = None) -> None:
         res_json.with_suffix(".md").write_text(markdown(allres))
 
     root = F.phantom_root(fa)
-    part = Path(a.runs) / root.name
+    part = Path(a.runs) / root.name  # explain_fidelity.py's folder: its teacher and students are reused
+    if (a.teacher, a.teacher_pretrained) != ("efficientnet_lite0", True):
+        part = part / f"teacher_{a.teacher}{'' if a.teacher_pretrained else '_scratch'}"
     data = {"data.dataset": "phantom", "data.root": str(root)}
-    res.update(image_size=a.image_size, images=a.images, phantom=root.name)
+    res.update(image_size=a.image_size, images=a.images, phantom=root.name, teacher=a.teacher,
+               teacher_pretrained=a.teacher_pretrained)
 
     def train(variant: str | None, seed: int, weight: float | None = None) -> Path:
         out = part / ("teacher" if variant is None else F.run_name(fa, variant, seed, weight))
         print(f"[{time.strftime('%H:%M:%S')}] train {out.name}", flush=True)
-        r = B.train_and_evaluate(F.run_cfg(fa, out, data=data, model=fa.teacher if variant is None else fa.student,
+        r = B.train_and_evaluate(F.run_cfg(fa, out, data=data, model=a.teacher if variant is None else fa.student,
                                            epochs=a.teacher_epochs if variant is None else a.student_epochs,
                                            seed=seed, variant=variant, teacher=part / "teacher", weight=weight),
                                  n_bootstrap=50)
@@ -177,25 +196,28 @@ def main(argv: list[str] | None = None) -> None:
                                    "rule": f"the smallest count within {a.samples_tolerance} of "
                                            f"{max(val_pg)}'s validation pointing game (the teacher's)"}
     save()
-    # 3: the explanation-aware arm on seed 0, chosen on validation
-    kd0 = train("kd", 0)
-    rows = {}
-    for loss, w in candidates(a):
-        run = train(loss, 0, weight=w)
-        rows[f"{loss}:{w:g}"] = {"val_macro_auc": B.runs.RunDir(run).info().get("best_val_macro_auc"),
-                                 "val_gradientshap_pg": maps(run, "gradientshap_pg", split="val")["pointing_game"]}
-    kd_val = B.runs.RunDir(kd0).info().get("best_val_macro_auc")
-    chosen, why = choose_arm(rows, kd_val)
-    res["selection"] = {"candidates": rows, "kd_val_macro_auc": kd_val,
-                        "kd_val_gradientshap_pg": maps(kd0, "gradientshap_pg", split="val")["pointing_game"],
-                        "chosen": chosen, "why": why}
-    save()
-    loss, w = chosen.split(":")
-    arm = {"teacher": None, "nokd": ("nokd", None), "kd": ("kd", None), "e2kd": (loss, float(w))}
+    models = MODELS if a.students else ("teacher",)
+    arm: dict[str, tuple[str, float | None]] = {"nokd": ("nokd", None), "kd": ("kd", None)}
+    if a.students:
+        # 3: the explanation-aware arm on seed 0, chosen on validation
+        kd0 = train("kd", 0)
+        rows = {}
+        for loss, w in candidates(a):
+            run = train(loss, 0, weight=w)
+            rows[f"{loss}:{w:g}"] = {"val_macro_auc": B.runs.RunDir(run).info().get("best_val_macro_auc"),
+                                     "val_gradientshap_pg": maps(run, "gradientshap_pg", split="val")["pointing_game"]}
+        kd_val = B.runs.RunDir(kd0).info().get("best_val_macro_auc")
+        chosen, why = choose_arm(rows, kd_val)
+        res["selection"] = {"candidates": rows, "kd_val_macro_auc": kd_val,
+                            "kd_val_gradientshap_pg": maps(kd0, "gradientshap_pg", split="val")["pointing_game"],
+                            "chosen": chosen, "why": why}
+        save()
+        loss, w = chosen.split(":")
+        arm["e2kd"] = (loss, float(w))
     # 4: the test table, seed by seed (a partial benchmark has whole seeds)
-    per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in MODELS}
+    per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
     for seed in range(a.seeds):
-        for name in MODELS:
+        for name in models:
             if name == "teacher" and seed:
                 continue
             run = teacher if name == "teacher" else train(arm[name][0], seed, weight=arm[name][1])
@@ -228,6 +250,8 @@ def markdown(allres: dict[str, Any]) -> str:
     fmt = F.fmt
     lines = ["# Explanation-aware KD judged on maps it was not trained on", "",
              f"Reproduce: `{allres.get('command', '')}`", "", f"{B.machine_line(allres.get('machine'))}.", "",
+             f"Teacher {res.get('teacher', 'efficientnet_lite0')} ("
+             f"{'from its ImageNet weights' if res.get('teacher_pretrained', True) else 'from scratch'}). "
              f"Phantom `{res.get('phantom')}` at {res.get('image_size')} px; {res.get('explained_images')} test images, "
              f"{res.get('maps_with_truth')} maps with truth (Grad-CAM on the true labels); strict pointing-game chance "
              f"(the truth's mean area share) {fmt(res.get('chance'))}.", ""]

@@ -60,3 +60,12 @@ def test_the_markdown_of_a_partial_benchmark_states_what_it_has(bench):
                        "models": {"kd": bench.mean_row([{"run": "kd_s0", "gradcam_pg": 0.4, "macro_auc": 0.9}])}}}
     md = bench.markdown(res)
     assert "chosen on validation: **32**" in md and "| kd | 1 | 0.400 |" in md and "Machine: X" in md
+
+
+def test_the_recorded_command_parses_back_to_the_same_options(bench):
+    import shlex
+
+    a = bench.parse(["--teacher", "resnet18", "--no-teacher-pretrained", "--no-students", "--runs", "elsewhere"])
+    words = shlex.split(bench.command_of(a))
+    assert "--no-students" in words and "--no-teacher-pretrained" in words
+    assert bench.parse(words[2:]) == a
