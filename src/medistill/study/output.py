@@ -91,17 +91,20 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
         lines.append(f"- Chance (guessing uniformly) {100 * s['chance']:.1f} %; always answering the training "
                      f"split's most frequent class ({s['majority_class']}): {100 * s['majority_rate']:.2f} % accuracy, "
                      f"{100 * s['majority_balanced_accuracy']:.1f} % balanced accuracy.")
+    # beside the measure, the other single-label figure: balanced accuracy, or accuracy when it is the measure
+    other = "accuracy" if metric == "balanced_accuracy" else "balanced_accuracy"
+    other_name = other.replace("_", " ")
     members = ", ".join(f"{m['model']} at {m['image_size']} px" for m in t["members"])
     lines += ["", f"Teacher: {members} ({'ensemble, ' if len(t['members']) > 1 else ''}{t['macs'] / 1e6:.1f}M MACs"
                   + (f", {t['latency_ms']:.2f} ms" if t.get("latency_ms") else "") + f"): test {metric} "
-                  f"{_num(t['test'], metric)}" + (f", balanced accuracy {100 * t['balanced_accuracy']:.2f} %"
-                                                   if "balanced_accuracy" in t else "") + "."]
+                  f"{_num(t['test'], metric)}" + (f", {other_name} {100 * t[other]:.2f} %" if other in t else "") + "."]
     lines += ["", "## Chosen arms per size", ""]
     head = ("| student | MACs (x teacher) | latency ms (x teacher) | KD arm | KD test | no-KD arm | no-KD test | "
             "KD - no-KD [95 % CI] | verdict |")
     extra = "single" if "majority_rate" in s else None
     if extra:
-        head = head.replace(" verdict |", " verdict | balanced acc. KD / no-KD |")
+        head = head.replace(" verdict |", f" verdict | {other_name.replace('balanced accuracy', 'balanced acc.')} "
+                                          "KD / no-KD |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for x in s["sizes"]:
         macs = f"{x['macs'] / 1e6:.2f}M ({x['macs_vs_teacher']:.3f})" if x.get("macs") else "n/a"
@@ -115,8 +118,7 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
                f"{_mean_sd(x['kd'], metric)} | {x['nokd']['arm'] if x['nokd'] else 'pending'} | "
                f"{_mean_sd(x['nokd'], metric)} | {gain} | {g['verdict'] if g else 'pending'} |")
         if extra:
-            row += (f" {_mean_sd(x['kd'], 'accuracy', 'balanced_accuracy')} / "
-                    f"{_mean_sd(x['nokd'], 'accuracy', 'balanced_accuracy')} |")
+            row += f" {_mean_sd(x['kd'], 'accuracy', other)} / {_mean_sd(x['nokd'], 'accuracy', other)} |"
         lines.append(row)
     if figure:
         lines += ["", f"![test {metric} against MACs and latency]({figure})"]
