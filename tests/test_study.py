@@ -256,3 +256,20 @@ def test_the_kd_arms_later_seeds_are_queued_with_their_seed_not_at_the_end(tmp_p
     assert [s for s, _, _ in order] == sorted(s for s, _, _ in order)  # seed by seed
     assert order[:6] == [(0, small.key, "plain"), (0, large.key, "plain"), (1, small.key, "plain"),
                          (1, large.key, "plain"), (1, small.key, "kd"), (1, large.key, "kd")]
+
+
+@pytest.mark.parametrize("name, other", [("study_brain_tumour", "balanced acc. KD / no-KD"),
+                                         ("study_alzheimer", "accuracy KD / no-KD")])
+def test_study_md_gives_the_other_single_label_figure_beside_the_measure(name, other):
+    """The committed studies re-rendered: beside a study on accuracy its balanced accuracy, beside a study on
+    balanced accuracy its accuracy (not the measure twice); the teacher's line likewise."""
+    from medistill.study.output import markdown
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    s = json.loads((root / f"{name}.json").read_text())
+    md = markdown(s, f"{name}_frontier.png")
+    assert f"| verdict | {other} |" in md
+    t = s["teacher"]
+    figure = "accuracy" if s["metric"] == "balanced_accuracy" else "balanced_accuracy"
+    assert f"{figure.replace('_', ' ')} {100 * t[figure]:.2f} %." in md
+    assert md == (root / f"{name}.md").read_text()  # the committed Markdown is this code's rendering
