@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         allres["machine"] = B.machine()
+        allres["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         res["targets"] = targets(res.get("models", {}))
         B.write_json(res_json, allres)
         res_json.with_suffix(".md").write_text(markdown(allres))

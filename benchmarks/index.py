@@ -46,7 +46,7 @@ SCRIPTS = {"paper_b_full.py": "paper_b_full.json", "explain_fidelity.py": "expla
            "cpu_speed.py": "cpu_speed.json", "quickstart_kd_grid.py": "quickstart_kd_grid.json",
            "paper_b_kdfmv.py": None, "paper_a_multilabel.py": None, "kd_speed.py": None,
            "phantom_shortcuts.py": None, "explain_time.py": None, "ondevice.py": None,
-           "int8_accuracy.py": "int8_accuracy.json"}
+           "int8_accuracy.py": "int8_accuracy.json", "explain_neutral.py": "explain_neutral.json"}
 #: default ``--runs`` of the scripts that record theirs in ``settings`` but not in the command
 DEFAULT_RUNS = {"paper_b_full.py": "runs/bench/paper_b_full"}
 
@@ -59,6 +59,7 @@ COMMANDS = {
 
 #: dates of files that record none: the day the file was last committed
 DATES = {
+    "explain_neutral_resnet18.json": "2026-12-06",
     "cpu_speed.json": "2026-11-30", "explain_fidelity.json": "2026-11-30",
     "explain_fidelity_e12_n200.json": "2026-11-30", "explain_fidelity_e12_n200_fuse32.json": "2026-11-30",
     "explain_fidelity_e12_n200_fuse32_trained.json": "2026-11-30", "explain_fidelity_e12_n200_m16.json": "2026-11-30",
@@ -395,7 +396,26 @@ def _fidelity_fuse32_trained(d: dict[str, Any]) -> str:
                                           "(200 test images)") + "."
 
 
+def _neutral(d: dict[str, Any]) -> str:
+    p = d["phantom"]
+    row = lambda m: ", ".join(f"{k.removesuffix('_pg')} {m[k]:.3f}" for k in  # noqa: E731
+                              ("gradcam_pg", "fuse_pg", "gradientshap_pg", "occlusion_pg", "randomised_pg")
+                              if m.get(k) is not None)
+    models = p.get("models", {})
+    text = (f"Phantom at {p['image_size']} px, {p.get('explained_images')} test images, strict pointing game "
+            f"(chance {p['chance']:.3f}), means over seeds: " + "; ".join(
+                f"{p.get('teacher', 'efficientnet_lite0') if name == 'teacher' else name} ({m['seeds']} "
+                f"seed{'s' if m['seeds'] > 1 else ''}, macro AUC {m['macro_auc']:.3f}): {row(m)}"
+                for name, m in models.items()))
+    if p.get("selection"):
+        text += f"; e2kd = {p['selection']['chosen']}, chosen on validation"
+    return text + "."
+
+
 CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "explain_neutral.json": _neutral,
+    "explain_neutral_resnet18.json": _neutral,
+    "explain_neutral_densenet121.json": _neutral,
     "explain_time.json": _explain_time,
     "ondevice.json": _ondevice,
     "int8_accuracy.json": _int8_accuracy,
