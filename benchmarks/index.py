@@ -402,6 +402,8 @@ def _neutral(d: dict[str, Any]) -> str:
                               ("gradcam_pg", "fuse_pg", "gradientshap_pg", "occlusion_pg", "randomised_pg")
                               if m.get(k) is not None)
     models = p.get("models", {})
+    if not models:
+        return f"Phantom at {p['image_size']} px: no test figures yet (a run stopped before its first table row)."
     text = (f"Phantom at {p['image_size']} px, {p.get('explained_images')} test images, strict pointing game "
             f"(chance {p['chance']:.3f}), means over seeds: " + "; ".join(
                 f"{p.get('teacher', 'efficientnet_lite0') if name == 'teacher' else name} ({m['seeds']} "
