@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def maps(run: Path, key: str, split: str = "test", n_samples: int | None = None, sanity: bool = False):
         method, policy = MAPS[key]
-        n = n_samples or res.get("gradientshap_samples", {}).get("chosen") or 16
+        n = n_samples or res["gradientshap_samples"]["chosen"]  # chosen on validation before any other map
         tag = f"{method}{n}" if method == "gradientshap" else method if policy == "auto" else f"{method}_{policy}"
         folder = part / ("explain_neutral" if split == "test" else "explain_neutral_val") / f"{run.name}_{tag}"
         return F.explain(run, folder, teacher=None, limit=a.explain_images if split == "test" else 10_000,

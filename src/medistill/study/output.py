@@ -92,8 +92,8 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
                      f"split's most frequent class ({s['majority_class']}): {100 * s['majority_rate']:.2f} % accuracy, "
                      f"{100 * s['majority_balanced_accuracy']:.1f} % balanced accuracy.")
     # beside the measure, the other single-label figure: balanced accuracy, or accuracy when it is the measure
-    other = "accuracy" if metric == "balanced_accuracy" else "balanced_accuracy"
-    other_name = other.replace("_", " ")
+    other, other_name, other_head = (("accuracy", "accuracy", "accuracy") if metric == "balanced_accuracy"
+                                     else ("balanced_accuracy", "balanced accuracy", "balanced acc."))
     members = ", ".join(f"{m['model']} at {m['image_size']} px" for m in t["members"])
     lines += ["", f"Teacher: {members} ({'ensemble, ' if len(t['members']) > 1 else ''}{t['macs'] / 1e6:.1f}M MACs"
                   + (f", {t['latency_ms']:.2f} ms" if t.get("latency_ms") else "") + f"): test {metric} "
@@ -103,8 +103,7 @@ def markdown(s: dict[str, Any], figure: str | None) -> str:
             "KD - no-KD [95 % CI] | verdict |")
     extra = "single" if "majority_rate" in s else None
     if extra:
-        head = head.replace(" verdict |", f" verdict | {other_name.replace('balanced accuracy', 'balanced acc.')} "
-                                          "KD / no-KD |")
+        head = head.replace(" verdict |", f" verdict | {other_head} KD / no-KD |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for x in s["sizes"]:
         macs = f"{x['macs'] / 1e6:.2f}M ({x['macs_vs_teacher']:.3f})" if x.get("macs") else "n/a"
