@@ -396,6 +396,10 @@ def _fidelity_fuse32_trained(d: dict[str, Any]) -> str:
                                           "(200 test images)") + "."
 
 
+def _neutral_teacher(p: dict[str, Any]) -> str:
+    return p.get("teacher", "efficientnet_lite0") + ("" if p.get("teacher_pretrained", True) else " from scratch")
+
+
 def _neutral(d: dict[str, Any]) -> str:
     p = d["phantom"]
     row = lambda m: ", ".join(f"{k.removesuffix('_pg')} {m[k]:.3f}" for k in  # noqa: E731
@@ -406,7 +410,7 @@ def _neutral(d: dict[str, Any]) -> str:
         return f"Phantom at {p['image_size']} px: no test figures yet (a run stopped before its first table row)."
     text = (f"Phantom at {p['image_size']} px, {p.get('explained_images')} test images, strict pointing game "
             f"(chance {p['chance']:.3f}), means over seeds: " + "; ".join(
-                f"{p.get('teacher', 'efficientnet_lite0') if name == 'teacher' else name} ({m['seeds']} "
+                f"{_neutral_teacher(p) if name == 'teacher' else name} ({m['seeds']} "
                 f"seed{'s' if m['seeds'] > 1 else ''}, macro AUC {m['macro_auc']:.3f}): {row(m)}"
                 for name, m in models.items()))
     if p.get("selection"):
@@ -418,6 +422,7 @@ CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain_neutral.json": _neutral,
     "explain_neutral_resnet18.json": _neutral,
     "explain_neutral_densenet121.json": _neutral,
+    "explain_neutral_efficientnet_lite0_scratch.json": _neutral,
     "explain_time.json": _explain_time,
     "ondevice.json": _ondevice,
     "int8_accuracy.json": _int8_accuracy,

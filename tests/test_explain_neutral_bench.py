@@ -69,3 +69,41 @@ def test_the_recorded_command_parses_back_to_the_same_options(bench):
     words = shlex.split(bench.command_of(a))
     assert "--no-students" in words and "--no-teacher-pretrained" in words
     assert bench.parse(words[2:]) == a
+
+
+def _summary(hits: dict[str, list[float]]) -> dict:
+    """An explain.json summary whose images have one map per (label, hit)."""
+    return {"images": [{"name": im, "maps": [{"label": f"L{i}", "pointing_game": h} for i, h in enumerate(hs)]}
+                       for im, hs in hits.items()]}
+
+
+def test_map_hits_key_each_map_by_image_and_label(bench):
+    h = bench.map_hits(_summary({"a": [1.0, 0.0], "b": [1.0]}))
+    assert h == {("a", "L0"): 1.0, ("a", "L1"): 0.0, ("b", "L0"): 1.0}
+
+
+def test_the_paired_difference_averages_seeds_and_resamples_images(bench):
+    imgs = [f"i{k}" for k in range(40)]
+    # e2kd hits every map at both seeds; kd hits half of them at seed 0 and none at seed 1
+    e2 = [bench.map_hits(_summary({i: [1.0] for i in imgs}))] * 2
+    kd = [bench.map_hits(_summary({i: [float(k % 2)] for k, i in enumerate(imgs)})),
+          bench.map_hits(_summary({i: [0.0] for i in imgs}))]
+    d = bench.paired_difference(e2, kd, n_bootstrap=500)
+    assert d["difference"] == pytest.approx(0.75) and d["per_seed"] == pytest.approx([0.5, 1.0])
+    assert d["maps"] == 40 and d["images"] == 40
+    lo, hi = d["ci95"]
+    assert 0.6 < lo < 0.75 < hi < 0.9  # per-map differences are 0.5 or 1.0: the interval is around 0.75
+    # identical models: a difference of exactly 0, with no width
+    same = bench.paired_difference(kd, kd, n_bootstrap=200)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    # a map missing from one seed is left out of the comparison
+    short = [bench.map_hits(_summary({i: [1.0] for i in imgs[:10]}))] * 2
+    assert bench.paired_difference(short, kd, n_bootstrap=50)["maps"] == 10
+
+
+def test_the_markdown_gives_the_paired_interval(bench):
+    res = {"command": "c", "machine": {"cpu": "X", "shared": "not shared"},
+           "phantom": {"models": {}, "e2kd_minus_kd": {"occlusion_pg": {
+               "difference": 0.02, "ci95": [-0.03, 0.07], "maps": 230, "images": 200, "per_seed": [0.01, 0.03]}}}}
+    assert "- occlusion: +0.020 [-0.030, +0.070] over 230 maps of 200 images; per seed +0.010, +0.030" in \
+        bench.markdown(res)
