@@ -170,6 +170,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-gs-agreement", action=argparse.BooleanOptionalAction, default=True,
                    help="also each student's Grad-CAM Spearman to the teacher's GradientShap maps (explain "
                         "--teacher-method gradientshap)")
+    p.add_argument("--phantom", action=argparse.BooleanOptionalAction, default=True,
+                   help="the phantom part (--no-phantom: the NIH boxes part alone)")
     p.add_argument("--nih", action=argparse.BooleanOptionalAction, default=True, help="also the NIH boxes part")
     p.add_argument("--nih-epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -177,6 +179,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(B.RESULTS / "explain_fidelity.json"))
     a = p.parse_args(argv)
     loss_cam(a), select_choices(a)  # refuse a malformed --loss-cam / --select-cam before anything runs
+    if not (a.phantom or a.nih):
+        p.error("--no-phantom --no-nih: nothing to run (keep one part)")
     return a
 
 
@@ -701,36 +705,8 @@ def command_of(a: argparse.Namespace) -> str:
     return "nice -n 10 .venv/bin/python benchmarks/explain_fidelity.py " + " ".join(words)
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = parse(argv)
-    import torch
-
-    torch.set_num_threads(a.threads)
-    res_json = Path(a.results)
-    allres: dict[str, Any] = B.read_json(res_json) if res_json.is_file() else {}
-    allres["command"] = command_of(a)
-    allres["scale_note"] = (
-        f"Scale: phantom {a.images} images at {a.image_size} px; teacher {a.teacher} "
-        f"({'ImageNet-initialised, ' if a.teacher_pretrained else 'from scratch, '}{a.teacher_epochs} epochs, "
-        f"light augmentation), students {a.student} ({a.student_epochs} epochs, no augmentation, KD at T = "
-        f"{a.temperature:g}), {a.seeds} student "
-        f"seeds and one teacher; {a.explain_images} test images explained per model with Grad-CAM on the true "
-        f"labels. Chosen to finish in under an hour on 2 shared CPU cores; more images, epochs and seeds would be "
-        f"better (the figures below carry that noise).")
-    if a.stage == "report":
-        res_json.with_suffix(".md").write_text(markdown(B.read_json(res_json)))
-        return
-    phantom = allres.setdefault("phantom", {})
-    nih = allres.setdefault("nih_boxes", {}) if a.nih else {}
-
-    def save() -> None:
-        allres["machine"] = B.machine()
-        for part in (phantom, nih):
-            if part.get("models"):
-                part["targets"] = targets(part)
-        B.write_json(res_json, allres)
-        res_json.with_suffix(".md").write_text(markdown(allres))
-
+def phantom_part(a: argparse.Namespace, phantom: dict[str, Any], save) -> None:
+    """The phantom part: its teacher and students trained and explained seed by seed, then the e2KD weight sweep."""
     root = phantom_root(a)
     from medistill.data import phantom as ph
 
@@ -747,6 +723,45 @@ def main(argv: list[str] | None = None) -> None:
             explain_part(a, part, dirs, phantom, save, limit=a.explain_images, policies=POLICIES if seed == 0 else ())
     if a.stage != "train":
         weight_sweep(a, part, pdata, phantom, save)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    res_json = Path(a.results)
+    allres: dict[str, Any] = B.read_json(res_json) if res_json.is_file() else {}
+    allres["command"] = command_of(a)
+    allres["scale_note"] = (
+        f"Scale: phantom {a.images} images at {a.image_size} px; teacher {a.teacher} "
+        f"({'ImageNet-initialised, ' if a.teacher_pretrained else 'from scratch, '}{a.teacher_epochs} epochs, "
+        f"light augmentation), students {a.student} ({a.student_epochs} epochs, no augmentation, KD at T = "
+        f"{a.temperature:g}), {a.seeds} student "
+        f"seeds and one teacher; {a.explain_images} test images explained per model with Grad-CAM on the true "
+        f"labels. Chosen to finish in under an hour on 2 shared CPU cores; more images, epochs and seeds would be "
+        f"better (the figures below carry that noise).") if a.phantom else (
+        f"Scale: the NIH boxes part alone, at {a.image_size} px; teacher {a.teacher} "
+        f"({'ImageNet-initialised, ' if a.teacher_pretrained else 'from scratch, '}{a.nih_epochs} epochs), students "
+        f"{a.student} ({a.nih_epochs} epochs, KD at T = {a.temperature:g}), one seed.")
+    if a.stage == "report":
+        res_json.with_suffix(".md").write_text(markdown(B.read_json(res_json)))
+        return
+    phantom = allres.setdefault("phantom", {})
+    nih = allres.setdefault("nih_boxes", {}) if a.nih else {}
+
+    def save() -> None:
+        allres["machine"] = B.machine()
+        for part in (phantom, nih):
+            if part.get("models"):
+                part["targets"] = targets(part)
+        B.write_json(res_json, allres)
+        res_json.with_suffix(".md").write_text(markdown(allres))
+
+    if a.phantom:
+        phantom_part(a, phantom, save)
+    else:
+        allres.pop("phantom", None)
     if not a.nih or not NIH.is_dir():
         return
     nih.update(image_size=a.image_size, what="NIH ChestX-ray14 sample (621 images, 14 findings), truth = the "

@@ -217,3 +217,13 @@ def test_the_reproduce_command_parses_back_to_the_same_options(bench):
     words = shlex.split(bench.command_of(a))
     assert words[:5] == ["nice", "-n", "10", ".venv/bin/python", "benchmarks/explain_fidelity.py"]
     assert vars(bench.parse(words[5:])) == vars(a)
+
+
+def test_the_nih_boxes_part_runs_alone_and_one_part_is_required(bench):
+    a = bench.parse(["--no-phantom", "--results", "x.json"])
+    assert a.phantom is False and a.nih is True
+    with pytest.raises(SystemExit):
+        bench.parse(["--no-phantom", "--no-nih"])
+    md = bench.markdown({"command": "c", "machine": {"cpu": "X"}, "scale_note": "Scale: the NIH boxes part alone",
+                         "nih_boxes": {"what": "NIH sample, 12 boxed images", "models": {}}})
+    assert "## nih_boxes" in md and "## phantom" not in md and "12 boxed images" in md
