@@ -422,7 +422,6 @@ CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain_neutral.json": _neutral,
     "explain_neutral_resnet18.json": _neutral,
     "explain_neutral_densenet121.json": _neutral,
-    "explain_neutral_efficientnet_lite0_scratch.json": _neutral,
     "explain_time.json": _explain_time,
     "ondevice.json": _ondevice,
     "int8_accuracy.json": _int8_accuracy,
