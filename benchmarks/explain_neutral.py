@@ -138,11 +138,12 @@ def targets(models: dict[str, Any]) -> dict[str, Any]:
 
 
 def command_of(a: argparse.Namespace) -> str:
-    """The command line that reproduces ``a`` (on/off options as ``--x`` / ``--no-x``; ``--runs`` when not the
-    default)."""
+    """The command line that reproduces ``a`` (on/off options as ``--x`` / ``--no-x``; ``--runs`` and ``--results``
+    when not the default: the default results path is this checkout's, which another checkout would not have)."""
+    default = parse([])
     words = [(f"--{'' if v else 'no-'}{k.replace('_', '-')}" if isinstance(v, bool)
               else f"--{k.replace('_', '-')} {shlex.quote(str(v))}")
-             for k, v in vars(a).items() if k != "runs" or v != parse([]).runs]
+             for k, v in vars(a).items() if k not in ("runs", "results") or v != getattr(default, k)]
     return ".venv/bin/python benchmarks/explain_neutral.py " + " ".join(words)
 
 

@@ -107,3 +107,8 @@ def test_the_markdown_gives_the_paired_interval(bench):
                "difference": 0.02, "ci95": [-0.03, 0.07], "maps": 230, "images": 200, "per_seed": [0.01, 0.03]}}}}
     assert "- occlusion: +0.020 [-0.030, +0.070] over 230 maps of 200 images; per seed +0.010, +0.030" in \
         bench.markdown(res)
+
+
+def test_the_recorded_command_leaves_out_the_default_results_path(bench):
+    assert "--results" not in bench.command_of(bench.parse([]))
+    assert "--results x.json" in bench.command_of(bench.parse(["--results", "x.json"]))
