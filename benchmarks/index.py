@@ -59,7 +59,7 @@ COMMANDS = {
 
 #: dates of files that record none: the day the file was last committed
 DATES = {
-    "explain_neutral_resnet18.json": "2026-12-06",
+    "explain_neutral_resnet18.json": "2026-12-06", "explain_fidelity_nih.json": "2026-12-06",
     "cpu_speed.json": "2026-11-30", "explain_fidelity.json": "2026-11-30",
     "explain_fidelity_e12_n200.json": "2026-11-30", "explain_fidelity_e12_n200_fuse32.json": "2026-11-30",
     "explain_fidelity_e12_n200_fuse32_trained.json": "2026-11-30", "explain_fidelity_e12_n200_m16.json": "2026-11-30",
@@ -396,6 +396,16 @@ def _fidelity_fuse32_trained(d: dict[str, Any]) -> str:
                                           "(200 test images)") + "."
 
 
+def _fidelity_nih(d: dict[str, Any]) -> str:
+    n = d["nih_boxes"]
+    m = n["models"]
+    return (f"NIH sample, the {n['explained_images']} boxed images explained ({n['maps_with_truth']} maps, all in the "
+            f"training split; chance {n['chance']:.3f}), one seed: Grad-CAM strict pointing game "
+            + ", ".join(f"{k} {r['pointing_game']:.3f}" for k, r in m.items())
+            + f"; but the teacher's test macro AUC is {m['teacher']['macro_auc']:.3f}, so these models have barely "
+              "learned the findings and the maps show nothing either way.")
+
+
 def _neutral_teacher(p: dict[str, Any]) -> str:
     return p.get("teacher", "efficientnet_lite0") + ("" if p.get("teacher_pretrained", True) else " from scratch")
 
@@ -433,6 +443,7 @@ CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain_fidelity_e12_n200.json": lambda d: gs_pointing(d, "e2kd_gs_pred", "Phantom, 12-epoch kdfmv students, "
                                                                              "200 test images") + ".",
     "explain_fidelity_e12_n200_m16.json": _fidelity_m16,
+    "explain_fidelity_nih.json": _fidelity_nih,
     "explain_fidelity_e12_n200_fuse32.json": _fidelity_fuse32,
     "explain_fidelity_e12_n200_fuse32_trained.json": _fidelity_fuse32_trained,
     "paper_a_nih.json": _paper_a,
