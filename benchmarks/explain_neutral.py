@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def map_hits(summary: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(image, label) -> strict pointing-game hit (1 / 0) of each map with truth in an explain.json summary."""
+    """(image, label) -> strict pointing-game score of each map with truth in an explain.json summary: 1 / 0, or the
+    share of a tied peak inside the truth (a blank map scores chance)."""
     return {(im["name"], m["label"]): float(m["pointing_game"]) for im in summary.get("images", [])
             for m in im.get("maps", []) if m.get("pointing_game") is not None}
 

@@ -402,8 +402,9 @@ def _fidelity_nih(d: dict[str, Any]) -> str:
     return (f"NIH sample, the {n['explained_images']} boxed images explained ({n['maps_with_truth']} maps, all in the "
             f"training split; chance {n['chance']:.3f}), one seed: Grad-CAM strict pointing game "
             + ", ".join(f"{k} {r['pointing_game']:.3f}" for k, r in m.items())
-            + f"; but the teacher's test macro AUC is {m['teacher']['macro_auc']:.3f}, so these models have barely "
-              "learned the findings and the maps show nothing either way.")
+            + f"; the teacher's test macro AUC is {m['teacher']['macro_auc']:.3f}"
+            + (", so these models have barely learned the findings and the maps show nothing either way."
+               if m["teacher"]["macro_auc"] < 0.7 else "."))
 
 
 def _neutral_teacher(p: dict[str, Any]) -> str:
