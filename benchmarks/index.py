@@ -426,7 +426,21 @@ def _neutral(d: dict[str, Any]) -> str:
                 for name, m in models.items()))
     if p.get("selection"):
         text += f"; e2kd = {p['selection']['chosen']}, chosen on validation"
+    targets = p.get("targets") or {}
+    if targets:
+        text += "; targets: " + ", ".join(f"{_NEUTRAL_TARGETS.get(k, k)} {'met' if t['met'] else 'missed'}"
+                                          for k, t in targets.items())
+    diffs = {k: v for k, v in (p.get("e2kd_minus_kd") or {}).items() if v.get("difference") is not None}
+    if diffs:
+        text += "; e2kd - kd " + ", ".join(f"{k.removesuffix('_pg')} {v['difference']:+.3f} [{v['ci95'][0]:+.3f}, "
+                                           f"{v['ci95'][1]:+.3f}]" for k, v in diffs.items())
     return text + "."
+
+
+#: explain_neutral.json's target keys -> the words the index gives them
+_NEUTRAL_TARGETS = {"e2kd_gradientshap_pg_ge_kd_plus_0.05": "GradientShap >= kd + 0.05",
+                    "e2kd_occlusion_pg_ge_kd_plus_0.05": "occlusion >= kd + 0.05",
+                    "e2kd_macro_auc_within_0.01_of_kd": "macro AUC within 0.01 of kd"}
 
 
 CLAIMS: dict[str, Callable[[dict[str, Any]], str]] = {

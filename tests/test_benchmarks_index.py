@@ -123,6 +123,19 @@ def test_kd_verdicts(index):
     assert index.verdict([0.95, 0.96], [0.90, 0.91], {"verdict": "KD helped"}) == "KD helped"  # compare's, with CI
 
 
+def test_the_neutral_claim_gives_each_target_and_the_paired_interval(index):
+    m = {"seeds": 3, "macro_auc": 0.97, "gradientshap_pg": 0.70, "occlusion_pg": 0.50}
+    d = {"phantom": {"image_size": 128, "explained_images": 200, "chance": 0.026, "models": {"kd": m, "e2kd": m},
+                     "selection": {"chosen": "e2kd:0.1"},
+                     "targets": {"e2kd_gradientshap_pg_ge_kd_plus_0.05": {"met": False},
+                                 "e2kd_macro_auc_within_0.01_of_kd": {"met": True}},
+                     "e2kd_minus_kd": {"gradientshap_pg": {"difference": 0.012, "ci95": [-0.02, 0.04]},
+                                       "occlusion_pg": {"difference": None, "ci95": None}}}}
+    text = index.CLAIMS["explain_neutral.json"](d)
+    assert "targets: GradientShap >= kd + 0.05 missed, macro AUC within 0.01 of kd met" in text
+    assert "e2kd - kd gradientshap +0.012 [-0.020, +0.040]." in text and "occlusion +" not in text
+
+
 def script_parsers() -> dict[str, object]:
     """``benchmarks/<script>.py`` -> its module, for the scripts whose options a ``parse()`` function reads."""
     out = {}
