@@ -326,7 +326,9 @@ def explain(run: Path, out: Path, *, teacher: Path | None, limit: int, cam_layer
                              cam_min_size=cam_min_size, steps=8, sanity=sanity, faithfulness=faithfulness,
                              overlays=12, feature_grid=0, batch_size=32, n_samples=n_samples,
                              teacher_method=teacher_method)
-    return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options)
+    # teacher None: the student alone (not beside the teacher its run records, whose maps would cost as much again)
+    return explain_run(run, out, data=data, split=split, limit=limit, teacher=teacher, options=options,
+                       student_only=teacher is None)
 
 
 #: explain.json keys -> the benchmark's names

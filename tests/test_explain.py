@@ -352,6 +352,28 @@ def test_cli_explain_contract(run_dirs, phantom_root, tmp_path):
     assert all((out / f).is_file() for f in summary["feature_map_grids"])
 
 
+def test_student_only_skips_the_recorded_teacher_and_leaves_the_students_maps_as_they_were(run_dirs, phantom_root,
+                                                                                            tmp_path, capsys):
+    """--student-only: a distilled run explained without the teacher its record names (whose maps cost as much
+    again); the student's side is exactly what it is beside the teacher."""
+    from medistill.cli import main
+
+    student, teacher = run_dirs
+    common = ["--dataset", "phantom", "--root", str(phantom_root), "--split", "test", "--limit", "6", "--with-truth",
+              "--labels", "truth", "--no-faithfulness", "--feature-grid", "0", "--overlays", "0",
+              "--method", "gradientshap", "--n-samples", "2", "--background", "4", "--no-sanity"]
+    assert main(["explain", str(student), *common, "--out", str(tmp_path / "both")]) == 0
+    assert main(["explain", str(student), *common, "--student-only", "--out", str(tmp_path / "alone")]) == 0
+    both = json.loads((tmp_path / "both" / "explain.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "explain.json").read_text())
+    assert "teacher" in both and "teacher" not in alone and "agreement_spearman" not in alone
+    for key in ("pointing_game", "energy_inside", "iou", "num_maps"):
+        assert alone[key] == pytest.approx(both[key]), key
+    assert main(["explain", str(student), *common, "--student-only", "--teacher", str(teacher),
+                 "--out", str(tmp_path / "x")]) != 0
+    assert "student_only: set with teacher" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_teacher_method_explains_the_teacher_with_another_method(run_dirs, phantom_root, tmp_path):
     """--teacher-method: the student's Grad-CAM beside the teacher's GradientShap maps. The teacher's side must be
     exactly what explaining the teacher alone with GradientShap gives (same images, background and seed)."""

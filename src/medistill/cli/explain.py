@@ -3,7 +3,7 @@
     medistill explain RUN_DIR (--images FILES... | --split S [--limit N] | --dataset D --root DIR --split S)
                       --method M [--labels L ... | --labels truth]
                       [--cam-layers auto|fuse|poly|model] [--cam-min-size N]
-                      [--teacher RUN_DIR] --out DIR
+                      [--teacher RUN_DIR | --student-only] --out DIR
 
 A split of the run's own data (no --dataset, or the run's dataset at its own root) is rebuilt exactly as the run
 was trained and evaluated on it (views, labels, uncertainty policy ...). ``--labels truth`` explains each image's
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = explain_run(args.run, args.out, images=s.images or None, data=data, split=s.split or "test",
-                              limit=s.limit, teacher=s.teacher, options=cfg.options, progress=report)
+                              limit=s.limit, teacher=s.teacher, options=cfg.options, progress=report,
+                              student_only=s.student_only)
     finally:
         for bar in bars.values():
             bar.close()

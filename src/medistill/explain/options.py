@@ -96,10 +96,14 @@ class ExplainSource:
     split: str | None = option(None, "split to explain: train, val, test (None = test)")
     limit: int = option(16, "images of the split to explain (a seeded subset)")
     teacher: str | None = option(None, "teacher run directory; None = the one the run records (skipped if gone)")
+    student_only: bool = option(False, "explain the student alone, not beside the teacher its run records (the "
+                                       "teacher's maps cost as much again or more)")
 
     def validate(self) -> None:
         if self.limit < 1:
             raise ExplainError(f"limit: got {self.limit}, expected at least 1")
+        if self.student_only and self.teacher is not None:
+            raise ExplainError(f"student_only: set with teacher {self.teacher!r}; expected one or the other")
 
     @property
     def from_dataset(self) -> bool:

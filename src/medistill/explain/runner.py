@@ -65,17 +65,20 @@ __all__ = ["EXPLAIN_FILE", "ExplainOptions", "Progress", "explain_run"]
 def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path] | None = None,
                 data: DataConfig | None = None, split: str = "test", limit: int | None = None,
                 teacher: str | Path | None = None, options: ExplainOptions | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, student_only: bool = False) -> dict[str, Any]:
     """Explain the model of run directory ``run`` on ``images``, a split of another dataset ``data``, or a split
     of the run's own data (:func:`medistill.runs.run_dataset`; neither given, or ``data`` naming the run's own:
     :func:`.inputs.same_data`); write into ``out``.
 
     ``limit``: images of the split (a seeded subset); None = ``data.limit``, or for the run's own data the run's
     own limit. The run's ``config.yaml`` must be readable (as ``evaluate`` and ``export`` require).
+    ``teacher``: the teacher explained beside the student; None = the one the run records, unless ``student_only``.
     Returns the summary written to ``out/explain.json`` (see the module docstring).
     """
     options = options or ExplainOptions()
     options.validate()
+    if student_only and teacher is not None:
+        raise ExplainError(f"student_only: set with teacher {str(teacher)!r}; expected one or the other")
     if images is not None and data is not None:
         raise ExplainError("inputs: expected either image files or a dataset split, not both")
     run_dir, out = Path(run), Path(out)
@@ -88,7 +91,7 @@ def explain_run(run: str | Path, out: str | Path, *, images: Sequence[str | Path
     device = resolve_device(options.device)
     student = load_side("student", run_dir, device)
     size = options.size or student.input.size
-    teacher_dir = resolve_teacher(run_dir, student.record, teacher)
+    teacher_dir = None if student_only else resolve_teacher(run_dir, student.record, teacher)
     teacher_side = load_side("teacher", teacher_dir, device) if teacher_dir is not None else None
     sides = [student] + ([teacher_side] if teacher_side is not None else [])
 
