@@ -102,8 +102,6 @@ class ExplainSource:
     def validate(self) -> None:
         if self.limit < 1:
             raise ExplainError(f"limit: got {self.limit}, expected at least 1")
-        if self.student_only and self.teacher is not None:
-            raise ExplainError(f"student_only: set with teacher {self.teacher!r}; expected one or the other")
 
     @property
     def from_dataset(self) -> bool:
